@@ -1,0 +1,42 @@
+"""The face every student mixer shows (Hyena, MultiHyena, Mamba, Mamba-2, and attention kept in a hybrid).
+
+A mixer replaces one attention block's token mixing: (B, L, D) -> (B, L, D). Beside the parallel ``forward`` it
+offers a recurrent ``step`` with O(1) work and memory per token, and its materialised token-mixing matrix, so the UI
+and the MOHAWK stage-1 loss can compare it with the teacher's attention matrix.
+
+Inner form. Every mixer factors as  out_proj( M @ u )  with a per-head mixing matrix M (B, H, L, L) applied to an
+inner input u (B, L, H, P), possibly with element-wise gates before/after that are folded into M. ``mix_io(x)``
+returns the pair (u, y) with y[b, :, h, :] == M[b, h] @ u[b, :, h, :]; tests use it to check ``mixing_matrix``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """Abstract token mixer. Shapes: B batch, L length, D model width, H heads, P head width."""
+
+    d_model: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
+        """Recurrent state before the first token (a dict of tensors)."""
+        raise NotImplementedError
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One token: x_t (B, D) -> y_t (B, D), and the next state. O(1) in the position."""
+        raise NotImplementedError
+
+    def mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """Materialised causal token-mixing matrix for input x (B, L, D): (B, H, L, L), M[b, h, l, s] = 0 for s > l."""
+        raise NotImplementedError
+
+    def mix_io(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, y), both (B, L, H, P): the inner input the mixing matrix acts on and the inner output it produces."""
+        raise NotImplementedError
