@@ -1,0 +1,262 @@
+"""Hyena operator of order 2 (Hyena Hierarchy, Poli et al., arXiv 2302.10866), the student mixer of Scavenging Hyena
+(Ralambomihanta et al., arXiv 2401.17574).
+
+Shapes: B batch, L length, D model width, C mixer width (one head per channel, so H = C and P = 1), W filter MLP width.
+
+    (1) in_proj        x (B, L, D) -> (v, x1, x2), each (B, L, C)
+    (2) short conv     causal depthwise conv of width 3 on all three streams
+    (3) long filter    h (C, L) = window(t) * MLP(positional features of t), sin activations, exponential decay window
+    (4) mixing         y = x2 * (h * (x1 * v) + skip * x1 * v)        (* is the causal long convolution, by FFT)
+    (5) out_proj       y (B, L, C) -> (B, L, D)
+
+Order 2 follows the reference implementation (HazyResearch/safari), which is also what the Laughing Hyena distillery
+(arXiv 2310.18780) distils: three projections and ONE long filter, the input gate x1 applied before the convolution.
+(The paper's recursion z_{n+1} = x_n * (h_n * z_n) would use two filters for order 2.)
+
+Mixing matrix per channel c: M[c] = diag(x2[:, c]) @ (Toeplitz(h[c]) + skip[c] I) @ diag(x1[:, c]), acting on v.
+
+Recurrent inference. Hyena's long filter is as long as the sequence, so an exact ``step`` keeps the whole history of
+the long-conv input and costs O(t) per token (and O(t) memory): unlike the Mixer contract's O(1), and expected. The
+Laughing Hyena stage distils each filter into a small modal SSM, which makes the step O(1).
+
+The filter module (``ImplicitFilter``), the causal short conv (``ShortConv``) and the attention-weight loader are shared
+with ``workbench.students.multihyena``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from workbench.ops.fftconv import causal_toeplitz, fftconv
+from workbench.students.base import AttentionWeights, Mixer
+
+
+@dataclass
+class HyenaConfig:
+    max_len: int = 2048          # longest sequence: positions are normalised by it; filter(L) and step refuse beyond it
+    short_conv: int = 3          # width of the causal depthwise conv on the projected streams (Hyena Hierarchy sec. 3.2)
+    filter_width: int = 64       # hidden width W of the implicit filter MLP (safari calls it the filter "order")
+    filter_layers: int = 3       # Linear + sin layers of the MLP before its output layer (safari: 1 + 2 inner MLPs)
+    filter_sin_freq: float = 1.0 # initial frequency w of the sin(w * a) activations, learned per unit (safari: w = 1)
+    pos_bands: int = 8           # pairs (cos, sin)(2 pi k t / max_len), k = 1..bands, fed to the MLP beside t / max_len
+    decay_fast: float = 0.3      # the fastest channel's window falls to decay_target at this fraction of max_len
+    decay_slow: float = 1.5      # ... and the slowest channel's at this fraction (rates are spread evenly between)
+    decay_target: float = 1e-2   # the window value that defines the two decay rates above
+    decay_shift: float = 0.0     # constant added to the window (0: pure exponential decay)
+    bias: bool = False           # biases on in_proj / out_proj (from_attention turns them on if the teacher has any)
+
+
+# ---- shared parts (also used by MultiHyena) -----------------------------------------------------------------------
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution of width K over (B, L, C); ``step`` keeps the last K-1 inputs as its state."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv1d(channels, channels, width, groups=channels, padding=width - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, L, C)
+        # conv1d pads K-1 zeros on both sides; the first L outputs are the causal ones
+        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+
+    def step(self, x_t: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, C), tail (B, K-1, C) the previous inputs oldest first -> y_t (B, C), new tail."""
+        window = torch.cat([tail, x_t[:, None]], dim=1)                          # (B, K, C)
+        y_t = torch.einsum("bkc,ck->bc", window, self.conv.weight[:, 0]) + self.conv.bias
+        return y_t, window[:, 1:]
+
+    @torch.no_grad()
+    def init_identity(self) -> None:
+        """Pass inputs through unchanged (weight 1 on the current token), as MOHAWK initialises its conv."""
+        self.conv.weight.zero_()
+        self.conv.weight[:, 0, -1] = 1.0
+        self.conv.bias.zero_()
+
+
+class Sin(nn.Module):
+    """sin(w * a) with a learned frequency w per unit (the implicit filter's activation, Hyena Hierarchy sec. 3.3)."""
+
+    def __init__(self, width: int, freq: float):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((width,), freq))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * a)
+
+
+class ImplicitFilter(nn.Module):
+    """A bank of N long filters h (N, L), h[n, t] = window[n, t] * MLP(z(t))[n] (Hyena Hierarchy sec. 3.3).
+
+    z(t) = (t', cos(2 pi k t'), sin(2 pi k t') for k = 1..bands) with t' = t / max_len, so filter(L) is always the first
+    L taps of filter(max_len). window[n, t] = exp(-rate_n t') + shift with fixed rates spread evenly from the slowest
+    (channel 0) to the fastest (channel N-1) decay of the config.
+    """
+
+    def __init__(self, num_filters: int, config: HyenaConfig):
+        super().__init__()
+        self.max_len = config.max_len
+        self.register_buffer("freqs", torch.arange(1, config.pos_bands + 1, dtype=torch.float32))  # (bands,)
+        slow = -math.log(config.decay_target) / config.decay_slow
+        fast = -math.log(config.decay_target) / config.decay_fast
+        self.register_buffer("rates", torch.linspace(slow, fast, num_filters))  # (N,) decay per unit of t'
+        self.shift = config.decay_shift
+        W = config.filter_width
+        layers: list[nn.Module] = [nn.Linear(1 + 2 * config.pos_bands, W), Sin(W, config.filter_sin_freq)]
+        for _ in range(config.filter_layers - 1):
+            layers += [nn.Linear(W, W), Sin(W, config.filter_sin_freq)]
+        layers.append(nn.Linear(W, num_filters, bias=False))
+        self.mlp = nn.Sequential(*layers)
+
+    def positions(self, L: int) -> torch.Tensor:
+        """t / max_len for t = 0..L-1: (L,), float32 at least."""
+        if L > self.max_len:
+            raise ValueError(f"Hyena filters are defined up to max_len={self.max_len} positions, asked for {L}; "
+                             f"build the mixer with a larger HyenaConfig.max_len")
+        dtype = torch.promote_types(self.rates.dtype, torch.float32)
+        return torch.arange(L, device=self.rates.device, dtype=dtype) / self.max_len
+
+    def window(self, L: int) -> torch.Tensor:  # (N, L)
+        return torch.exp(-self.rates[:, None] * self.positions(L)[None, :]) + self.shift
+
+    def forward(self, L: int) -> torch.Tensor:  # (N, L)
+        t = self.positions(L)[:, None]                                               # (L, 1)
+        angle = 2 * math.pi * self.freqs.to(t.dtype) * t                             # (L, bands)
+        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)               # (L, 1 + 2 bands)
+        raw = self.mlp(z.to(self.mlp[0].weight.dtype))                               # (L, N)
+        return raw.t() * self.window(L).to(raw.dtype)                                # (N, L)
+
+
+def load_attention_projections(in_proj: nn.Linear, out_proj: nn.Linear, attn: AttentionWeights, order: str) -> None:
+    """Copy a teacher attention's projections into a mixer: ``order`` names the teacher projection for each third of
+    in_proj's output (e.g. "vkq": v <- V, x1 <- K, x2 <- Q); K and V are repeated to every query head (GQA), and
+    out_proj <- O. Missing teacher biases become zeros where the mixer has a bias."""
+    H, G, P = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    if G < 1 or H % G:
+        raise ValueError(f"cannot map attention with {H} query heads onto {G} key/value heads: "
+                         f"H must be a positive multiple of G")
+    C = H * P
+    if in_proj.weight.shape != (3 * C, attn.d_model) or out_proj.weight.shape != (attn.d_model, C):
+        raise ValueError(f"mixer projections in {tuple(in_proj.weight.shape)}, out {tuple(out_proj.weight.shape)} do "
+                         f"not fit attention with D={attn.d_model}, H={H}, P={P} (need in (3*H*P, D), out (D, H*P))")
+
+    def full(w):  # K/V weights and biases at query-head width
+        return None if w is None else attn.repeat_kv(w)
+
+    weights = {"q": attn.q, "k": full(attn.k), "v": full(attn.v)}
+    biases = {"q": attn.q_bias, "k": full(attn.k_bias), "v": full(attn.v_bias)}
+    with torch.no_grad():
+        in_proj.weight.copy_(torch.cat([weights[name] for name in order]))                 # (3C, D)
+        if in_proj.bias is not None:
+            in_proj.bias.copy_(torch.cat([biases[name] if biases[name] is not None
+                                          else torch.zeros(C) for name in order]))          # (3C,)
+        out_proj.weight.copy_(attn.o)                                                       # (D, C)
+        if out_proj.bias is not None:
+            out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else torch.zeros(attn.d_model))
+
+
+def has_bias(attn: AttentionWeights) -> bool:
+    return any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
+
+
+# ---- Hyena ----------------------------------------------------------------------------------------------------------
+
+class Hyena(Mixer):
+    """Order-2 Hyena mixer with one long filter per channel. ``d_inner`` (C) defaults to ``d_model`` (D)."""
+
+    def __init__(self, d_model: int, d_inner: int | None = None, config: HyenaConfig | None = None):
+        super().__init__()
+        self.config = config = config or HyenaConfig()
+        self.d_model, self.d_inner = d_model, d_inner or d_model
+        C = self.d_inner
+        self.in_proj = nn.Linear(d_model, 3 * C, bias=config.bias)         # (1) x -> (v, x1, x2)
+        self.short_conv = ShortConv(3 * C, config.short_conv)               # (2)
+        self.implicit_filter = ImplicitFilter(C, config)                    # (3) one filter per channel
+        self.skip = nn.Parameter(torch.randn(C))                            # (4) the D term of the long conv
+        self.out_proj = nn.Linear(C, d_model, bias=config.bias)            # (5)
+
+    def filter(self, L: int) -> torch.Tensor:
+        """The long filters' first L taps: (C, L)."""
+        return self.implicit_filter(L)
+
+    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps (1)-(2): x (B, L, D) -> v, x1, x2, each (B, L, C)."""
+        return self.short_conv(self.in_proj(x)).split(self.d_inner, dim=-1)
+
+    def _inner(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps (1)-(4): x (B, L, D) -> (v, y), both (B, L, C)."""
+        v, x1, x2 = self._streams(x)
+        h = self.filter(x.shape[1])                                          # (3) (C, L)
+        y = x2 * fftconv(x1 * v, h, self.skip)                               # (4) (B, L, C)
+        return v, y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        return self.out_proj(self._inner(x)[1])                              # (5)
+
+    def mix_io(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, y) with u = v after the short conv and y before out_proj, both (B, L, H=C, P=1)."""
+        v, y = self._inner(x)
+        return v.unsqueeze(-1), y.unsqueeze(-1)
+
+    def mixing_matrix(self, x: torch.Tensor, heads=None) -> torch.Tensor:
+        """M (B, H, L, L) with M[b, c, l, s] = x2[b, l, c] * (h[c, l - s] + skip[c] [l == s]) * x1[b, s, c] for s <= l.
+
+        Every channel is a head, so H = C and M is B*C*L*L numbers: pass ``heads`` (indices or a slice of channels)
+        to build only those."""
+        v, x1, x2 = self._streams(x)
+        L = x.shape[1]
+        h, skip = self.filter(L), self.skip                                  # (C, L), (C,)
+        if heads is not None:
+            x1, x2, h, skip = x1[..., heads], x2[..., heads], h[heads], skip[heads]
+        T = causal_toeplitz(h, L) + torch.diag_embed(skip[:, None].expand(-1, L))   # (H, L, L)
+        return x2.transpose(1, 2)[..., :, None] * T * x1.transpose(1, 2)[..., None, :]  # (B, H, L, L)
+
+    # ---- recurrent inference --------------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
+        """{"conv": (B, K-1, 3C) last short-conv inputs, "history": (B, 0, C) long-conv inputs so far (grows by one
+        per step), "filter": (C, max_len) the long filters, read once here: re-initialise after changing weights}."""
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        C, K = self.d_inner, self.config.short_conv
+        return {"conv": torch.zeros(batch_size, K - 1, 3 * C, device=device, dtype=dtype),
+                "history": torch.zeros(batch_size, 0, C, device=device, dtype=dtype),
+                "filter": self.filter(self.config.max_len).to(device=device, dtype=dtype)}
+
+    def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token x_t (B, D) -> (B, D): exact, O(t) in the position t (see the module docstring)."""
+        z_t, conv = self.short_conv.step(self.in_proj(x_t), state["conv"])          # (1)-(2) (B, 3C)
+        v, x1, x2 = z_t.split(self.d_inner, dim=-1)                                  # (B, C) each
+        history = torch.cat([state["history"], (x1 * v)[:, None]], dim=1)          # (B, t+1, C)
+        t = history.shape[1]
+        if t > self.config.max_len:
+            raise ValueError(f"Hyena.step past max_len={self.config.max_len}")
+        h = state["filter"][:, :t].flip(-1)                                          # (C, t+1): h[c, t - s] at s
+        y = x2 * (torch.einsum("bsc,cs->bc", history, h) + self.skip * x1 * v)     # (4) (B, C)
+        return self.out_proj(y), {"conv": conv, "history": history, "filter": state["filter"]}
+
+    # ---- initialisation from a teacher ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_attention(cls, attn: AttentionWeights, config: HyenaConfig | None = None) -> "Hyena":
+        """A Hyena mixer of width C = H*P built on a teacher attention's projections (D model width, H query heads,
+        G key/value heads, P head width), read like linear attention with a Toeplitz kernel: x2 = query, x1 = key.
+
+            in_proj (3C, D) = [ V repeated to H heads (C, D)  -> v
+                                K repeated to H heads (C, D)  -> x1
+                                Q (C, D)                      -> x2 ]
+            out_proj (D, C) = O
+
+        So M[c, l, s] = q_l[c] * h[c, l-s] * k_s[c] for channel c of head c // P. Biases are copied (zeros where the
+        teacher has none); the short conv starts as the identity so q, k, v arrive unchanged; the filter and skip are
+        fresh. Parameters take the teacher weights' device and dtype.
+        """
+        config = replace(config or HyenaConfig(), bias=(config or HyenaConfig()).bias or has_bias(attn))
+        mixer = cls(attn.d_model, attn.num_heads * attn.head_dim, config).to(device=attn.q.device, dtype=attn.q.dtype)
+        load_attention_projections(mixer.in_proj, mixer.out_proj, attn, order="vkq")
+        mixer.short_conv.init_identity()
+        return mixer
