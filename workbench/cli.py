@@ -92,6 +92,40 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,15, got {text!r}") from err
+
+
+def cmd_distill(args) -> int:
+    from workbench.distill.config import RunConfig, parse_tokens
+    from workbench.distill.recipes import recipe
+    from workbench.distill.run import Run
+
+    if args.resume:
+        summary = Run.resume(args.resume, progress=True).execute()
+    else:
+        if not args.out:
+            raise ValueError("--out RUN_DIR is required for a new run (or use --resume RUN_DIR)")
+        if args.config:
+            config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+        else:
+            from workbench.teachers import load_teacher  # only to know the layer count for layer-wise recipes
+
+            keep = args.keep_attention or []
+            n = load_teacher(args.teacher, device="cpu", progress=False).num_layers if args.recipe == \
+                "scavenging-hyena" else 0
+            stages = recipe(args.recipe, tokens=parse_tokens(args.tokens), seq_len=args.seq_len,
+                            batch_size=args.batch_size, lr=args.lr, layers=[i for i in range(n) if i not in keep])
+            config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
+                               stages=stages, device=args.device)
+        summary = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens).execute()
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
@@ -120,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
     _device_arg(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
+    p.add_argument("--keep-attention", type=_int_list, default=[], help="teacher layers that stay attention, e.g. 0,15")
+    p.add_argument("--init", default="attention", choices=["attention", "random"])
+    p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
+    p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus")
     p.add_argument("--teacher", default=DEFAULT_TEACHER)

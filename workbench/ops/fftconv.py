@@ -1,4 +1,4 @@
-"""Causal long convolution, the token mixer inside Hyena (Hyena Hierarchy, arXiv 2302.10866, sec. 3).
+"""Causal long convolution, the token mixer inside Hyena (Hyena Hierarchy, arXiv 2302.10866).
 
     y[b, l, c] = sum_{s <= l} h[c, l - s] * u[b, s, c]  +  D[c] * u[b, l, c]
 

@@ -9,9 +9,9 @@ Shapes: B batch, L length, D model width, C mixer width (one head per channel, s
     (4) mixing         y = x2 * (h * (x1 * v) + skip * x1 * v)        (* is the causal long convolution, by FFT)
     (5) out_proj       y (B, L, C) -> (B, L, D)
 
-Order 2 follows the reference implementation (HazyResearch/safari), which is also what the Laughing Hyena distillery
-(arXiv 2310.18780) distils: three projections and ONE long filter, the input gate x1 applied before the convolution.
-(The paper's recursion z_{n+1} = x_n * (h_n * z_n) would use two filters for order 2.)
+Order 2 as in the reference implementation (HazyResearch/safari) and the authors' order-2 form H(q, k) = D_q T_h D_k:
+three projections and ONE long filter, the gate x1 applied before the convolution and x2 after. This is also the form
+the Laughing Hyena distillery (arXiv 2310.18780) distils.
 
 Mixing matrix per channel c: M[c] = diag(x2[:, c]) @ (Toeplitz(h[c]) + skip[c] I) @ diag(x1[:, c]), acting on v.
 
@@ -19,29 +19,31 @@ Recurrent inference. Hyena's long filter is as long as the sequence, so an exact
 the long-conv input and costs O(t) per token (and O(t) memory): unlike the Mixer contract's O(1), and expected. The
 Laughing Hyena stage distils each filter into a small modal SSM, which makes the step O(1).
 
-The filter module (``ImplicitFilter``), the causal short conv (``ShortConv``) and the attention-weight loader are shared
-with ``workbench.students.multihyena``.
+``ImplicitFilter`` and the attention-weight loader are shared with ``workbench.students.multihyena``; the short conv
+is the causal depthwise conv every mixer uses (``workbench.students._conv``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from workbench.ops.fftconv import causal_toeplitz, fftconv
+from workbench.students._conv import CausalConv1d
 from workbench.students.base import AttentionWeights, Mixer
 
 
 @dataclass
 class HyenaConfig:
     max_len: int = 2048          # longest sequence: positions are normalised by it; filter(L) and step refuse beyond it
-    short_conv: int = 3          # width of the causal depthwise conv on the projected streams (Hyena Hierarchy sec. 3.2)
+    short_conv: int = 3          # width of the causal depthwise conv on the projected streams (Hyena's short filters)
     filter_width: int = 64       # hidden width W of the implicit filter MLP (safari calls it the filter "order")
     filter_layers: int = 3       # Linear + sin layers of the MLP before its output layer (safari: 1 + 2 inner MLPs)
-    filter_sin_freq: float = 1.0 # initial frequency w of the sin(w * a) activations, learned per unit (safari: w = 1)
+    filter_sin_freq: float = 1.0 # initial frequency w of the sin(w * a) activations, learned per unit (safari 1)
     pos_bands: int = 8           # pairs (cos, sin)(2 pi k t / max_len), k = 1..bands, fed to the MLP beside t / max_len
     decay_fast: float = 0.3      # the fastest channel's window falls to decay_target at this fraction of max_len
     decay_slow: float = 1.5      # ... and the slowest channel's at this fraction (rates are spread evenly between)
@@ -50,36 +52,10 @@ class HyenaConfig:
     bias: bool = False           # biases on in_proj / out_proj (from_attention turns them on if the teacher has any)
 
 
-# ---- shared parts (also used by MultiHyena) -----------------------------------------------------------------------
-
-class ShortConv(nn.Module):
-    """Causal depthwise convolution of width K over (B, L, C); ``step`` keeps the last K-1 inputs as its state."""
-
-    def __init__(self, channels: int, width: int):
-        super().__init__()
-        self.width = width
-        self.conv = nn.Conv1d(channels, channels, width, groups=channels, padding=width - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, L, C)
-        # conv1d pads K-1 zeros on both sides; the first L outputs are the causal ones
-        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
-
-    def step(self, x_t: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t (B, C), tail (B, K-1, C) the previous inputs oldest first -> y_t (B, C), new tail."""
-        window = torch.cat([tail, x_t[:, None]], dim=1)                          # (B, K, C)
-        y_t = torch.einsum("bkc,ck->bc", window, self.conv.weight[:, 0]) + self.conv.bias
-        return y_t, window[:, 1:]
-
-    @torch.no_grad()
-    def init_identity(self) -> None:
-        """Pass inputs through unchanged (weight 1 on the current token), as MOHAWK initialises its conv."""
-        self.conv.weight.zero_()
-        self.conv.weight[:, 0, -1] = 1.0
-        self.conv.bias.zero_()
-
+# ---- shared with MultiHyena ---------------------------------------------------------------------------------------
 
 class Sin(nn.Module):
-    """sin(w * a) with a learned frequency w per unit (the implicit filter's activation, Hyena Hierarchy sec. 3.3)."""
+    """sin(w * a) with a learned frequency w per unit (the implicit filter's activation in Hyena Hierarchy)."""
 
     def __init__(self, width: int, freq: float):
         super().__init__()
@@ -90,7 +66,7 @@ class Sin(nn.Module):
 
 
 class ImplicitFilter(nn.Module):
-    """A bank of N long filters h (N, L), h[n, t] = window[n, t] * MLP(z(t))[n] (Hyena Hierarchy sec. 3.3).
+    """A bank of N long filters h (N, L), h[n, t] = window[n, t] * MLP(z(t))[n] (Hyena Hierarchy, "Hyena filters").
 
     z(t) = (t', cos(2 pi k t'), sin(2 pi k t') for k = 1..bands) with t' = t / max_len, so filter(L) is always the first
     L taps of filter(max_len). window[n, t] = exp(-rate_n t') + shift with fixed rates spread evenly from the slowest
@@ -153,10 +129,10 @@ def load_attention_projections(in_proj: nn.Linear, out_proj: nn.Linear, attn: At
         in_proj.weight.copy_(torch.cat([weights[name] for name in order]))                 # (3C, D)
         if in_proj.bias is not None:
             in_proj.bias.copy_(torch.cat([biases[name] if biases[name] is not None
-                                          else torch.zeros(C) for name in order]))          # (3C,)
+                                          else in_proj.bias.new_zeros(C) for name in order]))  # (3C,)
         out_proj.weight.copy_(attn.o)                                                       # (D, C)
         if out_proj.bias is not None:
-            out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else torch.zeros(attn.d_model))
+            out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else out_proj.bias.new_zeros(attn.d_model))
 
 
 def has_bias(attn: AttentionWeights) -> bool:
@@ -174,7 +150,7 @@ class Hyena(Mixer):
         self.d_model, self.d_inner = d_model, d_inner or d_model
         C = self.d_inner
         self.in_proj = nn.Linear(d_model, 3 * C, bias=config.bias)         # (1) x -> (v, x1, x2)
-        self.short_conv = ShortConv(3 * C, config.short_conv)               # (2)
+        self.short_conv = CausalConv1d(3 * C, config.short_conv)            # (2)
         self.implicit_filter = ImplicitFilter(C, config)                    # (3) one filter per channel
         self.skip = nn.Parameter(torch.randn(C))                            # (4) the D term of the long conv
         self.out_proj = nn.Linear(C, d_model, bias=config.bias)            # (5)
@@ -202,42 +178,46 @@ class Hyena(Mixer):
         v, y = self._inner(x)
         return v.unsqueeze(-1), y.unsqueeze(-1)
 
-    def mixing_matrix(self, x: torch.Tensor, heads=None) -> torch.Tensor:
+    def mixing_matrix(self, x: torch.Tensor, channels: Sequence[int] | slice | None = None) -> torch.Tensor:
         """M (B, H, L, L) with M[b, c, l, s] = x2[b, l, c] * (h[c, l - s] + skip[c] [l == s]) * x1[b, s, c] for s <= l.
 
-        Every channel is a head, so H = C and M is B*C*L*L numbers: pass ``heads`` (indices or a slice of channels)
-        to build only those."""
-        v, x1, x2 = self._streams(x)
+        Every channel is a head, so H = C and M is B*C*L*L numbers: pass ``channels`` (indices or a slice) to build
+        only those."""
+        _, x1, x2 = self._streams(x)
         L = x.shape[1]
         h, skip = self.filter(L), self.skip                                  # (C, L), (C,)
-        if heads is not None:
-            x1, x2, h, skip = x1[..., heads], x2[..., heads], h[heads], skip[heads]
+        if channels is not None:
+            x1, x2, h, skip = x1[..., channels], x2[..., channels], h[channels], skip[channels]
         T = causal_toeplitz(h, L) + torch.diag_embed(skip[:, None].expand(-1, L))   # (H, L, L)
         return x2.transpose(1, 2)[..., :, None] * T * x1.transpose(1, 2)[..., None, :]  # (B, H, L, L)
 
     # ---- recurrent inference --------------------------------------------------------------------------------------
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
-        """{"conv": (B, K-1, 3C) last short-conv inputs, "history": (B, 0, C) long-conv inputs so far (grows by one
-        per step), "filter": (C, max_len) the long filters, read once here: re-initialise after changing weights}."""
+        """{"conv": (B, 3C, K) short-conv ring buffer, "position": 0-dim long, "history": (B, 0, C) long-conv inputs
+        so far (grows by one per step), "filter": (C, max_len) the long filters, read once here: re-initialise the
+        state after changing weights}."""
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
-        C, K = self.d_inner, self.config.short_conv
-        return {"conv": torch.zeros(batch_size, K - 1, 3 * C, device=device, dtype=dtype),
-                "history": torch.zeros(batch_size, 0, C, device=device, dtype=dtype),
+        return {"conv": self.short_conv.init_state(batch_size, device, dtype),
+                "position": torch.zeros((), dtype=torch.long, device=device),
+                "history": torch.zeros(batch_size, 0, self.d_inner, device=device, dtype=dtype),
                 "filter": self.filter(self.config.max_len).to(device=device, dtype=dtype)}
 
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """One token x_t (B, D) -> (B, D): exact, O(t) in the position t (see the module docstring)."""
-        z_t, conv = self.short_conv.step(self.in_proj(x_t), state["conv"])          # (1)-(2) (B, 3C)
+        """One token x_t (B, D) -> (B, D): exact, O(t) in the position t (see the module docstring). The state is
+        updated in place and returned."""
+        n = state["history"].shape[1] + 1                                            # tokens so far, t + 1
+        if n > self.config.max_len:
+            raise ValueError(f"Hyena.step past max_len={self.config.max_len}")
+        z_t = self.short_conv.step(self.in_proj(x_t), state["conv"], state["position"])  # (1)-(2) (B, 3C)
         v, x1, x2 = z_t.split(self.d_inner, dim=-1)                                  # (B, C) each
         history = torch.cat([state["history"], (x1 * v)[:, None]], dim=1)          # (B, t+1, C)
-        t = history.shape[1]
-        if t > self.config.max_len:
-            raise ValueError(f"Hyena.step past max_len={self.config.max_len}")
-        h = state["filter"][:, :t].flip(-1)                                          # (C, t+1): h[c, t - s] at s
+        h = state["filter"][:, :n].flip(-1)                                          # (C, t+1): h[c, t - s] at s
         y = x2 * (torch.einsum("bsc,cs->bc", history, h) + self.skip * x1 * v)     # (4) (B, C)
-        return self.out_proj(y), {"conv": conv, "history": history, "filter": state["filter"]}
+        state["history"] = history
+        state["position"].add_(1)
+        return self.out_proj(y), state
 
     # ---- initialisation from a teacher ----------------------------------------------------------------------------
 
@@ -255,8 +235,9 @@ class Hyena(Mixer):
         teacher has none); the short conv starts as the identity so q, k, v arrive unchanged; the filter and skip are
         fresh. Parameters take the teacher weights' device and dtype.
         """
-        config = replace(config or HyenaConfig(), bias=(config or HyenaConfig()).bias or has_bias(attn))
+        config = config or HyenaConfig()
+        config = replace(config, bias=config.bias or has_bias(attn))
         mixer = cls(attn.d_model, attn.num_heads * attn.head_dim, config).to(device=attn.q.device, dtype=attn.q.dtype)
         load_attention_projections(mixer.in_proj, mixer.out_proj, attn, order="vkq")
-        mixer.short_conv.init_identity()
+        mixer.short_conv.init_identity_()
         return mixer

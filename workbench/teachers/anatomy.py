@@ -1,18 +1,23 @@
 """Where things are inside a Hugging Face decoder: its layers, each layer's attention module, and that module's
-projections in one unfused layout. Found through the model's own structure, not by guessing attribute names:
+projections in one unfused layout (``AttentionWeights``). Found through the model's own structure:
 
-- decoder layers: the module classes the model itself lists in ``_no_split_modules`` (e.g. ``LlamaDecoderLayer``,
-  ``GPT2Block``), in module order; their count must equal ``config.num_hidden_layers``;
-- the attention module: the one child of a layer whose class name ends in ``Attention``;
-- projections: one explicit table (``PROJECTIONS``, keyed by ``config.model_type``) says how each family stores q/k/v/o
-  (separate Linears, one fused Linear, GPT-NeoX's per-head interleaving, GPT-2's transposed Conv1D). A family missing
-  from the table falls back to separate ``q_proj/k_proj/v_proj/o_proj``; if it has no such modules the error says how
-  to register its layout.
+- decoder layers: the module class the model itself lists in ``_no_split_modules`` (``LlamaDecoderLayer``,
+  ``GPT2Block``, ...) whose instances number ``num_hidden_layers`` of the text config, in module order;
+- a layer's attention: its one child whose class name ends in ``Attention`` (true of every family in
+  ``FAMILIES`` and of the default layout; each such module also carries its ``layer_idx``);
+- projections: ``FAMILIES``, one explicit table keyed by ``config.model_type``, says how a family stores q/k/v/o
+  (separate Linears, one fused Linear, GPT-NeoX's per-head interleaving, GPT-2's transposed Conv1D) and whether its
+  blocks use a parallel residual. A family missing from the table is read with the default layout (separate
+  ``q_proj/k_proj/v_proj/o_proj``, as Llama, Mistral, Qwen, Gemma, OLMo, Granite... have); when the modules are not
+  there, the error lists what the attention module holds and how to register its layout.
+
+Shapes: D model width, H query heads, G key/value heads, P head width.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,111 +25,188 @@ from torch import nn
 from workbench.students.base import AttentionWeights
 
 
+def _never(config) -> bool:
+    return False
+
+
+def _always(config) -> bool:
+    return True
+
+
+def _from_config_flag(config) -> bool:
+    return bool(config.use_parallel_residual)
+
+
 @dataclass(frozen=True)
-class ProjectionLayout:
-    kind: str                 # "separate" | "fused" (q;k;v stacked) | "fused_per_head" ([h][q,k,v][P]) | "conv1d"
-    qkv: tuple[str, ...]      # attribute names: (q, k, v) for "separate", (qkv,) for the fused kinds
-    out: str                  # attribute name of the output projection
+class Family:
+    """How one model family stores its attention projections and combines attention with the MLP."""
+
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # attribute names: (q, k, v), or one fused projection
+    out: str = "o_proj"                                     # attribute name of the output projection
+    fused: str = "separate"     # row order of a fused projection: "qkv" (all q, all k, all v) or "per_head" ([h][q,k,v][P])
+    transposed: bool = False    # weights stored (in, out) as in GPT-2's Conv1D, instead of nn.Linear's (out, in)
+    parallel_residual: Callable = _never  # config -> True when attention and MLP both read the block input
 
 
-SEPARATE = ProjectionLayout("separate", ("q_proj", "k_proj", "v_proj"), "o_proj")
-PROJECTIONS: dict[str, ProjectionLayout] = {
-    "gpt2": ProjectionLayout("conv1d", ("c_attn",), "c_proj"),                 # Conv1D: weight is (in, out)
-    "gpt_neox": ProjectionLayout("fused_per_head", ("query_key_value",), "dense"),  # rows grouped per head: q,k,v
-    "phi": ProjectionLayout("separate", ("q_proj", "k_proj", "v_proj"), "dense"),
-    "phi3": ProjectionLayout("fused", ("qkv_proj",), "o_proj"),                # rows: all q, then all k, then all v
-    # every other family (llama, mistral, qwen2/3, gemma/2/3, olmo/2, stablelm, granite, ...) uses SEPARATE
+DEFAULT_FAMILY = Family()  # Llama, Mistral, Qwen2/3, Gemma/2/3, OLMo/2, Granite, Starcoder2, Mixtral, ...
+
+FAMILIES: dict[str, Family] = {
+    # GPT-2: one Conv1D c_attn (weight (D, 3D), rows of its transpose are all q, all k, all v); c_proj also Conv1D
+    "gpt2": Family(qkv=("c_attn",), out="c_proj", fused="qkv", transposed=True),
+    # GPT-NeoX / Pythia: query_key_value rows grouped per head as [h][q, k, v][P]; parallel residual from the config
+    "gpt_neox": Family(qkv=("query_key_value",), out="dense", fused="per_head", parallel_residual=_from_config_flag),
+    # Phi-1/1.5/2: separate q/k/v, output called dense; attention and MLP always in parallel
+    "phi": Family(out="dense", parallel_residual=_always),
+    # Phi-3: one qkv_proj, rows all q (H*P), then all k (G*P), then all v (G*P)
+    "phi3": Family(qkv=("qkv_proj",), fused="qkv"),
+    # StableLM: Llama-like projections; parallel residual when the config says so
+    "stablelm": Family(parallel_residual=_from_config_flag),
+    # GPT-J: Llama-like q/k/v, output called out_proj; attention and MLP always in parallel
+    "gptj": Family(out="out_proj", parallel_residual=_always),
+    # OPT: Llama-like q/k/v with biases, output called out_proj
+    "opt": Family(out="out_proj"),
+    # Cohere (Command-R): Llama-like projections; attention and MLP always in parallel
+    "cohere": Family(parallel_residual=_always),
 }
 
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """What kind of attention layer ``index`` is, and what its AttentionWeights leave out."""
+
     index: int
-    attention_type: str           # "full_attention" or "sliding_attention" (config.layer_types, else full)
-    sliding_window: int | None    # window length for sliding layers, else None
-    parallel_residual: bool       # attention and MLP read the same input (GPT-NeoX, Phi)
+    attention: str               # class name of the attention module, e.g. "LlamaAttention"
+    attention_type: str          # "full_attention" or "sliding_attention"
+    sliding_window: int | None   # window length of a sliding layer, else None
+    parallel_residual: bool      # attention and MLP both read the block input (GPT-NeoX, Phi, GPT-J)
+    extras: tuple[str, ...]      # submodules of the attention beyond the projections (q/k norms...): not in AttentionWeights
 
 
-def num_layers(config) -> int:
-    return int(config.num_hidden_layers)
+def text_config(model: nn.Module):
+    """The decoder's config (the text config of a multimodal model)."""
+    return model.config.get_text_config()
+
+
+def family(model: nn.Module) -> Family:
+    return FAMILIES.get(model.config.model_type, DEFAULT_FAMILY)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's decoder layers in order."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    expected = num_layers(model.config)
-    if not names or len(layers) != expected:
-        raise ValueError(f"could not find the {expected} decoder layers of {type(model).__name__}: it lists "
-                         f"{sorted(names) or 'no'} layer classes in _no_split_modules and {len(layers)} such modules "
-                         f"were found. workbench supports decoder-only causal LMs built like Llama or GPT-2.")
-    return layers
+    expected = int(text_config(model).num_hidden_layers)
+    names = list(getattr(model, "_no_split_modules", None) or [])
+    found: dict[str, list[nn.Module]] = {}
+    for module in model.modules():
+        if type(module).__name__ in names:
+            found.setdefault(type(module).__name__, []).append(module)
+    matching = [layers for layers in found.values() if len(layers) == expected]
+    if len(matching) != 1:
+        counts = {name: len(layers) for name, layers in found.items()}
+        raise ValueError(
+            f"could not find the {expected} decoder layers of {type(model).__name__}: its _no_split_modules lists "
+            f"{names or 'nothing'} and the model holds {counts or 'none of them'}. workbench reads decoder-only "
+            f"Hugging Face causal LMs whose layer class is listed in _no_split_modules.")
+    return matching[0]
 
 
 def attention_of(layer: nn.Module) -> tuple[str, nn.Module]:
-    """(attribute name, module) of the layer's attention."""
+    """(attribute name, module) of the layer's attention: its one child whose class name ends in 'Attention'."""
     found = [(name, child) for name, child in layer.named_children() if type(child).__name__.endswith("Attention")]
     if len(found) != 1:
-        raise ValueError(f"{type(layer).__name__} has {len(found)} children whose class ends in 'Attention' "
-                         f"({[n for n, _ in found]}); expected exactly one")
+        children = {name: type(child).__name__ for name, child in layer.named_children()}
+        raise ValueError(f"{type(layer).__name__} should have exactly one child whose class ends in 'Attention'; "
+                         f"its children are {children}")
     return found[0]
 
 
-def layer_info(model: nn.Module, index: int) -> LayerInfo:
-    config = model.config
-    if not 0 <= index < num_layers(config):
-        raise IndexError(f"layer {index} out of range: the model has layers 0..{num_layers(config) - 1}")
-    types = getattr(config, "layer_types", None)
-    attention_type = types[index] if types else "full_attention"
-    window = getattr(config, "sliding_window", None) if attention_type == "sliding_attention" else None
-    parallel = bool(getattr(config, "use_parallel_residual", False)) or config.model_type == "phi"
-    return LayerInfo(index, attention_type, window, parallel)
+def _check_index(model: nn.Module, index: int) -> int:
+    n = int(text_config(model).num_hidden_layers)
+    if not 0 <= index < n:
+        raise IndexError(f"layer {index} out of range: the model has layers 0..{n - 1}")
+    return index
 
 
 def head_layout(config) -> tuple[int, int, int]:
-    """(H query heads, G key/value heads, P head width) from the config."""
+    """(H query heads, G key/value heads, P head width) from a text config."""
     H = int(config.num_attention_heads)
     G = int(getattr(config, "num_key_value_heads", None) or H)
     P = int(getattr(config, "head_dim", None) or config.hidden_size // H)
     return H, G, P
 
 
+def layer_info(model: nn.Module, index: int) -> LayerInfo:
+    """Attention kind, sliding window and residual layout of layer ``index``. Sliding layers follow the model's own
+    rule: ``config.layer_types`` where the config has it, else every layer slides when ``config.sliding_window`` is
+    set (Mistral)."""
+    config = text_config(model)
+    _check_index(model, index)
+    _, attn = attention_of(decoder_layers(model)[index])
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    kind = types[index] if types else ("sliding_attention" if window else "full_attention")
+    fam = family(model)
+    projections = {*fam.qkv, fam.out}
+    extras = tuple(name for name, child in attn.named_children()
+                   if name not in projections and any(True for _ in child.parameters()))
+    return LayerInfo(index=index, attention=type(attn).__name__, attention_type=kind,
+                     sliding_window=window if kind == "sliding_attention" else None,
+                     parallel_residual=fam.parallel_residual(config), extras=extras)
+
+
+def _weight(module: nn.Module, transposed: bool) -> torch.Tensor:
+    """The module's weight as (out, in)."""
+    return module.weight.detach().t() if transposed else module.weight.detach()
+
+
 def _bias(module: nn.Module) -> torch.Tensor | None:
     return module.bias.detach() if getattr(module, "bias", None) is not None else None
 
 
-def attention_weights(model: nn.Module, layer_idx: int) -> AttentionWeights:
-    """The attention projections of layer ``layer_idx`` as unfused (out, in) matrices (see AttentionWeights)."""
-    layers = decoder_layers(model)
-    if not 0 <= layer_idx < len(layers):
-        raise IndexError(f"layer {layer_idx} out of range: the model has layers 0..{len(layers) - 1}")
-    _, attn = attention_of(layers[layer_idx])
-    layout = PROJECTIONS.get(model.config.model_type, SEPARATE)
-    missing = [n for n in (*layout.qkv, layout.out) if not isinstance(getattr(attn, n, None), nn.Module)]
+def _projections(attn: nn.Module, fam: Family, model_type: str) -> tuple[list[nn.Module], nn.Module]:
+    names = (*fam.qkv, fam.out)
+    modules = [getattr(attn, name, None) for name in names]
+    missing = [name for name, m in zip(names, modules)
+               if not isinstance(m, nn.Module) or getattr(m, "weight", None) is None or m.weight.dim() != 2]
     if missing:
-        children = [n for n, _ in attn.named_children()]
+        children = {name: type(child).__name__ for name, child in attn.named_children()}
         raise ValueError(
-            f"cannot map the attention of model_type {model.config.model_type!r} ({type(attn).__name__}): expected "
-            f"projections {missing} but it has {children}. Register its layout: "
-            f"workbench.teachers.anatomy.PROJECTIONS[{model.config.model_type!r}] = ProjectionLayout(kind, qkv, out)")
-    H, G, P = head_layout(model.config)
-    proj = [getattr(attn, n) for n in layout.qkv]
-    out = getattr(attn, layout.out)
-    sizes = [H * P, G * P, G * P]
-    if layout.kind == "separate":
-        (q, k, v), (qb, kb, vb) = [p.weight.detach() for p in proj], [_bias(p) for p in proj]
+            f"cannot map the attention of model_type {model_type!r} ({type(attn).__name__}): expected projection "
+            f"modules {missing}, but it holds {children}. Register its layout before building: "
+            f"workbench.teachers.anatomy.FAMILIES[{model_type!r}] = Family(qkv=(...), out=..., fused=...) "
+            f"(see the table's entries for GPT-2, GPT-NeoX and Phi-3).")
+    return modules[:-1], modules[-1]
+
+
+def attention_weights(model: nn.Module, layer_idx: int) -> AttentionWeights:
+    """The attention projections of layer ``layer_idx`` as unfused (out, in) matrices (see AttentionWeights).
+    The tensors are detached views of the model's own parameters (copy them before changing them)."""
+    _check_index(model, layer_idx)
+    _, attn = attention_of(decoder_layers(model)[layer_idx])
+    fam = family(model)
+    H, G, P = head_layout(text_config(model))
+    qkv, out = _projections(attn, fam, model.config.model_type)
+    sizes = [H * P, G * P, G * P]  # rows of q, k, v
+    if fam.fused == "separate":
+        q, k, v = (_weight(m, fam.transposed) for m in qkv)      # (H*P, D), (G*P, D), (G*P, D)
+        q_bias, k_bias, v_bias = (_bias(m) for m in qkv)
     else:
-        if layout.kind == "conv1d":      # GPT-2 Conv1D stores (in, out): transpose to (out, in)
-            w, b = proj[0].weight.detach().t(), _bias(proj[0])
-        else:
-            w, b = proj[0].weight.detach(), _bias(proj[0])
-        if layout.kind == "fused_per_head":  # rows ordered [head][q, k, v][P] -> [q, k, v][head][P]
+        w, b = _weight(qkv[0], fam.transposed), _bias(qkv[0])   # (H*P + 2*G*P, D), bias of as many rows
+        if w.shape[0] != sum(sizes):
+            raise ValueError(f"fused projection {fam.qkv[0]} of {type(attn).__name__} has {w.shape[0]} rows, expected "
+                             f"{sum(sizes)} for H={H}, G={G}, P={P}: check the config's head counts")
+        if fam.fused == "per_head":  # rows [h][q, k, v][P] -> [q, k, v][h][P]
+            if H != G:
+                raise ValueError(f"{type(attn).__name__}: a per-head fused projection needs as many key/value heads "
+                                 f"as query heads, the config says H={H}, G={G}")
             w = w.reshape(H, 3, P, -1).transpose(0, 1).reshape(3 * H * P, -1)
             b = b.reshape(H, 3, P).transpose(0, 1).reshape(-1) if b is not None else None
-        if w.shape[0] != sum(sizes):
-            raise ValueError(f"fused projection has {w.shape[0]} rows, expected {sum(sizes)} for H={H}, G={G}, P={P}")
         q, k, v = w.split(sizes, dim=0)
-        qb, kb, vb = b.split(sizes) if b is not None else (None, None, None)
-    o = out.weight.detach().t() if layout.kind == "conv1d" else out.weight.detach()
-    return AttentionWeights(q, k, v, o, num_heads=H, num_kv_heads=G, head_dim=P,
-                            q_bias=qb, k_bias=kb, v_bias=vb, o_bias=_bias(out))
+        q_bias, k_bias, v_bias = b.split(sizes) if b is not None else (None, None, None)
+    return AttentionWeights(q, k, v, _weight(out, fam.transposed), num_heads=H, num_kv_heads=G, head_dim=P,
+                            q_bias=q_bias, k_bias=k_bias, v_bias=v_bias, o_bias=_bias(out))
+
+
+def tied_embeddings(model: nn.Module) -> bool:
+    """Whether the LM head shares its weight with the input embedding."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and head.weight is embed.weight

@@ -1,0 +1,109 @@
+"""The distillation engine on a tiny random Llama teacher that uses the real tokenizer and the real corpus."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from workbench.distill.config import RunConfig, StageConfig, parse_tokens
+from workbench.distill.events import iter_events
+from workbench.distill.run import NonFiniteLoss, Run
+from workbench.distill.run_dir import RunDir
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory, teacher):
+    """A 4-layer Llama (width 64, 4 heads, 2 KV heads) with the default teacher's tokenizer, saved as an HF folder."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny_teacher")
+    LlamaForCausalLM(config).save_pretrained(path)
+    teacher.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def tiny_config(teacher_dir, stages, **kw):
+    settings = dict(eval_every=3, eval_tokens=512, eval_window=64, checkpoint_every=2) | kw
+    return RunConfig(teacher=teacher_dir, mixer="mamba2", keep_attention=[0], device="cpu", stages=stages, **settings)
+
+
+def test_parse_tokens():
+    assert parse_tokens("20M") == 20_000_000 and parse_tokens("1.5k") == 1500 and parse_tokens("3B") == 3 * 10**9
+    assert parse_tokens(77) == 77
+    with pytest.raises(ValueError, match="k/M/B"):
+        parse_tokens("lots")
+
+
+def test_stage_validation_names_the_fix():
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        StageConfig(losses={"kll": 1.0}).validate()
+    with pytest.raises(ValueError, match="less than one step"):
+        StageConfig(tokens=10).validate()
+
+
+def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir, tmp_path):
+    stages = [StageConfig("matrix", losses={"matrix": 1.0}, tokens=4 * 2 * 32, batch_size=2, seq_len=32, lr=1e-2),
+              StageConfig("hidden", losses={"hidden": 1.0}, tokens=4 * 2 * 32, batch_size=2, seq_len=32, lr=1e-2),
+              StageConfig("kd", losses={"kl": 1.0, "ce": 0.1}, train="all", tokens=4 * 2 * 32, batch_size=2,
+                          seq_len=32, lr=1e-3)]
+    summary = Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False,
+                  final_eval_tokens=600).execute()
+    run = RunDir.open(tmp_path / "run")
+    steps = list(iter_events(run.events_path, "step"))
+    assert [e["step"] for e in steps] == list(range(1, 13))
+    assert [e["stage"] for e in steps] == ["matrix"] * 4 + ["hidden"] * 4 + ["kd"] * 4
+    assert all("loss_matrix" in e for e in steps[:4]) and all({"loss_kl", "loss_ce"} <= set(e) for e in steps[8:])
+    assert all(e["tokens"] == 64 and e["tokens_per_s"] > 0 and e["lr"] > 0 for e in steps)
+    evals = list(iter_events(run.events_path, "eval"))
+    assert evals and all(0 <= e["agreement"] <= 1 and e["kl"] >= 0 for e in evals)
+    assert run.summary == summary and summary["replaced"] == [1, 2, 3] and summary["steps"] == 12
+    assert summary["ppl_ratio"] == pytest.approx(summary["ppl_student"] / summary["ppl_teacher"])
+    tensors, state = run.latest_checkpoint()
+    assert state["global_step"] == 12 and any(k.startswith("opt/") for k in tensors)
+    # the matrix stage moved the mixers towards the attention matrices
+    first, last = steps[0]["loss_matrix"], steps[3]["loss_matrix"]
+    assert last < first
+
+
+def test_killed_run_resumes_without_lost_or_repeated_steps(tiny_teacher_dir, tmp_path):
+    """Kill a CLI run right after its first checkpoint, resume it, compare with an uninterrupted run."""
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=8 * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
+    cfg = tiny_config(tiny_teacher_dir, stages, eval_every=0)
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(cfg.to_dict()))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "distill", "--config", str(config_file),
+                             "--out", str(out), "--final-eval-tokens", "300"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "latest.json").exists():
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (out / "checkpoints" / "latest.json").exists(), "the run never wrote a checkpoint"
+    Run.resume(out, progress=False).execute()
+    steps = [e["step"] for e in iter_events(out / "events.jsonl", "step")]
+    resumed_at = next(iter_events(out / "events.jsonl", "resume"))["step"]
+    # steps after the checkpoint may have been logged before the kill; the resumed run repeats none it had saved
+    assert sorted(set(steps)) == list(range(1, 9)) and steps[-1] == 8
+    assert steps.count(resumed_at) == 1
+    # same result as a run that was never interrupted
+    Run(cfg, tmp_path / "straight", progress=False, final_eval_tokens=300).execute()
+    a = RunDir.open(out).latest_checkpoint()[0]
+    b = RunDir.open(tmp_path / "straight").latest_checkpoint()[0]
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_teacher_dir, tmp_path):
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=6 * 2 * 32, batch_size=2, seq_len=32, lr=1e9)]
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
+        Run(tiny_config(tiny_teacher_dir, stages, grad_clip=1e12), tmp_path / "nan", progress=False).execute()
+    errors = list(iter_events(tmp_path / "nan" / "events.jsonl", "error"))
+    assert errors and "lower the learning rate" in errors[0]["message"]

@@ -1,0 +1,96 @@
+"""Typed run configuration: a run is a list of stages. Every field has a default with its reason beside it.
+
+Token budgets accept k/M/B suffixes through ``parse_tokens`` ("20M" -> 20_000_000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
+TRAINABLE = ("mixers", "mixers+mlps", "all")
+
+
+def parse_tokens(text: str | int) -> int:
+    """'20M' -> 20_000_000; also k and B; plain integers pass through."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip()
+    scale = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}.get(s[-1:], 1)
+    number = s[:-1] if scale != 1 else s
+    try:
+        value = float(number) * scale
+    except ValueError as err:
+        raise ValueError(f"token budget {text!r} is not a number with an optional k/M/B suffix (e.g. 20M)") from err
+    if value <= 0:
+        raise ValueError(f"token budget must be positive, got {text!r}")
+    return int(value)
+
+
+@dataclass
+class StageConfig:
+    name: str = "kd"                          # shown in events, plots and the progress bar
+    train: str = "mixers"                     # which parameters learn: mixers | mixers+mlps | all
+    losses: dict[str, float] = field(default_factory=lambda: {"kl": 1.0})  # term -> weight (terms: LOSS_TERMS)
+    tokens: int = 1_000_000                   # token budget of this stage (batch_size * seq_len per step)
+    layers: list[int] | None = None           # layer-wise terms (matrix, hidden, attn_mse) use these replaced
+                                              # layers; None = all replaced layers
+    lr: float = 1e-3                          # peak learning rate (AdamW); mixers start far from their optimum
+    schedule: str = "cosine"                  # cosine | wsd (warmup-stable-decay)
+    warmup: float = 0.05                      # fraction of the stage's steps spent warming up
+    min_lr_ratio: float = 0.1                 # final lr = min_lr_ratio * lr
+    weight_decay: float = 0.0                 # distillation rarely needs it; filters/SSM params must not decay
+    batch_size: int = 8                       # sequences per step
+    seq_len: int = 512                        # tokens per sequence
+    temperature: float = 1.0                  # KL temperature (loss scaled by T^2)
+
+    def validate(self) -> None:
+        unknown = set(self.losses) - set(LOSS_TERMS)
+        if unknown:
+            raise ValueError(f"stage {self.name!r}: unknown loss terms {sorted(unknown)}; use {LOSS_TERMS}")
+        if self.train not in TRAINABLE:
+            raise ValueError(f"stage {self.name!r}: train={self.train!r}; use one of {TRAINABLE}")
+        if self.tokens < self.batch_size * self.seq_len:
+            raise ValueError(f"stage {self.name!r}: {self.tokens} tokens is less than one step "
+                             f"({self.batch_size} x {self.seq_len})")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // (self.batch_size * self.seq_len)
+
+
+@dataclass
+class RunConfig:
+    teacher: str = "smollm2-135m"             # registry name, local folder, .gguf or hub id
+    mixer: str = "mamba2"                     # student mixer (workbench.students.build.MIXERS)
+    keep_attention: list[int] = field(default_factory=list)  # teacher layers that stay attention (hybrid)
+    replace: list[int] | None = None          # layers to replace; None = every layer not in keep_attention
+    init: str = "attention"                   # attention (Mamba in the Llama init) | random
+    mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
+    corpus: str = "sotu"                      # training corpus (train split); evals use its valid/heldout splits
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    device: str = "auto"                      # cpu | cuda | cuda:N | auto
+    seed: int = 0                             # data order and mixer init
+    eval_every: int = 50                      # steps between evaluations (0 = only at the end)
+    eval_tokens: int = 8192                   # valid-split tokens per in-run evaluation (fast, fixed windows)
+    eval_window: int = 512                    # window of in-run evaluations
+    checkpoint_every: int = 100               # steps between checkpoints (and one at every stage end)
+    grad_clip: float = 1.0                    # max global grad norm
+    autocast: bool = True                     # bf16 autocast on CUDA (SSM parameters stay fp32)
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ValueError("a run needs at least one stage")
+        for stage in self.stages:
+            stage.validate()
+        if self.init not in ("attention", "random"):
+            raise ValueError(f"init must be 'attention' or 'random', got {self.init!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        data["stages"] = [StageConfig(**s) for s in data.get("stages", [])]
+        return cls(**data)

@@ -1,0 +1,70 @@
+"""Recipes: Python presets that turn a few dials (token budget, sequence length, batch) into a list of stages that
+follow each paper's procedure. See ../shared/methods.md for the procedures.
+
+- ``mohawk`` (arXiv 2408.10189): 1) matrix orientation, 2) hidden-state alignment, 3) end-to-end KD with every
+  parameter; budget split as the paper's 80M / 160M / 2.76B (2.7% / 5.3% / 92%).
+- ``mamba-in-llama`` (arXiv 2408.15237): attention-weight init (done by the student builder), a stage where only the
+  mixers learn (CE on the data + 0.1 KL in the paper's stepwise phase; here KL 1 + CE 0.1), then end-to-end KL with
+  every parameter.
+- ``scavenging-hyena`` (arXiv 2401.17574): progressive layer-wise transfer from the first layer onward (hidden-state
+  alignment of one group of layers at a time), then logit KD.
+- ``kd``: plain end-to-end logit KD.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from workbench.distill.config import StageConfig
+
+
+def _split(tokens: int, shares: list[float]) -> list[int]:
+    return [max(1, int(tokens * s)) for s in shares]
+
+
+def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+    t1, t2, t3 = _split(tokens, [80 / 3000, 160 / 3000, 2760 / 3000])
+    common = dict(seq_len=seq_len, batch_size=batch_size)
+    return [StageConfig("matrix-orientation", "mixers", {"matrix": 1.0}, t1, lr=lr, **common),
+            StageConfig("hidden-alignment", "mixers", {"hidden": 1.0}, t2, lr=lr, **common),
+            StageConfig("knowledge-distillation", "all", {"kl": 1.0}, t3, lr=lr / 10, **common)]
+
+
+def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+    t1, t2 = _split(tokens, [0.2, 0.8])
+    common = dict(seq_len=seq_len, batch_size=batch_size)
+    return [StageConfig("mixers-only", "mixers", {"kl": 1.0, "ce": 0.1}, t1, lr=lr, **common),
+            StageConfig("end-to-end", "all", {"kl": 1.0}, t2, lr=lr / 10, **common)]
+
+
+def scavenging_hyena(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
+                     layers: list[int] | None = None, groups: int = 3, **_) -> list[StageConfig]:
+    """Progressive transfer over ``groups`` consecutive groups of the replaced ``layers`` (first layers first)."""
+    layers = list(layers or [])
+    if not layers:
+        raise ValueError("scavenging-hyena needs the list of replaced layers (layers=...)")
+    groups = min(groups, len(layers))
+    size = -(-len(layers) // groups)
+    chunks = [layers[i:i + size] for i in range(0, len(layers), size)]
+    progressive = _split(tokens, [0.4 / len(chunks)] * len(chunks))
+    common = dict(seq_len=seq_len, batch_size=batch_size)
+    stages = [StageConfig(f"layers-{c[0]}-{c[-1]}", "mixers", {"hidden": 1.0}, t, layers=c, lr=lr, **common)
+              for c, t in zip(chunks, progressive)]
+    return stages + [StageConfig("knowledge-distillation", "all", {"kl": 1.0}, int(tokens * 0.6), lr=lr / 10,
+                                 **common)]
+
+
+def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+    return [StageConfig("knowledge-distillation", "mixers", {"kl": 1.0}, tokens, lr=lr, seq_len=seq_len,
+                        batch_size=batch_size)]
+
+
+RECIPES: dict[str, Callable[..., list[StageConfig]]] = {
+    "mohawk": mohawk, "mamba-in-llama": mamba_in_llama, "scavenging-hyena": scavenging_hyena, "kd": kd,
+}
+
+
+def recipe(name: str, **dials) -> list[StageConfig]:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
+    return RECIPES[name](**dials)

@@ -1,0 +1,60 @@
+"""Causal depthwise 1-D convolution with an O(1) recurrent step on a ring buffer (shared by the SSM mixers).
+
+    y[t, c] = bias[c] + Σ_{k=0..W-1} weight[c, 0, k] · x[t - (W-1) + k, c]        (x before position 0 is zero)
+
+The weight keeps nn.Conv1d's depthwise layout (C, 1, W), so mamba-ssm and transformers checkpoints load as they are.
+For decoding, a ring buffer (B, C, W) holds the last W inputs in slots position mod W: each step writes one slot in
+place and reads the window in order, so nothing is shifted and the buffer keeps its address (CUDA-graph friendly).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv over (B, L, C) with ``step`` for one token. C channels, W taps."""
+
+    def __init__(self, channels: int, width: int, bias: bool = True):
+        super().__init__()
+        self.channels, self.width = channels, width
+        self.weight = nn.Parameter(torch.empty(channels, 1, width))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """nn.Conv1d's default: uniform in ±1/√fan_in, fan_in = W for a depthwise filter."""
+        bound = 1 / math.sqrt(self.width)
+        self.weight.uniform_(-bound, bound)
+        if self.bias is not None:
+            self.bias.uniform_(-bound, bound)
+
+    @torch.no_grad()
+    def init_identity_(self) -> None:
+        """Make the conv the identity map: the last tap (the current token) 1, the others and the bias 0."""
+        self.weight.zero_()
+        self.weight[:, 0, -1] = 1
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
+        x = F.pad(x.transpose(1, 2), (self.width - 1, 0))  # (B, C, W-1+L): zeros before the first token
+        return F.conv1d(x, self.weight, self.bias, groups=self.channels).transpose(1, 2)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The ring buffer before the first token: (B, C, W) zeros."""
+        return torch.zeros(batch_size, self.channels, self.width, device=device, dtype=dtype)
+
+    def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
+        """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""
+        W = self.width
+        buffer.index_copy_(2, (position % W).reshape(1), x_t[..., None].to(buffer.dtype))
+        oldest_first = (position + 1 + torch.arange(W, device=buffer.device)) % W  # slots of positions t-W+1 .. t
+        window = buffer.index_select(2, oldest_first)                              # (B, C, W)
+        y = (window * self.weight[:, 0]).sum(-1)
+        return y if self.bias is None else y + self.bias

@@ -1,0 +1,322 @@
+"""Mamba-2 mixer (Dao & Gu, "Transformers are SSMs", arXiv 2405.21060) and its discrete variant from MOHAWK
+(Bick et al., "Transformers to SSMs: Distilling Quadratic Knowledge to Subquadratic Models", arXiv 2408.10189).
+
+Shapes: B batch, L length, D model width, E = H·P inner width, H heads, P head width, G groups of B/C, N state size,
+W conv width.
+
+Forward, step by step (the numbers appear again in the code):
+  1. in_proj: x (B, L, D) -> z (E) | xBC = [x (E), B (G·N), C (G·N)] | dt (H)    (mamba_ssm's order, so its and
+     transformers' Mamba2 weights copy over as they are)
+  2. causal depthwise conv (width W) over xBC, then SiLU (Mamba-2) or nothing (MOHAWK)
+  3. split into u (B, L, H, P), B (B, L, G, N), C (B, L, G, N); head h reads group h // (H/G)
+  4. decay and input scale per token and head:
+       Mamba-2:  Δ_t = clamp(softplus(dt_t + dt_bias), dt_limit),  A = -exp(A_log) (H,),  log a_t = Δ_t·A, scale Δ_t
+       discrete: log a_t = -softplus(Λ_t) with Λ_t = dt_t + dt_bias,  no input scale (Δ ≡ 1)
+  5. SSD scan (``workbench.ops.ssd``): h_t = a_t·h_{t-1} + scale_t·u_t ⊗ B_t, y_t = h_t·C_t, plus the skip D·u_t
+  6. gate and norm: RMSNorm over G groups of (y ⊙ silu(z)) times a weight (Mamba-2, norm after the gate as in
+     mamba_ssm's Mamba2); MOHAWK: y ⊙ silu(z + b) with no norm
+  7. out_proj: (E) -> (D)
+Mixing matrix (per head, y = M u): M[l, s] = (C_l·B_s) · exp(Σ_{k=s+1..l} log a_k) · scale_s, plus D on the diagonal.
+
+Initialising from attention: Mamba in the Llama (Wang et al., arXiv 2408.15237, Algorithm 1), ``Mamba2.from_attention``.
+Student heads = attention heads H, P = attention head dim, N = P, and G = H (each head its own B and C):
+  in_proj rows x  (H·P, D)  <- V, repeated to the H query heads          (attention: (G_kv·P, D))
+  in_proj rows B  (H·P, D)  <- K, repeated to the H query heads          (attention: (G_kv·P, D))
+  in_proj rows C  (H·P, D)  <- Q                                          (attention: (H·P, D))
+  out_proj        (D, H·P)  <- O
+  q/k/v/o biases go to the same rows of in_proj's and out_proj's biases.
+So C_l·B_s = q_l·k_s before RoPE, and with an identity conv the SSM's u is the value stream. Fresh, as in the paper:
+z rows of in_proj, conv, dt bias (Δ log-uniform in [dt_min, dt_max]), A_log = log(uniform(1, 16)), D = 1, norm = 1.
+GQA choice: K and V are repeated to all H heads (each head may then drift from its KV group's copy in training)
+rather than kept at KV width, because Mamba-2 shares one group count between B and C and Q has H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.ops.ssd import segment_sum, ssd_scan
+from workbench.students._conv import CausalConv1d
+from workbench.students.base import AttentionWeights, Mixer
+
+SILU_INVERSE_OF_ONE = 1.2784645427610738  # the z with z·sigmoid(z) = 1, so a gate silu(z + b) starts at exactly 1
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """float32 for half-precision input, unchanged for float32/float64 (decays and states need the range)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> Tensor:
+    """Biases b (n,) with softplus(b) log-uniform in [dt_min, dt_max] and at least ``floor`` (Mamba-1/2's Δ init)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(dt)
+
+
+class GatedOutput(nn.Module):
+    """y ⊙ silu(z + b), optionally RMS-normalised over G groups of channels and scaled (shared by Mamba and Mamba-2).
+
+    ``norm=True`` is mamba_ssm's RMSNormGated with norm_before_gate=False (Mamba-2); ``norm=False`` is Mamba-1's
+    output gate and MOHAWK's. The bias b exists only with ``bias=True`` (phi-mamba's z_bias).
+    """
+
+    def __init__(self, width: int, norm: bool, groups: int = 1, eps: float = 1e-5, bias: bool = False):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(width)) if norm else None
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+
+    @torch.no_grad()
+    def init_gate_one_(self) -> None:
+        """With z = 0 (zeroed z projection) the gate silu(0 + b) is exactly 1."""
+        if self.bias is None:
+            raise ValueError("a gate initialised to 1 needs a gate bias (gate_bias=True)")
+        self.bias.fill_(SILU_INVERSE_OF_ONE)
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., E), (..., E) -> (..., E)
+        g = y * F.silu(z if self.bias is None else z + self.bias)
+        if self.weight is None:
+            return g
+        g32 = at_least_fp32(g).unflatten(-1, (self.groups, -1))              # (..., G, E/G)
+        g32 = g32 * torch.rsqrt(g32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (g32.flatten(-2) * self.weight).to(y.dtype)
+
+
+@dataclass
+class Mamba2Config:
+    d_model: int                                         # D: width of the residual stream read and written
+    d_state: int = 64                                    # N: state size per head (from attention: the head dim)
+    head_dim: int = 64                                   # P: channels per head
+    n_heads: int | None = None                           # H; None: expand * d_model // head_dim (mamba_ssm's rule)
+    expand: int = 2                                      # inner width E = expand * D, used when n_heads is None
+    n_groups: int = 1                                    # G: heads share B and C in G groups (mamba_ssm default 1)
+    d_conv: int = 4                                      # W: taps of the causal depthwise conv over x, B, C
+    conv_bias: bool = True                               # the conv has a bias (mamba_ssm default)
+    conv_activation: bool = True                         # SiLU after the conv (Mamba-2); MOHAWK: identity
+    conv_init_identity: bool = False                     # start the conv as the identity map (MOHAWK)
+    bias: bool = False                                   # biases on in_proj and out_proj (mamba_ssm default: none)
+    discrete: bool = False                               # MOHAWK's variant: a_t = exp(-softplus(Λ_t)), no Δ scaling
+    dt_min: float = 0.001                                # Δ at init is log-uniform in [dt_min, dt_max] (mamba_ssm);
+    dt_max: float = 0.1                                  #   discrete: a_t starts near exp(-Δ), the same memory span
+    dt_init_floor: float = 1e-4                          # ... and at least this
+    dt_limit: tuple[float, float] = (0.0, float("inf"))  # Δ is clamped to this range (mamba_ssm default: no clamp)
+    A_init_range: tuple[float, float] = (1.0, 16.0)      # -A per head uniform in this range (Mamba in the Llama)
+    D_init: float = 1.0                                  # skip D per head (mamba_ssm and the papers: 1)
+    norm: bool = True                                    # grouped RMSNorm of the gated output (Mamba-2); MOHAWK: none
+    norm_eps: float = 1e-5                               # its epsilon (mamba_ssm default)
+    gate_bias: bool = False                              # a learnable bias b in the gate silu(z + b) (phi-mamba)
+    gate_init_one: bool = False                          # gate = 1 at init: z rows of in_proj zero, b = silu⁻¹(1)
+    chunk_size: int = 64                                 # Q: SSD chunk length (speed and memory, not results)
+
+    def __post_init__(self):
+        if self.n_heads is None:
+            if (self.expand * self.d_model) % self.head_dim:
+                raise ValueError(f"expand*d_model = {self.expand * self.d_model} is not a multiple of head_dim "
+                                 f"{self.head_dim}; set n_heads explicitly")
+            self.n_heads = self.expand * self.d_model // self.head_dim
+        if self.n_heads % self.n_groups:
+            raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_groups {self.n_groups}")
+        if self.gate_init_one and not self.gate_bias:
+            raise ValueError("gate_init_one needs gate_bias=True (the gate silu(z + b) reaches 1 only through b)")
+
+    @property
+    def d_inner(self) -> int:  # E
+        return self.n_heads * self.head_dim
+
+    @classmethod
+    def mohawk(cls, d_model: int, **overrides) -> Mamba2Config:
+        """MOHAWK's Phi-Mamba mixer: discrete Mamba-2, state 64, expand 1, identity conv without activation,
+        gate initialised to 1, no norm. Heads default to E / 64; pass n_heads = the teacher's heads."""
+        preset = dict(discrete=True, d_state=64, expand=1, conv_activation=False, conv_init_identity=True,
+                      norm=False, gate_bias=True, gate_init_one=True)
+        return cls(d_model=d_model, **{**preset, **overrides})
+
+
+class SSMInputs(NamedTuple):
+    """What step 1-4 make of the input: the gate, and the scan's arguments (see ``workbench.ops.ssd.ssd_scan``)."""
+    z: Tensor              # (B, L, E) gate
+    u: Tensor              # (B, L, H, P) inner input the mixing matrix acts on
+    dt: Tensor | None      # (B, L, H) Δ, or None for the discrete variant
+    A: Tensor              # (H,) Mamba-2, or (B, L, H) per-token log a_t (discrete)
+    B: Tensor              # (B, L, G, N)
+    C: Tensor              # (B, L, G, N)
+
+
+class Mamba2(Mixer):
+    """Mamba-2 (or, with ``config.discrete``, MOHAWK's discrete Mamba-2) token mixer: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, config: Mamba2Config):
+        super().__init__()
+        self.config = c = config
+        self.d_model = c.d_model
+        H, P, N, G, E = c.n_heads, c.head_dim, c.d_state, c.n_groups, c.d_inner
+        self.conv_channels = E + 2 * G * N
+        self.in_proj = nn.Linear(c.d_model, E + self.conv_channels + H, bias=c.bias)  # [z, x, B, C, dt]
+        self.conv = CausalConv1d(self.conv_channels, c.d_conv, bias=c.conv_bias)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(H, c.dt_min, c.dt_max, c.dt_init_floor))
+        if not c.discrete:
+            self.A_log = nn.Parameter(torch.empty(H).uniform_(*c.A_init_range).log())
+        self.D = nn.Parameter(torch.full((H,), float(c.D_init)))
+        self.gate = GatedOutput(E, norm=c.norm, groups=G, eps=c.norm_eps, bias=c.gate_bias)
+        self.out_proj = nn.Linear(E, c.d_model, bias=c.bias)
+        if c.conv_init_identity:
+            self.conv.init_identity_()
+        if c.gate_init_one:
+            with torch.no_grad():
+                self.in_proj.weight[:E].zero_()
+                if self.in_proj.bias is not None:
+                    self.in_proj.bias[:E].zero_()
+            self.gate.init_gate_one_()
+
+    # ----- steps 1-4, shared by forward, step and the matrix -----
+
+    def _split_projection(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(..., 2E + 2GN + H) -> z (..., E), xBC (..., E + 2GN), dt (..., H)."""
+        c = self.config
+        return zxbcdt.split([c.d_inner, self.conv_channels, c.n_heads], dim=-1)
+
+    def _split_xbc(self, xBC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(..., E + 2GN) -> u (..., H, P), B (..., G, N), C (..., G, N), after the conv's activation."""
+        c = self.config
+        if c.conv_activation:
+            xBC = F.silu(xBC)
+        u, B, C = xBC.split([c.d_inner, c.n_groups * c.d_state, c.n_groups * c.d_state], dim=-1)
+        return (u.unflatten(-1, (c.n_heads, c.head_dim)), B.unflatten(-1, (c.n_groups, c.d_state)),
+                C.unflatten(-1, (c.n_groups, c.d_state)))
+
+    def _decay(self, dt: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Step 4: raw dt (..., H) -> (Δ, A) as ``ssd_scan`` takes them (see the module docstring)."""
+        dt = at_least_fp32(dt)
+        raw = dt + self.dt_bias.to(dt.dtype)
+        if self.config.discrete:
+            return None, -F.softplus(raw)                                          # log a_t, per token
+        return F.softplus(raw).clamp(*self.config.dt_limit), -torch.exp(self.A_log.to(raw.dtype))
+
+    def ssm_inputs(self, x: Tensor) -> SSMInputs:
+        """Steps 1-4 for x (B, L, D)."""
+        z, xBC, dt = self._split_projection(self.in_proj(x))   # 1.
+        u, B, C = self._split_xbc(self.conv(xBC))              # 2., 3.
+        dt, A = self._decay(dt)                                # 4.
+        return SSMInputs(z, u, dt, A, B, C)
+
+    def readout(self, y: Tensor, z: Tensor) -> Tensor:
+        """Steps 6-7: y (B, L, H, P) with the gate z (B, L, E) -> (B, L, D)."""
+        return self.out_proj(self.gate(y.flatten(-2).to(z.dtype), z))
+
+    # ----- the Mixer interface -----
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        u, y, z = self._scan(x)
+        return self.readout(y, z)
+
+    def _scan(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u (B, L, H, P), y = scan + D·u (B, L, H, P), z (B, L, E) for x (B, L, D)."""
+        inp = self.ssm_inputs(x)
+        y = ssd_scan(inp.u, inp.dt, inp.A, inp.B, inp.C, chunk_size=self.config.chunk_size)  # 5.
+        y = y + inp.u * self.D[:, None].to(y.dtype)
+        return inp.u, y, inp.z
+
+    def mix_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(u, y): the post-conv x heads and the SSM output with the D skip, before gate and norm; (B, L, H, P)."""
+        u, y, _ = self._scan(x)
+        return u, y
+
+    def mixing_matrix(self, x: Tensor) -> Tensor:
+        """M (B, H, L, L) with mix_io's y = M u per head: (C_l·B_s)·∏_{s<k≤l} a_k·scale_s + D on the diagonal."""
+        c = self.config
+        inp = self.ssm_inputs(x)
+        L = x.shape[1]
+        log_a = inp.A if inp.dt is None else inp.dt * inp.A                        # (B, L, H)
+        decay = segment_sum(log_a.transpose(1, 2)).exp()                          # (B, H, L, L)
+        if inp.dt is not None:
+            decay = decay * inp.dt.transpose(1, 2)[:, :, None, :]                 # scale by Δ_s (source)
+        dtype = decay.dtype
+        scores = torch.einsum("blgn,bsgn->bgls", inp.C.to(dtype), inp.B.to(dtype))  # (B, G, L, L)
+        scores = scores.repeat_interleave(c.n_heads // c.n_groups, dim=1)         # (B, H, L, L)
+        eye = torch.eye(L, device=x.device, dtype=dtype)
+        return scores * decay + self.D.to(dtype)[:, None, None] * eye
+
+    def init_state(self, batch_size: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """conv ring buffer (B, E + 2GN, W), SSM state (B, H, P, N) in at least float32, position (0-dim long)."""
+        c = self.config
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return {
+            "conv": self.conv.init_state(batch_size, device, dtype),
+            "ssm": torch.zeros(batch_size, c.n_heads, c.head_dim, c.d_state, device=device,
+                               dtype=torch.promote_types(dtype, torch.float32)),
+            "position": torch.zeros((), dtype=torch.long, device=device),
+        }
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned."""
+        c = self.config
+        z, xBC, dt = self._split_projection(self.in_proj(x_t))                           # 1.
+        u, B, C = self._split_xbc(self.conv.step(xBC, state["conv"], state["position"]))  # 2., 3.
+        dt, A = self._decay(dt)                                                          # 4.
+        h = state["ssm"]                                                                 # (B, H, P, N)
+        log_a = A if dt is None else dt * A                                              # (B, H)
+        u = u.to(h.dtype)
+        u_in = u if dt is None else u * dt[..., None].to(h.dtype)
+        B = B.to(h.dtype).repeat_interleave(c.n_heads // c.n_groups, dim=1)             # (B, H, N)
+        C = C.to(h.dtype).repeat_interleave(c.n_heads // c.n_groups, dim=1)
+        h.mul_(log_a.exp()[..., None, None].to(h.dtype)).add_(u_in[..., None] * B[:, :, None, :])  # 5.
+        y = torch.einsum("bhpn,bhn->bhp", h, C) + u * self.D[:, None].to(h.dtype)
+        state["position"].add_(1)
+        return self.readout(y, z), state                                                 # 6., 7.
+
+    # ----- initialisation from a teacher's attention (Mamba in the Llama) -----
+
+    @classmethod
+    def from_attention(cls, attn: AttentionWeights, config: Mamba2Config | None = None) -> Mamba2:
+        """A Mamba-2 mixer initialised from one attention block (see the module docstring for the mapping).
+
+        ``config`` may set everything the attention does not fix (discrete, conv, dt, norm, ...); it must agree with
+        the attention's layout: d_model = D, n_heads = H, head_dim = d_state = P, n_groups = H.
+        """
+        H, P, D = attn.num_heads, attn.head_dim, attn.d_model
+        has_bias = any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
+        if config is None:
+            config = Mamba2Config(d_model=D, n_heads=H, head_dim=P, d_state=P, n_groups=H, bias=has_bias)
+        required = {"d_model": D, "n_heads": H, "head_dim": P, "d_state": P, "n_groups": H}
+        wrong = {k: getattr(config, k) for k, v in required.items() if getattr(config, k) != v}
+        if wrong:
+            raise ValueError(
+                f"cannot map attention (D={D}, H={H} query heads, {attn.num_kv_heads} KV heads, head dim P={P}) onto "
+                f"a Mamba-2 config with {wrong}: from_attention needs d_model=D, n_heads=H, head_dim=d_state=P and "
+                f"n_groups=H (V->x, K->B repeated to all heads, Q->C, O->out_proj); got {config}")
+        if has_bias and not config.bias:
+            raise ValueError("the attention has biases; from_attention needs a config with bias=True to keep them")
+
+        mixer = cls(config)
+        E = H * P  # in_proj rows: [z, x, B, C, dt]
+        load_attention(mixer.in_proj, mixer.out_proj, attn, x_rows=slice(E, 2 * E), B_rows=slice(2 * E, 3 * E),
+                       C_rows=slice(3 * E, 4 * E))
+        return mixer
+
+
+@torch.no_grad()
+def load_attention(in_proj: nn.Linear, out_proj: nn.Linear, attn: AttentionWeights,
+                   x_rows: slice, B_rows: slice, C_rows: slice) -> None:
+    """Mamba in the Llama's transfer (shared by Mamba and Mamba-2): V -> x rows and K -> B rows of in_proj, both
+    repeated from the KV heads to all H query heads; Q -> C rows; O -> out_proj. Biases alike, zero where the
+    attention has none; the other rows of in_proj keep their fresh initialisation."""
+    w = in_proj.weight
+    w[x_rows] = attn.repeat_kv(attn.v).to(w.dtype)
+    w[B_rows] = attn.repeat_kv(attn.k).to(w.dtype)
+    w[C_rows] = attn.q.to(w.dtype)
+    out_proj.weight.copy_(attn.o)
+    if in_proj.bias is not None:
+        b = in_proj.bias
+        v_bias, k_bias = (None if t is None else attn.repeat_kv(t) for t in (attn.v_bias, attn.k_bias))
+        for rows, bias in ((x_rows, v_bias), (B_rows, k_bias), (C_rows, attn.q_bias)):
+            b[rows] = 0 if bias is None else bias.to(b.dtype)
+    if out_proj.bias is not None:
+        out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else torch.zeros_like(out_proj.bias))
