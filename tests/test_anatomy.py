@@ -17,8 +17,18 @@ from transformers import AttentionInterface, AutoModelForCausalLM, MptConfig
 from tiny_models import CONFIGS, tiny
 from workbench.teachers import anatomy
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (several threads spend more time synchronising than computing)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 RECORDED: dict = {}
 QUERY_SCALED = {"opt"}  # families that multiply the query by P**-0.5 before the attention function (and pass scaling 1)
+OWN_ATTENTION = {"gptj"}  # families whose attention does not go through transformers' AttentionInterface
 
 
 def _recording_attention(module, query, key, value, attention_mask, **kwargs):
@@ -40,7 +50,7 @@ def _linear(x, w, b):
     return x @ w.T + (b if b is not None else 0)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - OWN_ATTENTION))
 def test_attention_weights_reproduce_the_models_projections(name):
     model = tiny(name, attn_implementation="wb_recording")
     layers = anatomy.decoder_layers(model)
@@ -81,6 +91,24 @@ def test_attention_weights_reproduce_the_models_projections(name):
         torch.testing.assert_close(_linear(a, w.o, w.o_bias), s["out"], **close)
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_one_token_attention_is_o_of_v(name):
+    """With a single token, softmax attention reads only that token: output = o(repeat_kv(v(h))) exactly, whatever
+    q, k, rotary embeddings or score scaling are."""
+    model = tiny(name)
+    seen = {}
+    for i, layer in enumerate(anatomy.decoder_layers(model)):
+        _, attn = anatomy.attention_of(layer)
+        attn.register_forward_hook(lambda m, args, kwargs, out, i=i: seen.update(
+            {i: (args[0] if args else kwargs["hidden_states"], out[0])}), with_kwargs=True)
+    with torch.no_grad():
+        model(torch.tensor([[5], [7]]), use_cache=False)
+    for i, (h, out) in seen.items():                                             # h (B, 1, D)
+        w = anatomy.attention_weights(model, i)
+        v = _linear(h, w.repeat_kv(w.v), None if w.v_bias is None else w.repeat_kv(w.v_bias))   # (B, 1, H*P)
+        torch.testing.assert_close(_linear(v, w.o, w.o_bias), out, atol=1e-5, rtol=1e-5)
+
+
 def test_layer_info_reports_sliding_windows_parallel_blocks_and_extras():
     def kinds(name):
         infos = [anatomy.layer_info(tiny(name), i) for i in range(3)]
@@ -90,8 +118,8 @@ def test_layer_info_reports_sliding_windows_parallel_blocks_and_extras():
     assert kinds("mistral") == [("sliding_attention", 4)] * 3          # Mistral: every layer slides
     assert kinds("gemma2") == [("sliding_attention", 4), ("full_attention", None), ("sliding_attention", 4)]
     assert kinds("gemma3") == kinds("gemma2")
-    assert [anatomy.layer_info(tiny(n), 0).parallel_residual for n in ("gpt_neox", "phi", "stablelm", "llama")] == \
-        [True, True, True, False]
+    parallel = ("gpt_neox", "phi", "stablelm", "gptj", "cohere", "llama", "gpt2", "phi3")
+    assert [anatomy.layer_info(tiny(n), 0).parallel_residual for n in parallel] == [True] * 5 + [False] * 3
     assert anatomy.layer_info(tiny("qwen3"), 0).extras == ("q_norm", "k_norm")
     assert anatomy.layer_info(tiny("llama"), 0).extras == ()
     assert [anatomy.tied_embeddings(tiny(n)) for n in ("llama", "gpt2", "mistral")] == [True, True, False]

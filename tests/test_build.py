@@ -13,7 +13,7 @@ from torch import nn
 from tiny_models import CONFIGS, tiny
 from workbench.students import build
 from workbench.students.base import AttentionWeights, Mixer
-from workbench.teachers import anatomy
+from workbench.teachers import Teacher, anatomy
 
 
 @dataclass
@@ -57,6 +57,15 @@ class CumulativeMean(Mixer):
         return mixer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (several threads spend more time synchronising than computing)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 if "mean" not in build.MIXERS:
     build.register_mixer("mean", CumulativeMean)
 
@@ -94,8 +103,9 @@ def test_student_swaps_exactly_the_chosen_layers(name):
     kept = {k: v for k, v in student.state_dict().items() if ".mixer." not in k}
     assert all(torch.equal(v, before[k]) for k, v in kept.items())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert build.student_spec(teacher) is None
     assert anatomy.tied_embeddings(student) == anatomy.tied_embeddings(teacher)
-    # the student runs: a mixer layer's output is its mixer's output on the attention input
+    # the student runs, and computes something else than the teacher
     out = logits(student)
     assert out.shape == (2, 7, 101) and torch.isfinite(out).all()
     assert not torch.allclose(out, logits(teacher))
@@ -110,11 +120,12 @@ def test_all_layers_kept_gives_the_teachers_logits_exactly(name):
 
 
 def test_mixer_layer_output_is_the_mixers_output():
-    teacher = tiny("qwen2")
+    teacher = Teacher(tiny("qwen2"), tokenizer=None)           # a workbench Teacher works as well as a bare model
     student = build.build_student(teacher, "mean", keep_attention=[0, 2])
     seen = {}
     layer = anatomy.decoder_layers(student)[1]
-    name, adapter = anatomy.attention_of(layer)
+    name, adapter = anatomy.attention_of(layer)                # the adapter stands where the attention stood
+    assert name == "self_attn" and isinstance(adapter, build.MixerAttention)
     adapter.register_forward_hook(lambda m, args, kwargs, out: seen.update(
         x=kwargs.get("hidden_states", args[0] if args else None), y=out), with_kwargs=True)
     logits(student)
@@ -122,14 +133,26 @@ def test_mixer_layer_output_is_the_mixers_output():
     torch.testing.assert_close(seen["y"][0], adapter.mixer(seen["x"]))
 
 
+def test_student_of_a_frozen_teacher_trains():
+    teacher = Teacher(tiny("gpt2"), tokenizer=None)            # Teacher freezes its model
+    student = build.build_student(teacher, "mean", keep_attention=[1]).train()
+    student(IDS, labels=IDS, use_cache=False).loss.backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(not p.requires_grad for p in teacher.model.parameters())
+
+
 @pytest.mark.parametrize("name", ["llama", "gpt_neox", "gemma2", "mistral"])
-def test_generate_equals_greedy_recomputation_for_a_hybrid(name):
+def test_generate_equals_greedy_recomputation_for_a_hybrid(name, monkeypatch):
     student = build.build_student(tiny(name), "mean", keep_attention=[1]).eval()
     prompt = IDS[:, :5]
     expected = greedy_by_recomputation(student, prompt, 6)     # 11 tokens: past Mistral's sliding window of 4
+    steps = []
+    step = CumulativeMean.step
+    monkeypatch.setattr(CumulativeMean, "step", lambda self, x_t, state: steps.append(1) or step(self, x_t, state))
     out = student.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
                            pad_token_id=0)
     assert torch.equal(out, expected)
+    assert len(steps) == 2 * 10    # two mixer layers: 5 prompt tokens caught up, then 5 decoded tokens
 
 
 def test_cached_forward_matches_full_forward_token_by_token():
@@ -176,7 +199,8 @@ def test_bad_inputs_raise_errors_that_name_the_fix(tmp_path, monkeypatch):
         build.build_student(teacher, "mean", keep_attention=[-1])
     with pytest.raises(ValueError, match=r"more than once: \[1\]"):
         build.build_student(teacher, "mean", keep_attention=[1, 1])
-    with pytest.raises(ValueError, match=r"unknown mixer 'mamba3'.*'hyena'.*'mamba2'.*'mamba2-discrete'.*register_mixer"):
+    names = r"unknown mixer 'mamba3': choose one of \[.*'mamba2', 'mamba2-discrete', 'mean'.*register_mixer"
+    with pytest.raises(ValueError, match=names):
         build.build_student(teacher, "mamba3")
     with pytest.raises(ValueError, match=r"no config field \['width'\].*\['bias', 'scale'\]"):
         build.build_student(teacher, "mean", width=3)
@@ -186,6 +210,8 @@ def test_bad_inputs_raise_errors_that_name_the_fix(tmp_path, monkeypatch):
         build.register_mixer("linear", nn.Linear)
     with pytest.raises(ValueError, match="is taken"):
         build.register_mixer("mamba2-discrete", CumulativeMean)
+    with pytest.raises(ValueError, match=r"fixes \{'discrete': True\}; \{'discrete': False\} contradicts it"):
+        build.build_student(teacher, "mamba2-discrete", discrete=False)
     # an attention layout the table does not know: the error says how to register it
     layer = anatomy.decoder_layers(teacher)[0]
     monkeypatch.setattr(layer.self_attn, "qkv", layer.self_attn.q_proj, raising=False)
@@ -221,12 +247,15 @@ def test_every_family_in_the_tiny_zoo_builds():
 ])
 def test_real_mixers_build_generate_and_round_trip(mixer, config, tmp_path):
     student = build.build_student(tiny("llama"), mixer, keep_attention=[1], **config).eval()
+    spec = build.student_spec(student)
+    assert spec.mixer == mixer and spec.layers == [0, 2] and spec.keep_attention == [1]
     if mixer == "mamba2-discrete":
-        assert build.student_spec(student).mixer_config["discrete"] is True
+        assert spec.mixer_config["discrete"] is True
     prompt = IDS[:1, :5]
     expected = greedy_by_recomputation(student, prompt, 4)
     out = student.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
                            pad_token_id=0)
     assert torch.equal(out, expected)
     student.save_pretrained(tmp_path)
-    assert torch.equal(logits(build.load_student(tmp_path)), logits(student))
+    loaded = build.load_student(tmp_path)
+    assert build.student_spec(loaded) == spec and torch.equal(logits(loaded), logits(student))

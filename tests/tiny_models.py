@@ -34,6 +34,9 @@ CONFIGS = {
                                           qk_layernorm=True, use_qkv_bias=True),
     "granite": lambda: tf.GraniteConfig(**BASE, num_key_value_heads=2),
     "starcoder2": lambda: tf.Starcoder2Config(**BASE, num_key_value_heads=2, sliding_window=4),
+    "gptj": lambda: tf.GPTJConfig(vocab_size=V, n_embd=D, n_layer=N, n_head=4, rotary_dim=4, bos_token_id=1,
+                                  eos_token_id=2),                                          # parallel, out_proj
+    "cohere": lambda: tf.CohereConfig(**BASE, num_key_value_heads=2),                     # parallel
     "opt": lambda: tf.OPTConfig(vocab_size=V, hidden_size=D, ffn_dim=F, num_hidden_layers=N, num_attention_heads=4,
                                 word_embed_proj_dim=D, bos_token_id=1, eos_token_id=2, pad_token_id=0),
 }

@@ -204,6 +204,8 @@ class Run:
         else:
             run_dir.log("run_start", config=cfg.to_dict(), student_parameters=sum(p.numel() for p in params.values()),
                         replaced=sorted(self.mixers), device=str(self.device))
+            if cfg.eval_every:
+                self._evaluate(run_dir, 0, "init")  # where the student starts: the first point of every curve
 
         for s_idx in range(stage_idx, len(cfg.stages)):
             stage = cfg.stages[s_idx]

@@ -24,6 +24,22 @@ from types import ModuleType
 PACKAGE = "mamba_ssm"
 
 
+# why a kernel could not be loaded, by the module asked for (shown in error messages and by `workbench doctor`)
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def try_import(name: str, attribute: str):
+    """``import_submodule(name).<attribute>``, or None when it cannot be imported (the reason goes to IMPORT_ERRORS)."""
+    if not is_installed():
+        IMPORT_ERRORS[name] = f"{PACKAGE} is not installed"
+        return None
+    try:
+        return getattr(import_submodule(name), attribute)
+    except ImportError as err:
+        IMPORT_ERRORS[name] = f"{type(err).__name__}: {err}"
+        return None
+
+
 def is_installed() -> bool:
     """Is the mamba-ssm distribution importable at all (without importing it)?"""
     return importlib.util.find_spec(PACKAGE) is not None

@@ -167,15 +167,16 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
 # mamba-ssm's compiled CUDA kernel
 
 
+CUDA_MODULE = "mamba_ssm.ops.selective_scan_interface"
+
+
 @functools.cache
 def _cuda_kernel():
     """mamba_ssm's ``selective_scan_fn``, or None unless mamba-ssm and its compiled ``selective_scan_cuda`` exist."""
-    if not _mamba_ssm.is_installed() or importlib.util.find_spec("selective_scan_cuda") is None:
+    if importlib.util.find_spec("selective_scan_cuda") is None:  # the pure wheel lacks it; don't even try
+        _mamba_ssm.IMPORT_ERRORS[CUDA_MODULE] = "mamba-ssm's compiled extension selective_scan_cuda is not installed"
         return None
-    try:
-        return _mamba_ssm.import_submodule("mamba_ssm.ops.selective_scan_interface").selective_scan_fn
-    except ImportError:
-        return None
+    return _mamba_ssm.try_import(CUDA_MODULE, "selective_scan_fn")
 
 
 def _channels_first(t: Tensor | None) -> Tensor | None:
@@ -197,7 +198,8 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     _check(u, delta, A, B, C, initial_state)
     kernel = _cuda_kernel()
     if kernel is None:
-        raise RuntimeError("the 'cuda' selective-scan backend needs mamba-ssm built with selective_scan_cuda")
+        raise RuntimeError(f"the 'cuda' selective-scan backend needs mamba-ssm built with selective_scan_cuda: "
+                           f"{_mamba_ssm.IMPORT_ERRORS.get(CUDA_MODULE, 'not loaded')}")
     out = kernel(_channels_first(u), _channels_first(delta), A.float(), _channels_first(B), _channels_first(C),
                  None if D is None else D.float(), _channels_first(z),
                  None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)

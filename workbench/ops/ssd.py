@@ -67,7 +67,7 @@ def _check(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tensor, initia
     if dt is not None and dt.shape != (Bsz, L, H):
         raise ValueError(f"dt has shape {tuple(dt.shape)}, expected {(Bsz, L, H)}")
     if dt is None and A.shape != (Bsz, L, H):
-        raise ValueError(f"with dt=None (discrete variant) A must be per token, shape {(Bsz, L, H)}; got {tuple(A.shape)}")
+        raise ValueError(f"with dt=None (discrete variant) A must be per token, {(Bsz, L, H)}; got {tuple(A.shape)}")
     if A.shape not in ((H,), (Bsz, L, H)):
         raise ValueError(f"A has shape {tuple(A.shape)}, expected {(H,)} or {(Bsz, L, H)}")
     if B.shape != (Bsz, L, G, N) or C.shape != B.shape:
@@ -172,15 +172,13 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tens
 # mamba-ssm's Triton kernel
 
 
+TRITON_MODULE = "mamba_ssm.ops.triton.ssd_combined"
+
+
 @functools.cache
 def _triton_kernel():
     """mamba_ssm's ``mamba_chunk_scan_combined``, or None when mamba-ssm or triton is missing."""
-    if not _mamba_ssm.is_installed():
-        return None
-    try:
-        return _mamba_ssm.import_submodule("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
-    except ImportError:
-        return None
+    return _mamba_ssm.try_import(TRITON_MODULE, "mamba_chunk_scan_combined")
 
 
 def ssd_scan_triton(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 64,
@@ -194,7 +192,8 @@ def ssd_scan_triton(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tenso
     _check(x, dt, A, B, C, initial_state)
     kernel = _triton_kernel()
     if kernel is None:
-        raise RuntimeError("the 'triton' SSD backend needs mamba-ssm and triton (see workbench doctor)")
+        raise RuntimeError(f"the 'triton' SSD backend needs mamba-ssm and triton: "
+                           f"{_mamba_ssm.IMPORT_ERRORS.get(TRITON_MODULE, 'not loaded')}")
     if A.dim() == 1 and dt is not None:
         out = kernel(x, dt, A.float(), B, C, chunk_size, initial_states=initial_state,
                      return_final_states=return_final_state)

@@ -17,8 +17,11 @@ Decoding with a cache (``generate()``). Kept attention layers use the normal KV 
 recurrent state in a per-layer store keyed by the cache object, and records its token count in the cache (through
 ``cache.update`` with a (B, 1, L, 1) marker) so the cache's sequence length, positions and masks stay right for the
 attention layers. A prefill runs the parallel ``forward`` and remembers its input; the first decode step then brings
-the state up to date with ``step`` over those inputs, and every later token costs one ``step``. A cache that was
-cropped or reordered (beam search, speculative decoding) no longer matches the stored state: that raises.
+the state up to date with ``step`` over those inputs, and every later token costs one ``step``. A cropped cache
+(assisted or speculative decoding) no longer matches the stored state, and that raises. A reordered cache (beam
+search) cannot be detected: the mixers' states are not reordered with it, so beam search is not supported.
+Mixers take no attention mask: every position, padding included, enters their state, so pad on the right (or not
+at all); left-padded batched generation lets pad tokens into the mixer layers.
 
 Mixers are found in ``MIXERS`` (name -> class). A mixer class offers ``from_attention(attn, config=None)`` and keeps
 its dataclass config as ``mixer.config``; the config the builder uses is the one ``from_attention`` picks for the
@@ -72,8 +75,8 @@ def register_mixer(name: str, cls: type[Mixer]) -> None:
     ``from_attention(attn, config=None)``."""
     if not (isinstance(cls, type) and issubclass(cls, Mixer) and callable(getattr(cls, "from_attention", None))):
         raise TypeError(f"{cls!r} is not a Mixer subclass with a from_attention(attn, config=None) classmethod")
-    if name in PRESETS or MIXERS.get(name, cls) is not cls:
-        raise ValueError(f"mixer name {name!r} is taken (by {MIXERS.get(name) or PRESETS[name]})")
+    if name in PRESETS or name in _BUILTIN or MIXERS.get(name, cls) is not cls:
+        raise ValueError(f"mixer name {name!r} is taken; the names in use are {mixer_names()}")
     MIXERS[name] = cls
 
 
@@ -209,8 +212,9 @@ def _check_layers(keep_attention: Sequence[int], n: int) -> list[int]:
     bad = [i for i in keep if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
     if bad:
         raise ValueError(f"keep_attention {bad} out of range: the teacher has layers 0..{n - 1}")
-    if len(set(keep)) != len(keep):
-        raise ValueError(f"keep_attention lists layers more than once: {sorted(i for i in set(keep) if keep.count(i) > 1)}")
+    repeated = sorted(i for i in set(keep) if keep.count(i) > 1)
+    if repeated:
+        raise ValueError(f"keep_attention lists layers more than once: {repeated}")
     return sorted(keep)
 
 
@@ -254,6 +258,9 @@ def _install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpe
     """Swap the attention of ``spec.layers`` in ``model`` (in place) for mixers; returns the spec with the
     resolved mixer config, also stored in ``model.config``."""
     cls, preset = mixer_class(spec.mixer)
+    conflicts = {k: v for k, v in overrides.items() if k in preset and v != preset[k]}
+    if conflicts:
+        raise ValueError(f"mixer {spec.mixer!r} fixes {preset}; {conflicts} contradicts it")
     layers = anatomy.decoder_layers(model)
     attns = {i: anatomy.attention_weights(model, i) for i in spec.layers}  # unmappable layouts fail here
     outputs = _output_counts(model) if spec.layers else []
@@ -262,7 +269,9 @@ def _install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpe
         mixer = cls.from_attention(attn if spec.init == "attention" else _random_like(attn), config)
         name, _ = anatomy.attention_of(layers[i])
         setattr(layers[i], name, MixerAttention(mixer.to(device=attn.q.device, dtype=attn.q.dtype), i, outputs[i]))
-    spec = replace(spec, mixer_config=asdict(config) if config is not None else {})
+    # stored as config.json will give it back (tuples become lists), so a saved and a built spec compare equal
+    resolved = json.loads(json.dumps(asdict(config))) if config is not None else {}
+    spec = replace(spec, mixer_config=resolved)
     setattr(model.config, SPEC_KEY, asdict(spec))
     return spec
 
@@ -336,8 +345,8 @@ def load_student(path: str | Path, device: str | torch.device | None = None,
     mixer_params = {k for k in model.state_dict() if k.startswith(prefixes)}
     weights = _read(_weight_files(path), mixer_params)
     model.load_state_dict(weights, strict=False)
-    problems = {"not loaded": sorted(set(info["missing_keys"]) - attention_params) + sorted(mixer_params - set(weights)),
-                "not used": sorted(set(info["unexpected_keys"]) - mixer_params)}
+    not_loaded = (set(info["missing_keys"]) - attention_params) | (mixer_params - set(weights))
+    problems = {"not loaded": sorted(not_loaded), "not used": sorted(set(info["unexpected_keys"]) - mixer_params)}
     if any(problems.values()):
         raise ValueError(f"{path} does not match the student its config describes: {problems}")
     return model.to(device) if device is not None else model

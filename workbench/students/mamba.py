@@ -34,8 +34,9 @@ holds for each head's channels but every channel weighs the N state products wit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +156,8 @@ class Mamba(Mixer):
         """
         c = self.config
         inp = self.ssm_inputs(x)
-        idx = torch.arange(c.d_inner, device=x.device) if channels is None else torch.as_tensor(channels, device=x.device)
+        idx = torch.arange(c.d_inner) if channels is None else torch.as_tensor(channels)
+        idx = idx.to(x.device)
         dt = inp.dt[:, :, idx].transpose(1, 2)                                     # (B, c, L)
         dtype = dt.dtype
         A = inp.A[idx]                                                             # (c, N)

@@ -131,11 +131,16 @@ class Mamba2Config:
 
     @classmethod
     def mohawk(cls, d_model: int, **overrides) -> Mamba2Config:
-        """MOHAWK's Phi-Mamba mixer: discrete Mamba-2, state 64, expand 1, identity conv without activation,
-        gate initialised to 1, no norm. Heads default to E / 64; pass n_heads = the teacher's heads."""
-        preset = dict(discrete=True, d_state=64, expand=1, conv_activation=False, conv_init_identity=True,
-                      norm=False, gate_bias=True, gate_init_one=True)
-        return cls(d_model=d_model, **{**preset, **overrides})
+        """MOHAWK's Phi-Mamba mixer: ``MOHAWK_FIELDS`` with state 64 and expand 1. Heads default to E / 64; pass
+        n_heads = the teacher's heads."""
+        return cls(d_model=d_model, **{"d_state": 64, "expand": 1, **MOHAWK_FIELDS, **overrides})
+
+
+# The fields that make a Mamba2Config MOHAWK's mixer (arXiv 2408.10189): discrete decay, identity conv without an
+# activation, gate initialised to 1, no norm. Its state size (64) and expand (1) are left to the caller, since
+# from_attention fixes those to the teacher's head width.
+MOHAWK_FIELDS = {"discrete": True, "conv_activation": False, "conv_init_identity": True, "norm": False,
+                 "gate_bias": True, "gate_init_one": True}
 
 
 class SSMInputs(NamedTuple):
@@ -155,7 +160,7 @@ class Mamba2(Mixer):
         super().__init__()
         self.config = c = config
         self.d_model = c.d_model
-        H, P, N, G, E = c.n_heads, c.head_dim, c.d_state, c.n_groups, c.d_inner
+        H, N, G, E = c.n_heads, c.d_state, c.n_groups, c.d_inner
         self.conv_channels = E + 2 * G * N
         self.in_proj = nn.Linear(c.d_model, E + self.conv_channels + H, bias=c.bias)  # [z, x, B, C, dt]
         self.conv = CausalConv1d(self.conv_channels, c.d_conv, bias=c.conv_bias)
@@ -211,16 +216,16 @@ class Mamba2(Mixer):
 
     # ----- the Mixer interface -----
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        u, y, z = self._scan(x)
-        return self.readout(y, z)
-
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u (B, L, H, P), y = scan + D·u (B, L, H, P), z (B, L, E) for x (B, L, D)."""
         inp = self.ssm_inputs(x)
         y = ssd_scan(inp.u, inp.dt, inp.A, inp.B, inp.C, chunk_size=self.config.chunk_size)  # 5.
         y = y + inp.u * self.D[:, None].to(y.dtype)
         return inp.u, y, inp.z
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
+        _, y, z = self._scan(x)
+        return self.readout(y, z)
 
     def mix_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(u, y): the post-conv x heads and the SSM output with the D skip, before gate and norm; (B, L, H, P)."""

@@ -43,7 +43,7 @@ class Family:
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # attribute names: (q, k, v), or one fused projection
     out: str = "o_proj"                                     # attribute name of the output projection
-    fused: str = "separate"     # row order of a fused projection: "qkv" (all q, all k, all v) or "per_head" ([h][q,k,v][P])
+    fused: str = "separate"     # fused row order: "qkv" (all q, all k, all v) or "per_head" ([h][q, k, v][P])
     transposed: bool = False    # weights stored (in, out) as in GPT-2's Conv1D, instead of nn.Linear's (out, in)
     parallel_residual: Callable = _never  # config -> True when attention and MLP both read the block input
 
@@ -79,7 +79,7 @@ class LayerInfo:
     attention_type: str          # "full_attention" or "sliding_attention"
     sliding_window: int | None   # window length of a sliding layer, else None
     parallel_residual: bool      # attention and MLP both read the block input (GPT-NeoX, Phi, GPT-J)
-    extras: tuple[str, ...]      # submodules of the attention beyond the projections (q/k norms...): not in AttentionWeights
+    extras: tuple[str, ...]      # attention submodules with weights beyond q/k/v/o (q/k norms): not in AttentionWeights
 
 
 def text_config(model: nn.Module):
@@ -88,7 +88,8 @@ def text_config(model: nn.Module):
 
 
 def family(model: nn.Module) -> Family:
-    return FAMILIES.get(model.config.model_type, DEFAULT_FAMILY)
+    """The model's row of FAMILIES (by the text config's model_type), or the default layout."""
+    return FAMILIES.get(text_config(model).model_type, DEFAULT_FAMILY)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -184,7 +185,7 @@ def attention_weights(model: nn.Module, layer_idx: int) -> AttentionWeights:
     _, attn = attention_of(decoder_layers(model)[layer_idx])
     fam = family(model)
     H, G, P = head_layout(text_config(model))
-    qkv, out = _projections(attn, fam, model.config.model_type)
+    qkv, out = _projections(attn, fam, text_config(model).model_type)
     sizes = [H * P, G * P, G * P]  # rows of q, k, v
     if fam.fused == "separate":
         q, k, v = (_weight(m, fam.transposed) for m in qkv)      # (H*P, D), (G*P, D), (G*P, D)
