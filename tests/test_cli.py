@@ -5,7 +5,7 @@ import pytest
 
 from workbench.cli import build_parser, main
 
-COMMANDS = [[], ["doctor"], ["teacher"], ["teacher", "info"], ["teacher", "list"], ["eval"], ["demo"]]
+COMMANDS = [[], ["doctor"], ["teacher"], ["teacher", "info"], ["teacher", "list"], ["eval"], ["demo"], ["distill"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -32,3 +32,14 @@ def test_unknown_teacher_is_a_one_line_error(capsys, monkeypatch):
     assert main(["teacher", "info", "no-such-teacher"]) == 2
     err = capsys.readouterr().err
     assert "unknown teacher 'no-such-teacher'" in err and "smollm2-135m" in err
+
+
+def test_distill_needs_out_or_resume(capsys):
+    assert main(["distill", "--tokens", "1k"]) == 2
+    assert "--out RUN_DIR is required" in capsys.readouterr().err
+
+
+def test_distill_bad_layer_list_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--keep-attention", "0,x"])
+    assert "comma-separated layer indices" in capsys.readouterr().err
