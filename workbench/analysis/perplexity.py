@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from workbench.teachers.anatomy import context_length
+
 
 @dataclass
 class PerplexityResult:
@@ -43,20 +45,11 @@ def logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda ids: model(input_ids=ids, use_cache=False).logits
 
 
-def model_max_length(model) -> int | None:
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if value:
-            return int(value)
-    return None
-
-
 @torch.no_grad()
 def perplexity(model, ids, window: int = 1024, batch_size: int = 4, device: torch.device | str | None = None,
                progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
     """Perplexity of ``model`` on token ids (1-D array or tensor) with the windowing convention above."""
-    limit = model_max_length(model)
+    limit = context_length(model.config)
     if limit is not None and window + 1 > limit:
         raise ValueError(f"window {window} needs {window + 1} positions but the model's context limit is {limit}; "
                          f"use --window {limit - 1} or less")

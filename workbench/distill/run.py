@@ -37,6 +37,7 @@ from workbench.distill.schedule import lr_at
 from workbench.students.base import Mixer
 from workbench.students.build import build_student, student_mixers
 from workbench.teachers import anatomy, load_teacher
+from workbench.teachers.wrapper import first_output
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,10 +56,6 @@ def trainable_parameters(student: torch.nn.Module, mixers: dict[int, Mixer], tra
     return params
 
 
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 @contextlib.contextmanager
 def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor], outputs: dict[int, torch.Tensor]):
     """While active, block i of ``layers`` reads ``inputs[i]`` instead of the previous block's output, and its output
@@ -71,7 +68,7 @@ def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor
             return args, {**kwargs, "hidden_states": x}
 
         def post(module, args, kwargs, output, i=i):
-            outputs[i] = _first(output)
+            outputs[i] = first_output(output)
 
         handles.append(layers[i].register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(layers[i].register_forward_hook(post, with_kwargs=True))
@@ -157,7 +154,6 @@ class Run:
                                      **cfg.mixer_config).to(self.device, torch.float32)
         self.student.train()
         self.mixers = student_mixers(self.student)
-        self.train_blocks = None
         self.valid_ids = token_ids(load_corpus(cfg.corpus, "valid" if cfg.corpus == "sotu" else "heldout"),
                                    self.teacher.tokenizer)
         self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)

@@ -127,6 +127,15 @@ def _check_index(model: nn.Module, index: int) -> int:
     return index
 
 
+def context_length(config) -> int | None:
+    """Longest context the model was built for, from whichever field its family uses (None if none says)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return None
+
+
 def head_layout(config) -> tuple[int, int, int]:
     """(H query heads, G key/value heads, P head width) from a text config."""
     H = int(config.num_attention_heads)

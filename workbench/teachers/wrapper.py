@@ -31,7 +31,7 @@ class Capture:
     attn_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, H, L, L) softmax probabilities, causal
 
 
-def _first(output):
+def first_output(output):
     """Modules return a tensor or a tuple whose first item is the hidden state."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -66,11 +66,7 @@ class Teacher:
     @property
     def max_length(self) -> int | None:
         """Longest context the model was built for (None if its config does not say)."""
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(self.config, key, None)
-            if value:
-                return int(value)
-        return None
+        return anatomy.context_length(self.config)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -138,14 +134,14 @@ class Teacher:
             def hook(module, args, kwargs, output):
                 hidden = args[0] if args else kwargs["hidden_states"]
                 if blocks:
-                    cap.block_in[i], cap.block_out[i] = hidden, _first(output)
+                    cap.block_in[i], cap.block_out[i] = hidden, first_output(output)
             return hook
 
         def attn_hook(i):
             def hook(module, args, kwargs, output):
                 if attention:
                     cap.attn_in[i] = args[0] if args else kwargs["hidden_states"]
-                    cap.attn_out[i] = _first(output)
+                    cap.attn_out[i] = first_output(output)
                 if attn_probs:
                     cap.attn_probs[i] = output[1]
             return hook
