@@ -27,3 +27,12 @@ def tmp_cache(tmp_path, monkeypatch):
     """A private, empty WORKBENCH_CACHE for tests that exercise building and rebuilding caches."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (several threads spend more time synchronising than computing)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, MptConfig
 from tiny_models import CONFIGS, tiny
 from workbench.teachers import anatomy
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (several threads spend more time synchronising than computing)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RECORDED: dict = {}

@@ -57,13 +57,7 @@ class CumulativeMean(Mixer):
         return mixer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (several threads spend more time synchronising than computing)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 if "mean" not in build.MIXERS:

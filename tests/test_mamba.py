@@ -7,6 +7,7 @@ own PyTorch mixers given the same weights.
 
 import pytest
 import torch
+from mixer_checks import step_outputs
 import torch.nn.functional as F
 
 from workbench.students.base import AttentionWeights
@@ -47,13 +48,9 @@ def test_forward_equals_step_by_step(make, L):
     x = torch.randn(2, L, D)
     with torch.no_grad():
         y = mixer(x)
-        state = mixer.init_state(2)
-        steps = []
-        for t in range(L):
-            y_t, state = mixer.step(x[:, t], state)
-            steps.append(y_t)
+    steps, state = step_outputs(mixer, x)
     assert y.shape == (2, L, D)
-    _assert_rel_close(torch.stack(steps, dim=1), y, 1e-5, "step loop")
+    _assert_rel_close(steps, y, 1e-5, "step loop")
     assert int(state["position"]) == L
 
 
