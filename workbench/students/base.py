@@ -33,6 +33,18 @@ class Mixer(nn.Module):
         """One token: x_t (B, D) -> y_t (B, D), and the next state. O(1) in the position."""
         raise NotImplementedError
 
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """A whole prompt x (B, L, D) -> (y (B, L, D), the state after its L tokens), ready for ``step``.
+
+        Default: y from the parallel ``forward``, the state by stepping through x once (L steps, outputs dropped).
+        Mixers that can read their final state off the parallel pass (a chunked scan's last chunk state) override it.
+        """
+        y = self(x)
+        state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        for t in range(x.shape[1]):
+            _, state = self.step(x[:, t], state)
+        return y, state
+
     def mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """Materialised causal token-mixing matrix for input x (B, L, D): (B, H, L, L), M[b, h, l, s] = 0 for s > l."""
         raise NotImplementedError

@@ -1,0 +1,187 @@
+"""The generation engine, speculative decoding and the generation benchmarks, on tiny random models (CPU, fast).
+
+Greedy decoding must reproduce transformers' own ``generate()`` token for token, for a teacher and for students
+(Mamba-2, Hyena, a hybrid keeping attention layers); speculative greedy decoding must reproduce plain greedy.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from tiny_models import tiny
+from workbench.cli import main
+from workbench.generation import generate, speculative_generate
+from workbench.generation.bench import BENCH_FIELDS, position_buckets
+from workbench.generation.sampling import filter_logits, next_tokens
+from workbench.students.build import build_student, student_mixers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+EOS, PAD = 2, 0  # the tiny configs' eos and pad tokens
+
+
+@pytest.fixture(scope="module")
+def models():
+    teacher = tiny("llama")
+    return {"teacher": teacher,
+            "mamba2": build_student(teacher, "mamba2").eval(),
+            "hyena": build_student(teacher, "hyena").eval(),
+            "hybrid": build_student(teacher, "mamba2", keep_attention=[0, 2]).eval(),
+            "hybrid-mid": build_student(teacher, "mamba2", keep_attention=[1]).eval()}
+
+
+def hf_greedy(model, ids, n):
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                         eos_token_id=EOS, pad_token_id=PAD)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("name", ["teacher", "mamba2", "hyena", "hybrid", "hybrid-mid"])
+def test_greedy_equals_transformers_generate(models, name):
+    model = models[name]
+    result = generate(model, PROMPT, 10, stop_tokens=[EOS], pad_token_id=PAD)
+    assert torch.equal(result.tokens, hf_greedy(model, PROMPT, 10))
+    assert len(result.per_token_seconds) == result.tokens.shape[1] - 1
+    assert result.prefill_seconds > 0 and not result.cuda_graph
+    assert all(m.__class__.__name__ == "MixerAttention" for m in
+               [layer.self_attn for layer in model.model.layers if "Mixer" in type(layer.self_attn).__name__])
+
+
+def test_sampling_is_reproducible_and_respects_top_k(models):
+    model = models["hybrid"]
+
+    def run(seed, **kw):
+        return generate(model, PROMPT, 8, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(run(3).tokens, run(3).tokens)
+    assert not torch.equal(run(3).tokens, run(4).tokens)
+    assert torch.equal(run(5, top_k=1).tokens, generate(model, PROMPT, 8).tokens)  # top-1 sampling is greedy
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
+    kept = filter_logits(logits, top_k=5).isfinite()
+    assert kept.sum(-1).eq(5).all()
+    assert torch.equal(kept, torch.zeros_like(kept).scatter(-1, logits.topk(5).indices, True))
+    draws = torch.stack([next_tokens(logits, 1.0, top_k=5, generator=torch.Generator().manual_seed(s))
+                         for s in range(50)])                                      # (50, 4)
+    assert kept.gather(-1, draws.T).all()
+    nucleus = filter_logits(logits, top_p=0.5).isfinite()
+    probs = logits.softmax(-1)
+    assert (probs.masked_fill(~nucleus, 0).sum(-1) >= 0.5).all()
+    assert (nucleus.sum(-1) >= 1).all() and nucleus.sum() < kept.numel()
+
+
+def test_stop_tokens_finish_each_sequence(models):
+    model = models["mamba2"]
+    free = generate(model, PROMPT, 10).tokens
+    stop = int(free[0, 3])
+    first = [int((row == stop).nonzero()[0]) if (row == stop).any() else None for row in free]
+    result = generate(model, PROMPT, 10, stop_tokens=[stop], pad_token_id=PAD)
+    assert result.lengths[0] == first[0] + 1
+    assert torch.equal(result.tokens[0, : first[0] + 1], free[0, : first[0] + 1])
+    assert result.tokens[0, first[0] + 1:].eq(PAD).all()
+    single = generate(model, PROMPT[:1], 10, stop_tokens=[stop])
+    assert single.tokens.shape[1] == first[0] + 1                                  # all finished: decoding ends
+
+
+def perturbed(model, scale):
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * scale)
+    return draft
+
+
+@pytest.mark.parametrize("target", ["hybrid", "hybrid-mid", "mamba2", "teacher"])
+def test_speculative_greedy_equals_plain_greedy(models, target):
+    model = models[target]
+    plain = generate(model, PROMPT, 16, stop_tokens=[EOS], pad_token_id=PAD).tokens
+    rates = []
+    for draft in (model, models["teacher"], models["hyena"], perturbed(model, 0.05)):
+        for k in (1, 3):
+            result = speculative_generate(model, draft, PROMPT, 16, k=k, stop_tokens=[EOS], pad_token_id=PAD)
+            assert torch.equal(result.tokens, plain)
+            assert 0.0 <= result.acceptance_rate <= 1.0
+            rates.append(result.acceptance_rate)
+    assert rates[0] == rates[1] == 1.0                                             # the model drafting for itself
+    single = speculative_generate(model, perturbed(model, 0.05), PROMPT[:1], 16, k=4)
+    assert torch.equal(single.tokens, generate(model, PROMPT[:1], 16).tokens)
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "hyena"])
+def test_mixer_prefill_state_equals_stepping(models, mixer):
+    m = student_mixers(models[mixer])[1]
+    x = torch.randn(2, 12, m.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, state = m.prefill(x[:, :8])
+        stepped = m.init_state(2)
+        for t in range(8):
+            _, stepped = m.step(x[:, t], stepped)
+        assert state.keys() == stepped.keys()
+        for key in state:
+            torch.testing.assert_close(state[key], stepped[key])
+        torch.testing.assert_close(y, m(x[:, :8]))
+        tail = []
+        for t in range(8, 12):
+            y_t, state = m.step(x[:, t], state)
+            tail.append(y_t)
+        torch.testing.assert_close(torch.stack(tail, 1), m(x)[:, 8:], atol=1e-5, rtol=1e-4)
+
+
+def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
+    folder = tmp_path / "tiny-llama"
+    models["teacher"].save_pretrained(folder)
+    student = tmp_path / "tiny-hybrid"
+    models["hybrid"].save_pretrained(student)
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.html"
+    code = main(["bench", "generate", "--models", f"{folder},{student}", "--hf-baseline", "--batch", "1,2",
+                 "--context", "8,4096", "--new", "4", "--json", str(out), "--plot", str(plot), "--device", "cpu"])
+    assert code == 0 and plot.is_file()
+    report = json.loads(out.read_text())
+    assert report["bandwidth_bytes_per_s"] > 0 and report["new_tokens"] == 4
+    settings = report["settings"]
+    assert len(settings) == 2 * 2 * 2 * 2                                          # models x engines x batch x ctx
+    for s in settings:
+        assert set(BENCH_FIELDS) <= set(s)
+        if s["context"] == 4096:
+            assert s["status"] == "skipped" and "maximum context" in s["reason"]
+        else:
+            assert s["status"] == "ok" and s["decode_tokens_per_s"] > 0 and s["ttft_s"] > 0
+            assert s["per_token_p50_s"] <= s["per_token_p95_s"] and s["peak_memory_bytes"] is None
+            assert s["bytes_per_step"] > 0 and 0 < s["floor_fraction"]
+    assert {s["engine"] for s in settings} == {"workbench", "hf-generate"}
+
+
+def test_bench_quality_cli(models, tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    models["teacher"].save_pretrained(teacher)
+    models["hybrid"].save_pretrained(student)
+    out = tmp_path / "quality.json"
+    code = main(["bench", "quality", "--models", str(student), "--teacher", str(teacher), "--window", "32",
+                 "--max-tokens", "200", "--prompts", "2", "--new", "5", "--json", str(out), "--device", "cpu"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    entry = report["models"][0]
+    assert entry["compare"]["kl"] >= 0 and 0 <= entry["compare"]["agreement"] <= 1
+    assert [(b["start"], b["end"]) for b in entry["buckets"]] == position_buckets(32) == [(0, 16), (16, 32)]
+    assert all(b["kl"] >= 0 and 0 <= b["agreement"] <= 1 for b in entry["buckets"])
+    assert len(report["continuations"]) == 2
+    assert set(report["continuations"][0]) == {"prompt", "teacher", str(student)}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decode_equals_eager(models):
+    ids = PROMPT.to(torch.device("cuda"))
+    for name in ("teacher", "mamba2", "hybrid"):
+        model = copy.deepcopy(models[name]).to(ids.device)
+        eager = generate(model, ids, 12, cuda_graph=False)
+        graphed = generate(model, ids, 12, cuda_graph=True)
+        assert graphed.cuda_graph and not eager.cuda_graph
+        assert torch.equal(graphed.tokens, eager.tokens), name
+    hyena = copy.deepcopy(models["hyena"]).to(ids.device)
+    auto = generate(hyena, ids, 12)
+    assert not auto.cuda_graph and "Hyena" in auto.graph_note
+    assert torch.equal(auto.tokens, generate(hyena, ids, 12, cuda_graph=False).tokens)

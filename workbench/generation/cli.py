@@ -1,0 +1,84 @@
+"""``workbench bench generate`` (speed) and ``workbench bench quality`` (side by side), writing JSON and a figure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16,64, got {text!r}") from err
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _write(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+
+
+def cmd_bench_generate(args) -> int:
+    from workbench.generation.bench import bench_generate
+
+    report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
+                            dtype=args.dtype, hf_baseline=args.hf_baseline,
+                            cuda_graph={"auto": "auto", "on": True, "off": False}[args.cuda_graph])
+    _write(args.json, report)
+    if args.plot:
+        from workbench.viz.generation import generation_figure
+
+        generation_figure(report["settings"]).write_html(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_bench_quality(args) -> int:
+    from workbench.generation.bench import bench_quality
+
+    report = bench_quality(args.models, teacher=args.teacher, window=args.window, max_tokens=args.max_tokens,
+                           n_prompts=args.prompts, new_tokens=args.new, device=args.device, dtype=args.dtype)
+    for entry in report["models"]:
+        c = entry["compare"]
+        print(f"{entry['model']}: ppl {c['ppl_student']:.2f} (teacher {c['ppl_teacher']:.2f}), KL {c['kl']:.4f}, "
+              f"top-1 agreement {c['agreement']:.3f}")
+    _write(args.json, report)
+    return 0
+
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("bench", help="generation benchmarks: speed and quality side by side")
+    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    models_help = ("comma-separated: registry names, model/student folders, run folders, .gguf files or hub ids; "
+                   "NAME@hf runs transformers' generate() as the baseline")
+
+    q = bsub.add_parser("generate", help="decode tokens/s, time to first token, latency, memory and the bandwidth floor")
+    q.add_argument("--models", type=_names, required=True, help=models_help)
+    q.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,16,64")
+    q.add_argument("--context", type=_ints, default=[512], help="prompt lengths, e.g. 512,2048,8192,32768")
+    q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
+    q.add_argument("--hf-baseline", action="store_true", help="also run every model through transformers generate()")
+    q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
+    q.add_argument("--json", required=True, metavar="OUT.json")
+    q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure")
+    q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    q.set_defaults(func=cmd_bench_generate)
+
+    q = bsub.add_parser("quality", help="held-out ppl, KL and top-1 agreement by position, continuations side by side")
+    q.add_argument("--models", type=_names, required=True, help=models_help)
+    q.add_argument("--teacher", help="the reference (default: the teacher the first model names)")
+    q.add_argument("--window", type=int, default=512)
+    q.add_argument("--max-tokens", type=int, default=8192, help="held-out tokens to score")
+    q.add_argument("--prompts", type=int, default=3, help="prompts continued side by side")
+    q.add_argument("--new", type=int, default=32, help="new tokens per continuation")
+    q.add_argument("--json", required=True, metavar="OUT.json")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--dtype", default="auto")
+    q.set_defaults(func=cmd_bench_quality)

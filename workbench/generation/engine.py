@@ -1,0 +1,367 @@
+"""One decode loop for teachers, students and hybrids.
+
+    result = generate(model, input_ids, max_new_tokens=64, temperature=0.7, top_p=0.9, stop_tokens=[eos])
+    result.tokens                # (B, L_new) new tokens, padded after each sequence's stop token
+    result.decode_tokens_per_s   # and prefill_seconds, decode_seconds, per_token_seconds
+
+The model is driven through its own Hugging Face forward (so positions, masks and rotary embeddings are its own).
+Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``StaticCache`` under a CUDA graph). Mixer
+layers keep their recurrent state in the decoding ``Session``: inside ``mixer_slots(model)`` each ``MixerAttention``
+is swapped for an ``EngineMixerAttention`` on the same mixer, which reads and writes the state of the session bound
+to it: the prompt goes through ``Mixer.prefill`` (one parallel pass that also returns the state), every later token
+through ``Mixer.step``. Like ``MixerAttention`` it records its token count in the cache with a (B, 1, L, 1) marker,
+so the cache's length (hence positions and mask sizes) is right whichever layers are mixers.
+
+A session can mark a point (``checkpoint``) and later go back to any length after it (``rollback``): the attention
+cache is cropped, and each mixer layer's state is restored from its snapshot and stepped over the layer inputs it
+recorded since, up to the kept length. Speculative decoding uses this (``workbench.generation.speculative``).
+
+CUDA graph (``cuda_graph="auto"`` on a CUDA device): after the prefill and one eager decode step, the per-token
+forward is captured once into a CUDA graph with static input, position and cache buffers, then replayed every token,
+so decoding is not bound by kernel launches. It needs every mixer's ``step`` to update its state tensors in place
+with fixed shapes (Mamba, Mamba-2 do; Hyena's history grows, so a Hyena student decodes eagerly; the result says
+why in ``graph_note``).
+
+Prompts in a batch have one length (no padding): mixers take no attention mask, so pad tokens would enter their state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import Cache
+
+from workbench.generation.sampling import check_sampling, next_tokens
+from workbench.students.base import Mixer
+from workbench.students.build import MixerAttention
+from workbench.teachers import anatomy
+from workbench.teachers.wrapper import Teacher
+
+
+@dataclass
+class GenerationResult:
+    tokens: torch.Tensor                  # (B, L_new) new tokens; pad after a sequence's first stop token
+    prefill_seconds: float                # prompt forward and first token (time to first token)
+    decode_seconds: float                 # every later token
+    per_token_seconds: list[float]        # one entry per decode step (after the first token)
+    lengths: list[int] = field(default_factory=list)  # new tokens per sequence, its stop token included
+    cuda_graph: bool = False              # whether decode steps replayed a CUDA graph
+    graph_note: str | None = None         # why not, where a graph was asked for ("auto") and not used
+    state_bytes: int = 0                  # bytes of the mixer layers' recurrent states at the end
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens produced by decode steps (all sequences) per second of decode time."""
+        steps = len(self.per_token_seconds)
+        return self.tokens.shape[0] * steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    def latency_percentiles(self, *qs: float) -> list[float | None]:
+        """Per-token latency percentiles (e.g. 50, 95) in seconds; None without decode steps."""
+        if not self.per_token_seconds:
+            return [None for _ in qs]
+        return [float(np.percentile(self.per_token_seconds, q)) for q in qs]
+
+
+def unwrap(model) -> nn.Module:
+    """The Hugging Face model of a workbench Teacher, or the model itself."""
+    return model.model if isinstance(model, Teacher) else model
+
+
+def clone_state(state: Any) -> Any:
+    """A copy of a mixer state (a dict of tensors; other values are kept as they are)."""
+    return {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+# ---- mixer layers driven by a session -------------------------------------------------------------------------------
+
+@dataclass
+class MixerLayerState:
+    """One mixer layer's decoding state in one session."""
+    state: Any = None                                       # the mixer's state after every token seen; None: none yet
+    saved: Any = None                                       # snapshot at the session's checkpoint
+    inputs: list[torch.Tensor] = field(default_factory=list)  # (B, L_i, D) layer inputs since the checkpoint
+    recording: bool = False
+
+    def run(self, mixer: Mixer, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) -> y (B, L, D): prefill for the first call, then one step per token."""
+        if self.recording:
+            self.inputs.append(x)
+        if self.state is None:
+            y, self.state = mixer.prefill(x)
+            return y
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, self.state = mixer.step(x[:, t], self.state)
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1)
+
+
+class EngineMixerAttention(MixerAttention):
+    """A ``MixerAttention`` whose recurrent state lives in the session bound to it (``bound``), not in its
+    per-cache store. Without a cache or a bound session it runs the mixer's parallel forward."""
+
+    def __init__(self, original: MixerAttention):
+        super().__init__(original.mixer, original.layer_idx, original.outputs)
+        self.original = [original]  # a list, so the replaced module is not registered as a child
+        self.bound: MixerLayerState | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        caches = [a for a in (*args, *kwargs.values()) if isinstance(a, Cache)]
+        if not caches or self.bound is None:
+            y = self.mixer(hidden_states)
+        else:
+            y = self.bound.run(self.mixer, hidden_states)
+            marker = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            cache_kwargs = {k: v for k, v in kwargs.items() if k == "cache_position"}  # older transformers' static
+            caches[0].update(marker, marker, self.layer_idx, cache_kwargs)
+        return (y, *[None] * (self.outputs - 1)) if self.outputs else y
+
+
+@contextlib.contextmanager
+def mixer_slots(model) -> Iterator[dict[int, EngineMixerAttention]]:
+    """Within the context, every mixer layer of ``model`` runs as an ``EngineMixerAttention`` (layer index -> it);
+    the original modules are put back on exit. Nested use on the same model reuses the installed slots."""
+    model = unwrap(model)
+    swapped, slots = [], {}
+    for i, layer in enumerate(anatomy.decoder_layers(model)):
+        name, module = anatomy.attention_of(layer)
+        if isinstance(module, EngineMixerAttention):
+            slots[i] = module
+        elif isinstance(module, MixerAttention):
+            slots[i] = EngineMixerAttention(module)
+            setattr(layer, name, slots[i])
+            swapped.append((layer, name, module))
+    try:
+        yield slots
+    finally:
+        for layer, name, module in swapped:
+            setattr(layer, name, module)
+
+
+# ---- a decoding session ---------------------------------------------------------------------------------------------
+
+def _forward_parameters(model: nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+class Session:
+    """Decoding state of one model for one batch: the attention cache and every mixer layer's state.
+
+    ``forward(ids)`` feeds (B, L) new tokens and returns the logits of the last ``keep`` of them. Use inside
+    ``mixer_slots(model)`` (pass its slots)."""
+
+    def __init__(self, model: nn.Module, slots: dict[int, EngineMixerAttention], max_length: int | None = None,
+                 static: bool = False):
+        self.model = unwrap(model)
+        self.slots = slots
+        config = self.model.config
+        if static:
+            if max_length is None:
+                raise ValueError("a static cache needs max_length (prompt + new tokens)")
+            self.cache = StaticCache(config=config, max_cache_len=max_length)
+        else:
+            self.cache = DynamicCache(config=config)
+        self.mixers = {i: MixerLayerState() for i in slots}
+        self.length = 0              # tokens consumed
+        self.mark = 0                # length at the last checkpoint
+        params = _forward_parameters(self.model)
+        self.cache_argument = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.2x: "cache"
+        self.keeps_logits = "logits_to_keep" in params
+        self.takes_cache_position = "cache_position" in params
+
+    def bind(self) -> None:
+        for i, slot in self.slots.items():
+            slot.bound = self.mixers[i]
+
+    def model_kwargs(self) -> dict:
+        return {self.cache_argument: self.cache, "use_cache": True}
+
+    def forward(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """ids (B, L) -> logits (B, keep, V) of the last ``keep`` positions; the session moves on by L tokens."""
+        self.bind()
+        kwargs = self.model_kwargs()
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(input_ids=ids, **kwargs).logits[:, -keep:]
+        self.length += ids.shape[1]
+        return logits
+
+    def state_bytes(self) -> int:
+        """Bytes held by the mixer layers' states (what a decode step reads of them)."""
+        return sum(v.nbytes for m in self.mixers.values() if m.state is not None
+                   for v in m.state.values() if torch.is_tensor(v))
+
+    # ---- going back ----------------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Remember the present, so that ``rollback`` can return to any length from here on."""
+        self.mark = self.length
+        for m in self.mixers.values():
+            m.saved, m.inputs, m.recording = clone_state(m.state), [], True
+
+    def rollback(self, length: int) -> None:
+        """Return to ``length`` tokens (between the checkpoint and now): crop the attention cache, rebuild the
+        mixer states from the checkpoint's snapshot by stepping over the recorded inputs of the kept tokens."""
+        if not self.mark <= length <= self.length:
+            raise ValueError(f"can roll back only to a length between the checkpoint ({self.mark}) and now "
+                             f"({self.length}), got {length}")
+        removed = self.length - length
+        if removed:
+            self.cache.crop(-removed)
+            for slot_index, m in self.mixers.items():
+                state = m.saved
+                kept = torch.cat(m.inputs, dim=1)[:, : length - self.mark] if m.inputs else None
+                mixer = self.slots[slot_index].mixer
+                for t in range(0 if kept is None else kept.shape[1]):
+                    _, state = mixer.step(kept[:, t], state)
+                m.state = state
+        for m in self.mixers.values():
+            m.saved, m.inputs, m.recording = None, [], False
+        self.length = length
+
+
+# ---- CUDA graph of one decode step ----------------------------------------------------------------------------------
+
+def static_state_problem(session: Session, batch_size: int) -> str | None:
+    """Why the session's mixer steps cannot be captured (state tensors replaced or resized by a step), or None.
+    Checked on a scratch copy of each state."""
+    for i, m in session.mixers.items():
+        mixer = session.slots[i].mixer
+        scratch = clone_state(m.state)
+        before = {k: (v, v.shape) for k, v in scratch.items() if torch.is_tensor(v)}
+        x = torch.zeros(batch_size, mixer.d_model, device=next(mixer.parameters()).device,
+                        dtype=next(mixer.parameters()).dtype)
+        _, after = mixer.step(x, scratch)
+        for k, (tensor, shape) in before.items():
+            if after.get(k) is not tensor or after[k].shape != shape:
+                return (f"layer {i}: {type(mixer).__name__}.step replaces or resizes its state {k!r}, so its decode "
+                        f"step cannot be captured in a CUDA graph")
+    return None
+
+
+class GraphStep:
+    """The per-token forward captured in a CUDA graph: write the token and its position into the static inputs,
+    replay, read the static logits. Captured after one eager step so lazily created buffers exist."""
+
+    def __init__(self, session: Session, token: torch.Tensor):
+        model = session.model
+        device = token.device
+        self.session = session
+        self.ids = token.reshape(-1, 1).clone()                         # (B, 1)
+        self.position = torch.full((1, 1), session.length, dtype=torch.long, device=device)
+        kwargs = {**session.model_kwargs(), "position_ids": self.position}
+        if session.takes_cache_position:
+            kwargs["cache_position"] = self.position[0]
+        if session.keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        session.bind()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):                                  # the warm-up is a real decode step
+            self.first_logits = model(input_ids=self.ids, **kwargs).logits[:, -1].clone()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        session.length += 1
+        self.position.fill_(session.length)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):                               # recorded, not run
+            self.logits = model(input_ids=self.ids, **kwargs).logits[:, -1]
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """token (B,) -> logits (B, V) of the next position."""
+        self.ids.copy_(token.reshape(-1, 1))
+        self.position.fill_(self.session.length)
+        self.graph.replay()
+        self.session.length += 1
+        return self.logits
+
+
+# ---- generate -------------------------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_pad(model: nn.Module, stop_tokens: Sequence[int]) -> int:
+    pad = model.config.pad_token_id
+    return int(pad) if pad is not None else (int(stop_tokens[0]) if stop_tokens else 0)
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
+             pad_token_id: int | None = None, generator: torch.Generator | None = None,
+             cuda_graph: bool | str = "auto") -> GenerationResult:
+    """Continue each row of ``input_ids`` (B, L) by up to ``max_new_tokens`` tokens.
+
+    Greedy for temperature 0, else sampling with ``top_k`` / ``top_p`` drawn through ``generator``. A sequence is
+    finished after its first token in ``stop_tokens``; its later positions hold ``pad_token_id`` (default: the
+    model's pad token, else the first stop token), and decoding ends when every sequence is finished.
+    ``cuda_graph``: "auto" (on CUDA when the mixers allow it), True (required) or False (eager)."""
+    check_sampling(temperature, top_k, top_p)
+    if cuda_graph not in ("auto", True, False):
+        raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    model = unwrap(model)
+    device = input_ids.device
+    batch = input_ids.shape[0]
+    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    pad = default_pad(model, stop_tokens) if pad_token_id is None else pad_token_id
+    want_graph = device.type == "cuda" and cuda_graph in ("auto", True) and max_new_tokens > 2
+    if cuda_graph is True and device.type != "cuda":
+        raise ValueError("cuda_graph=True needs the model and input_ids on a CUDA device")
+    note = None
+
+    with mixer_slots(model) as slots:
+        session = Session(model, slots, max_length=input_ids.shape[1] + max_new_tokens, static=want_graph)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+        out: list[torch.Tensor] = []
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            token = next_tokens(logits, temperature, top_k, top_p, generator)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            out.append(token)
+            if len(stops):
+                stopped = torch.isin(token, stops) & ~finished
+                lengths.masked_fill_(stopped, len(out))
+                finished.logical_or_(stopped)
+            return token
+
+        _sync(device)
+        t0 = time.perf_counter()
+        token = choose(session.forward(input_ids)[:, -1])
+        _sync(device)
+        prefill = time.perf_counter() - t0
+
+        step = None
+        if want_graph:
+            note = static_state_problem(session, batch)
+            if note is not None and cuda_graph is True:
+                raise ValueError(note)
+        per_token: list[float] = []
+        while len(out) < max_new_tokens and not (len(stops) and bool(finished.all())):
+            t = time.perf_counter()
+            if want_graph and note is None and step is None:
+                step = GraphStep(session, token)
+                logits = step.first_logits
+            elif step is not None:
+                logits = step(token)
+            else:
+                logits = session.forward(token[:, None])[:, -1]
+            token = choose(logits)
+            _sync(device)
+            per_token.append(time.perf_counter() - t)
+
+    return GenerationResult(tokens=torch.stack(out, dim=1), prefill_seconds=prefill,
+                            decode_seconds=float(sum(per_token)), per_token_seconds=per_token,
+                            lengths=lengths.clamp(max=len(out)).tolist(), cuda_graph=step is not None,
+                            graph_note=note, state_bytes=session.state_bytes())

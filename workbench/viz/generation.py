@@ -1,0 +1,40 @@
+"""Figures of a generation benchmark (the JSON ``workbench bench generate`` writes): decode tokens/s and peak GPU
+memory against context length (log x), one line per model and engine, one dash per batch size.
+
+Pure functions: the report's list of setting records in, a plotly figure out. Skipped settings leave gaps.
+"""
+
+from __future__ import annotations
+
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLOURS = px.colors.qualitative.Plotly
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def generation_figure(settings: list[dict]) -> go.Figure:
+    """Two panels against context (log x): decode tokens/s, and peak GPU memory in GiB (absent on CPU)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("decode tokens/s", "peak GPU memory (GiB)"))
+    series = sorted({(s["model"], s["engine"]) for s in settings})
+    batches = sorted({s["batch"] for s in settings})
+    for i, (model, engine) in enumerate(series):
+        for j, batch in enumerate(batches):
+            rows = sorted((s for s in settings if (s["model"], s["engine"]) == (model, engine)
+                           and s["batch"] == batch and s["status"] == "ok"), key=lambda s: s["context"])
+            if not rows:
+                continue
+            line = {"color": COLOURS[i % len(COLOURS)], "dash": DASHES[j % len(DASHES)]}
+            name = f"{model} [{engine}] batch {batch}"
+            x = [s["context"] for s in rows]
+            fig.add_trace(go.Scatter(x=x, y=[s["decode_tokens_per_s"] for s in rows], mode="lines+markers",
+                                     name=name, legendgroup=name, line=line), row=1, col=1)
+            memory = [None if s["peak_memory_bytes"] is None else s["peak_memory_bytes"] / 2**30 for s in rows]
+            if any(m is not None for m in memory):
+                fig.add_trace(go.Scatter(x=x, y=memory, mode="lines+markers", name=name, legendgroup=name,
+                                         line=line, showlegend=False), row=1, col=2)
+    fig.update_xaxes(type="log", title_text="context (tokens)")
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_layout(title="Generation: throughput and memory against context", height=480, width=1100)
+    return fig
