@@ -1,0 +1,117 @@
+"""``workbench laughing RUN_DIR``: distil the Hyena student of a run into modal SSMs at several orders and write the
+error-vs-order table as JSON.
+
+For each order d: fit every Hyena-family layer's filters (``error_table``), swap the fits in (``distill_student``) and
+evaluate on the held-out split against the teacher and against the undistilled student. Each row of "table" is one
+(layer, order) with the filter errors and the model-level numbers of the student with ALL layers at that order:
+
+    {"layer", "order", "method", "mse", "rel_l2", "rel_l2_max", "hinf", "floor",
+     "ppl_before", "ppl_after", "ppl_teacher", "kl_teacher_before", "kl_teacher_after", "kl_undistilled"}
+
+``load_run_student(run_dir)`` rebuilds a run's student: ``build_student`` from the run's config, then the newest
+checkpoint's trained tensors ("param/NAME").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load_run_student(run_dir: str | Path, device: str = "cpu"):
+    """(teacher, student, RunConfig) of the run in ``run_dir``: the student as the run's config builds it, with the
+    parameters of its newest checkpoint (the teacher's own for those no stage trained), in float32, eval mode."""
+    import torch
+
+    from workbench.distill.config import RunConfig
+    from workbench.distill.run_dir import RunDir
+    from workbench.students.build import build_student
+    from workbench.teachers import load_teacher
+
+    run = RunDir.open(run_dir)
+    cfg = RunConfig.from_dict(run.config["run"])
+    teacher = load_teacher(cfg.teacher, device=device, dtype="float32", progress=False)
+    n = teacher.num_layers
+    keep = sorted(set(range(n)) - set(cfg.replace)) if cfg.replace is not None else list(cfg.keep_attention)
+    torch.manual_seed(cfg.seed)
+    student = build_student(teacher.model, mixer=cfg.mixer, keep_attention=keep, init=cfg.init,
+                            **cfg.mixer_config).to(teacher.device, torch.float32)
+    checkpoint = run.latest_checkpoint(teacher.device)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run.path} has no checkpoint yet (checkpoints/latest.json)")
+    tensors, _ = checkpoint
+    params = dict(student.named_parameters())
+    saved = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    unknown = sorted(set(saved) - set(params))
+    if unknown:
+        raise ValueError(f"{run.path}: checkpoint parameters {unknown[:5]} do not exist in the student its config "
+                         f"builds")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+    return teacher, student.eval(), cfg
+
+
+def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: int | None = None,
+                    eval_tokens: int | None = 4096, window: int = 256, device: str = "cpu", **fit_kwargs) -> dict:
+    """The JSON the command writes: {"run", "method", "orders", "length", "before", "models", "table"}."""
+    from workbench.analysis.compare import compare
+    from workbench.data import load_corpus, token_ids
+    from workbench.laughing.order import error_table
+    from workbench.laughing.student import distill_student
+
+    teacher, student, cfg = load_run_student(run_dir, device)
+    ids = token_ids(load_corpus(cfg.corpus, "heldout"), teacher.tokenizer)
+    before = compare(teacher, student, ids, window=window, max_tokens=eval_tokens)
+    fits: dict = {}
+    rows = error_table(student, orders, method, length, fits=fits, **fit_kwargs)
+    models = []
+    for d in sorted(fits):
+        after = distill_student(student, fits=fits[d]).eval()
+        vs_teacher = compare(teacher, after, ids, window=window, max_tokens=eval_tokens)
+        vs_student = compare(student, after, ids, window=window, max_tokens=eval_tokens)
+        models.append({"order": d, "ppl_after": vs_teacher["ppl_student"], "kl_teacher_after": vs_teacher["kl"],
+                       "kl_undistilled": vs_student["kl"], "agreement_undistilled": vs_student["agreement"]})
+    by_order = {m["order"]: m for m in models}
+    for row in rows:
+        row.update(ppl_before=before["ppl_student"], ppl_teacher=before["ppl_teacher"],
+                   kl_teacher_before=before["kl"], **{k: v for k, v in by_order[row["order"]].items() if k != "order"})
+    return {"run": str(run_dir), "method": method, "orders": sorted(fits), "tokens": before["tokens"],
+            "length": rows[0]["length"] if rows else None, "before": before, "models": models, "table": rows}
+
+
+def _orders(text: str) -> list[int]:
+    try:
+        orders = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"orders must be integers separated by commas, got {text!r}") from err
+    if not orders or min(orders) < 1:
+        raise argparse.ArgumentTypeError(f"orders must be positive integers, got {text!r}")
+    return orders
+
+
+def cmd_laughing(args) -> int:
+    report = laughing_report(args.run_dir, args.orders, args.method, args.length, args.eval_tokens, args.window,
+                             args.device, steps=args.steps)
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    for m in report["models"]:
+        print(f"order {m['order']:>4}: ppl {m['ppl_after']:.3f} (before {report['before']['ppl_student']:.3f}), "
+              f"KL to undistilled {m['kl_undistilled']:.3e}")
+    return 0
+
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("laughing", help="distil a Hyena run's long filters into modal SSMs (Laughing Hyena)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder whose student is Hyena or MultiHyena")
+    p.add_argument("--orders", type=_orders, default=[4, 8, 16, 32, 64], help="modal orders, e.g. 4,8,16,32,64")
+    p.add_argument("--method", default="modal", choices=["modal", "balanced", "prony"])
+    p.add_argument("--length", type=int, default=None, help="filter taps to fit (default: the mixer's max_len)")
+    p.add_argument("--steps", type=int, default=300, help="gradient steps of the modal method")
+    p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ppl / KL")
+    p.add_argument("--window", type=int, default=256, help="evaluation window")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
+    p.set_defaults(func=cmd_laughing)

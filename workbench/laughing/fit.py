@@ -1,0 +1,290 @@
+"""Fitting modal SSMs to long-convolution filters: the distillation step of Laughing Hyena (Massaroli et al., arXiv
+2310.18780, §3-4). Convention of ``workbench.laughing.modal``: h_0 = h0, h_t = Re Σ_{n≤d} R_n λ_n^{t-1} (t ≥ 1).
+
+Shapes: C channels, L taps, n = L - 1 taps after the feed-through, d modes (order), r = 2d real states.
+
+All fitting runs in float64 / complex128 on the CPU, channels in chunks; the result is complex128 (export with
+``ssm.to(torch.complex64)``). h0 is always the filter's own lag-0 tap: the feed-through is matched exactly and the
+modes fit h_1 .. h_{L-1}.
+
+Three methods, ``distill_filter(h, order, method)``:
+
+  "prony"     Prony / linear prediction.
+              P1. Real order r = 2d (at most n // 2), lowered to the numerical rank of the prediction matrix
+                  [h_{t-k}] (a filter of degree < r makes it singular and the extra roots arbitrary); find
+                  a_1..a_r minimising Σ_t (h_t + Σ_k a_k h_{t-k})² over t = r+1 .. n (least squares): a sum of
+                  r modes satisfies this recursion exactly.
+              P2. Poles = roots of z^r + a_1 z^{r-1} + ... + a_r (eigenvalues of the companion matrix).
+              P3. Modes in our convention (below), poles pulled inside |λ| ≤ max_radius.
+              P4. Residues by linear least squares on h_1..h_n (the model is linear in R for fixed poles).
+
+  "balanced"  Balanced truncation of the FIR system (Hankel model-order reduction).
+              B1. Shift-register realisation of taps h_1..h_n: A = down-shift (n x n), B = e_1, C = (h_1..h_n).
+                  Its controllability Gramian is P = I and its observability Gramian is Q = Oᵀ O with
+                  O[k, j] = h_{k+j+1} (zero past n), the zero-padded Hankel matrix; Hankel singular values = svd(O).
+              B2. Because P = I, balancing and truncating to r states is (up to a similarity, which leaves the
+                  transfer function unchanged) the projection onto the r leading right singular vectors V_r of O:
+                  Â = V_rᵀ A V_r = V_r[1:]ᵀ V_r[:-1],  B̂ = V_r[0]ᵀ,  Ĉ = C V_r.   (stable when σ_r > σ_{r+1})
+              B3. Diagonalise Â = W Λ W⁻¹: h_t ≈ Σ_k c_k λ_k^{t-1} with c = (Ĉ W) ⊙ (W⁻¹ B̂).
+              B4. Modes in our convention (below); residues are B3's unless the mode count had to change, then P4.
+              B5. Long filters (n > FULL_HANKEL taps, or ``hankel_size`` given): B1-B3 cost an n x n SVD per
+                  channel, so instead take the m x m Hankel H[i, j] = h_{i+j+1} (m = ``hankel_size``, default
+                  KUNG_SIZE), H = U Σ Vᵀ, O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:] (Kung's shift invariance, a
+                  balanced realisation of the Hankel block), poles = eig(Â), residues by P4 on all n taps.
+
+  "modal"     The paper's method: gradient descent on the ℓ2 error of the impulse response.
+              M1. Start from ``init`` ("balanced" or "prony").
+              M2. Parametrise λ = exp(-exp(ν) + iθ) (so |λ| < 1 always), R = a + ib free; minimise
+                  Σ_c Σ_{t≥1} (h_t - ĥ_t)² / Σ_{t≥1} h_t²  (every channel's relative ℓ2 error) with Adam.
+              M3. Re-solve the residues by least squares for the final poles (P4: can only lower the error).
+              M4. Per channel, keep whichever of start and result has the lower ℓ2 error.
+
+Real modes -> our modes. A real system's modes come as real poles and conjugate pairs (λ, λ̄) with coefficients
+(c, c̄); c λ^t + c̄ λ̄^t = Re(2c λ^t), so a pair becomes ONE mode (λ with Im λ > 0, R = 2c) and a real pole one mode
+(R = Re c). A real system of degree 2d with only complex poles gives exactly d modes. If there are more (real poles),
+the d modes of largest energy |R|² / (1 - |λ|²) are kept; if fewer, spare modes (|λ| = 0.5, spread angles) are
+added; either way the residues are then re-solved by least squares.
+
+Errors (``filter_errors``) on the length-L filter: MSE = mean_t (h_t - ĥ_t)², relative ℓ2 = ‖h - ĥ‖ / ‖h‖, and
+H-infinity = max_k |FFT(h - ĥ)_k| over the rfft grid of size 2L (the response of the length-L difference filter).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workbench.laughing.hankel import as_filters
+from workbench.laughing.modal import ModalSSM
+
+METHODS = ("modal", "balanced", "prony")
+MAX_RADIUS = 1 - 1e-6   # poles are pulled inside this radius (a filter of finite length cannot ask for |λ| ≥ 1)
+CHUNK = 32              # channels fitted together (memory C * L * d)
+SPARE_RADIUS = 0.5      # where spare modes start when a method finds fewer than d
+RANK_RTOL = 1e-12       # Prony: singular values below this fraction of the largest count as zero
+FULL_HANKEL = 512       # balanced: exact FIR balanced truncation (an n x n SVD per channel) up to n taps, else B5
+KUNG_SIZE = 256         # balanced, B5: Hankel size m (realisations up to real order m - 1)
+
+
+# ---- least-squares residues -----------------------------------------------------------------------------------------
+
+def _powers(poles: torch.Tensor, n: int) -> torch.Tensor:
+    """λ^{t-1} for t = 1..n: poles (C, d) complex128 -> (C, d, n)."""
+    log_p = poles.log()
+    log_p = torch.where(poles == 0, torch.full_like(log_p, -1e4), log_p)
+    return torch.exp(log_p[:, :, None] * torch.arange(n, dtype=torch.float64))
+
+
+def solve_residues(taps: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
+    """Least-squares residues for fixed poles: taps (C, n) = h_1..h_n float64, poles (C, d) complex128 ->
+    R (C, d) complex128 minimising Σ_t (h_t - Re Σ R λ^{t-1})². Real with R = a + ib: Re(R λ^{t-1}) =
+    a Re λ^{t-1} - b Im λ^{t-1}, a real linear problem in (a, b). Columns are scaled to unit norm; columns that are
+    rounding noise (Im λ^{t-1} of a real pole) are dropped, and rank-deficient problems get the minimum-norm
+    answer."""
+    C, d = poles.shape
+    V = _powers(poles, taps.shape[1])                                        # (C, d, n)
+    design = torch.cat([V.real, -V.imag], dim=1).transpose(1, 2)             # (C, n, 2d)
+    norms = design.norm(dim=1, keepdim=True)                                  # (C, 1, 2d) column scaling
+    negligible = norms <= 1e-10 * norms.amax(-1, keepdim=True)               # e.g. Im λ^t of a real pole: rounding
+    scale = torch.where(negligible, torch.ones_like(norms), norms)
+    design = torch.where(negligible, torch.zeros_like(design), design / scale)
+    coef = torch.linalg.lstsq(design, taps[:, :, None], driver="gelsd").solution[:, :, 0] / scale[:, 0]
+    return torch.complex(coef[:, :d], coef[:, d:])
+
+
+# ---- real-system modes -> our modes ---------------------------------------------------------------------------------
+
+def _pull_inside(poles: torch.Tensor, max_radius: float) -> torch.Tensor:
+    r = poles.abs()
+    return torch.where(r > max_radius, poles * (max_radius / r.clamp_min(1e-300)), poles)
+
+
+def _spare_poles(k: int) -> torch.Tensor:
+    angles = math.pi * (torch.arange(k, dtype=torch.float64) + 0.5) / max(k, 1)
+    return SPARE_RADIUS * torch.exp(1j * angles)
+
+
+def to_modes(taps: torch.Tensor, poles: torch.Tensor, coeffs: torch.Tensor | None, order: int,
+             max_radius: float = MAX_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real system h_t = Σ_k c_k λ_k^{t-1} (poles (C, r), coeffs (C, r) or None) as ``order`` modes of our
+    convention (module docstring): (poles (C, d), residues (C, d)) complex128. Residues come from ``coeffs`` when
+    the mode count is exactly d and no pole had to be pulled inside, else from least squares on ``taps``."""
+    C = taps.shape[0]
+    out_p = torch.zeros(C, order, dtype=torch.complex128)
+    out_r = torch.zeros(C, order, dtype=torch.complex128)
+    refit = torch.zeros(C, dtype=torch.bool)
+    for c in range(C):
+        p = poles[c]
+        tol = 1e-12 * p.abs().clamp_min(1.0)
+        upper = p.imag > tol                                                  # one of each conjugate pair
+        real = p.imag.abs() <= tol
+        keep_p = torch.cat([p[upper], p[real].real.to(p.dtype)])
+        if coeffs is not None:
+            keep_r = torch.cat([2 * coeffs[c][upper], coeffs[c][real].real.to(p.dtype)])
+        else:
+            keep_r = torch.zeros_like(keep_p)
+        pulled = _pull_inside(keep_p, max_radius)
+        changed = coeffs is None or bool((pulled != keep_p).any()) or len(keep_p) != order
+        keep_p = pulled
+        if len(keep_p) > order:                                               # real poles: keep the strongest
+            if coeffs is None:
+                keep_r = solve_residues(taps[c:c + 1], keep_p[None])[0]
+            energy = keep_r.abs() ** 2 / (1 - keep_p.abs() ** 2).clamp_min(1e-12)
+            top = energy.argsort(descending=True)[:order]
+            keep_p, keep_r = keep_p[top], keep_r[top]
+        if len(keep_p) < order:
+            spare = _spare_poles(order - len(keep_p))
+            keep_p = torch.cat([keep_p, spare])
+            keep_r = torch.cat([keep_r, torch.zeros_like(spare)])
+        out_p[c], out_r[c], refit[c] = keep_p, keep_r, changed
+    if refit.any():
+        out_r[refit] = solve_residues(taps[refit], out_p[refit])
+    return out_p, out_r
+
+
+# ---- the three methods (each on a chunk of channels: taps (C, n) = h_1..h_n) ---------------------------------------
+
+def _companion_roots(a: torch.Tensor) -> torch.Tensor:
+    """Roots of z^r + a_1 z^{r-1} + ... + a_r for each row of a (C, r): (C, r) complex128."""
+    C, r = a.shape
+    comp = torch.zeros(C, r, r, dtype=torch.float64)
+    comp[:, 0, :] = -a
+    if r > 1:
+        comp[:, 1:, :-1] = torch.eye(r - 1, dtype=torch.float64)
+    return torch.linalg.eigvals(comp)
+
+
+def _prony(taps: torch.Tensor, order: int, max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    C, n = taps.shape
+    r = min(2 * order, n // 2)
+    if r == 0:
+        return to_modes(taps, torch.zeros(C, 0, dtype=torch.complex128), None, order, max_radius)
+    rows = torch.arange(r, n)                                                 # 0-based index of h_{t}, t = r+1..n
+    past = taps[:, rows[:, None] - torch.arange(1, r + 1)]                    # (C, n-r, r): h_{t-k}
+    sv = torch.linalg.svdvals(past)                                           # (C, r)
+    ranks = (sv > RANK_RTOL * sv[:, :1]).sum(-1).clamp_min(1)                # P1: r_c = min(r, degree of h_c)
+    modes = []
+    for c in range(C):
+        rc = int(ranks[c])
+        a = torch.linalg.lstsq(past[c, :, :rc], -taps[c, rows, None], driver="gelsd").solution[:, 0]   # (rc,)
+        poles = _companion_roots(a[None])                                     # P2 (1, rc)
+        modes.append(to_modes(taps[c:c + 1], poles, None, order, max_radius))  # P3-P4
+    return torch.cat([p for p, _ in modes]), torch.cat([r for _, r in modes])
+
+
+def _kung(taps: torch.Tensor, order: int, max_radius: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B5: balanced realisation from the size x size Hankel matrix (Kung / Ho-Kalman), residues by least squares."""
+    m = min(size, (taps.shape[1] + 1) // 2)
+    r = min(2 * order, m - 1)
+    idx = torch.arange(m)
+    U, S, _ = torch.linalg.svd(taps[:, idx[:, None] + idx[None, :]])          # (C, m, m) Hankel, h_{i+j+1}
+    O = U[:, :, :r] * S[:, None, :r].sqrt()                                   # (C, m, r) observability factor
+    A = torch.linalg.pinv(O[:, :-1]) @ O[:, 1:]                               # shift invariance (C, r, r)
+    return to_modes(taps, torch.linalg.eigvals(A), None, order, max_radius)
+
+
+def _balanced(taps: torch.Tensor, order: int, max_radius: float,
+              hankel_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    C, n = taps.shape
+    if hankel_size is not None or n > FULL_HANKEL:
+        return _kung(taps, order, max_radius, hankel_size or KUNG_SIZE)
+    r = min(2 * order, n)
+    idx = torch.arange(n)
+    lag = idx[:, None] + idx[None, :]                                         # (n, n): k + j
+    padded = torch.cat([taps, taps.new_zeros(C, 1)], dim=1)
+    O = padded[:, lag.clamp(max=n)]                                           # B1 (C, n, n) zero-padded Hankel
+    _, _, Vh = torch.linalg.svd(O)
+    V = Vh[:, :r].transpose(1, 2)                                             # B2 (C, n, r)
+    A = V[:, 1:].transpose(1, 2) @ V[:, :-1]                                  # (C, r, r)
+    B = V[:, 0, :]                                                            # (C, r)
+    Cv = (taps[:, None, :] @ V)[:, 0]                                         # (C, r)
+    lam, W = torch.linalg.eig(A)                                              # B3
+    Bm = torch.linalg.solve(W, B.to(W.dtype)[:, :, None])[:, :, 0]           # W⁻¹ B̂
+    Cm = (Cv.to(W.dtype)[:, None, :] @ W)[:, 0]                               # Ĉ W
+    return to_modes(taps, lam, Cm * Bm, order, max_radius)                    # B4
+
+
+def _impulse(poles: torch.Tensor, residues: torch.Tensor, n: int) -> torch.Tensor:
+    """h_1..h_n = Re Σ R λ^{t-1}: (C, n) float64 (differentiable)."""
+    return (residues[:, :, None] * _powers(poles, n)).sum(1).real
+
+
+def _relative_l2(taps: torch.Tensor, poles: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
+    err = (taps - _impulse(poles, residues, taps.shape[1])).pow(2).sum(-1)
+    return err / taps.pow(2).sum(-1).clamp_min(1e-300)
+
+
+def _modal(taps: torch.Tensor, order: int, max_radius: float, init: str, steps: int, lr: float,
+           hankel_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = taps.shape[1]
+    if init == "balanced":                                                                   # M1
+        p0, r0 = _balanced(taps, order, max_radius, hankel_size)
+    else:
+        p0, r0 = _prony(taps, order, max_radius)
+    p_start = _pull_inside(p0, min(max_radius, 1 - 1e-9)).clone()
+    p_start = torch.where(p_start.abs() < 1e-6, torch.full_like(p_start, 1e-6), p_start)     # |λ| > 0 for log
+    nu = torch.log(-torch.log(p_start.abs())).requires_grad_(True)                           # M2 |λ| = e^{-e^ν}
+    theta = p_start.angle().clone().requires_grad_(True)
+    res = torch.view_as_real(r0).clone().requires_grad_(True)                                # (C, d, 2)
+    norm = taps.pow(2).sum(-1).clamp_min(1e-300)                                            # (C,)
+    opt = torch.optim.Adam([nu, theta, res], lr=lr)
+    for _ in range(steps):
+        poles = torch.exp(torch.complex(-torch.exp(nu), theta))
+        loss = ((taps - _impulse(poles, torch.view_as_complex(res), n)).pow(2).sum(-1) / norm).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        poles = _pull_inside(torch.exp(torch.complex(-torch.exp(nu), theta)), max_radius)
+        residues = solve_residues(taps, poles)                                               # M3
+        better = _relative_l2(taps, poles, residues) < _relative_l2(taps, p0, r0)           # M4
+        return torch.where(better[:, None], poles, p0), torch.where(better[:, None], residues, r0)
+
+
+# ---- public ---------------------------------------------------------------------------------------------------------
+
+def filter_errors(h, ssm: ModalSSM) -> dict[str, torch.Tensor]:
+    """Errors of ``ssm`` against filters h (L,) or (C, L), each (C,) float64: "mse" (mean over the L taps),
+    "rel_l2" (‖h - ĥ‖ / ‖h‖) and "hinf" (max over the size-2L rfft grid of |H - Ĥ|)."""
+    h = as_filters(h)
+    L = h.shape[1]
+    diff = h - ssm.impulse_response(L).to("cpu", torch.float64)              # (C, L)
+    return {"mse": diff.pow(2).mean(-1),
+            "rel_l2": diff.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-300),
+            "hinf": torch.fft.rfft(diff, n=2 * L, dim=-1).abs().amax(-1)}
+
+
+def distill_filter(h, order: int, method: str = "modal", *, init: str = "balanced", steps: int = 300,
+                   lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
+                   chunk: int = CHUNK) -> ModalSSM:
+    """Fit an order-``order`` modal SSM to each filter: h (L,) or (C, L) (any real dtype/device) -> ModalSSM with
+    poles and residues (C, order) complex128, h0 (C,) float64 (C = 1 for a 1-D filter), on the CPU.
+
+    ``method``: "modal" (gradient fit from ``init`` = "balanced" or "prony", ``steps`` Adam steps at ``lr``),
+    "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. The result
+    carries ``errors`` (``filter_errors`` on h)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if init not in ("balanced", "prony"):
+        raise ValueError(f"init must be 'balanced' or 'prony', got {init!r}")
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be a positive integer, got {order!r}")
+    h = as_filters(h)                                                         # (C, L) float64
+    if h.shape[1] < 2:
+        raise ValueError(f"a filter needs at least 2 taps to fit modes, got {h.shape[1]}")
+    taps = h[:, 1:]                                                           # (C, n)
+    poles, residues = [], []
+    for start in range(0, h.shape[0], chunk):
+        part = taps[start:start + chunk]
+        if method == "prony":
+            p, r = _prony(part, order, max_radius)
+        elif method == "balanced":
+            p, r = _balanced(part, order, max_radius, hankel_size)
+        else:
+            p, r = _modal(part, order, max_radius, init, steps, lr, hankel_size)
+        poles.append(p)
+        residues.append(r)
+    ssm = ModalSSM(torch.cat(poles), torch.cat(residues), h[:, 0].clone())
+    ssm.errors = filter_errors(h, ssm)
+    return ssm

@@ -1,0 +1,89 @@
+"""Hankel analysis of long-convolution filters: how many states a filter really needs, and the best error any
+state-space model of a given size can reach (Laughing Hyena Distillery, Massaroli et al., arXiv 2310.18780, §3).
+
+Shapes: C channels (filters), L taps, m = L // 2 Hankel size.
+
+A filter h (L taps) is the impulse response of a discrete-time linear system: h_0 is the feed-through (lag 0) and
+h_1, h_2, ... are the Markov parameters C A^{t-1} B. Its Hankel matrix
+
+    H[i, j] = h_{i + j + 1}            i, j = 0 .. m - 1,   m = L // 2   (uses h_1 .. h_{2m-1}, never h_0)
+
+maps past inputs to future outputs. Facts used by the distillery:
+
+  1. rank H = the McMillan degree r: the smallest number of REAL states that reproduce h_1.. exactly. A sum of k
+     real damped modes has rank k; a real filter  Re Σ_{n≤d} R_n λ_n^{t-1}  with non-real poles has rank 2d
+     (every complex mode is a conjugate pair of real states).
+  2. The singular values σ_1 ≥ σ_2 ≥ ... of H (the Hankel singular values) bound what a smaller model can do
+     (Adamjan-Arov-Krein): any system of real degree k has Hankel-norm error ≥ σ_{k+1}, and its H-infinity error
+     sup_ω |H(e^{iω}) - Ĥ(e^{iω})| ≥ σ_{k+1} as well. Balanced truncation gets within 2 Σ_{i>k} σ_i.
+  3. The modal SSMs of ``workbench.laughing.modal`` use d complex modes read through Re(), i.e. real degree ≤ 2d.
+     So the error floor of an order-d modal SSM is σ_{2d+1}, and the smallest modal order that can reach a
+     tolerance is ceil(r / 2) (exactly achievable when the poles come in conjugate pairs; real poles cost one mode
+     each, so ceil(r / 2) is a lower bound in general).
+
+With the finite (truncated) Hankel matrix these statements hold for the length-L filter up to the truncation of the
+tail; for the filters of trained Hyenas (decaying windows) the truncation is negligible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def as_filters(h) -> torch.Tensor:
+    """A filter (L,) or filters (C, L) as a float64 tensor (C, L) on the CPU."""
+    h = torch.as_tensor(h).detach().to("cpu", torch.float64)
+    if h.dim() == 1:
+        h = h[None]
+    if h.dim() != 2:
+        raise ValueError(f"filters must have shape (L,) or (C, L), got {tuple(h.shape)}")
+    return h
+
+
+def hankel_matrix(h, size: int | None = None) -> torch.Tensor:
+    """Hankel matrices H[c, i, j] = h[c, i + j + 1]: (C, m, m) float64, m = ``size`` or L // 2."""
+    h = as_filters(h)                                                   # (C, L)
+    L = h.shape[1]
+    m = L // 2 if size is None else size
+    if m < 1 or 2 * m > L:
+        raise ValueError(f"a Hankel matrix of size {m} needs at least {2 * m} taps; the filters have {L}")
+    idx = torch.arange(m)
+    return h[:, 1 + idx[:, None] + idx[None, :]]                         # (C, m, m)
+
+
+def hankel_singular_values(h, size: int | None = None) -> torch.Tensor:
+    """Singular values of each filter's Hankel matrix, largest first: h (L,) or (C, L) -> (C, m) float64,
+    m = ``size`` or L // 2. Feed them to ``workbench.viz.spectra.hankel_figure``."""
+    return torch.linalg.svdvals(hankel_matrix(h, size))                 # (C, m)
+
+
+def hankel_rank(h, rtol: float = 1e-3, size: int | None = None) -> torch.Tensor:
+    """Numerical McMillan degree r per channel: the number of Hankel singular values above rtol * σ_1: (C,) long."""
+    s = hankel_singular_values(h, size)                                 # (C, m)
+    return (s > rtol * s[:, :1]).sum(-1)
+
+
+def minimal_order(h, rtol: float = 1e-3, size: int | None = None) -> torch.Tensor:
+    """Smallest modal order d (complex modes read through Re) that can capture each channel down to rtol * σ_1:
+    ceil(r / 2) with r = ``hankel_rank`` (see point 3 of the module docstring): (C,) long."""
+    return (hankel_rank(h, rtol, size) + 1) // 2
+
+
+def error_floor(h, order: int, size: int | None = None) -> torch.Tensor:
+    """σ_{2d+1} per channel for an order-d modal SSM (real degree 2d): the AAK lower bound on its H-infinity (and
+    Hankel-norm) error, (C,) float64; 0 when the Hankel matrix has no (2d+1)-th singular value."""
+    s = hankel_singular_values(h, size)                                 # (C, m)
+    k = 2 * order
+    if k >= s.shape[1]:
+        return torch.zeros(s.shape[0], dtype=torch.float64)
+    return s[:, k]
+
+
+def relative_floor(h, order: int, size: int | None = None) -> torch.Tensor:
+    """σ_{2d+1} / σ_1 per channel (C,): the floor relative to the filter's own Hankel norm (0 for a zero filter)."""
+    s = hankel_singular_values(h, size)
+    k = 2 * order
+    top = s[:, 0].clamp_min(math.ulp(1.0))
+    return torch.zeros_like(top) if k >= s.shape[1] else s[:, k] / top
