@@ -46,6 +46,8 @@ from transformers import logging as transformers_logging
 from transformers.cache_utils import Cache
 
 from workbench.students.base import AttentionWeights, Mixer
+from workbench.students.calibrate import calibrate_output_scale
+from workbench.students.mamba2 import MOHAWK_FIELDS
 from workbench.teachers import anatomy
 from workbench.teachers.wrapper import Teacher
 
@@ -66,7 +68,9 @@ _BUILTIN = {  # name -> (module, class), imported on first use
     "mamba": ("workbench.students.mamba", "Mamba"),
 }
 PRESETS: dict[str, tuple[str, dict]] = {  # name -> (registered mixer, config fields it fixes)
-    "mamba2-discrete": ("mamba2", {"discrete": True}),  # MOHAWK's a_t = exp(-softplus(Λ_t)), no Δ input scale
+    # MOHAWK's mixer: a_t = exp(-softplus(Λ_t)) with no Δ input scale, identity conv without activation, gate 1,
+    # no norm (workbench.students.mamba2.MOHAWK_FIELDS)
+    "mamba2-discrete": ("mamba2", MOHAWK_FIELDS),
 }
 
 
@@ -277,14 +281,18 @@ def _install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpe
 
 
 def build_student(teacher_model: nn.Module, mixer: str = "mamba2", keep_attention: Sequence[int] = (),
-                  init: str = "attention", **mixer_config) -> Student:
+                  init: str = "attention", calibration_ids: torch.Tensor | None = None, **mixer_config) -> Student:
     """A student: a deep copy of the teacher (a Hugging Face causal LM, or a workbench Teacher) whose attention is
     replaced by ``mixer`` in every layer not listed in ``keep_attention``.
 
     ``init="attention"`` initialises each mixer from its layer's attention projections (``from_attention``);
     ``init="random"`` builds the same mixers from random projections. ``mixer_config`` sets fields of the mixer's
-    config dataclass (e.g. ``d_conv=4`` for Mamba-2). The student's parameters are all trainable; the teacher is
-    left untouched.
+    config dataclass (e.g. ``d_conv=4`` for Mamba-2). The student's parameters are all trainable; the teacher's
+    weights are left untouched.
+
+    ``calibration_ids`` (B, L) token ids: after the swap, rescale each mixer's output per head to the RMS of the
+    attention head it replaces, measured on the teacher's activations for these tokens
+    (``workbench.students.calibrate``; a few hundred tokens suffice). Recommended with ``init="attention"``.
     """
     if isinstance(teacher_model, Teacher):
         teacher_model = teacher_model.model
@@ -297,6 +305,8 @@ def build_student(teacher_model: nn.Module, mixer: str = "mamba2", keep_attentio
                        keep_attention=keep, init=init)
     student = copy.deepcopy(teacher_model)
     _install(student, spec, mixer_config)
+    if calibration_ids is not None:
+        calibrate_output_scale(student, teacher_model, calibration_ids)
     return student.requires_grad_(True)
 
 
