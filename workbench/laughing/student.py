@@ -25,8 +25,8 @@ state after it (modal state by one Vandermonde contraction, short-conv ring buff
 Precision: the modal buffers are float32 (real views of complex64). Keep the Laughing mixers in float32 (autocast
 is fine): casting the module to bfloat16 would round poles with |λ| near 1 onto the unit circle.
 
-The mixers are registered as "laughing-hyena" and "laughing-multihyena" (``register_mixer``) when this module is
-imported: import ``workbench.laughing`` before ``load_student`` on a saved Laughing student.
+The mixers are built in to ``workbench.students.build`` as "laughing-hyena" and "laughing-multihyena", so
+``load_student`` rebuilds a saved Laughing student like any other.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch import nn
 
 from workbench.laughing.fit import distill_filter
 from workbench.laughing.modal import ModalSSM
-from workbench.students.build import MIXERS, SPEC_KEY, MixerAttention, register_mixer, student_mixers, student_spec
+from workbench.students.build import SPEC_KEY, MixerAttention, student_mixers, student_spec
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
 from workbench.teachers import anatomy
@@ -182,10 +182,6 @@ class LaughingMultiHyena(MultiHyena):
 
 
 LAUGHING = {Hyena: ("laughing-hyena", LaughingHyena), MultiHyena: ("laughing-multihyena", LaughingMultiHyena)}
-for _name, _cls in LAUGHING.values():
-    if MIXERS.get(_name) is not _cls:
-        register_mixer(_name, _cls)
-del _name, _cls
 
 
 def _distillable(student: nn.Module) -> dict[int, Hyena | MultiHyena]:

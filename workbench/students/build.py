@@ -66,6 +66,8 @@ _BUILTIN = {  # name -> (module, class), imported on first use
     "multihyena": ("workbench.students.multihyena", "MultiHyena"),
     "mamba2": ("workbench.students.mamba2", "Mamba2"),
     "mamba": ("workbench.students.mamba", "Mamba"),
+    "laughing-hyena": ("workbench.laughing.student", "LaughingHyena"),            # Hyena with modal SSM filters
+    "laughing-multihyena": ("workbench.laughing.student", "LaughingMultiHyena"),
 }
 PRESETS: dict[str, tuple[str, dict]] = {  # name -> (registered mixer, config fields it fixes)
     # MOHAWK's mixer: a_t = exp(-softplus(Λ_t)) with no Δ input scale, identity conv without activation, gate 1,
