@@ -3,7 +3,9 @@ JSON (and a figure), driven by ``workbench bench generate|quality``; never timed
 
 Speed, per model, batch size and context length (prompts are SOTU held-out tokens, repeated as needed):
   decode_tokens_per_s, ttft_s (prefill + first token), per_token_p50_s / per_token_p95_s, peak_memory_bytes
-  (torch.cuda.max_memory_allocated; None on CPU), and the physical floor of a decode step: bytes_per_step (weights
+  (torch.cuda.max_memory_allocated; None on CPU), decode_s (the timed decode steps), graph_capture_s (the engine's
+  one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
+  graph, None for hf-generate), and the physical floor of a decode step: bytes_per_step (weights
   read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
   the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
   floor_fraction = floor_s / per_token_p50_s. A model spec ending in "@hf" (or every model, with hf_baseline) also
@@ -35,7 +37,7 @@ from workbench.teachers import anatomy
 HF_SUFFIX = "@hf"
 BENCH_FIELDS = ("model", "engine", "batch", "context", "new_tokens", "status", "reason", "decode_tokens_per_s",
                 "ttft_s", "per_token_p50_s", "per_token_p95_s", "peak_memory_bytes", "bytes_per_step", "floor_s",
-                "floor_fraction", "cuda_graph")
+                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s")
 
 
 # ---- machine and model facts ----------------------------------------------------------------------------------------
@@ -124,14 +126,15 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
     _sync(ids.device)
     steps = np.diff(clock.times[1:]).tolist()
     return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
-            "cuda_graph": False}
+            "cuda_graph": False, "graph_capture_s": None}
 
 
 def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph) -> dict:
     result = generate(model, ids, new, cuda_graph=cuda_graph)
     return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
             "tokens": ids.shape[0] * len(result.per_token_seconds), "cuda_graph": result.cuda_graph,
-            "state_bytes": result.state_bytes, "graph_note": result.graph_note}
+            "state_bytes": result.state_bytes, "graph_note": result.graph_note,
+            "graph_capture_s": result.graph_capture_seconds}
 
 
 def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
@@ -170,7 +173,8 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
                   per_token_p50_s=p50, per_token_p95_s=p95,
                   peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                   bytes_per_step=per_step, floor_s=floor, floor_fraction=floor / p50 if p50 else None,
-                  cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"))
+                  cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"),
+                  decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"])
     return record
 
 

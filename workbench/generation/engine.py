@@ -2,7 +2,7 @@
 
     result = generate(model, input_ids, max_new_tokens=64, temperature=0.7, top_p=0.9, stop_tokens=[eos])
     result.tokens                # (B, L_new) new tokens, padded after each sequence's stop token
-    result.decode_tokens_per_s   # and prefill_seconds, decode_seconds, per_token_seconds
+    result.decode_tokens_per_s   # and prefill_seconds, decode_seconds, per_token_seconds, graph_capture_seconds
 
 The model is driven through its own Hugging Face forward (so positions, masks and rotary embeddings are its own).
 Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``StaticCache`` under a CUDA graph). Mixer
@@ -18,9 +18,10 @@ recorded since, up to the kept length. Speculative decoding uses this (``workben
 
 CUDA graph (``cuda_graph="auto"`` on a CUDA device): after the prefill and one eager decode step, the per-token
 forward is captured once into a CUDA graph with static input, position and cache buffers, then replayed every token,
-so decoding is not bound by kernel launches. It needs every mixer's ``step`` to update its state tensors in place
-with fixed shapes (Mamba, Mamba-2 do; Hyena's history grows, so a Hyena student decodes eagerly; the result says
-why in ``graph_note``).
+so decoding is not bound by kernel launches. That eager step and the capture are a one-off cost, reported as
+``graph_capture_seconds`` and left out of ``decode_seconds``, ``per_token_seconds`` and the tokens/s. It needs
+every mixer's ``step`` to update its state tensors in place with fixed shapes (Mamba, Mamba-2 do; Hyena's history
+grows, so a Hyena student decodes eagerly; the result says why in ``graph_note``).
 
 Prompts in a batch have one length (no padding): mixers take no attention mask, so pad tokens would enter their state.
 """
@@ -50,16 +51,19 @@ from workbench.teachers.wrapper import Teacher
 class GenerationResult:
     tokens: torch.Tensor                  # (B, L_new) new tokens; pad after a sequence's first stop token
     prefill_seconds: float                # prompt forward and first token (time to first token)
-    decode_seconds: float                 # every later token
-    per_token_seconds: list[float]        # one entry per decode step (after the first token)
+    decode_seconds: float                 # every later token, except the CUDA graph's warm-up and capture step
+    per_token_seconds: list[float]        # one entry per decode step (after the first token), that step excepted
     lengths: list[int] = field(default_factory=list)  # new tokens per sequence, its stop token included
     cuda_graph: bool = False              # whether decode steps replayed a CUDA graph
     graph_note: str | None = None         # why not, where a graph was asked for ("auto") and not used
     state_bytes: int = 0                  # bytes of the mixer layers' recurrent states at the end
+    graph_capture_seconds: float = 0.0    # the step that captured the CUDA graph (an eager warm-up step, whose
+                                          # token is kept, and the capture); 0 without a graph
 
     @property
     def decode_tokens_per_s(self) -> float:
-        """Tokens produced by decode steps (all sequences) per second of decode time."""
+        """Tokens produced by the timed decode steps (all sequences) per second of their time (``decode_seconds``:
+        the CUDA graph's one-off warm-up and capture excluded)."""
         steps = len(self.per_token_seconds)
         return self.tokens.shape[0] * steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
@@ -348,9 +352,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
             if note is not None and cuda_graph is True:
                 raise ValueError(note)
         per_token: list[float] = []
+        capture = 0.0
         while len(out) < max_new_tokens and not (len(stops) and bool(finished.all())):
             t = time.perf_counter()
-            if want_graph and note is None and step is None:
+            capturing = want_graph and note is None and step is None
+            if capturing:
                 step = GraphStep(session, token)
                 logits = step.first_logits
             elif step is not None:
@@ -359,9 +365,12 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
                 logits = session.forward(token[:, None])[:, -1]
             token = choose(logits)
             _sync(device)
-            per_token.append(time.perf_counter() - t)
+            if capturing:
+                capture = time.perf_counter() - t
+            else:
+                per_token.append(time.perf_counter() - t)
 
     return GenerationResult(tokens=torch.stack(out, dim=1), prefill_seconds=prefill,
                             decode_seconds=float(sum(per_token)), per_token_seconds=per_token,
                             lengths=lengths.clamp(max=len(out)).tolist(), cuda_graph=step is not None,
-                            graph_note=note, state_bytes=session.state_bytes())
+                            graph_note=note, state_bytes=session.state_bytes(), graph_capture_seconds=capture)

@@ -50,6 +50,13 @@ class CausalConv1d(nn.Module):
         """The ring buffer before the first token: (B, C, W) zeros."""
         return torch.zeros(batch_size, self.channels, self.width, device=device, dtype=dtype)
 
+    def state_after(self, x: Tensor) -> Tensor:
+        """The ring buffer ``step`` holds after the inputs x (B, L, C): (B, C, W), the last W inputs (zeros before
+        position 0) with the input of position p in slot p mod W (a prefill's state, without stepping)."""
+        L, W = x.shape[1], self.width
+        last = F.pad(x[:, -W:].transpose(1, 2), (max(W - L, 0), 0))   # (B, C, W): positions L-W .. L-1 in order
+        return last.roll(L % W, dims=-1)
+
     def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
         """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""
         W = self.width

@@ -163,12 +163,15 @@ class Hyena(Mixer):
         """Steps (1)-(2): x (B, L, D) -> v, x1, x2, each (B, L, C)."""
         return self.short_conv(self.in_proj(x)).split(self.d_inner, dim=-1)
 
+    def _mix(self, x1v: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """Steps (3)-(4) from the long-conv input x1 * v and the gate x2, both (B, L, C): y (B, L, C)."""
+        h = self.filter(x1v.shape[1])                                        # (3) (C, L)
+        return x2 * fftconv(x1v, h, self.skip)                               # (4) (B, L, C)
+
     def _inner(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps (1)-(4): x (B, L, D) -> (v, y), both (B, L, C)."""
         v, x1, x2 = self._streams(x)
-        h = self.filter(x.shape[1])                                          # (3) (C, L)
-        y = x2 * fftconv(x1 * v, h, self.skip)                               # (4) (B, L, C)
-        return v, y
+        return v, self._mix(x1 * v, x2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         return self.out_proj(self._inner(x)[1])                              # (5)
@@ -218,6 +221,21 @@ class Hyena(Mixer):
         state["history"] = history
         state["position"].add_(1)
         return self.out_proj(y), state
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the history is
+        the long-conv input x1 * v of every token, the short-conv ring buffer holds the last K projections (position
+        p in slot p mod K)."""
+        Bsz, L, _ = x.shape
+        projected = self.in_proj(x)                                                  # (1) (B, L, 3C)
+        v, x1, x2 = self.short_conv(projected).split(self.d_inner, dim=-1)           # (2)
+        x1v = x1 * v
+        y = self._mix(x1v, x2)                                                       # (3)-(4)
+        state = self.init_state(Bsz, device=x.device, dtype=x.dtype)
+        state["conv"].copy_(self.short_conv.state_after(projected))
+        state["history"] = x1v.to(state["history"].dtype)
+        state["position"].fill_(L)
+        return self.out_proj(y), state                                               # (5)
 
     # ---- initialisation from a teacher ----------------------------------------------------------------------------
 

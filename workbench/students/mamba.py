@@ -209,6 +209,22 @@ class Mamba(Mixer):
         state["position"].add_(1)
         return self.readout(y, inp.z), state                                                 # 5., 6.
 
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the selective
+        scan's last state, the conv's last W inputs in the ring buffer's slots (position p in slot p mod W), and L."""
+        c = self.config
+        Bsz, L, _ = x.shape
+        xzbc = self.in_proj(x)                                                               # 1.
+        conv_in = xzbc[..., :c.d_inner]
+        inp = self._inputs(xzbc, self.conv(conv_in))                                         # 2., 3.
+        y, h = selective_scan(inp.u, inp.dt, inp.A, inp.B, inp.C, D=self.D, return_last_state=True,
+                              chunk_size=c.chunk_size)                                       # 4.
+        state = self.init_state(Bsz, device=x.device, dtype=x.dtype)
+        state["conv"].copy_(self.conv.state_after(conv_in))
+        state["ssm"].copy_(h)
+        state["position"].fill_(L)
+        return self.readout(y, inp.z), state                                                 # 5., 6.
+
     # ----- initialisation from a teacher's attention (Mamba in the Llama, head layout) -----
 
     @classmethod

@@ -25,8 +25,13 @@ Student heads = attention heads H, P = attention head dim, N = P, and G = H (eac
   in_proj rows C  (H·P, D)  <- Q                                          (attention: (H·P, D))
   out_proj        (D, H·P)  <- O
   q/k/v/o biases go to the same rows of in_proj's and out_proj's biases.
-So C_l·B_s = q_l·k_s before RoPE, and with an identity conv the SSM's u is the value stream. Fresh, as in the paper:
-z rows of in_proj, conv, dt bias (Δ log-uniform in [dt_min, dt_max]), A_log = log(uniform(1, 16)), D = 1, norm = 1.
+So C_l·B_s = q_l·k_s before RoPE, and with an identity conv the SSM's u is the value stream. As in the paper: dt bias
+(Δ log-uniform in [dt_min, dt_max]), A_log = log(uniform(1, 16)), D = 1, norm weight 1. Unlike the paper, the conv
+starts as the identity and the gate at exactly 1 (z rows zero, gate bias silu⁻¹(1)), as MOHAWK does: with a fresh
+random conv and gate the transferred projections are scrambled before the scan (on SmolLM2-135M layer 12 the cosine
+between each head's output and the teacher's attention head output is -0.1..0.1 with them, 0.2..0.8 without).
+The output scale is left to ``workbench.students.calibrate`` (a data-dependent step ``build_student`` runs when
+given calibration tokens): the RMSNorm makes every head's output RMS 1, several times the attention's.
 GQA choice: K and V are repeated to all H heads (each head may then drift from its KV group's copy in training)
 rather than kept at KV width, because Mamba-2 shares one group count between B and C and Q has H heads.
 """
@@ -277,6 +282,22 @@ class Mamba2(Mixer):
         state["position"].add_(1)
         return self.readout(y, z), state                                                 # 6., 7.
 
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the SSD scan's
+        final state, the conv's last W inputs in the ring buffer's slots (position p in slot p mod W), and L."""
+        c = self.config
+        Bsz, L, _ = x.shape
+        z, xBC, dt = self._split_projection(self.in_proj(x))                                 # 1.
+        u, B, C = self._split_xbc(self.conv(xBC))                                            # 2., 3.
+        dt, A = self._decay(dt)                                                              # 4.
+        y, h = ssd_scan(u, dt, A, B, C, chunk_size=c.chunk_size, return_final_state=True)    # 5.
+        y = y + u * self.D[:, None].to(y.dtype)
+        state = self.init_state(Bsz, device=x.device, dtype=x.dtype)
+        state["conv"].copy_(self.conv.state_after(xBC))
+        state["ssm"].copy_(h)
+        state["position"].fill_(L)
+        return self.readout(y, z), state                                                     # 6., 7.
+
     # ----- initialisation from a teacher's attention (Mamba in the Llama) -----
 
     @classmethod
@@ -289,7 +310,8 @@ class Mamba2(Mixer):
         H, P, D = attn.num_heads, attn.head_dim, attn.d_model
         has_bias = any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
         if config is None:
-            config = Mamba2Config(d_model=D, n_heads=H, head_dim=P, d_state=P, n_groups=H, bias=has_bias)
+            config = Mamba2Config(d_model=D, n_heads=H, head_dim=P, d_state=P, n_groups=H, bias=has_bias,
+                                  conv_init_identity=True, gate_bias=True, gate_init_one=True)
         required = {"d_model": D, "n_heads": H, "head_dim": P, "d_state": P, "n_groups": H}
         wrong = {k: getattr(config, k) for k, v in required.items() if getattr(config, k) != v}
         if wrong:

@@ -60,24 +60,29 @@ class MultiHyena(Mixer):
         """The heads' long filters, first L taps: (M, L)."""
         return self.implicit_filter(L)
 
-    def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Steps (1)-(2): x (B, L, D) -> q, k, v, each (B, L, M, P)."""
+    def _streams(self, x: torch.Tensor, projected: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps (1)-(2): x (B, L, D) -> q, k, v, each (B, L, M, P). ``projected``: in_proj(x), if already made."""
         B, L, _ = x.shape
-        q, k, v = self.short_conv(self.in_proj(x)).split(self.d_inner, dim=-1)
+        projected = self.in_proj(x) if projected is None else projected
+        q, k, v = self.short_conv(projected).split(self.d_inner, dim=-1)
         return tuple(t.view(B, L, self.num_heads, self.head_dim) for t in (q, k, v))
 
     def _inner(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps (1)-(4): x (B, L, D) -> (v, y), both (B, L, M, P)."""
-        B, L, _ = x.shape
-        M, P = self.num_heads, self.head_dim
         q, k, v = self._streams(x)
+        return v, self._mix(q, k, v)
+
+    def _mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Steps (3)-(4) on the streams q, k, v (B, L, M, P): y (B, L, M, P)."""
+        B, L = q.shape[:2]
+        M, P = self.num_heads, self.head_dim
         h = self.filter(L)                                                   # (3) (M, L)
         kv = k[..., :, None] * v[..., None, :]                               # (B, L, M, P, P)  k_s v_s^T
         # (4) every entry of a head's P x P outer product is convolved with that head's filter
         z = fftconv(kv.reshape(B, L, M * P * P), h.repeat_interleave(P * P, dim=0),
                     self.skip.repeat_interleave(P * P)).view(B, L, M, P, P)  # (B, L, M, P, P)
-        y = torch.einsum("blmi,blmij->blmj", q, z)                           # (B, L, M, P)  q_t^T z_t
-        return v, y
+        return torch.einsum("blmi,blmij->blmj", q, z)                        # (B, L, M, P)  q_t^T z_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         return self.out_proj(self._inner(x)[1].flatten(2))                   # (5)
@@ -131,6 +136,20 @@ class MultiHyena(Mixer):
         state["keys"], state["values"] = keys, values
         state["position"].add_(1)
         return self.out_proj(y.reshape(B, self.d_inner)), state
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the keys and
+        values of every token, the short-conv ring buffer of the last K projections (position p in slot p mod K)."""
+        Bsz, L, _ = x.shape
+        projected = self.in_proj(x)                                                  # (1) (B, L, 3C)
+        q, k, v = self._streams(x, projected)                                        # (2)
+        y = self._mix(q, k, v)                                                       # (3)-(4)
+        state = self.init_state(Bsz, device=x.device, dtype=x.dtype)
+        state["conv"].copy_(self.short_conv.state_after(projected))
+        state["keys"] = k.to(state["keys"].dtype).contiguous()                      # own memory, no view
+        state["values"] = v.to(state["values"].dtype).contiguous()
+        state["position"].fill_(L)
+        return self.out_proj(y.flatten(2)), state                                    # (5)
 
     # ---- initialisation from a teacher ----------------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""Mixer.prefill: one parallel pass gives forward's output and the state that stepping through the prompt reaches.
+
+For every student mixer at odd lengths: prefill's y equals forward, every tensor of its state equals the stepped
+state's, and decoding on with ``step`` from either state gives the same outputs. Below the mixers, the scans' final
+states equal their sequential references' (float32, gradients included) on every backend available here.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mixer_checks import step_outputs
+
+from workbench.generation.engine import clone_state
+from workbench.ops import backend
+from workbench.ops.selective_scan import selective_scan_ref
+from workbench.ops.ssd import ssd_scan_ref
+from workbench.students.base import Mixer
+from workbench.students.hyena import Hyena, HyenaConfig
+from workbench.students.mamba import Mamba, MambaConfig
+from workbench.students.mamba2 import Mamba2, Mamba2Config
+from workbench.students.multihyena import MultiHyena
+
+D = 12
+LENGTHS = [1, 7, 63, 257]
+HYENA = HyenaConfig(max_len=300, filter_width=16, filter_layers=2, pos_bands=4)
+
+# conv widths 3, 4 and 5, so the ring buffer's rotation (L mod W) takes several values over LENGTHS
+MIXERS = {
+    "hyena": lambda: Hyena(D, 8, HYENA),
+    "multihyena": lambda: MultiHyena(D, 2, 5, HYENA),
+    "multihyena-conv4-bias": lambda: MultiHyena(D, 3, None, HyenaConfig(max_len=300, short_conv=4, bias=True)),
+    "mamba2": lambda: Mamba2(Mamba2Config(d_model=D, d_state=8, head_dim=4, n_heads=6, chunk_size=16)),
+    "mamba2-discrete": lambda: Mamba2(Mamba2Config(d_model=D, d_state=8, head_dim=4, n_heads=6, n_groups=2,
+                                                   discrete=True, conv_activation=False, norm=False, gate_bias=True,
+                                                   d_conv=5, chunk_size=16)),
+    "mamba2-mohawk": lambda: Mamba2(Mamba2Config.mohawk(D, d_state=8, head_dim=4, n_heads=3, chunk_size=32)),
+    "mamba": lambda: Mamba(MambaConfig(d_model=D, d_state=5, expand=1, chunk_size=16)),
+    "mamba-heads": lambda: Mamba(MambaConfig(d_model=D, d_state=4, d_inner=24, bc_heads=6, d_conv=5, bias=True,
+                                             chunk_size=16)),
+}
+
+
+def _perturbed(mixer, dtype):
+    """In ``dtype``, every parameter moved off its initial value (no zero-initialised part hides a bug)."""
+    mixer = mixer.to(dtype)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return mixer
+
+
+def _assert_rel_close(actual, expected, rtol, name=""):
+    """max |actual - expected| <= rtol * max |expected|."""
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item() or 1.0
+    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def _assert_states_close(actual: dict, expected: dict, rtol: float, context: str) -> None:
+    """The same keys, and every tensor of the same shape and dtype and close to the other."""
+    assert actual.keys() == expected.keys(), context
+    for key, want in expected.items():
+        got = actual[key]
+        assert got.shape == want.shape and got.dtype == want.dtype and got.device == want.device, f"{context} {key}"
+        if want.dtype in (torch.long, torch.int32):
+            assert torch.equal(got, want), f"{context} {key}"
+        else:
+            _assert_rel_close(got, want, rtol, f"{context} {key}")
+
+
+@torch.no_grad()
+def _continue(mixer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outputs.append(y_t)
+    return torch.stack(outputs, dim=1), state
+
+
+@pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
+@pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
+def test_prefill_equals_forward_and_stepping(make, L):
+    mixer = _perturbed(make(), torch.float64)
+    x = torch.randn(2, L, D, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = mixer.prefill(x)
+        forward = mixer(x)
+    torch.testing.assert_close(y, forward, rtol=1e-12, atol=1e-12)
+    _, stepped = step_outputs(mixer, x)
+    _assert_states_close(state, stepped, 1e-10, "prefill vs stepped state")
+    assert int(state["position"]) == L
+
+    more = torch.randn(2, 5, D, dtype=torch.float64)
+    after_prefill, end_prefill = _continue(mixer, more, state)
+    after_steps, end_steps = _continue(mixer, more, stepped)
+    _assert_rel_close(after_prefill, after_steps, 1e-10, "outputs after the prompt")
+    _assert_states_close(end_prefill, end_steps, 1e-10, "state after 5 more tokens")
+
+
+@pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
+def test_prefill_in_float32_matches_the_default(make):
+    """In float32: the override's y and state against the base class's (forward, then L steps), dtypes included."""
+    mixer = _perturbed(make(), torch.float32)
+    x = torch.randn(3, 257, D)
+    with torch.no_grad():
+        y, state = mixer.prefill(x)
+        y_default, state_default = Mixer.prefill(mixer, x)
+    assert type(mixer).prefill is not Mixer.prefill
+    torch.testing.assert_close(y, y_default, rtol=0, atol=0)
+    _assert_states_close(state, state_default, 1e-5, "float32 state")
+    more = torch.randn(3, 4, D)
+    _assert_rel_close(_continue(mixer, more, state)[0], _continue(mixer, more, state_default)[0], 1e-5, "continued")
+
+
+@pytest.mark.parametrize("name", ["mamba2", "mamba2-discrete", "mamba-heads"])
+def test_prefill_on_the_reference_scan_gives_the_same_state(name):
+    mixer = _perturbed(MIXERS[name](), torch.float64)
+    x = torch.randn(2, 63, D, dtype=torch.float64)
+    op = "selective_scan" if isinstance(mixer, Mamba) else "ssd"
+    with torch.no_grad():
+        y, state = mixer.prefill(x)
+        with backend.force_backend(op, "ref"):
+            y_ref, state_ref = mixer.prefill(x)
+    _assert_rel_close(y, y_ref, 1e-10, "y")
+    _assert_states_close(state, state_ref, 1e-10, "state on the ref backend")
+
+
+def test_prefilled_state_is_independent_of_the_prompt_tensors():
+    """Decoding writes into the state in place: it must own its memory, not view the prompt's activations."""
+    for make in MIXERS.values():
+        mixer = _perturbed(make(), torch.float32)
+        x = torch.randn(2, 9, D)
+        with torch.no_grad():
+            _, state = mixer.prefill(x)
+            copy = clone_state(state)
+            mixer.step(torch.randn(2, D), state)
+            _, again = mixer.prefill(x)
+        _assert_states_close(again, copy, 0, type(mixer).__name__)
+
+
+# ----- the scans' final states, against the sequential references (float32) -----
+
+def _ssd_inputs(B, L, H, P, G, N, variant, device="cpu"):
+    x = torch.randn(B, L, H, P, device=device)
+    Bm, C = torch.randn(B, L, G, N, device=device), torch.randn(B, L, G, N, device=device)
+    h0 = torch.randn(B, H, P, N, device=device)
+    if variant == "mamba2":
+        dt, A = F.softplus(torch.randn(B, L, H, device=device) - 1), -torch.rand(H, device=device) * 4 - 0.1
+    else:
+        dt, A = None, -F.softplus(torch.randn(B, L, H, device=device))
+    return [None if t is None else t.requires_grad_() for t in (x, dt, A, Bm, C, h0)]
+
+
+def _values_and_grads(outputs, leaves):
+    """The outputs and the gradients of a fixed random projection of them w.r.t. the leaves."""
+    gen = torch.Generator(device=outputs[0].device).manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype)).sum() for t in outputs)
+    return [*outputs, *torch.autograd.grad(loss, leaves)]
+
+
+def _available(op, device):
+    return [b for b in backend.backends(op) if b.name != "ref" and b.available(torch.device(device))]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-state", "initial-state"])
+@pytest.mark.parametrize("variant", ["mamba2", "discrete"])
+@pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
+def test_ssd_final_state_matches_ref(L, variant, with_h0, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x, dt, A, B, C, h0 = _ssd_inputs(2, L, 4, 3, 2, 5, variant, device)
+    h0 = h0 if with_h0 else None
+    leaves = [t for t in (x, dt, A, B, C, h0) if t is not None]
+    expected = _values_and_grads(ssd_scan_ref(x, dt, A, B, C, 16, h0, return_final_state=True), leaves)
+    for b in _available("ssd", device):
+        y, h = b.fn(x, dt, A, B, C, 16, h0, return_final_state=True)
+        assert h.shape == (2, 4, 3, 5) and h.dtype == torch.float32, b.name
+        rtol = 5e-3 if b.name == "triton" else 1e-4  # the Triton kernel multiplies in TF32
+        for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
+            _assert_rel_close(got, want, rtol, f"{b.name} output/grad {i}")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("groups", [None, 2], ids=["shared-BC", "G2"])
+@pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
+def test_selective_scan_last_state_matches_ref(L, groups, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    Bsz, E, N = 2, 4, 3
+    bc = (Bsz, L, N) if groups is None else (Bsz, L, groups, N)
+    kw = dict(device=device)
+    inputs = dict(u=torch.randn(Bsz, L, E, **kw), delta=torch.randn(Bsz, L, E, **kw) - 1,
+                  A=-torch.rand(E, N, **kw) * 4 - 0.1, B=torch.randn(bc, **kw), C=torch.randn(bc, **kw),
+                  D=torch.randn(E, **kw), z=torch.randn(Bsz, L, E, **kw), delta_bias=torch.randn(E, **kw) * 0.1)
+    leaves = [t.requires_grad_() for t in inputs.values()]
+    call = dict(delta_softplus=True, return_last_state=True, chunk_size=16)
+    expected = _values_and_grads(selective_scan_ref(**inputs, **call), leaves)
+    for b in _available("selective_scan", device):
+        y, h = b.fn(**inputs, **call)
+        assert h.shape == (Bsz, E, N) and h.dtype == torch.float32, b.name
+        if b.name == "cuda":  # mamba-ssm's kernel does not backpropagate into the last state: values only
+            _assert_rel_close(y, expected[0], 1e-4, "cuda y")
+            _assert_rel_close(h, expected[1], 1e-4, "cuda last state")
+            continue
+        for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
+            _assert_rel_close(got, want, 1e-4, f"{b.name} output/grad {i}")
