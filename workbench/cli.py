@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -12,6 +13,10 @@ from workbench import __version__
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
 DEMO_PROMPT = "The state of our Union is"
+
+# Subcommands that live beside their feature: each module offers add_subcommand(sub), registering its parser on the
+# subparsers object and importing heavy packages only inside its command function.
+EXTENSIONS: tuple[str, ...] = ("workbench.app.cli", "workbench.generation.cli", "workbench.laughing.cli")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -126,12 +131,21 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_distill(args) -> int:
+    """Run (or resume) a distillation. With --nproc N > 1 this process only writes the run folder's config, then
+    becomes ``torchrun --standalone --nproc-per-node N -m workbench distill --resume RUN_DIR``: N data-parallel
+    processes on this host (see workbench.distill.distributed for several hosts)."""
+    import os
+
+    from workbench.distill import distributed
     from workbench.distill.config import RunConfig, parse_tokens
     from workbench.distill.recipes import recipe
     from workbench.distill.run import Run
 
+    if args.nproc > 1 and distributed.launched_world_size() > 1:
+        raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
     if args.resume:
-        summary = Run.resume(args.resume, progress=True).execute()
+        run = Run.resume(args.resume, progress=True)
+        run.config.fsdp = run.config.fsdp or args.fsdp
     else:
         if not args.out:
             raise ValueError("--out RUN_DIR is required for a new run (or use --resume RUN_DIR)")
@@ -147,8 +161,16 @@ def cmd_distill(args) -> int:
                             batch_size=args.batch_size, lr=args.lr, layers=[i for i in range(n) if i not in keep])
             config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
                                stages=stages, device=args.device)
-        summary = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens).execute()
-    print(json.dumps(summary, indent=1))
+        config.fsdp = config.fsdp or args.fsdp
+        run = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens)
+    if args.nproc > 1:
+        command = distributed.torchrun_command(args.nproc, ["distill", "--resume", str(run.prepare().path)] +
+                                               (["--fsdp"] if run.config.fsdp else []))
+        print(" ".join(command), flush=True)
+        os.execv(command[0], command)
+    summary = run.execute()
+    if distributed.launched_rank() == 0:
+        print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -196,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this host, one GPU each "
+                   "(starts torchrun; the batch size stays the global batch)")
+    p.add_argument("--fsdp", action="store_true", help="with several processes, shard the student (FSDP2) "
+                   "instead of replicating it (DDP)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus")
@@ -206,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder for the demo distillation (default runs/demo-TIME)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).add_subcommand(sub)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""The dashboard's state without a browser: path checks, run status from folders, and a real tiny CPU run started,
+watched and stopped through the Runs tab's parameters (a child process, as from the page)."""
+
+import os
+import time
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from workbench.app import Dashboard
+from workbench.app.paths import inside_root, run_folder, teacher_source
+from workbench.app.runs import RunIndex
+from workbench.cli import main
+from workbench.distill.run_dir import RunDir
+from workbench.teachers.load import resolve_source
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    """A 2-layer Llama (width 64, 4 heads) with the default teacher's tokenizer, saved as a local model folder."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("smollm2-135m", progress=False)[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny_teacher")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def wait_for(condition, timeout=90.0, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_paths_typed_into_the_page_are_checked(tmp_path, tiny_teacher_dir):
+    root = tmp_path / "runs"
+    assert run_folder(root, "run-1") == (root / "run-1").resolve()
+    for bad in ["../escape", "/etc", ".hidden", "a/b", "", "x" * 101]:
+        with pytest.raises(ValueError):
+            run_folder(root, bad)
+    with pytest.raises(ValueError, match="not inside"):
+        inside_root(root, tmp_path / "elsewhere")
+    assert teacher_source("smollm2-135m") == "smollm2-135m"
+    assert teacher_source(tiny_teacher_dir) == str(os.path.realpath(tiny_teacher_dir))
+    for bad in ["HuggingFaceTB/SmolLM2-135M", str(tmp_path / "missing"), str(tmp_path)]:
+        with pytest.raises(ValueError, match="registry name"):
+            teacher_source(bad)
+
+
+def test_app_binds_loopback_unless_remote_is_allowed(capsys):
+    assert main(["app", "--host", "0.0.0.0", "--runs-root", "unused"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_status_and_events_come_from_the_folders(tmp_path):
+    root = tmp_path / "runs"
+    stages = [{"tokens": 64, "batch_size": 1, "seq_len": 32}]
+    runs = {name: RunDir.create(root / name, {"run": {"teacher": "t", "mixer": "hyena", "stages": stages}})
+            for name in ["done", "broken", "halted", "live"]}
+    runs["done"].write_summary({"ppl_student": 2.0})
+    runs["broken"].log("run_start", replaced=[1])
+    runs["broken"].log("error", message="non-finite loss")
+    runs["halted"].log("run_start", replaced=[1])
+    runs["halted"].log("step", step=1, stage="kd", loss=3.0, tokens=32, tokens_per_s=100.0)
+    runs["live"].lock_path.write_text(str(os.getpid()))
+    (root / "not-a-run").mkdir()
+    index = RunIndex(root)
+    infos = {info.name: info for info in index.scan()}
+    assert {n: i.status for n, i in infos.items()} == {"done": "finished", "broken": "failed", "halted": "stopped",
+                                                       "live": "running"}
+    assert infos["broken"].message == "non-finite loss"
+    assert (infos["halted"].step, infos["halted"].total_steps, infos["halted"].loss) == (1, 2, 3.0)
+    offset = index.states["halted"].offset
+    runs["halted"].log("step", step=2, stage="kd", loss=2.5, tokens=32, tokens_per_s=100.0)
+    index.scan()
+    state = index.states["halted"]
+    assert state.offset > offset and [e["step"] for e in state.events if e["type"] == "step"] == [1, 2]
+
+
+def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_dir):
+    app = Dashboard(tmp_path / "runs")
+    app.teacher.source, app.teacher.device = tiny_teacher_dir, "cpu"
+    app.teacher.load()
+    assert app.student.num_layers == 2
+    app.student.keep_attention = [0]
+    app.student.mixer = "mamba2"
+    app.student.build()
+    assert app.student.counts["replaced_layers"] == 1 and app.student.counts["mixers"] > 0
+    runs = app.runs
+    runs.param.update(recipe="kd", tokens="320k", batch_size=1, seq_len=32, eval_every=0, checkpoint_every=2,
+                      device="cpu", final_eval_tokens=65, run_name="tiny")
+    assert runs.planned_steps == 10_000
+    out = runs.start()
+    try:
+        assert runs.selected == "tiny" and runs.selected_info().status in ("starting", "running")
+
+        def steps_seen(n):
+            runs.refresh()
+            return runs.selected_info().step >= n and (out / "checkpoints" / "latest.json").exists()
+
+        assert wait_for(lambda: steps_seen(3)), runs.index.states["tiny"].log_tail()
+        info = runs.selected_info()
+        assert info.status == "running" and info.tokens_per_s > 0 and info.eta_s is not None
+        assert sum(len(t.x) for t in runs.loss_pane.object.data) >= 3
+        # the same folder cannot take a second run
+        runs.run_name = "tiny"
+        runs._guard(runs.start)
+        assert "already exists" in runs.message
+        assert runs.stop()
+        assert runs.selected_info().status == "stopped"
+        stopped_at = runs.selected_info().step
+        # a second session (another browser tab, or the app restarted) sees the same run from its folder
+        other = Dashboard(tmp_path / "runs")
+        assert other.runs.selected == "tiny" and other.runs.selected_info().status == "stopped"
+        assert other.runs.selected_info().step == stopped_at
+        runs.resume()
+        assert wait_for(lambda: runs.refresh() or any(e["type"] == "resume" for e in runs.index.states["tiny"].events))
+        assert runs.stop()
+        runs.refresh()
+        assert runs.selected_info().status == "stopped"
+    finally:
+        runs.launcher.stop(out)
+    # the Inspect tab rebuilds the student from the run's checkpoint
+    app.inspect.source = "tiny"
+    app.inspect.length = 16
+    app.inspect.load()
+    assert app.inspect.layer == 1
+    matrix, spectra = app.inspect.figures()
+    assert len(matrix.data) == 3 and spectra is None
+    metrics = app.inspect.compare(max_tokens=64)
+    assert set(metrics) >= {"ppl_teacher", "ppl_student", "kl", "agreement"}
+    app.inspect.param.update(prompt="The Union", new_tokens=3)
+    teacher_text, student_text = app.inspect.generate()
+    assert teacher_text and student_text and "The Union" in app.inspect.student_text.object

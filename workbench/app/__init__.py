@@ -1,0 +1,19 @@
+"""The Panel dashboard: load a teacher, design a student, start / stop / resume distillation runs and watch them
+live, and inspect what a student learned. Everything shown comes from run folders (events, checkpoints,
+summaries), so runs started from the command line appear too and the page survives a reload or an app restart.
+
+    workbench app [--port P] [--host H]          # or: panel serve apps/dashboard.py
+    from workbench.app import create_app          # create_app(runs_root="runs").servable()
+"""
+
+__all__ = ["Dashboard", "create_app"]
+
+
+def __getattr__(name: str):
+    """Import Panel only when the app is used: the ``workbench`` command imports ``workbench.app.cli`` for every
+    subcommand, and machines without the ``app`` extra must still run the others."""
+    if name in __all__:
+        from workbench.app import dashboard
+
+        return getattr(dashboard, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,41 @@
+"""Checks on every path or model name typed into the page: run folders stay inside the runs root, teachers are
+registry names or existing local Hugging Face model folders (never hub ids: nothing is downloaded from the page)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from workbench.teachers.registry import REGISTRY
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def run_folder(root: str | Path, name: str) -> Path:
+    """The folder of run ``name`` directly inside ``root``; names that would leave the root are refused."""
+    name = name.strip()
+    if not RUN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"run name {name!r}: use letters, digits, '-', '_' and '.' (no '/', no leading '.', "
+                         f"at most 100 characters)")
+    return inside_root(root, Path(root) / name)
+
+
+def inside_root(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved, if it lies inside ``root``; a ValueError otherwise."""
+    base = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise ValueError(f"{path} is not inside the runs root {base}")
+    return resolved
+
+
+def teacher_source(text: str) -> str:
+    """A registry name as it is, or an existing local model folder (with config.json) as an absolute path."""
+    text = text.strip()
+    if text in REGISTRY:
+        return text
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path.resolve())
+    raise ValueError(f"teacher {text!r}: choose a registry name ({', '.join(sorted(REGISTRY))}) or an existing "
+                     f"local Hugging Face model folder with a config.json")

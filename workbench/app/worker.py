@@ -1,0 +1,152 @@
+"""Training runs as child processes: ``python -m workbench distill --config ... --out ...`` (``--resume`` to go
+on), so training never runs inside a page callback and a slow run never freezes the page.
+
+Each child is the leader of its own process group; stopping a run terminates that group. The run's LOCK file
+(written by the child) names the writing process, so a run started from the command line, or by an earlier app
+process, can be stopped too. A new run reserves its folder with an atomic ``mkdir``: two runs never share one.
+When a child started here exits, its status is written to ``RUN/exit.json`` (read by workbench.app.runs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from workbench.app.paths import inside_root, run_folder
+from workbench.distill.checkpoint import save_json
+from workbench.distill.config import RunConfig
+from workbench.distill.run_dir import RunDir
+
+LAUNCH_FILE = "launch.json"   # the config handed to the child (it writes config.json itself)
+LOG_FILE = "worker.log"       # the child's stdout and stderr
+EXIT_FILE = "exit.json"       # {"pid", "returncode", "time"} once a child started by this app has exited
+
+_CHILDREN: dict[Path, subprocess.Popen] = {}  # run folder -> child, for every session of this app process
+_LOCK = threading.Lock()
+
+
+def lock_owner(path: Path) -> int | None:
+    """The pid in the run's LOCK file if that process is alive, else None."""
+    lock = RunDir(path).lock_path
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+class Launcher:
+    """Starts, stops and resumes the runs inside ``root``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def reap(self) -> None:
+        """Collect children that have exited (no zombies) and record how each ended."""
+        with _LOCK:
+            for path, proc in list(_CHILDREN.items()):
+                code = proc.poll()
+                if code is not None:
+                    save_json(path / EXIT_FILE, {"pid": proc.pid, "returncode": code, "time": time.time()})
+                    del _CHILDREN[path]
+
+    def launching(self, path: Path) -> bool:
+        """Whether a child started here for ``path`` is still alive."""
+        self.reap()
+        with _LOCK:
+            return Path(path).resolve() in _CHILDREN
+
+    def running(self, path: Path) -> bool:
+        return self.launching(path) or lock_owner(Path(path)) is not None
+
+    # ---- actions ---------------------------------------------------------------------------------------------
+    def start(self, name: str, config: RunConfig, final_eval_tokens: int | None = None) -> Path:
+        """Start a new run ``name`` (a folder created inside the root) with ``config``."""
+        config.validate()
+        out = run_folder(self.root, name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir()
+        except FileExistsError as err:
+            raise FileExistsError(f"run folder {out.name!r} already exists: choose another name, or resume it") \
+                from err
+        launch = out / LAUNCH_FILE
+        save_json(launch, config.to_dict())
+        command = ["distill", "--config", str(launch), "--out", str(out)]
+        if final_eval_tokens:
+            command += ["--final-eval-tokens", str(int(final_eval_tokens))]
+        self._spawn(out, command)
+        return out
+
+    def resume(self, path: str | Path) -> Path:
+        """Continue a stopped run from its last checkpoint."""
+        out = inside_root(self.root, path)
+        RunDir.open(out)
+        if self.running(out):
+            raise RuntimeError(f"run {out.name!r} is running already")
+        if RunDir(out).summary is not None:
+            raise RuntimeError(f"run {out.name!r} has finished; start a new run instead")
+        self._spawn(out, ["distill", "--resume", str(out)])
+        return out
+
+    def stop(self, path: str | Path, timeout: float = 15.0) -> bool:
+        """Terminate the run's process group (SIGTERM, then SIGKILL after ``timeout`` s); False if none ran."""
+        out = inside_root(self.root, path)
+        with _LOCK:
+            proc = _CHILDREN.get(out)
+        pid = proc.pid if proc is not None else lock_owner(out)
+        if pid is None:
+            return False
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self._alive(pid, proc):
+            time.sleep(0.05)
+        if self._alive(pid, proc):
+            self._signal(pid, signal.SIGKILL)
+            if proc is not None:
+                proc.wait()
+        self.reap()
+        return True
+
+    # ---- pieces ----------------------------------------------------------------------------------------------
+    def _spawn(self, out: Path, command: list[str]) -> None:
+        (out / EXIT_FILE).unlink(missing_ok=True)
+        with open(out / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "workbench", *command], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with _LOCK:
+            _CHILDREN[out] = proc
+
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        """The whole group when ``pid`` leads one (children started here do), else the process alone."""
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    @staticmethod
+    def _alive(pid: int, proc: subprocess.Popen | None) -> bool:
+        if proc is not None:
+            return proc.poll() is None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
