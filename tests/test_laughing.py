@@ -14,6 +14,7 @@ from workbench.laughing import (LaughingHyena, LaughingMultiHyena, ModalSSM, dis
                                 error_floor, error_table, hankel_singular_values, laughing_mixer, minimal_order,
                                 modal_filters, smallest_orders)
 from workbench.laughing.hankel import hankel_rank
+from workbench.laughing.reference import reference_fit, reference_singular_values
 from workbench.students.build import build_student, load_student, student_mixers
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
@@ -140,6 +141,79 @@ def test_modal_fit_is_no_worse_than_its_start_on_a_hyena_filter():
     assert (high.errors["hinf"] >= error_floor(h, 12) * (1 - 1e-6)).all()
     with pytest.raises(ValueError, match="method"):
         distill_filter(h, 4, "magic")
+
+
+# ---- 2b. batched torch fits against the per-channel numpy reference ----------------------------------------------
+
+def damped_modes(C=6, L=700, seed=5):
+    """Random sums of damped modes: complex pairs and real poles (some negative), a few modes per channel."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(L - 1, dtype=torch.float64)
+    h = torch.zeros(C, L, dtype=torch.float64)
+    h[:, 0] = torch.randn(C, generator=g, dtype=torch.float64)
+    for c in range(C):
+        for _ in range(1 + c % 4):
+            lam = torch.polar(0.6 + 0.35 * torch.rand((), generator=g, dtype=torch.float64),
+                              torch.pi * torch.rand((), generator=g, dtype=torch.float64))
+            h[c, 1:] += (torch.randn((), generator=g, dtype=torch.float64) * lam ** t).real
+        for _ in range(c % 3):
+            h[c, 1:] += torch.randn((), generator=g, dtype=torch.float64) * (1.8 * torch.rand(
+                (), generator=g, dtype=torch.float64) - 0.9) ** t
+    return h
+
+
+def assert_same_fit(batched, reference, h, tol=1e-8):
+    L = h.shape[1]
+    scale = h.norm(dim=-1, keepdim=True)
+    diff = (batched.impulse_response(L) - reference.impulse_response(L)).norm(dim=-1, keepdim=True)
+    assert (diff <= tol * scale + 1e-12).all(), (diff / scale).max()
+    torch.testing.assert_close(batched.errors["rel_l2"], reference.errors["rel_l2"], rtol=1e-6, atol=1e-10)
+    for c in range(h.shape[0]):              # same poles, up to order (those with a residue: others are arbitrary)
+        def significant(ssm):
+            keep = ssm.residues[c].abs() > 1e-6 * ssm.residues[c].abs().max()
+            return sorted(ssm.poles[c][keep].tolist(), key=lambda z: (round(z.real, 5), round(z.imag, 5)))
+        np.testing.assert_allclose(significant(batched), significant(reference), atol=1e-6)
+
+
+@pytest.mark.parametrize("method, kwargs", [("balanced", {}), ("balanced", {"hankel_size": 64}), ("prony", {})],
+                         ids=["balanced", "kung", "prony"])
+@pytest.mark.parametrize("order", [2, 3, 8])
+def test_batched_fit_equals_reference_on_damped_modes(method, kwargs, order):
+    h = damped_modes(L=300 if not kwargs else 700)
+    batched = distill_filter(h, order, method, chunk=4, **kwargs)
+    assert_same_fit(batched, reference_fit(h, order, method, **kwargs), h)
+    if order == 8:                                                            # enough modes: exact recovery
+        assert batched.errors["rel_l2"].max() < 1e-8
+
+
+@pytest.mark.parametrize("method, L", [("balanced", 300), ("balanced", 1024), ("prony", 1024)],
+                         ids=["balanced", "kung", "prony"])
+def test_batched_fit_equals_reference_on_a_hyena_filter(method, L):
+    torch.manual_seed(1)
+    h = Hyena(D_MODEL, 8, HyenaConfig(max_len=L, filter_width=16)).filter(L).detach().double()
+    tol = 1e-6 if method == "prony" else 1e-8          # linear prediction + polynomial roots: less well conditioned
+    for order in (4, 12):
+        assert_same_fit(distill_filter(h, order, method), reference_fit(h, order, method), h, tol)
+    np.testing.assert_allclose(hankel_singular_values(h, chunk=3).numpy(), reference_singular_values(h),
+                               rtol=1e-9, atol=1e-12 * reference_singular_values(h).max())
+
+
+def test_modal_fit_is_batched_over_channels():
+    torch.manual_seed(2)
+    h = Hyena(D_MODEL, 6, HyenaConfig(max_len=128, filter_width=16)).filter(128).detach()
+    together = distill_filter(h, 4, "modal", steps=30, chunk=6)
+    alone = distill_filter(h, 4, "modal", steps=30, chunk=1)
+    torch.testing.assert_close(together.impulse_response(128), alone.impulse_response(128), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["balanced", "prony", "modal"])
+def test_fit_on_cuda_equals_cpu(method):
+    h = damped_modes(L=1024)
+    on_cpu = distill_filter(h, 4, method, steps=20, device="cpu")
+    on_cuda = distill_filter(h, 4, method, steps=20, device="cuda")
+    assert on_cuda.poles.device.type == "cpu"
+    torch.testing.assert_close(on_cuda.impulse_response(1024), on_cpu.impulse_response(1024), rtol=1e-6, atol=1e-8)
 
 
 # ---- 3. distilled mixers and students -----------------------------------------------------------------------------
@@ -292,7 +366,7 @@ def test_cli_writes_the_error_vs_order_table(tiny_hyena_run, tmp_path, capsys):
     assert sorted(student_mixers(student)) == [1]
     out = tmp_path / "table.json"
     code = main(["laughing", str(tiny_hyena_run), "--orders", "2,8", "--method", "modal", "--steps", "10",
-                 "--length", "64", "--eval-tokens", "200", "--window", "64", "--json", str(out)])
+                 "--length", "64", "--eval-tokens", "200", "--window", "64", "--device", "cpu", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["orders"] == [2, 8] and report["length"] == 64
@@ -303,3 +377,23 @@ def test_cli_writes_the_error_vs_order_table(tiny_hyena_run, tmp_path, capsys):
         assert r["ppl_after"] > 1 and r["kl_undistilled"] >= -1e-6
     assert rows[1]["mse"] < rows[0]["mse"] and rows[1]["kl_undistilled"] <= rows[0]["kl_undistilled"] + 1e-6
     assert "order    8" in capsys.readouterr().out
+
+
+def test_speed_benchmark_runs_on_a_tiny_setting(tiny_hyena_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "laughing_speed.py"
+    spec = importlib.util.spec_from_file_location("laughing_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    report = bench.main([str(tiny_hyena_run), "--device", "cpu", "--contexts", "64,250", "--new", "8",
+                         "--order", "4", "--json", str(out)])
+    assert json.loads(out.read_text())["setup"]["order"] == 4
+    rows = {(r["context"], r["model"]): r for r in report["rows"]}
+    assert set(rows) == {(T, m) for T in (64, 250) for m in ("distilled", "undistilled", "teacher")}
+    assert "max_position_embeddings" in rows[250, "teacher"]["skipped"]                  # 256 positions
+    for T, model in [(64, "distilled"), (64, "undistilled"), (64, "teacher"), (250, "distilled")]:
+        r = rows[T, model]
+        assert r["tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["per_token_ms_p50"] > 0

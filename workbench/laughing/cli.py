@@ -1,8 +1,9 @@
 """``workbench laughing RUN_DIR``: distil the Hyena student of a run into modal SSMs at several orders and write the
 error-vs-order table as JSON.
 
-For each order d: fit every Hyena-family layer's filters (``error_table``), swap the fits in (``distill_student``) and
-evaluate on the held-out split against the teacher and against the undistilled student. Each row of "table" is one
+For each order d: fit every Hyena-family layer's filters (``error_table``, batched over channels on ``--device``), swap
+the fits in (``distill_student``) and evaluate on the held-out split against the teacher and against the undistilled
+student (models on ``--device`` too). Each row of "table" is one
 (layer, order) with the filter errors and the model-level numbers of the student with ALL layers at that order:
 
     {"layer", "order", "method", "mse", "rel_l2", "rel_l2_max", "hinf", "floor",
@@ -55,7 +56,8 @@ def load_run_student(run_dir: str | Path, device: str = "cpu"):
 
 def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: int | None = None,
                     eval_tokens: int | None = 4096, window: int = 256, device: str = "cpu", **fit_kwargs) -> dict:
-    """The JSON the command writes: {"run", "method", "orders", "length", "before", "models", "table"}."""
+    """The JSON the command writes: {"run", "method", "orders", "length", "before", "models", "table"}. The models
+    run and the filters are fitted on ``device`` (``fit_kwargs`` may name another ``device`` for the fits)."""
     from workbench.analysis.compare import compare
     from workbench.data import load_corpus, token_ids
     from workbench.laughing.order import error_table
@@ -65,7 +67,7 @@ def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: 
     ids = token_ids(load_corpus(cfg.corpus, "heldout"), teacher.tokenizer)
     before = compare(teacher, student, ids, window=window, max_tokens=eval_tokens)
     fits: dict = {}
-    rows = error_table(student, orders, method, length, fits=fits, **fit_kwargs)
+    rows = error_table(student, orders, method, length, fits=fits, **{"device": device, **fit_kwargs})
     models = []
     for d in sorted(fits):
         after = distill_student(student, fits=fits[d]).eval()
@@ -112,6 +114,6 @@ def add_subcommand(sub) -> None:
     p.add_argument("--steps", type=int, default=300, help="gradient steps of the modal method")
     p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ppl / KL")
     p.add_argument("--window", type=int, default=256, help="evaluation window")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: runs the models and the fits")
     p.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
     p.set_defaults(func=cmd_laughing)

@@ -3,8 +3,11 @@
 
 Shapes: C channels, L taps, n = L - 1 taps after the feed-through, d modes (order), r = 2d real states.
 
-All fitting runs in float64 / complex128 on the CPU, channels in chunks; the result is complex128 (export with
-``ssm.to(torch.complex64)``). h0 is always the filter's own lag-0 tap: the feed-through is matched exactly and the
+All fitting runs in float64 / complex128, batched over channels (chunks of C channels: every step below is one
+batched torch operation over the chunk: eigh / SVD, pinv, eig, least squares), on ``device`` (default: the filter
+tensor's; CUDA works in float64); the result is complex128 on the CPU (export with ``ssm.to(torch.complex64)``).
+``workbench.laughing.reference`` fits one channel at a time with numpy / scipy: the reference the tests hold the
+batched fits to. h0 is always the filter's own lag-0 tap: the feed-through is matched exactly and the
 modes fit h_1 .. h_{L-1}.
 
 Three methods, ``distill_filter(h, order, method)``:
@@ -14,7 +17,10 @@ Three methods, ``distill_filter(h, order, method)``:
                   [h_{t-k}] (a filter of degree < r makes it singular and the extra roots arbitrary); find
                   a_1..a_r minimising Σ_t (h_t + Σ_k a_k h_{t-k})² over t = r+1 .. n (least squares): a sum of
                   r modes satisfies this recursion exactly.
-              P2. Poles = roots of z^r + a_1 z^{r-1} + ... + a_r (eigenvalues of the companion matrix).
+                  Batched: columns past a channel's rank are zeroed (the minimum-norm solution gives a_k = 0 there).
+              P2. Poles = roots of z^r + a_1 z^{r-1} + ... + a_r (eigenvalues of the companion matrix). Batched:
+                  one r x r matrix per channel, its companion block in the top-left r_c x r_c and SENTINEL on the
+                  rest of the diagonal; the r - r_c eigenvalues nearest SENTINEL are dropped.
               P3. Modes in our convention (below), poles pulled inside |λ| ≤ max_radius.
               P4. Residues by linear least squares on h_1..h_n (the model is linear in R for fixed poles).
 
@@ -22,6 +28,7 @@ Three methods, ``distill_filter(h, order, method)``:
               B1. Shift-register realisation of taps h_1..h_n: A = down-shift (n x n), B = e_1, C = (h_1..h_n).
                   Its controllability Gramian is P = I and its observability Gramian is Q = Oᵀ O with
                   O[k, j] = h_{k+j+1} (zero past n), the zero-padded Hankel matrix; Hankel singular values = svd(O).
+                  O is symmetric, so its singular vectors come from one batched eigh (ordered by |eigenvalue|).
               B2. Because P = I, balancing and truncating to r states is (up to a similarity, which leaves the
                   transfer function unchanged) the projection onto the r leading right singular vectors V_r of O:
                   Â = V_rᵀ A V_r = V_r[1:]ᵀ V_r[:-1],  B̂ = V_r[0]ᵀ,  Ĉ = C V_r.   (stable when σ_r > σ_{r+1})
@@ -29,7 +36,7 @@ Three methods, ``distill_filter(h, order, method)``:
               B4. Modes in our convention (below); residues are B3's unless the mode count had to change, then P4.
               B5. Long filters (n > FULL_HANKEL taps, or ``hankel_size`` given): B1-B3 cost an n x n SVD per
                   channel, so instead take the m x m Hankel H[i, j] = h_{i+j+1} (m = ``hankel_size``, default
-                  KUNG_SIZE), H = U Σ Vᵀ, O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:] (Kung's shift invariance, a
+                  KUNG_SIZE), H = U Σ Vᵀ (by eigh: H is symmetric), O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:] (Kung's shift invariance, a
                   balanced realisation of the Hankel block), poles = eig(Â), residues by P4 on all n taps.
 
   "modal"     The paper's method: gradient descent on the ℓ2 error of the impulse response.
@@ -60,37 +67,72 @@ from workbench.laughing.modal import ModalSSM
 
 METHODS = ("modal", "balanced", "prony")
 MAX_RADIUS = 1 - 1e-6   # poles are pulled inside this radius (a filter of finite length cannot ask for |λ| ≥ 1)
-CHUNK = 32              # channels fitted together (memory C * L * d)
+CHUNK = 64              # channels fitted together on the CPU (memory C * L * d)
+DEVICE_CHUNK = 192      # ... and on an accelerator
 SPARE_RADIUS = 0.5      # where spare modes start when a method finds fewer than d
 RANK_RTOL = 1e-12       # Prony: singular values below this fraction of the largest count as zero
 FULL_HANKEL = 512       # balanced: exact FIR balanced truncation (an n x n SVD per channel) up to n taps, else B5
 KUNG_SIZE = 256         # balanced, B5: Hankel size m (realisations up to real order m - 1)
 
 
-# ---- least-squares residues -----------------------------------------------------------------------------------------
+# ---- batched linear algebra (every function takes a chunk of C channels; everything stays on its device) ----------
+
+def lstsq_min_norm(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least squares per channel: A (C, m, k), b (C, m) -> x (C, k), by a batched QR (A = QR, when
+    m > k) and the SVD of R, with singular values below eps * max(m, k) * σ_max dropped (the rule of LAPACK's
+    gelsd, which CUDA lacks)."""
+    m, k = A.shape[-2:]
+    if m > k:
+        Q, A = torch.linalg.qr(A)                                            # ‖Ax - b‖² = ‖Rx - Qᵀb‖² + const
+        b = (Q.transpose(1, 2) @ b[:, :, None])[:, :, 0]
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)                     # (C, ., k'), (C, k'), (C, k', k)
+    cutoff = torch.finfo(A.dtype).eps * max(m, k) * S[:, :1]
+    inv = torch.where(S > cutoff, 1 / torch.where(S > cutoff, S, torch.ones_like(S)), torch.zeros_like(S))
+    return (Vh.transpose(1, 2) @ ((U.transpose(1, 2) @ b[:, :, None])[:, :, 0] * inv)[:, :, None])[:, :, 0]
+
 
 def _powers(poles: torch.Tensor, n: int) -> torch.Tensor:
-    """λ^{t-1} for t = 1..n: poles (C, d) complex128 -> (C, d, n)."""
+    """λ^{t-1} for t = 1..n: poles (C, d) complex128 -> (C, d, n), as λ^{bK} λ^j (t - 1 = bK + j, K ≈ √n): two
+    small exponentials and one product instead of C d n complex exponentials (differentiable)."""
     log_p = poles.log()
     log_p = torch.where(poles == 0, torch.full_like(log_p, -1e4), log_p)
-    return torch.exp(log_p[:, :, None] * torch.arange(n, dtype=torch.float64))
+    K = max(1, math.isqrt(max(n, 1)))
+    nb = -(-n // K)
+    j = torch.arange(K, dtype=torch.float64, device=poles.device)
+    inner = torch.exp(log_p[:, :, None] * j)                                  # (C, d, K)    λ^j
+    outer = torch.exp(log_p[:, :, None] * (j.new_tensor(K) * torch.arange(nb, dtype=torch.float64,
+                                                                         device=poles.device)))  # (C, d, nb)
+    return (outer[:, :, :, None] * inner[:, :, None, :]).reshape(*poles.shape, nb * K)[:, :, :n]
 
 
-def solve_residues(taps: torch.Tensor, poles: torch.Tensor) -> torch.Tensor:
+def solve_residues(taps: torch.Tensor, poles: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares residues for fixed poles: taps (C, n) = h_1..h_n float64, poles (C, d) complex128 ->
     R (C, d) complex128 minimising Σ_t (h_t - Re Σ R λ^{t-1})². Real with R = a + ib: Re(R λ^{t-1}) =
     a Re λ^{t-1} - b Im λ^{t-1}, a real linear problem in (a, b). Columns are scaled to unit norm; columns that are
-    rounding noise (Im λ^{t-1} of a real pole) are dropped, and rank-deficient problems get the minimum-norm
-    answer."""
+    rounding noise (Im λ^{t-1} of a real pole) or belong to poles outside ``valid`` (C, d) are dropped (R = 0
+    there), and rank-deficient problems get the minimum-norm answer."""
     C, d = poles.shape
     V = _powers(poles, taps.shape[1])                                        # (C, d, n)
     design = torch.cat([V.real, -V.imag], dim=1).transpose(1, 2)             # (C, n, 2d)
     norms = design.norm(dim=1, keepdim=True)                                  # (C, 1, 2d) column scaling
     negligible = norms <= 1e-10 * norms.amax(-1, keepdim=True)               # e.g. Im λ^t of a real pole: rounding
+    if valid is not None:
+        dead = ~torch.cat([valid, valid], 1)[:, None, :]
+        negligible = dead | (norms <= 1e-10 * torch.where(dead, 0, norms).amax(-1, keepdim=True))
     scale = torch.where(negligible, torch.ones_like(norms), norms)
     design = torch.where(negligible, torch.zeros_like(design), design / scale)
-    coef = torch.linalg.lstsq(design, taps[:, :, None], driver="gelsd").solution[:, :, 0] / scale[:, 0]
+    coef = lstsq_min_norm(design, taps) / scale[:, 0]
     return torch.complex(coef[:, :d], coef[:, d:])
+
+
+def _symmetric_top(H: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The r leading singular values (C, r) and singular vectors (C, m, r) of symmetric matrices H (C, m, m) (Hankel
+    matrices are): eigenvectors of ``eigh`` ordered by |eigenvalue|, a few times cheaper than an SVD. A column's sign
+    may differ from the SVD's left vectors, which changes no realisation built from them (a diagonal similarity)."""
+    evals, evecs = torch.linalg.eigh(H)
+    s, order = evals.abs().sort(dim=-1, descending=True)
+    order = order[:, :r]
+    return s[:, :r], evecs.gather(2, order[:, None, :].expand(-1, H.shape[1], -1))
 
 
 # ---- real-system modes -> our modes ---------------------------------------------------------------------------------
@@ -100,86 +142,114 @@ def _pull_inside(poles: torch.Tensor, max_radius: float) -> torch.Tensor:
     return torch.where(r > max_radius, poles * (max_radius / r.clamp_min(1e-300)), poles)
 
 
-def _spare_poles(k: int) -> torch.Tensor:
-    angles = math.pi * (torch.arange(k, dtype=torch.float64) + 0.5) / max(k, 1)
-    return SPARE_RADIUS * torch.exp(1j * angles)
+def _first(values: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """values (C, r) reordered by ascending ``key`` (C, r) (stable): (reordered values, the permutation)."""
+    perm = key.argsort(dim=-1, stable=True)
+    return values.gather(1, perm), perm
 
 
 def to_modes(taps: torch.Tensor, poles: torch.Tensor, coeffs: torch.Tensor | None, order: int,
-             max_radius: float = MAX_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
-    """A real system h_t = Σ_k c_k λ_k^{t-1} (poles (C, r), coeffs (C, r) or None) as ``order`` modes of our
-    convention (module docstring): (poles (C, d), residues (C, d)) complex128. Residues come from ``coeffs`` when
-    the mode count is exactly d and no pole had to be pulled inside, else from least squares on ``taps``."""
-    C = taps.shape[0]
-    out_p = torch.zeros(C, order, dtype=torch.complex128)
-    out_r = torch.zeros(C, order, dtype=torch.complex128)
-    refit = torch.zeros(C, dtype=torch.bool)
-    for c in range(C):
-        p = poles[c]
-        tol = 1e-12 * p.abs().clamp_min(1.0)
-        upper = p.imag > tol                                                  # one of each conjugate pair
-        real = p.imag.abs() <= tol
-        keep_p = torch.cat([p[upper], p[real].real.to(p.dtype)])
-        if coeffs is not None:
-            keep_r = torch.cat([2 * coeffs[c][upper], coeffs[c][real].real.to(p.dtype)])
-        else:
-            keep_r = torch.zeros_like(keep_p)
-        pulled = _pull_inside(keep_p, max_radius)
-        changed = coeffs is None or bool((pulled != keep_p).any()) or len(keep_p) != order
-        keep_p = pulled
-        if len(keep_p) > order:                                               # real poles: keep the strongest
-            if coeffs is None:
-                keep_r = solve_residues(taps[c:c + 1], keep_p[None])[0]
-            energy = keep_r.abs() ** 2 / (1 - keep_p.abs() ** 2).clamp_min(1e-12)
-            top = energy.argsort(descending=True)[:order]
-            keep_p, keep_r = keep_p[top], keep_r[top]
-        if len(keep_p) < order:
-            spare = _spare_poles(order - len(keep_p))
-            keep_p = torch.cat([keep_p, spare])
-            keep_r = torch.cat([keep_r, torch.zeros_like(spare)])
-        out_p[c], out_r[c], refit[c] = keep_p, keep_r, changed
-    if refit.any():
-        out_r[refit] = solve_residues(taps[refit], out_p[refit])
+             max_radius: float = MAX_RADIUS, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real system h_t = Σ_k c_k λ_k^{t-1} (poles (C, r), coeffs (C, r) or None; ``valid`` (C, r) marks the poles
+    that exist when channels have different real orders) as ``order`` modes of our convention (module docstring):
+    (poles (C, d), residues (C, d)) complex128, all channels at once. Per channel: the poles with Im λ > 0 then the
+    real ones (in their given order) are kept, pulled inside ``max_radius``; beyond d, the d of largest energy;
+    short of d, spare poles. Residues come from ``coeffs`` when the mode count is exactly d and no pole had to be
+    pulled inside, else from least squares on ``taps``."""
+    C, r = poles.shape
+    dev = poles.device
+    if valid is None:
+        valid = torch.ones(C, r, dtype=torch.bool, device=dev)
+    tol = 1e-12 * poles.abs().clamp_min(1.0)
+    upper = (poles.imag > tol) & valid                                         # one of each conjugate pair
+    real = (poles.imag.abs() <= tol) & valid
+    rank = torch.where(upper, 0, torch.where(real, 1, 2))                       # kept upper, kept real, dropped
+    keep_p = torch.where(real, torch.complex(poles.real, torch.zeros_like(poles.real)), poles)
+    keep_p, perm = _first(keep_p, rank)
+    kept = (rank < 2).sum(-1)                                                  # (C,) modes found
+    slots = torch.arange(r, device=dev)[None]
+    live = slots < kept[:, None]                                               # (C, r) slots holding a mode
+    if coeffs is not None:
+        keep_r = torch.where(upper, 2 * coeffs, torch.where(real, torch.complex(coeffs.real, torch.zeros_like(
+            coeffs.real)), torch.zeros_like(coeffs))).gather(1, perm)
+    else:
+        keep_r = torch.zeros_like(keep_p)
+    pulled = _pull_inside(keep_p, max_radius)
+    changed = ((pulled != keep_p) & live).any(-1) | (kept != order)
+    if coeffs is None:
+        changed = torch.ones_like(changed)
+    keep_p = torch.where(live, pulled, torch.zeros_like(pulled))
+    if coeffs is None and bool((kept > order).any()):                          # energies need residues
+        extra = kept > order
+        keep_r[extra] = solve_residues(taps[extra], keep_p[extra], live[extra])
+    energy = keep_r.abs() ** 2 / (1 - keep_p.abs() ** 2).clamp_min(1e-12)
+    energy = torch.where(live, energy, torch.full_like(energy, -1.0))
+    top = torch.where((kept > order)[:, None], energy.argsort(dim=-1, descending=True, stable=True), slots)
+    width = max(order, r)
+    out_p = torch.zeros(C, width, dtype=torch.complex128, device=dev)
+    out_r = torch.zeros(C, width, dtype=torch.complex128, device=dev)
+    out_p[:, :r], out_r[:, :r] = keep_p.gather(1, top), keep_r.gather(1, top)
+    out_p, out_r = out_p[:, :order], out_r[:, :order]
+    found = kept.clamp(max=order)                                              # spare poles fill slots ≥ found
+    spare_slot = torch.arange(order, device=dev)[None] - found[:, None]        # (C, d): index among the spares
+    spares = (order - found).clamp_min(1)[:, None].to(torch.float64)
+    angles = math.pi * (spare_slot.to(torch.float64) + 0.5) / spares
+    is_spare = spare_slot >= 0
+    out_p = torch.where(is_spare, SPARE_RADIUS * torch.exp(1j * angles), out_p)
+    out_r = torch.where(is_spare, torch.zeros_like(out_r), out_r)
+    if bool(changed.any()):
+        out_r[changed] = solve_residues(taps[changed], out_p[changed])
     return out_p, out_r
 
 
 # ---- the three methods (each on a chunk of channels: taps (C, n) = h_1..h_n) ---------------------------------------
 
-def _companion_roots(a: torch.Tensor) -> torch.Tensor:
-    """Roots of z^r + a_1 z^{r-1} + ... + a_r for each row of a (C, r): (C, r) complex128."""
+SENTINEL = 1e3   # Prony: eigenvalue of the padding block of a channel's companion matrix (far from any kept pole)
+
+
+def _companion_roots(a: torch.Tensor, ranks: torch.Tensor | None = None) -> torch.Tensor:
+    """Roots of z^k + a_1 z^{k-1} + ... + a_k for each row of a (C, r), k = ranks[c] (default r): (C, r) complex128,
+    the r - k slots past a channel's degree hold the eigenvalue SENTINEL of the padding block."""
     C, r = a.shape
-    comp = torch.zeros(C, r, r, dtype=torch.float64)
-    comp[:, 0, :] = -a
+    dev = a.device
+    ranks = torch.full((C,), r, device=dev) if ranks is None else ranks
+    idx = torch.arange(r, device=dev)
+    inside = idx[None] < ranks[:, None]                                       # (C, r)
+    comp = torch.zeros(C, r, r, dtype=torch.float64, device=dev)
+    comp[:, 0, :] = torch.where(inside, -a, torch.zeros_like(a))
     if r > 1:
-        comp[:, 1:, :-1] = torch.eye(r - 1, dtype=torch.float64)
+        sub = (idx[1:, None] - 1 == idx[None, :-1]) & inside[:, 1:, None]      # z^{k-1} shift, inside the block
+        comp[:, 1:, :-1] = sub.to(torch.float64)
+    comp = comp + torch.diag_embed(torch.where(inside, 0.0, SENTINEL).to(torch.float64))
     return torch.linalg.eigvals(comp)
 
 
 def _prony(taps: torch.Tensor, order: int, max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
     C, n = taps.shape
+    dev = taps.device
     r = min(2 * order, n // 2)
     if r == 0:
-        return to_modes(taps, torch.zeros(C, 0, dtype=torch.complex128), None, order, max_radius)
-    rows = torch.arange(r, n)                                                 # 0-based index of h_{t}, t = r+1..n
-    past = taps[:, rows[:, None] - torch.arange(1, r + 1)]                    # (C, n-r, r): h_{t-k}
+        return to_modes(taps, torch.zeros(C, 0, dtype=torch.complex128, device=dev), None, order, max_radius)
+    rows = torch.arange(r, n, device=dev)                                     # 0-based index of h_{t}, t = r+1..n
+    past = taps[:, rows[:, None] - torch.arange(1, r + 1, device=dev)]        # (C, n-r, r): h_{t-k}
     sv = torch.linalg.svdvals(past)                                           # (C, r)
     ranks = (sv > RANK_RTOL * sv[:, :1]).sum(-1).clamp_min(1)                # P1: r_c = min(r, degree of h_c)
-    modes = []
-    for c in range(C):
-        rc = int(ranks[c])
-        a = torch.linalg.lstsq(past[c, :, :rc], -taps[c, rows, None], driver="gelsd").solution[:, 0]   # (rc,)
-        poles = _companion_roots(a[None])                                     # P2 (1, rc)
-        modes.append(to_modes(taps[c:c + 1], poles, None, order, max_radius))  # P3-P4
-    return torch.cat([p for p, _ in modes]), torch.cat([r for _, r in modes])
+    inside = torch.arange(r, device=dev)[None] < ranks[:, None]
+    a = lstsq_min_norm(past * inside[:, None, :], -taps[:, r:])               # (C, r), 0 past r_c
+    roots = _companion_roots(a, ranks)                                        # P2 (C, r)
+    valid = torch.ones_like(inside)                                           # drop r - r_c roots nearest SENTINEL
+    far = (roots - SENTINEL).abs().argsort(dim=-1, descending=True, stable=True)
+    valid = valid.scatter(1, far, torch.arange(r, device=dev)[None].expand(C, -1) < ranks[:, None])
+    return to_modes(taps, roots, None, order, max_radius, valid)              # P3-P4
 
 
 def _kung(taps: torch.Tensor, order: int, max_radius: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """B5: balanced realisation from the size x size Hankel matrix (Kung / Ho-Kalman), residues by least squares."""
     m = min(size, (taps.shape[1] + 1) // 2)
     r = min(2 * order, m - 1)
-    idx = torch.arange(m)
-    U, S, _ = torch.linalg.svd(taps[:, idx[:, None] + idx[None, :]])          # (C, m, m) Hankel, h_{i+j+1}
-    O = U[:, :, :r] * S[:, None, :r].sqrt()                                   # (C, m, r) observability factor
+    idx = torch.arange(m, device=taps.device)
+    S, U = _symmetric_top(taps[:, idx[:, None] + idx[None, :]], r)            # (C, m, m) Hankel, h_{i+j+1}
+    O = U * S[:, None, :].sqrt()                                              # (C, m, r) observability factor
     A = torch.linalg.pinv(O[:, :-1]) @ O[:, 1:]                               # shift invariance (C, r, r)
     return to_modes(taps, torch.linalg.eigvals(A), None, order, max_radius)
 
@@ -190,12 +260,10 @@ def _balanced(taps: torch.Tensor, order: int, max_radius: float,
     if hankel_size is not None or n > FULL_HANKEL:
         return _kung(taps, order, max_radius, hankel_size or KUNG_SIZE)
     r = min(2 * order, n)
-    idx = torch.arange(n)
+    idx = torch.arange(n, device=taps.device)
     lag = idx[:, None] + idx[None, :]                                         # (n, n): k + j
     padded = torch.cat([taps, taps.new_zeros(C, 1)], dim=1)
-    O = padded[:, lag.clamp(max=n)]                                           # B1 (C, n, n) zero-padded Hankel
-    _, _, Vh = torch.linalg.svd(O)
-    V = Vh[:, :r].transpose(1, 2)                                             # B2 (C, n, r)
+    _, V = _symmetric_top(padded[:, lag.clamp(max=n)], r)                     # B1-B2 (C, n, r), O symmetric
     A = V[:, 1:].transpose(1, 2) @ V[:, :-1]                                  # (C, r, r)
     B = V[:, 0, :]                                                            # (C, r)
     Cv = (taps[:, None, :] @ V)[:, 0]                                         # (C, r)
@@ -224,17 +292,18 @@ def _modal(taps: torch.Tensor, order: int, max_radius: float, init: str, steps: 
         p0, r0 = _prony(taps, order, max_radius)
     p_start = _pull_inside(p0, min(max_radius, 1 - 1e-9)).clone()
     p_start = torch.where(p_start.abs() < 1e-6, torch.full_like(p_start, 1e-6), p_start)     # |λ| > 0 for log
-    nu = torch.log(-torch.log(p_start.abs())).requires_grad_(True)                           # M2 |λ| = e^{-e^ν}
-    theta = p_start.angle().clone().requires_grad_(True)
-    res = torch.view_as_real(r0).clone().requires_grad_(True)                                # (C, d, 2)
-    norm = taps.pow(2).sum(-1).clamp_min(1e-300)                                            # (C,)
-    opt = torch.optim.Adam([nu, theta, res], lr=lr)
-    for _ in range(steps):
-        poles = torch.exp(torch.complex(-torch.exp(nu), theta))
-        loss = ((taps - _impulse(poles, torch.view_as_complex(res), n)).pow(2).sum(-1) / norm).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():
+        nu = torch.log(-torch.log(p_start.abs())).requires_grad_(True)                       # M2 |λ| = e^{-e^ν}
+        theta = p_start.angle().clone().requires_grad_(True)
+        res = torch.view_as_real(r0).clone().requires_grad_(True)                            # (C, d, 2)
+        norm = taps.pow(2).sum(-1).clamp_min(1e-300)                                        # (C,)
+        opt = torch.optim.Adam([nu, theta, res], lr=lr)
+        for _ in range(steps):
+            poles = torch.exp(torch.complex(-torch.exp(nu), theta))
+            loss = ((taps - _impulse(poles, torch.view_as_complex(res), n)).pow(2).sum(-1) / norm).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     with torch.no_grad():
         poles = _pull_inside(torch.exp(torch.complex(-torch.exp(nu), theta)), max_radius)
         residues = solve_residues(taps, poles)                                               # M3
@@ -244,47 +313,54 @@ def _modal(taps: torch.Tensor, order: int, max_radius: float, init: str, steps: 
 
 # ---- public ---------------------------------------------------------------------------------------------------------
 
-def filter_errors(h, ssm: ModalSSM) -> dict[str, torch.Tensor]:
-    """Errors of ``ssm`` against filters h (L,) or (C, L), each (C,) float64: "mse" (mean over the L taps),
-    "rel_l2" (‖h - ĥ‖ / ‖h‖) and "hinf" (max over the size-2L rfft grid of |H - Ĥ|)."""
-    h = as_filters(h)
+def filter_errors(h, ssm: ModalSSM, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Errors of ``ssm`` against filters h (L,) or (C, L), each (C,) float64 on the CPU: "mse" (mean over the L
+    taps), "rel_l2" (‖h - ĥ‖ / ‖h‖) and "hinf" (max over the size-2L rfft grid of |H - Ĥ|); computed on ``device``
+    (default h's)."""
+    h = as_filters(h, device)
     L = h.shape[1]
-    diff = h - ssm.impulse_response(L).to("cpu", torch.float64)              # (C, L)
-    return {"mse": diff.pow(2).mean(-1),
-            "rel_l2": diff.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-300),
-            "hinf": torch.fft.rfft(diff, n=2 * L, dim=-1).abs().amax(-1)}
+    diff = h - ssm.to(torch.complex128, h.device).impulse_response(L)        # (C, L)
+    errors = {"mse": diff.pow(2).mean(-1),
+              "rel_l2": diff.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-300),
+              "hinf": torch.fft.rfft(diff, n=2 * L, dim=-1).abs().amax(-1)}
+    return {k: v.cpu() for k, v in errors.items()}
 
 
 def distill_filter(h, order: int, method: str = "modal", *, init: str = "balanced", steps: int = 300,
                    lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
-                   chunk: int = CHUNK) -> ModalSSM:
+                   chunk: int | None = None, device: torch.device | str | None = None) -> ModalSSM:
     """Fit an order-``order`` modal SSM to each filter: h (L,) or (C, L) (any real dtype/device) -> ModalSSM with
     poles and residues (C, order) complex128, h0 (C,) float64 (C = 1 for a 1-D filter), on the CPU.
 
     ``method``: "modal" (gradient fit from ``init`` = "balanced" or "prony", ``steps`` Adam steps at ``lr``),
-    "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. The result
-    carries ``errors`` (``filter_errors`` on h)."""
+    "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. Fitting runs in
+    float64 on ``device`` (default: h's device), ``chunk`` channels at a time (default CHUNK on the CPU,
+    DEVICE_CHUNK elsewhere). The result carries ``errors`` (``filter_errors`` on h)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init not in ("balanced", "prony"):
         raise ValueError(f"init must be 'balanced' or 'prony', got {init!r}")
     if not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive integer, got {order!r}")
-    h = as_filters(h)                                                         # (C, L) float64
+    h = as_filters(h, device)                                                 # (C, L) float64 on the device
     if h.shape[1] < 2:
         raise ValueError(f"a filter needs at least 2 taps to fit modes, got {h.shape[1]}")
+    chunk = chunk or (CHUNK if h.device.type == "cpu" else DEVICE_CHUNK)
     taps = h[:, 1:]                                                           # (C, n)
     poles, residues = [], []
-    for start in range(0, h.shape[0], chunk):
-        part = taps[start:start + chunk]
-        if method == "prony":
-            p, r = _prony(part, order, max_radius)
-        elif method == "balanced":
-            p, r = _balanced(part, order, max_radius, hankel_size)
-        else:
-            p, r = _modal(part, order, max_radius, init, steps, lr, hankel_size)
-        poles.append(p)
-        residues.append(r)
-    ssm = ModalSSM(torch.cat(poles), torch.cat(residues), h[:, 0].clone())
-    ssm.errors = filter_errors(h, ssm)
+    with torch.no_grad():
+        for start in range(0, h.shape[0], chunk):
+            part = taps[start:start + chunk]
+            if method == "prony":
+                p, r = _prony(part, order, max_radius)
+            elif method == "balanced":
+                p, r = _balanced(part, order, max_radius, hankel_size)
+            else:
+                p, r = _modal(part, order, max_radius, init, steps, lr, hankel_size)
+            poles.append(p)
+            residues.append(r)
+        ssm = ModalSSM(torch.cat(poles), torch.cat(residues), h[:, 0].clone())
+        errors = filter_errors(h, ssm)
+    ssm = ssm.to(device="cpu")
+    ssm.errors = errors
     return ssm

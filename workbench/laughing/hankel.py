@@ -1,7 +1,8 @@
 """Hankel analysis of long-convolution filters: how many states a filter really needs, and the best error any
 state-space model of a given size can reach (Laughing Hyena Distillery, Massaroli et al., arXiv 2310.18780, §3).
 
-Shapes: C channels (filters), L taps, m = L // 2 Hankel size.
+Shapes: C channels (filters), L taps, m = L // 2 Hankel size. Everything is batched over channels in torch, on the
+filters' device (or ``device=``).
 
 A filter h (L taps) is the impulse response of a discrete-time linear system: h_0 is the feed-through (lag 0) and
 h_1, h_2, ... are the Markov parameters C A^{t-1} B. Its Hankel matrix
@@ -31,10 +32,14 @@ import math
 
 import torch
 
+HSV_CHUNK = 64   # channels per batched eigvalsh (memory chunk * m² float64)
 
-def as_filters(h) -> torch.Tensor:
-    """A filter (L,) or filters (C, L) as a float64 tensor (C, L) on the CPU."""
-    h = torch.as_tensor(h).detach().to("cpu", torch.float64)
+
+def as_filters(h, device: torch.device | str | None = None) -> torch.Tensor:
+    """A filter (L,) or filters (C, L) as a float64 tensor (C, L) on ``device`` (default: h's own; the CPU for
+    arrays and lists)."""
+    h = torch.as_tensor(h).detach()
+    h = h.to(h.device if device is None else device, torch.float64)
     if h.dim() == 1:
         h = h[None]
     if h.dim() != 2:
@@ -42,21 +47,30 @@ def as_filters(h) -> torch.Tensor:
     return h
 
 
-def hankel_matrix(h, size: int | None = None) -> torch.Tensor:
-    """Hankel matrices H[c, i, j] = h[c, i + j + 1]: (C, m, m) float64, m = ``size`` or L // 2."""
-    h = as_filters(h)                                                   # (C, L)
+def hankel_matrix(h, size: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Hankel matrices H[c, i, j] = h[c, i + j + 1]: (C, m, m) float64 on ``device`` (default h's), m = ``size`` or
+    L // 2."""
+    h = as_filters(h, device)                                           # (C, L)
     L = h.shape[1]
     m = L // 2 if size is None else size
     if m < 1 or 2 * m > L:
         raise ValueError(f"a Hankel matrix of size {m} needs at least {2 * m} taps; the filters have {L}")
-    idx = torch.arange(m)
+    idx = torch.arange(m, device=h.device)
     return h[:, 1 + idx[:, None] + idx[None, :]]                         # (C, m, m)
 
 
-def hankel_singular_values(h, size: int | None = None) -> torch.Tensor:
-    """Singular values of each filter's Hankel matrix, largest first: h (L,) or (C, L) -> (C, m) float64,
-    m = ``size`` or L // 2. Feed them to ``workbench.viz.spectra.hankel_figure``."""
-    return torch.linalg.svdvals(hankel_matrix(h, size))                 # (C, m)
+def hankel_singular_values(h, size: int | None = None, device: torch.device | str | None = None,
+                           chunk: int = HSV_CHUNK) -> torch.Tensor:
+    """Singular values of each filter's Hankel matrix, largest first: h (L,) or (C, L) -> (C, m) float64 on h's
+    device, m = ``size`` or L // 2. Computed on ``device`` (default h's), ``chunk`` channels per batched call; the
+    Hankel matrix is symmetric, so they are the |eigenvalues| of one batched ``eigvalsh`` (cheaper than svdvals).
+    Feed them to ``workbench.viz.spectra.hankel_figure``."""
+    h = torch.as_tensor(h)
+    home = h.device
+    h = as_filters(h, device)
+    parts = [torch.linalg.eigvalsh(hankel_matrix(h[i:i + chunk], size)).abs().sort(-1, descending=True).values
+             for i in range(0, h.shape[0], chunk)]
+    return torch.cat(parts).to(home)                                    # (C, m)
 
 
 def hankel_rank(h, rtol: float = 1e-3, size: int | None = None) -> torch.Tensor:

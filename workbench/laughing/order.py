@@ -32,11 +32,12 @@ def error_table(student: nn.Module, orders: Sequence[int] = (4, 8, 16, 32, 64), 
                 **fit_kwargs) -> list[dict]:
     """Rows {"layer", "order", "method", "length", "channels", "mse", "rel_l2", "rel_l2_max", "hinf", "floor"} for
     every Hyena-family layer and order (steps 1-2). Pass a dict as ``fits`` to receive the fitted SSMs as
-    {order: {layer: ModalSSM}} (for ``distill_student(..., fits=fits[order])``)."""
+    {order: {layer: ModalSSM}} (for ``distill_student(..., fits=fits[order])``). ``device=`` among ``fit_kwargs``
+    is where the fits and the Hankel singular values are computed (default: the CPU)."""
     filters = student_filters(student, length)
     rows = []
     for layer, h in filters.items():
-        s = hankel_singular_values(h)                                          # (C, m)
+        s = hankel_singular_values(h, device=fit_kwargs.get("device")).cpu()  # (C, m)
         for d in sorted(orders):
             ssm = distill_filter(h, int(d), method, **fit_kwargs)
             if fits is not None:

@@ -202,7 +202,8 @@ def student_filters(student: nn.Module, length: int | None = None) -> dict[int, 
 
 def fit_student(student: nn.Module, order: int | Mapping[int, int], method: str = "modal",
                 length: int | None = None, **fit_kwargs) -> dict[int, ModalSSM]:
-    """Steps 1-2: layer -> fitted ModalSSM (complex128, with ``errors``). ``order`` is one int or layer -> int."""
+    """Steps 1-2: layer -> fitted ModalSSM (complex128, with ``errors``). ``order`` is one int or layer -> int;
+    ``fit_kwargs`` go to ``distill_filter`` (e.g. ``device="cuda"`` to fit there, batched over channels)."""
     filters = student_filters(student, length)
     orders = _orders(order, filters)
     return {i: distill_filter(h, orders[i], method, **fit_kwargs) for i, h in filters.items()}

@@ -1,0 +1,138 @@
+"""Generation speed of a Laughing Hyena student (modal recurrence) against the same undistilled Hyena student (its
+exact step over the history / FFT path) and the teacher (KV cache), all through ``workbench.generation.generate``.
+
+    python benchmarks/laughing_speed.py RUN_DIR --order 16 --device cuda --json OUT.json
+    python benchmarks/laughing_speed.py --device cpu --contexts 64,128 --new 8        # default teacher, random init
+
+Without a run folder the student is ``build_student(load_teacher("smollm2-135m"), "hyena", init="attention")``.
+The student is distilled at ``--order`` (balanced fits, batched on ``--device``), then for each context length
+(random prompt tokens, ``--batch`` rows) and model: prefill time (prompt forward and first token), per-token decode
+latency (median, p95), decode tokens/s and peak GPU memory (CUDA only). A context the model cannot take is skipped
+with the reason recorded: the Hyena students' HyenaConfig.max_len, the teacher's max_position_embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from workbench.generation import generate
+from workbench.laughing import distill_student
+from workbench.students.build import student_mixers
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def load_models(run_dir: str | None, device: str):
+    """(teacher, undistilled student) of a run folder, or of the default teacher with an attention-initialised
+    Hyena student."""
+    if run_dir:
+        from workbench.laughing.cli import load_run_student
+
+        teacher, student, _ = load_run_student(run_dir, device)
+        return teacher, student
+    from workbench.students.build import build_student
+    from workbench.teachers import load_teacher
+
+    teacher = load_teacher("smollm2-135m", device=device, dtype="float32", progress=False)
+    student = build_student(teacher.model, "hyena", init="attention").to(teacher.device, torch.float32)
+    return teacher, student.eval()
+
+
+def context_limit(model, name: str) -> tuple[int | None, str]:
+    """The longest sequence ``model`` takes and where that limit comes from."""
+    if name == "teacher":
+        limit = getattr(model.config, "max_position_embeddings", None)
+        return limit, "teacher max_position_embeddings"
+    lengths = [m.config.max_len for m in student_mixers(model).values() if hasattr(m.config, "max_len")]
+    return (min(lengths) if lengths else None), "HyenaConfig.max_len"
+
+
+def measure(model, ids: torch.Tensor, new: int) -> dict:
+    device = ids.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = generate(model, ids, new)
+    wall = time.perf_counter() - start
+    p50, p95 = result.latency_percentiles(50, 95)
+    return {"prefill_s": result.prefill_seconds, "decode_s": result.decode_seconds,
+            "per_token_ms_p50": None if p50 is None else 1e3 * p50,
+            "per_token_ms_p95": None if p95 is None else 1e3 * p95,
+            "tokens_per_s": result.decode_tokens_per_s, "wall_s": wall, "cuda_graph": result.cuda_graph,
+            "state_bytes": result.state_bytes,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+
+
+def run(run_dir: str | None = None, device: str = "cpu", contexts=(1024, 4096, 16384), new: int = 64,
+        batch: int = 1, order: int = 16, method: str = "balanced", seed: int = 0) -> dict:
+    """The report: {"setup", "fit", "rows"}; one row per (context, model), measured or {"skipped": reason}."""
+    teacher, student = load_models(run_dir, device)
+    start = time.perf_counter()
+    distilled = distill_student(student, order, method=method, device=device).eval()
+    fit_seconds = time.perf_counter() - start
+    models = {"distilled": distilled, "undistilled": student, "teacher": teacher.model}
+    vocab = teacher.model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for T in contexts:
+        ids = torch.randint(3, vocab, (batch, T), generator=g).to(teacher.device)
+        for name, model in models.items():
+            limit, source = context_limit(model, name)
+            row = {"model": name, "context": T, "new": new, "batch": batch}
+            if limit is not None and T + new > limit:
+                row["skipped"] = f"context {T} + {new} new tokens exceeds {source} = {limit}"
+            else:
+                row.update(measure(model, ids, new))
+            rows.append(row)
+    return {"setup": {"run": run_dir, "device": str(teacher.device), "order": order, "method": method,
+                      "contexts": list(contexts), "new": new, "batch": batch},
+            "fit": {"seconds": fit_seconds}, "rows": rows}
+
+
+def table(report: dict) -> str:
+    lines = [f"{'context':>8} {'model':<12} {'prefill s':>10} {'ms/token':>9} {'p95 ms':>8} {'tok/s':>9} "
+             f"{'peak MiB':>9}"]
+    for r in report["rows"]:
+        if "skipped" in r:
+            lines.append(f"{r['context']:>8} {r['model']:<12} skipped: {r['skipped']}")
+            continue
+        ms = "-" if r["per_token_ms_p50"] is None else f"{r['per_token_ms_p50']:.2f}"
+        p95 = "-" if r["per_token_ms_p95"] is None else f"{r['per_token_ms_p95']:.2f}"
+        peak = "-" if r["peak_gpu_bytes"] is None else f"{r['peak_gpu_bytes'] / 2 ** 20:.0f}"
+        lines.append(f"{r['context']:>8} {r['model']:<12} {r['prefill_s']:>10.3f} {ms:>9} {p95:>8} "
+                     f"{r['tokens_per_s']:>9.1f} {peak:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", default=None, help="a Hyena run folder (default: the default teacher's "
+                                                             "attention-initialised Hyena student)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--contexts", type=_ints, default=[1024, 4096, 16384], help="prompt lengths, e.g. 1024,4096")
+    p.add_argument("--new", type=int, default=64, help="new tokens per generation")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--order", type=int, default=16, help="modal order of the distilled student")
+    p.add_argument("--method", default="balanced", choices=["balanced", "prony", "modal"])
+    p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    args = p.parse_args(argv)
+    report = run(args.run_dir, args.device, args.contexts, args.new, args.batch, args.order, args.method)
+    print(f"fit (order {args.order}, {args.method}): {report['fit']['seconds']:.2f} s")
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
