@@ -67,6 +67,8 @@ class RunConfig:
     replace: list[int] | None = None          # layers to replace; None = every layer not in keep_attention
     init: str = "attention"                   # attention (Mamba in the Llama init) | random
     mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
+    calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
+                                              #   head's on this many train tokens (workbench.students.calibrate; 0 off)
     corpus: str = "sotu"                      # training corpus (train split); evals use its valid/heldout splits
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     device: str = "auto"                      # cpu | cuda | cuda:N | auto
@@ -77,6 +79,8 @@ class RunConfig:
     checkpoint_every: int = 100               # steps between checkpoints (and one at every stage end)
     grad_clip: float = 1.0                    # max global grad norm
     autocast: bool = True                     # bf16 autocast on CUDA (SSM parameters stay fp32)
+    fsdp: bool = False                        # multi-process runs: shard the student (FSDP2) instead of replicating
+                                              # it (DDP), for students whose training state does not fit one GPU
 
     def validate(self) -> None:
         if not self.stages:

@@ -7,6 +7,9 @@
     RUN/summary.json         final numbers (written atomically at the end)
     RUN/LOCK                 held by the process that writes the run (pid inside); two writers never share a folder
 
+A multi-process run has one writer, rank 0; the other ranks open the folder with ``writer=False``: they read its
+config and checkpoints, and their ``log``, ``save_checkpoint`` and ``write_summary`` calls do nothing.
+
 A checkpoint is complete only once ``latest.json`` names it, so a kill at any moment leaves the previous checkpoint
 as the one to resume from.
 """
@@ -40,8 +43,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
         self._events: EventLog | None = None
 
     # ---- layout ----------------------------------------------------------------------------------------------
@@ -101,8 +105,8 @@ class RunDir:
             self._events = EventLog(self.events_path)
         return self._events
 
-    def log(self, type: str, **fields) -> dict:
-        return self.events.append(type, **fields)
+    def log(self, type: str, **fields) -> dict | None:
+        return self.events.append(type, **fields) if self.writer else None
 
     def read_events(self, offset: int = 0) -> tuple[list[dict], int]:
         return read_events(self.events_path, offset)
@@ -111,6 +115,8 @@ class RunDir:
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict) -> Path:
         """Write tensors and state for ``step``; only then point ``latest.json`` at them; prune old ones."""
         stem = self.checkpoint_dir / f"step-{step:09d}"
+        if not self.writer:
+            return stem
         save_tensors(stem.with_suffix(".safetensors"), tensors)
         save_json(stem.with_suffix(".json"), {"step": step, **state})
         save_json(self.checkpoint_dir / "latest.json", {"step": step, "name": stem.name})
@@ -133,7 +139,8 @@ class RunDir:
 
     # ---- summary ---------------------------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
-        save_json(self.summary_path, summary)
+        if self.writer:
+            save_json(self.summary_path, summary)
 
     @property
     def summary(self) -> dict | None:

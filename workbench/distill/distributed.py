@@ -1,0 +1,194 @@
+"""Data-parallel distillation on ``torch.distributed``: the process group, ranks, devices and the student's wrapper.
+
+A run launched by ``torchrun`` (environment variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) with
+more than one process trains data-parallel:
+
+    workbench distill ... --nproc 2                       # one host: execs torchrun --standalone for you
+    torchrun --standalone --nproc-per-node 2 -m workbench distill ...
+
+Several hosts: run the same command on every host, each with the same rendezvous point and a shared run folder
+(``--out`` on a filesystem every host sees: rank 0 writes it, every rank reads its checkpoints when resuming):
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id RUN_NAME \\
+        -m workbench distill --config run.json --out /shared/runs/RUN_NAME
+
+Every rank holds the whole frozen teacher and takes its slice of each step's global batch (``split_rows``); the
+student's trainable parameters are synchronised by DDP, or sharded with FSDP2 (``fully_shard``) when the run asks
+for ``fsdp``. Without torchrun (or with one process) nothing here creates a process group and a run is exactly the
+single-device run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started for this job (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun), with or without a process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """The command that runs ``python -m workbench ARGS`` as ``nproc`` processes of one host."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "workbench", *args]
+
+
+def active() -> bool:
+    """True when a process group with more than one rank is in use."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(device: str) -> str:
+    """The device of this rank: with several processes, 'auto' and 'cuda' mean cuda:LOCAL_RANK; 'cpu' stays cpu."""
+    if launched_world_size() <= 1 and not active():
+        return device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local_rank()}"
+    if device.startswith("cuda:"):
+        processes = max(world_size(), launched_world_size())
+        raise ValueError(f"device {device!r} names one GPU, but this run has {processes} processes: use --device "
+                         f"cuda (each process takes GPU LOCAL_RANK) or auto")
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """Join the job's process group for the duration of a run: created here from torchrun's environment when there
+    are several processes and none exists yet (nccl on CUDA, gloo on CPU), destroyed on exit; an existing group (set
+    up by the caller) is used as it is. Yields this rank's device string."""
+    device = resolve_device(device)
+    created = False
+    if launched_world_size() > 1 and not dist.is_initialized():
+        on_cuda = torch.device(device).type == "cuda"
+        if on_cuda:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if on_cuda else "gloo",
+                                device_id=torch.device(device) if on_cuda else None)
+        created = True
+    try:
+        yield device
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (filling caches: converted teachers, tokenised corpora), then the other ranks."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def split_rows(batch_size: int) -> tuple[int, int]:
+    """[start, stop) of this rank's rows of a global batch: contiguous, sizes differing by at most one."""
+    n, r = world_size(), rank()
+    if batch_size < n:
+        raise ValueError(f"batch size {batch_size} is smaller than the {n} processes: each needs at least one "
+                         f"sequence per step; raise the batch size or use fewer processes")
+    base, extra = divmod(batch_size, n)
+    start = r * base + min(r, extra)
+    return start, start + base + (r < extra)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over ranks (a new tensor; ``values`` itself unchanged)."""
+    values = values.detach().clone()
+    if active():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def global_means(terms: dict[str, torch.Tensor], weight: int) -> dict[str, torch.Tensor]:
+    """Per-token means over all ranks of per-rank means ``terms`` computed over ``weight`` rows each: the sums
+    (mean x rows) and the row counts are summed across ranks in one all-reduce, then divided."""
+    if not active():
+        return terms
+    names = sorted(terms)
+    sums = [terms[k].detach().float() * weight for k in names]
+    total = all_reduce_sum(torch.stack(sums + [torch.full_like(sums[0], float(weight))]))
+    return {k: total[i] / total[-1] for i, k in enumerate(names)}
+
+
+class Call(nn.Module):
+    """A module that holds the student and whose forward calls any function: everything a step (or an evaluation)
+    does with the student runs inside this one forward, so DDP and FSDP see every use of every parameter - the
+    student's own forward, a mixer's ``mixing_matrix``, a single mixer fed the teacher's attention input."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, fn: Callable, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+def wrap_ddp(student: nn.Module, find_unused: bool) -> nn.Module:
+    """DDP over the student's parameters that require gradients now (build one per stage: the set changes).
+
+    ``find_unused``: layer-wise losses leave parts of the student outside the loss graph."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(Call(student), find_unused_parameters=find_unused, broadcast_buffers=False)
+
+
+def wrap_fsdp(student: nn.Module, layers: list[nn.Module], mixers: dict[int, nn.Module],
+              device: torch.device) -> nn.Module:
+    """FSDP2: each mixer, then each decoder layer, then the rest of the student is sharded across the ranks (float32
+    master weights; bf16 compute comes from autocast as on one GPU). ``mixing_matrix`` is registered as a forward
+    method so that calling it gathers the mixer's parameters."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (world_size(),))
+    for mixer in mixers.values():
+        fully_shard(mixer, mesh=mesh)
+        register_fsdp_forward_method(mixer, "mixing_matrix")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(Call(student), mesh=mesh)
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a sharded parameter's gradient norm, say) as a plain tensor; plain tensors unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
