@@ -123,7 +123,7 @@ def eval_curves(events: list[dict], title: str = "Held-out evaluation") -> go.Fi
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name, line=line,
                                      hovertemplate="step %{x}<br>" + name + " = %{y:.4g}<extra></extra>"),
                           row=row, col=1)
-    fig.update_yaxes(title_text="perplexity (log)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="perplexity (log)", type="log", dtick=1, row=1, col=1)  # labels at powers of 10
     fig.update_yaxes(title_text="KL (nats/token)", rangemode="tozero", row=2, col=1)
     fig.update_yaxes(title_text="agreement (fraction)", range=[0, 1.02], row=3, col=1)
     fig.update_xaxes(title_text="optimiser step", row=3, col=1)

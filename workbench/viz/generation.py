@@ -14,6 +14,11 @@ COLOURS = px.colors.qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
+def model_label(model: str) -> str:
+    """A legend name: a path's last component (run folders, model folders, .gguf files), a registry name as is."""
+    return model.rstrip("/").rsplit("/", 1)[-1]
+
+
 def generation_figure(settings: list[dict]) -> go.Figure:
     """Two panels against context (log x): decode tokens/s, and peak GPU memory in GiB (absent on CPU)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("decode tokens/s", "peak GPU memory (GiB)"))
@@ -26,7 +31,7 @@ def generation_figure(settings: list[dict]) -> go.Figure:
             if not rows:
                 continue
             line = {"color": COLOURS[i % len(COLOURS)], "dash": DASHES[j % len(DASHES)]}
-            name = f"{model} [{engine}] batch {batch}"
+            name = f"{model_label(model)} [{engine}] batch {batch}"
             x = [s["context"] for s in rows]
             fig.add_trace(go.Scatter(x=x, y=[s["decode_tokens_per_s"] for s in rows], mode="lines+markers",
                                      name=name, legendgroup=name, line=line), row=1, col=1)
@@ -34,7 +39,11 @@ def generation_figure(settings: list[dict]) -> go.Figure:
             if any(m is not None for m in memory):
                 fig.add_trace(go.Scatter(x=x, y=memory, mode="lines+markers", name=name, legendgroup=name,
                                          line=line, showlegend=False), row=1, col=2)
-    fig.update_xaxes(type="log", title_text="context (tokens)")
-    fig.update_yaxes(type="log", row=1, col=1)
+    if not any(s["status"] == "ok" and s["peak_memory_bytes"] is not None for s in settings):
+        fig.add_annotation(text="no GPU memory figures: the benchmark ran on a CPU", xref="x2 domain",
+                           yref="y2 domain", x=0.5, y=0.5, showarrow=False)
+    contexts = sorted({s["context"] for s in settings})
+    fig.update_xaxes(type="log", title_text="context (tokens)", tickvals=contexts, ticktext=[str(c) for c in contexts])
+    fig.update_yaxes(type="log", dtick=1, row=1, col=1)  # labels at powers of ten only
     fig.update_layout(title="Generation: throughput and memory against context", height=480, width=1100)
     return fig
