@@ -160,7 +160,7 @@ def cmd_distill(args) -> int:
             stages = recipe(args.recipe, tokens=parse_tokens(args.tokens), seq_len=args.seq_len,
                             batch_size=args.batch_size, lr=args.lr, layers=[i for i in range(n) if i not in keep])
             config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
-                               stages=stages, device=args.device)
+                               stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
         config.fsdp = config.fsdp or args.fsdp
         run = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens)
     if args.nproc > 1:
@@ -171,6 +171,23 @@ def cmd_distill(args) -> int:
     summary = run.execute()
     if distributed.launched_rank() == 0:
         print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_corpus_generate(args) -> int:
+    from workbench.data.pseudo import PseudoLabelConfig, generate_corpus
+    from workbench.distill.config import parse_tokens
+    from workbench.teachers import load_teacher
+
+    config = PseudoLabelConfig(teacher=args.teacher, prompt_corpus=args.prompts, tokens=parse_tokens(args.tokens),
+                               prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                               batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
+                               seed=args.seed)
+    teacher = load_teacher(args.teacher, device=args.device, dtype=args.dtype)
+    manifest = generate_corpus(teacher, args.out, config)
+    print(f"{args.out}: {manifest['documents']} documents in {manifest['parts']} parts, {manifest['new_tokens']:,} "
+          f"new tokens from {args.teacher} in {manifest['seconds']:.0f} s; train on it with "
+          f"`workbench distill --corpus {args.out} --eval-corpus {args.prompts} ...`")
     return 0
 
 
@@ -208,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
     p.add_argument("--keep-attention", type=_int_list, default=[], help="teacher layers that stay attention, e.g. 0,15")
     p.add_argument("--init", default="attention", choices=["attention", "random"])
+    p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
+                   "`workbench corpus generate`) or hf:NAME")
+    p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus)")
     p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
     p.add_argument("--seq-len", type=int, default=512)
@@ -223,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true", help="with several processes, shard the student (FSDP2) "
                    "instead of replicating it (DDP)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("corpus", help="make corpora")
+    csub = p.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
+    q = csub.add_parser("generate", help="teacher pseudo-labels: the teacher's continuations of corpus prompts")
+    q.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
+    q.add_argument("--tokens", default="1M", help="new tokens to generate, with k/M/B suffixes (default 1M)")
+    q.add_argument("--out", required=True, help="folder of the corpus (continues an interrupted generation)")
+    q.add_argument("--prompts", default="sotu", help="corpus whose train split gives the prompts")
+    q.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens")
+    q.add_argument("--new-tokens", type=int, default=256, help="most new tokens per continuation")
+    q.add_argument("--batch-size", type=int, default=32, help="continuations generated together")
+    q.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    q.add_argument("--top-p", type=float, default=0.95)
+    q.add_argument("--seed", type=int, default=0)
+    _device_arg(q)
+    q.set_defaults(func=cmd_corpus_generate)
 
     p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus")
     p.add_argument("--teacher", default=DEFAULT_TEACHER)

