@@ -36,3 +36,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, teacher):
+    """A 4-layer Llama (width 64, 4 heads, 2 KV heads) with the default teacher's tokenizer, saved as an HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny_teacher")
+    LlamaForCausalLM(config).save_pretrained(path)
+    teacher.tokenizer.save_pretrained(path)
+    return str(path)

@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from workbench.distill import distributed
 from workbench.distill.config import RunConfig, StageConfig
@@ -22,19 +21,6 @@ STAGES = [StageConfig("layerwise", losses={"matrix": 1.0, "hidden": 1.0}, tokens
           StageConfig("kd", losses={"kl": 1.0, "ce": 0.1}, train="all", tokens=4 * 3 * 32, batch_size=3, seq_len=32,
                       lr=1e-3, weight_decay=0.01)]
 TOTAL_STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher_dir(tmp_path_factory, teacher):
-    """A 4-layer Llama (width 64, 4 heads, 2 KV heads) with the default teacher's tokenizer, saved as an HF folder."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny_teacher")
-    LlamaForCausalLM(config).save_pretrained(path)
-    teacher.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def tiny_config(teacher_dir, **kw) -> RunConfig:

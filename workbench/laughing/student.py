@@ -74,15 +74,6 @@ class _ModalFilters(nn.Module):
         self.h0.copy_(ssm.h0)
 
 
-def _short_conv_state(conv, z: torch.Tensor) -> torch.Tensor:
-    """The ring buffer (B, 3C, W) after the inputs z (B, T, 3C): slot p mod W holds z_p for the last W positions."""
-    buffer = conv.init_state(z.shape[0], z.device, z.dtype)
-    T, W = z.shape[1], conv.width
-    for p in range(max(0, T - W), T):
-        buffer[:, :, p % W] = z[:, p]
-    return buffer
-
-
 class LaughingHyena(Hyena):
     """Hyena with one modal SSM per channel in place of the implicit long filter (module docstring)."""
 
@@ -123,7 +114,7 @@ class LaughingHyena(Hyena):
         """A whole prompt x (B, T, D): (forward(x) (B, T, D), the state after it, ready for ``step``)."""
         z = self.in_proj(x)                                                             # (B, T, 3C)
         v, x1, _ = self.short_conv(z).split(self.d_inner, dim=-1)
-        state = {"conv": _short_conv_state(self.short_conv, z),
+        state = {"conv": self.short_conv.state_after(z),
                  "position": torch.tensor(x.shape[1], dtype=torch.long, device=x.device),
                  "modal": self.modal.ssm().prefill_state(x1 * v, method)}
         return self(x), state
@@ -175,7 +166,7 @@ class LaughingMultiHyena(MultiHyena):
         z = self.in_proj(x)                                                             # (B, T, 3C)
         _, k, v = self._streams(x)                                                      # (B, T, M, P)
         kv = k[..., :, None] * v[..., None, :]                                          # (B, T, M, P, P)
-        state = {"conv": _short_conv_state(self.short_conv, z),
+        state = {"conv": self.short_conv.state_after(z),
                  "position": torch.tensor(T, dtype=torch.long, device=x.device),
                  "modal": self.modal.ssm().prefill_state(kv, method)}
         return self(x), state
