@@ -63,7 +63,7 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
 
 
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float, device: str,
-               teacher: str) -> RunConfig:
+               teacher: str, compile: bool = False) -> RunConfig:
     keep = kept_layers(n_layers, row.attention_share)
     stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
                     layers=[i for i in range(n_layers) if i not in keep])
@@ -72,7 +72,7 @@ def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: i
         stages = [s for i, s in enumerate(stages) if i in row.stages]
         stages[-1].tokens += dropped
     return RunConfig(teacher=teacher, mixer=row.mixer, keep_attention=keep, init="attention", stages=stages,
-                     device=device, eval_every=100)
+                     device=device, eval_every=100, compile=compile)
 
 
 def throughput(run_dir: Path) -> dict:
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto")
     p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for each summary (all)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms (RunConfig.compile)")
     p.add_argument("--only", default="", help="comma-separated row names (default: all)")
     p.add_argument("--out", required=True, help="folder for the runs")
     p.add_argument("--json", required=True)
@@ -112,11 +113,12 @@ def main() -> None:
     del teacher
     wanted = [r for r in ROWS if not args.only or r.name in args.only.split(",")]
     results = {"teacher": args.teacher, "device_name": device_name, "tokens": parse_tokens(args.tokens),
-               "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr, "rows": {}}
+               "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr, "compile": args.compile,
+               "rows": {}}
     for row in wanted:
         out = Path(args.out) / row.name
         config = row_config(row, n_layers, parse_tokens(args.tokens), args.seq_len, args.batch_size, args.lr,
-                            args.device, args.teacher)
+                            args.device, args.teacher, args.compile)
         if (out / "row.json").is_file():  # finished earlier
             results["rows"][row.name] = json.loads((out / "row.json").read_text())
             continue

@@ -93,3 +93,22 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_teache
         Run(tiny_config(tiny_teacher_dir, stages, grad_clip=1e12), tmp_path / "nan", progress=False).execute()
     errors = list(iter_events(tmp_path / "nan" / "events.jsonl", "error"))
     assert errors and "lower the learning rate" in errors[0]["message"]
+
+
+def test_compiled_layers_train_like_eager_ones(tiny_teacher_dir, tmp_path):
+    """``RunConfig.compile`` fuses the MLPs and norms with inductor; the run's numbers stay those of the eager run."""
+    from workbench.distill.run import compile_layers
+    from workbench.teachers import load_teacher
+
+    teacher = load_teacher(tiny_teacher_dir, device="cpu", progress=False)
+    names = compile_layers(teacher.model)
+    assert names == [f"{i}.{n}" for i in range(4) for n in ("mlp", "input_layernorm", "post_attention_layernorm")]
+    stages = [StageConfig("kd", losses={"kl": 1.0}, train="all", tokens=2 * 2 * 32, batch_size=2, seq_len=32,
+                          lr=1e-3)]
+    runs = {}
+    for compiled in (False, True):
+        Run(tiny_config(tiny_teacher_dir, stages, compile=compiled, eval_every=0), tmp_path / str(compiled),
+            progress=False, final_eval_tokens=256).execute()
+        runs[compiled] = [e["loss"] for e in iter_events(RunDir.open(tmp_path / str(compiled)).events_path, "step")]
+    assert len(runs[True]) == 2
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)

@@ -162,6 +162,7 @@ def cmd_distill(args) -> int:
             config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
                                stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
         config.fsdp = config.fsdp or args.fsdp
+        config.compile = config.compile or args.compile
         run = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens)
     if args.nproc > 1:
         command = distributed.torchrun_command(args.nproc, ["distill", "--resume", str(run.prepare().path)] +
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(starts torchrun; the batch size stays the global batch)")
     p.add_argument("--fsdp", action="store_true", help="with several processes, shard the student (FSDP2) "
                    "instead of replicating it (DDP)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms of the student and the "
+                   "teacher (fused element-wise kernels; compiling takes a minute)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("corpus", help="make corpora")

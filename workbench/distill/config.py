@@ -81,6 +81,8 @@ class RunConfig:
     checkpoint_every: int = 100               # steps between checkpoints (and one at every stage end)
     grad_clip: float = 1.0                    # max global grad norm
     autocast: bool = True                     # bf16 autocast on CUDA (SSM parameters stay fp32)
+    compile: bool = False                     # torch.compile every decoder layer of the student and the teacher
+                                              #   (inductor; fuses the small ops around the matmuls and kernels)
     fsdp: bool = False                        # multi-process runs: shard the student (FSDP2) instead of replicating
                                               # it (DDP), for students whose training state does not fit one GPU
 

@@ -70,6 +70,21 @@ def trainable_parameters(student: torch.nn.Module, blocks: list[torch.nn.Module]
     return params
 
 
+def compile_layers(model: torch.nn.Module) -> list[str]:
+    """``torch.compile`` (inductor, in place: parameter names unchanged) the MLP and the norms of every decoder layer
+    of ``model``: the element-wise chains around their matmuls become a few fused kernels. The layers themselves and
+    their attention or mixer stay eager, so the forward hooks of the layer-wise losses (``teacher_inputs``, the
+    teacher's captures) keep working. Returns the names of the compiled modules."""
+    names = []
+    for i, layer in enumerate(anatomy.decoder_layers(model)):
+        for name, child in layer.named_children():
+            kind = type(child).__name__
+            if kind.endswith("MLP") or kind.endswith("Norm"):
+                child.compile(dynamic=False)
+                names.append(f"{i}.{name}")
+    return names
+
+
 @contextlib.contextmanager
 def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor], outputs: dict[int, torch.Tensor]):
     """While active, block i of ``layers`` reads ``inputs[i]`` instead of the previous block's output, and its output
@@ -177,6 +192,9 @@ class Run:
         self.student.train()
         self.mixers = student_mixers(self.student)
         self.blocks = anatomy.decoder_layers(self.student)
+        if cfg.compile:
+            compile_layers(self.student)
+            compile_layers(self.teacher.model)
         self.sharded = None  # the FSDP2 root holding the student, once sharded (fsdp runs of several processes)
 
     def autocast(self):

@@ -3,12 +3,19 @@
 
 Shapes: C channels, L taps, n = L - 1 taps after the feed-through, d modes (order), r = 2d real states.
 
-All fitting runs in float64 / complex128, batched over channels (chunks of C channels: every step below is one
-batched torch operation over the chunk: eigh / SVD, pinv, eig, least squares), on ``device`` (default: the filter
-tensor's; CUDA works in float64); the result is complex128 on the CPU (export with ``ssm.to(torch.complex64)``).
-``workbench.laughing.reference`` fits one channel at a time with numpy / scipy: the reference the tests hold the
-batched fits to. h0 is always the filter's own lag-0 tap: the feed-through is matched exactly and the
-modes fit h_1 .. h_{L-1}.
+Where each step runs. The closed-form linear algebra (Prony P1-P4, balanced B1-B5, the least-squares residues of
+P4 / M3, eig) always runs on the CPU in float64 / complex128: CUDA has no batched eig / SVD for mid-size float64
+matrices (torch loops over the matrices, and eig goes through MAGMA on the host), so an accelerator would be slower
+than the host. It is batched over chunks of ``chunk`` channels (every step one batched torch operation over the
+chunk: eigh / SVD, pinv, eig, least squares), and the chunks run in parallel on a thread pool of ``workers`` threads
+(``workbench.laughing.pool``: torch releases the GIL; one intra-op thread per task, so the result does not depend on
+``workers``). The gradient refinement of the modal method (M2, Adam on the impulse-response error: large elementwise
+work, no factorisations) runs on ``device`` (CUDA when given) over all channels at once (up to DEVICE_ELEMENTS
+complex numbers per batch); its start point is moved there and its result back. Without ``device``, a filter on an
+accelerator refines there and a CPU filter refines on the thread pool like the other steps. The result is complex128
+on the CPU (export with ``ssm.to(torch.complex64)``). ``workbench.laughing.reference`` fits one channel at a time
+with numpy / scipy: the reference the tests hold the batched fits to. h0 is always the filter's own lag-0 tap: the
+feed-through is matched exactly and the modes fit h_1 .. h_{L-1}.
 
 Three methods, ``distill_filter(h, order, method)``:
 
@@ -33,7 +40,8 @@ Three methods, ``distill_filter(h, order, method)``:
                   transfer function unchanged) the projection onto the r leading right singular vectors V_r of O:
                   Â = V_rᵀ A V_r = V_r[1:]ᵀ V_r[:-1],  B̂ = V_r[0]ᵀ,  Ĉ = C V_r.   (stable when σ_r > σ_{r+1})
               B3. Diagonalise Â = W Λ W⁻¹: h_t ≈ Σ_k c_k λ_k^{t-1} with c = (Ĉ W) ⊙ (W⁻¹ B̂).
-              B4. Modes in our convention (below); residues are B3's unless the mode count had to change, then P4.
+              B4. Modes in our convention (below), kept by the energies of B3's coefficients; residues by P4 (least
+                  squares: never a larger ℓ2 error than B3's coefficients, and exact for an exact realisation).
               B5. Long filters (n > FULL_HANKEL taps, or ``hankel_size`` given): B1-B3 cost an n x n SVD per
                   channel, so instead take the m x m Hankel H[i, j] = h_{i+j+1} (m = ``hankel_size``, default
                   KUNG_SIZE), H = U Σ Vᵀ (by eigh: H is symmetric), O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:] (Kung's shift invariance, a
@@ -64,11 +72,13 @@ import torch
 
 from workbench.laughing.hankel import as_filters
 from workbench.laughing.modal import ModalSSM
+from workbench.laughing.pool import chunk_slices, default_workers, map_chunks
 
 METHODS = ("modal", "balanced", "prony")
 MAX_RADIUS = 1 - 1e-6   # poles are pulled inside this radius (a filter of finite length cannot ask for |λ| ≥ 1)
-CHUNK = 64              # channels fitted together on the CPU (memory C * L * d)
-DEVICE_CHUNK = 192      # ... and on an accelerator
+CHUNK = 64              # at most this many channels per batched CPU call (memory C * L * d); fewer so that every
+                        # worker of the thread pool gets a chunk
+DEVICE_ELEMENTS = 2 ** 25   # M2 on a device: channels per batch such that channels * d * n stays below this
 SPARE_RADIUS = 0.5      # where spare modes start when a method finds fewer than d
 RANK_RTOL = 1e-12       # Prony: singular values below this fraction of the largest count as zero
 FULL_HANKEL = 512       # balanced: exact FIR balanced truncation (an n x n SVD per channel) up to n taps, else B5
@@ -149,13 +159,14 @@ def _first(values: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def to_modes(taps: torch.Tensor, poles: torch.Tensor, coeffs: torch.Tensor | None, order: int,
-             max_radius: float = MAX_RADIUS, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             max_radius: float = MAX_RADIUS, valid: torch.Tensor | None = None,
+             refit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A real system h_t = Σ_k c_k λ_k^{t-1} (poles (C, r), coeffs (C, r) or None; ``valid`` (C, r) marks the poles
     that exist when channels have different real orders) as ``order`` modes of our convention (module docstring):
     (poles (C, d), residues (C, d)) complex128, all channels at once. Per channel: the poles with Im λ > 0 then the
     real ones (in their given order) are kept, pulled inside ``max_radius``; beyond d, the d of largest energy;
-    short of d, spare poles. Residues come from ``coeffs`` when the mode count is exactly d and no pole had to be
-    pulled inside, else from least squares on ``taps``."""
+    short of d, spare poles. Residues come from ``coeffs`` when the mode count is exactly d, no pole had to be
+    pulled inside and ``refit`` is off, else from least squares on ``taps`` (``coeffs`` then only rank the modes)."""
     C, r = poles.shape
     dev = poles.device
     if valid is None:
@@ -176,7 +187,7 @@ def to_modes(taps: torch.Tensor, poles: torch.Tensor, coeffs: torch.Tensor | Non
         keep_r = torch.zeros_like(keep_p)
     pulled = _pull_inside(keep_p, max_radius)
     changed = ((pulled != keep_p) & live).any(-1) | (kept != order)
-    if coeffs is None:
+    if coeffs is None or refit:
         changed = torch.ones_like(changed)
     keep_p = torch.where(live, pulled, torch.zeros_like(pulled))
     if coeffs is None and bool((kept > order).any()):                          # energies need residues
@@ -270,7 +281,7 @@ def _balanced(taps: torch.Tensor, order: int, max_radius: float,
     lam, W = torch.linalg.eig(A)                                              # B3
     Bm = torch.linalg.solve(W, B.to(W.dtype)[:, :, None])[:, :, 0]           # W⁻¹ B̂
     Cm = (Cv.to(W.dtype)[:, None, :] @ W)[:, 0]                               # Ĉ W
-    return to_modes(taps, lam, Cm * Bm, order, max_radius)                    # B4
+    return to_modes(taps, lam, Cm * Bm, order, max_radius, refit=True)        # B4
 
 
 def _impulse(poles: torch.Tensor, residues: torch.Tensor, n: int) -> torch.Tensor:
@@ -283,17 +294,24 @@ def _relative_l2(taps: torch.Tensor, poles: torch.Tensor, residues: torch.Tensor
     return err / taps.pow(2).sum(-1).clamp_min(1e-300)
 
 
-def _modal(taps: torch.Tensor, order: int, max_radius: float, init: str, steps: int, lr: float,
-           hankel_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _closed_form(taps: torch.Tensor, order: int, method: str, max_radius: float,
+                 hankel_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """"balanced" or "prony" on a chunk: taps (C, n) float64 -> (poles, residues) (C, order) complex128."""
+    if method == "prony":
+        return _prony(taps, order, max_radius)
+    return _balanced(taps, order, max_radius, hankel_size)
+
+
+def _descend(taps: torch.Tensor, p0: torch.Tensor, r0: torch.Tensor, steps: int, lr: float,
+             max_radius: float) -> torch.Tensor:
+    """M2 on one batch, on the tensors' device: taps (C, n) float64, start poles / residues (C, d) complex128 ->
+    the poles after ``steps`` Adam steps (C, d) complex128 (not yet pulled inside). Each channel's loss term depends
+    on its own parameters only and Adam is elementwise, so the result does not depend on the batch."""
     n = taps.shape[1]
-    if init == "balanced":                                                                   # M1
-        p0, r0 = _balanced(taps, order, max_radius, hankel_size)
-    else:
-        p0, r0 = _prony(taps, order, max_radius)
-    p_start = _pull_inside(p0, min(max_radius, 1 - 1e-9)).clone()
+    p_start = _pull_inside(p0, min(max_radius, 1 - 1e-9))
     p_start = torch.where(p_start.abs() < 1e-6, torch.full_like(p_start, 1e-6), p_start)     # |λ| > 0 for log
     with torch.enable_grad():
-        nu = torch.log(-torch.log(p_start.abs())).requires_grad_(True)                       # M2 |λ| = e^{-e^ν}
+        nu = torch.log(-torch.log(p_start.abs())).requires_grad_(True)                       # |λ| = e^{-e^ν}
         theta = p_start.angle().clone().requires_grad_(True)
         res = torch.view_as_real(r0).clone().requires_grad_(True)                            # (C, d, 2)
         norm = taps.pow(2).sum(-1).clamp_min(1e-300)                                        # (C,)
@@ -305,10 +323,21 @@ def _modal(taps: torch.Tensor, order: int, max_radius: float, init: str, steps: 
             loss.backward()
             opt.step()
     with torch.no_grad():
-        poles = _pull_inside(torch.exp(torch.complex(-torch.exp(nu), theta)), max_radius)
-        residues = solve_residues(taps, poles)                                               # M3
-        better = _relative_l2(taps, poles, residues) < _relative_l2(taps, p0, r0)           # M4
-        return torch.where(better[:, None], poles, p0), torch.where(better[:, None], residues, r0)
+        return torch.exp(torch.complex(-torch.exp(nu), theta))
+
+
+def _settle(taps: torch.Tensor, moved: torch.Tensor, p0: torch.Tensor, r0: torch.Tensor,
+            max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """M3-M4 on a CPU chunk: least-squares residues for the descended poles ``moved`` (C, d), then per channel the
+    better of (moved, residues) and the start (p0, r0): (poles, residues) (C, d) complex128."""
+    poles = _pull_inside(moved, max_radius)
+    residues = solve_residues(taps, poles)                                                   # M3
+    better = _relative_l2(taps, poles, residues) < _relative_l2(taps, p0, r0)               # M4
+    return torch.where(better[:, None], poles, p0), torch.where(better[:, None], residues, r0)
+
+
+def _cat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([p for p, _ in parts]), torch.cat([r for _, r in parts])
 
 
 # ---- public ---------------------------------------------------------------------------------------------------------
@@ -328,39 +357,53 @@ def filter_errors(h, ssm: ModalSSM, device: torch.device | str | None = None) ->
 
 def distill_filter(h, order: int, method: str = "modal", *, init: str = "balanced", steps: int = 300,
                    lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
-                   chunk: int | None = None, device: torch.device | str | None = None) -> ModalSSM:
+                   chunk: int | None = None, device: torch.device | str | None = None,
+                   workers: int | None = None) -> ModalSSM:
     """Fit an order-``order`` modal SSM to each filter: h (L,) or (C, L) (any real dtype/device) -> ModalSSM with
     poles and residues (C, order) complex128, h0 (C,) float64 (C = 1 for a 1-D filter), on the CPU.
 
     ``method``: "modal" (gradient fit from ``init`` = "balanced" or "prony", ``steps`` Adam steps at ``lr``),
-    "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. Fitting runs in
-    float64 on ``device`` (default: h's device), ``chunk`` channels at a time (default CHUNK on the CPU,
-    DEVICE_CHUNK elsewhere). The result carries ``errors`` (``filter_errors`` on h)."""
+    "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. The closed-form
+    steps run in float64 on the CPU, ``chunk`` channels per batched call (default: CHUNK, or fewer so that every
+    worker gets a chunk) on a pool of ``workers`` threads (default ``torch.get_num_threads()``). The modal method's
+    gradient steps run on ``device`` (default: h's device when that is an accelerator, else the CPU pool) over all
+    channels at once (batches of at most DEVICE_ELEMENTS // (order * n) channels). The result carries ``errors``
+    (``filter_errors`` on h, computed on ``device``)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init not in ("balanced", "prony"):
         raise ValueError(f"init must be 'balanced' or 'prony', got {init!r}")
     if not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive integer, got {order!r}")
-    h = as_filters(h, device)                                                 # (C, L) float64 on the device
+    h = torch.as_tensor(h)
+    if device is None and h.device.type != "cpu":
+        device = h.device
+    h = as_filters(h, "cpu")                                                  # (C, L) float64
     if h.shape[1] < 2:
         raise ValueError(f"a filter needs at least 2 taps to fit modes, got {h.shape[1]}")
-    chunk = chunk or (CHUNK if h.device.type == "cpu" else DEVICE_CHUNK)
+    C, n = h.shape[0], h.shape[1] - 1
+    workers = default_workers(workers)
+    chunk = chunk or max(1, min(CHUNK, -(-C // workers)))
     taps = h[:, 1:]                                                           # (C, n)
-    poles, residues = [], []
+    start = "balanced" if method == "balanced" else ("prony" if method == "prony" else init)
+    p0, r0 = _cat(map_chunks(lambda s: _closed_form(taps[s], order, start, max_radius, hankel_size),
+                             C, chunk, workers))                              # P1-P4 / B1-B5 / M1, (C, d) each
+    if method != "modal":
+        poles, residues = p0, r0
+    elif device is None:                                                      # M2-M4 on the CPU pool
+        def refine(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            moved = _descend(taps[s], p0[s], r0[s], steps, lr, max_radius)
+            return _settle(taps[s], moved, p0[s], r0[s], max_radius)
+
+        poles, residues = _cat(map_chunks(refine, C, chunk, workers))
+    else:                                                                     # M2 on the device, M3-M4 on the pool
+        dev = torch.device(device)
+        batch = max(1, DEVICE_ELEMENTS // (order * n))
+        moved = torch.cat([_descend(taps[s].to(dev), p0[s].to(dev), r0[s].to(dev), steps, lr, max_radius).cpu()
+                           for s in chunk_slices(C, batch)])
+        poles, residues = _cat(map_chunks(lambda s: _settle(taps[s], moved[s], p0[s], r0[s], max_radius),
+                                          C, chunk, workers))
+    ssm = ModalSSM(poles, residues, h[:, 0].clone())
     with torch.no_grad():
-        for start in range(0, h.shape[0], chunk):
-            part = taps[start:start + chunk]
-            if method == "prony":
-                p, r = _prony(part, order, max_radius)
-            elif method == "balanced":
-                p, r = _balanced(part, order, max_radius, hankel_size)
-            else:
-                p, r = _modal(part, order, max_radius, init, steps, lr, hankel_size)
-            poles.append(p)
-            residues.append(r)
-        ssm = ModalSSM(torch.cat(poles), torch.cat(residues), h[:, 0].clone())
-        errors = filter_errors(h, ssm)
-    ssm = ssm.to(device="cpu")
-    ssm.errors = errors
+        ssm.errors = filter_errors(h, ssm, device)
     return ssm

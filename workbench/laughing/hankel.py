@@ -24,6 +24,15 @@ maps past inputs to future outputs. Facts used by the distillery:
 
 With the finite (truncated) Hankel matrix these statements hold for the length-L filter up to the truncation of the
 tail; for the filters of trained Hyenas (decaying windows) the truncation is negligible.
+
+  4. Capped floors (``capped_floors``, used by the error table). The m x m Hankel matrix H_m is the leading block of
+     the full one H (size M = L // 2), and deleting rows and columns can only lower singular values (interlacing:
+     σ_k(H_m) ≤ σ_k(H) for every k). So σ_{2d+1}(H_m) is a weaker but still valid floor, at O(C m³) instead of
+     O(C M³) (576 channels of 2048 taps: 576 eigvalsh of 256 x 256 instead of 1024 x 1024, ~60x less work). For the
+     RELATIVE floor the denominator must not shrink, so it uses an upper bound of σ_1(H) instead of σ_1(H):
+     σ_1(H) ≤ σ_1(H_m) + ‖H - H_m‖_F (triangle inequality, H_m zero-padded to M x M), and ‖H - H_m‖_F² =
+     ‖H‖_F² - ‖H_m‖_F² takes O(L) from the squared taps. Hence σ_{2d+1}(H_m) / (σ_1(H_m) + ‖H - H_m‖_F) ≤
+     σ_{2d+1}(H) / σ_1(H), with equality when m = M; for decaying filters the two are close.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ import math
 
 import torch
 
-HSV_CHUNK = 64   # channels per batched eigvalsh (memory chunk * m² float64)
+from workbench.laughing.pool import chunk_slices, map_chunks
+
+HSV_CHUNK = 64    # channels per batched eigvalsh (memory chunk * m² float64)
+FLOOR_SIZE = 256  # Hankel size of the error table's floors (``capped_floors``)
 
 
 def as_filters(h, device: torch.device | str | None = None) -> torch.Tensor:
@@ -60,17 +72,49 @@ def hankel_matrix(h, size: int | None = None, device: torch.device | str | None 
 
 
 def hankel_singular_values(h, size: int | None = None, device: torch.device | str | None = None,
-                           chunk: int = HSV_CHUNK) -> torch.Tensor:
+                           chunk: int = HSV_CHUNK, workers: int | None = None) -> torch.Tensor:
     """Singular values of each filter's Hankel matrix, largest first: h (L,) or (C, L) -> (C, m) float64 on h's
     device, m = ``size`` or L // 2. Computed on ``device`` (default h's), ``chunk`` channels per batched call; the
     Hankel matrix is symmetric, so they are the |eigenvalues| of one batched ``eigvalsh`` (cheaper than svdvals).
-    Feed them to ``workbench.viz.spectra.hankel_figure``."""
+    On the CPU the chunks run on a pool of ``workers`` threads (``workbench.laughing.pool``; default
+    ``torch.get_num_threads()``). Feed them to ``workbench.viz.spectra.hankel_figure``."""
     h = torch.as_tensor(h)
     home = h.device
     h = as_filters(h, device)
-    parts = [torch.linalg.eigvalsh(hankel_matrix(h[i:i + chunk], size)).abs().sort(-1, descending=True).values
-             for i in range(0, h.shape[0], chunk)]
+
+    def part(s: slice) -> torch.Tensor:
+        return torch.linalg.eigvalsh(hankel_matrix(h[s], size)).abs().sort(-1, descending=True).values
+
+    if h.device.type == "cpu":
+        parts = map_chunks(part, h.shape[0], chunk, workers)
+    else:
+        parts = [part(s) for s in chunk_slices(h.shape[0], chunk)]
     return torch.cat(parts).to(home)                                    # (C, m)
+
+
+def hankel_frobenius_sq(h, size: int) -> torch.Tensor:
+    """‖H_m‖_F² = Σ_{i,j<m} h_{i+j+1}² of the size-m Hankel matrices, from the taps in O(L): h (C, L) float64 ->
+    (C,) (tap h_{s+1} appears min(s, 2m-2-s) + 1 times)."""
+    s = torch.arange(2 * size - 1, device=h.device)
+    weight = (torch.minimum(s, 2 * size - 2 - s) + 1).to(h.dtype)     # (2m - 1,)
+    return (h[:, 1:2 * size].pow(2) * weight).sum(-1)
+
+
+def capped_floors(h, orders, size: int | None = FLOOR_SIZE,
+                  workers: int | None = None) -> tuple[torch.Tensor, int]:
+    """Relative Hankel floors of order-d modal SSMs from the leading m x m Hankel block (point 4 of the module
+    docstring): h (L,) or (C, L), ``orders`` (k,) -> (floors (C, k) float64 on the CPU, m), m = min(``size``, L // 2)
+    (``size`` None: L // 2, the full floor). floors[c, i] = σ_{2d+1}(H_m) / (σ_1(H_m) + ‖H - H_m‖_F) with d =
+    orders[i] (0 when 2d ≥ m), never above the full floor σ_{2d+1}(H) / σ_1(H)."""
+    h = as_filters(h, "cpu")                                            # (C, L)
+    full = h.shape[1] // 2
+    m = full if size is None else max(1, min(int(size), full))
+    s = hankel_singular_values(h, m, workers=workers)                   # (C, m)
+    rest = (hankel_frobenius_sq(h, full) - hankel_frobenius_sq(h, m)).clamp_min(0).sqrt() if m < full else 0.0
+    top = (s[:, 0] + rest).clamp_min(math.ulp(1.0))                     # ≥ σ_1(H)
+    zero = torch.zeros_like(top)
+    floors = [s[:, 2 * d] / top if 2 * d < m else zero for d in (int(d) for d in orders)]
+    return torch.stack(floors, -1), m
 
 
 def hankel_rank(h, rtol: float = 1e-3, size: int | None = None) -> torch.Tensor:

@@ -49,7 +49,7 @@ def _residues(taps: np.ndarray, poles: np.ndarray) -> np.ndarray:
 
 
 def _to_modes(taps: np.ndarray, poles: np.ndarray, coeffs: np.ndarray | None, order: int,
-              max_radius: float) -> tuple[np.ndarray, np.ndarray]:
+              max_radius: float, refit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``fit.to_modes`` for one channel."""
     tol = 1e-12 * np.maximum(np.abs(poles), 1.0)
     upper, real = poles.imag > tol, np.abs(poles.imag) <= tol
@@ -58,7 +58,7 @@ def _to_modes(taps: np.ndarray, poles: np.ndarray, coeffs: np.ndarray | None, or
               else np.zeros_like(keep_p))
     radius = np.abs(keep_p)
     pulled = np.where(radius > max_radius, keep_p * (max_radius / np.maximum(radius, 1e-300)), keep_p)
-    refit = coeffs is None or bool((pulled != keep_p).any()) or len(keep_p) != order
+    refit = refit or coeffs is None or bool((pulled != keep_p).any()) or len(keep_p) != order
     keep_p = pulled
     if len(keep_p) > order:
         if coeffs is None:
@@ -91,7 +91,7 @@ def _balanced(taps: np.ndarray, order: int, max_radius: float, hankel_size: int 
     V = np.linalg.svd(O)[2][:r].T                                            # (n, r)
     lam, W = np.linalg.eig(V[1:].T @ V[:-1])
     coeffs = (taps @ V @ W) * np.linalg.solve(W, V[0])
-    return _to_modes(taps, lam, coeffs, order, max_radius)
+    return _to_modes(taps, lam, coeffs, order, max_radius, refit=True)
 
 
 def _prony(taps: np.ndarray, order: int, max_radius: float):

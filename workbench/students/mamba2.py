@@ -266,19 +266,33 @@ class Mamba2(Mixer):
         }
 
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned."""
+        """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned.
+
+        Few kernels per token: heads are viewed in their groups, (B, G, R·P, N) with R = H/G heads per group, so B
+        and C are broadcast rather than repeated to every head; the decay and the input enter the state in one
+        ``mul_`` and one ``addcmul_``; Δ's clamp is skipped when its limits are the default (0, ∞), which softplus
+        already satisfies."""
         c = self.config
+        G, N = c.n_groups, c.d_state
         z, xBC, dt = self._split_projection(self.in_proj(x_t))                           # 1.
         u, B, C = self._split_xbc(self.conv.step(xBC, state["conv"], state["position"]))  # 2., 3.
-        dt, A = self._decay(dt)                                                          # 4.
         h = state["ssm"]                                                                 # (B, H, P, N)
-        log_a = A if dt is None else dt * A                                              # (B, H)
-        u = u.to(h.dtype)
-        u_in = u if dt is None else u * dt[..., None].to(h.dtype)
-        B = B.to(h.dtype).repeat_interleave(c.n_heads // c.n_groups, dim=1)             # (B, H, N)
-        C = C.to(h.dtype).repeat_interleave(c.n_heads // c.n_groups, dim=1)
-        h.mul_(log_a.exp()[..., None, None].to(h.dtype)).add_(u_in[..., None] * B[:, :, None, :])  # 5.
-        y = torch.einsum("bhpn,bhn->bhp", h, C) + u * self.D[:, None].to(h.dtype)
+        dt = at_least_fp32(dt)                                                           # 4. (B, H)
+        raw = dt + self.dt_bias.to(dt.dtype)
+        u = u.to(h.dtype)                                                                # (B, H, P)
+        if c.discrete:
+            log_a, u_in = -F.softplus(raw), u
+        else:
+            delta = F.softplus(raw)
+            if c.dt_limit != (0.0, math.inf):
+                delta = delta.clamp(*c.dt_limit)
+            log_a = delta * -torch.exp(self.A_log.to(raw.dtype))
+            u_in = u * delta[..., None].to(h.dtype)
+        grouped = h.view(h.shape[0], G, -1, N)                                           # (B, G, R·P, N)
+        h.mul_(log_a.exp()[..., None, None].to(h.dtype))                                 # 5.
+        grouped.addcmul_(u_in.reshape(h.shape[0], G, -1, 1), B.to(h.dtype)[:, :, None, :])
+        y = (grouped @ C.to(h.dtype)[..., None]).view(u.shape)                           # (B, H, P)
+        y = y.addcmul_(u, self.D.to(h.dtype)[:, None])
         state["position"].add_(1)
         return self.readout(y, z), state                                                 # 6., 7.
 
