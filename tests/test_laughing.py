@@ -369,11 +369,14 @@ def test_cli_writes_the_error_vs_order_table(tiny_hyena_run, tmp_path, capsys):
                  "--length", "64", "--eval-tokens", "200", "--window", "64", "--device", "cpu", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["orders"] == [2, 8] and report["length"] == 64
+    assert report["orders"] == [2, 8] and report["length"] == 64 and report["hankel_size"] == 32
+    assert set(report["seconds"]) == {"fits", "floors", "evaluations", "total"}
+    assert 0 < report["seconds"]["fits"] < report["seconds"]["total"]
     rows = report["table"]
     assert [(r["layer"], r["order"]) for r in rows] == [(1, 2), (1, 8)]
     for r in rows:
-        assert {"mse", "hinf", "ppl_before", "ppl_after", "kl_undistilled", "kl_teacher_after"} <= set(r)
+        assert {"mse", "hinf", "ppl_before", "ppl_after", "kl_undistilled", "kl_teacher_after", "hankel_size",
+                "fit_s"} <= set(r)
         assert r["ppl_after"] > 1 and r["kl_undistilled"] >= -1e-6
     assert rows[1]["mse"] < rows[0]["mse"] and rows[1]["kl_undistilled"] <= rows[0]["kl_undistilled"] + 1e-6
     assert "order    8" in capsys.readouterr().out
@@ -388,12 +391,15 @@ def test_speed_benchmark_runs_on_a_tiny_setting(tiny_hyena_run, tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "speed.json"
-    report = bench.main([str(tiny_hyena_run), "--device", "cpu", "--contexts", "64,250", "--new", "8",
-                         "--order", "4", "--json", str(out)])
+    report = bench.main([str(tiny_hyena_run), "--device", "cpu", "--contexts", "64,250,600", "--new", "8",
+                         "--order", "4", "--steps", "20", "--json", str(out)])
     assert json.loads(out.read_text())["setup"]["order"] == 4
+    assert report["setup"]["method"] == "modal" and report["setup"]["student_max_len"] == 512
     rows = {(r["context"], r["model"]): r for r in report["rows"]}
-    assert set(rows) == {(T, m) for T in (64, 250) for m in ("distilled", "undistilled", "teacher")}
+    assert set(rows) == {(T, m) for T in (64, 250, 600) for m in ("distilled", "undistilled", "teacher")}
     assert "max_position_embeddings" in rows[250, "teacher"]["skipped"]                  # 256 positions
-    for T, model in [(64, "distilled"), (64, "undistilled"), (64, "teacher"), (250, "distilled")]:
+    assert "HyenaConfig.max_len = 512" in rows[600, "undistilled"]["skipped"]
+    for T, model in [(64, "distilled"), (64, "undistilled"), (64, "teacher"), (250, "distilled"),
+                     (600, "distilled")]:                  # the modal recurrence has no max_len
         r = rows[T, model]
         assert r["tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["per_token_ms_p50"] > 0

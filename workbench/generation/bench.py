@@ -5,13 +5,19 @@ Speed, per model, batch size and context length (prompts are SOTU held-out token
   decode_tokens_per_s, ttft_s (prefill + first token), per_token_p50_s / per_token_p95_s, peak_memory_bytes
   (torch.cuda.max_memory_allocated; None on CPU), decode_s (the timed decode steps), graph_capture_s (the engine's
   one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
-  graph, None for hf-generate), and the physical floor of a decode step: bytes_per_step (weights
+  graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
+  and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
+  and the physical floor of a decode step: bytes_per_step (weights
   read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
   the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
   floor_fraction = floor_s / per_token_p50_s. A model spec ending in "@hf" (or every model, with hf_baseline) also
   runs through transformers' own ``generate()`` (engine "hf-generate") as the baseline. A setting longer than the
   model's context, too large for the free memory, out of memory, or refused by the model is recorded with
   status "skipped" and its reason.
+
+Speculative decoding (``bench_speculative``): plain greedy ``generate`` of a target against ``speculative_generate``
+with a draft, per number of draft tokens k: decode tokens/s of both, the speed-up, the acceptance rate, and whether
+the greedy tokens are identical (where not, the first position that differs).
 
 Quality, per model against the teacher: held-out perplexity, KL(teacher || student) and top-1 agreement overall
 (``workbench.analysis.compare``) and per position bucket (``bucketed_agreement``), plus greedy continuations of the
@@ -30,6 +36,7 @@ import torch
 from torch import nn
 
 from workbench.generation.engine import generate
+from workbench.generation.speculative import speculative_generate
 from workbench.generation.models import LoadedModel, load_model
 from workbench.students.build import student_mixers
 from workbench.teachers import anatomy
@@ -37,7 +44,7 @@ from workbench.teachers import anatomy
 HF_SUFFIX = "@hf"
 BENCH_FIELDS = ("model", "engine", "batch", "context", "new_tokens", "status", "reason", "decode_tokens_per_s",
                 "ttft_s", "per_token_p50_s", "per_token_p95_s", "peak_memory_bytes", "bytes_per_step", "floor_s",
-                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s")
+                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s", "compile", "compile_s")
 
 
 # ---- machine and model facts ----------------------------------------------------------------------------------------
@@ -126,25 +133,28 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
     _sync(ids.device)
     steps = np.diff(clock.times[1:]).tolist()
     return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
-            "cuda_graph": False, "graph_capture_s": None}
+            "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None}
 
 
-def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph) -> dict:
-    result = generate(model, ids, new, cuda_graph=cuda_graph)
+def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph, compile: bool) -> dict:
+    result = generate(model, ids, new, cuda_graph=cuda_graph, compile=compile)
     return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
             "tokens": ids.shape[0] * len(result.per_token_seconds), "cuda_graph": result.cuda_graph,
             "state_bytes": result.state_bytes, "graph_note": result.graph_note,
-            "graph_capture_s": result.graph_capture_seconds}
+            "graph_capture_s": result.graph_capture_seconds, "compile": result.compiled,
+            "compile_s": result.compile_seconds, "compile_note": result.compile_note}
 
 
 def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
-                cuda_graph="auto") -> dict:
-    """One (model, engine, batch, context) measurement as a record with ``BENCH_FIELDS`` (and a few extras)."""
+                cuda_graph="auto", compile: bool = False) -> dict:
+    """One (model, engine, batch, context) measurement as a record with ``BENCH_FIELDS`` (and a few extras).
+    ``compile`` goes to the engine's ``generate`` (not to hf-generate)."""
     model = loaded.model
     device = ids.device
     batch, context = ids.shape
     record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
-              "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]}}
+              "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
+              "compile": compile and engine != "hf-generate"}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
     if limit is not None and context + new > limit:
@@ -159,7 +169,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     try:
         with torch.no_grad():
             run = _hf_generate(model, ids, new) if engine == "hf-generate" else \
-                _engine_generate(model, ids, new, cuda_graph)
+                _engine_generate(model, ids, new, cuda_graph, compile)
     except torch.OutOfMemoryError as err:
         torch.cuda.empty_cache()
         return {**record, "status": "skipped", "reason": f"out of memory: {str(err).splitlines()[0]}"}
@@ -174,7 +184,8 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
                   peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                   bytes_per_step=per_step, floor_s=floor, floor_fraction=floor / p50 if p50 else None,
                   cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"),
-                  decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"])
+                  decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"],
+                  compile=run["compile"], compile_s=run["compile_s"], compile_note=run.get("compile_note"))
     return record
 
 
@@ -184,9 +195,10 @@ def _device_name(device: torch.device) -> str:
 
 def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequence[int], new: int = 128,
                    device="auto", dtype="auto", hf_baseline: bool = False, cuda_graph="auto",
-                   progress: bool = True) -> dict:
+                   compile: bool = False, progress: bool = True) -> dict:
     """Every model x batch x context (see the module docstring). Returns {"device", "device_name", "dtype",
-    "bandwidth_bytes_per_s", "new_tokens", "settings": [records]}."""
+    "bandwidth_bytes_per_s", "new_tokens", "settings": [records]}. ``compile``: the engine runs with
+    torch.compile (``generate(..., compile=True)``)."""
     runs: list[tuple[str, str]] = []
     for spec in models:
         if spec.endswith(HF_SUFFIX):
@@ -208,7 +220,7 @@ def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequ
         for batch in batches:
             for context in contexts:
                 record = run_setting(current, engine, prompts(ids, batch, context, model_device), new, bandwidth,
-                                     cuda_graph)
+                                     cuda_graph, compile)
                 settings.append(record)
                 if progress:
                     speed = record["decode_tokens_per_s"]
@@ -218,6 +230,62 @@ def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequ
     dtype_name = str(next(iter(loaded.values())).model.dtype).replace("torch.", "") if loaded else None
     return {"device": str(report_device), "device_name": _device_name(report_device) if report_device else None,
             "dtype": dtype_name, "bandwidth_bytes_per_s": bandwidth, "new_tokens": new, "settings": settings}
+
+
+# ---- speculative decoding -------------------------------------------------------------------------------------------
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """The first position (B, L) token tensors differ at in any row (or where one ends), or None if equal."""
+    if torch.equal(a, b):
+        return None
+    n = min(a.shape[1], b.shape[1])
+    differs = (a[:, :n] != b[:, :n]).any(0).nonzero()
+    return int(differs[0]) if len(differs) else n
+
+
+def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1, context: int = 512,
+                      new: int = 128, device="auto", dtype="auto", cuda_graph="auto", warmup: int = 8,
+                      progress: bool = True) -> dict:
+    """Plain greedy ``generate`` of ``target`` against ``speculative_generate`` with ``draft``, for each k in ``ks``,
+    on (batch, context) SOTU held-out prompts (the target's tokenizer) and ``new`` tokens. Each call is preceded by
+    an untimed one of ``warmup`` tokens. Returns {"target", "draft", "batch", "context", "new_tokens", "device",
+    "device_name", "dtype", "target_decode_tokens_per_s", "target_cuda_graph", "results": [{"k",
+    "speculative_decode_tokens_per_s", "target_decode_tokens_per_s", "speedup", "acceptance_rate", "rounds",
+    "identical", "first_difference"}]}. Tokens/s count the decode steps after the first token (per sequence
+    times batch), as ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain."""
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k (draft tokens per round) must be at least 1, got {list(ks)}")
+    loaded_target = load_model(target, device=device, dtype=dtype)
+    loaded_draft = load_model(draft, device=device, dtype=dtype)
+    model_device = next(loaded_target.model.parameters()).device
+    draft_device = next(loaded_draft.model.parameters()).device
+    if draft_device != model_device:
+        raise ValueError(f"the target is on {model_device} but the draft on {draft_device}")
+    limit = anatomy.context_length(anatomy.text_config(loaded_target.model))
+    if limit is not None and context + new > limit:
+        raise ValueError(f"context {context} + {new} new tokens exceeds the target's maximum context {limit}")
+    ids = prompts(corpus_tokens(loaded_target), batch, context, model_device)
+    generate(loaded_target.model, ids, min(warmup, new), cuda_graph=cuda_graph)
+    plain = generate(loaded_target.model, ids, new, cuda_graph=cuda_graph)
+    report = {"target": target, "draft": draft, "batch": batch, "context": context, "new_tokens": new,
+              "device": str(model_device), "device_name": _device_name(model_device),
+              "dtype": str(loaded_target.model.dtype).replace("torch.", ""),
+              "target_decode_tokens_per_s": plain.decode_tokens_per_s, "target_cuda_graph": plain.cuda_graph,
+              "results": []}
+    for k in ks:
+        speculative_generate(loaded_target.model, loaded_draft.model, ids, min(warmup, new), k=k)
+        result = speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k)
+        speed = result.decode_tokens_per_s
+        entry = {"k": k, "speculative_decode_tokens_per_s": speed,
+                 "target_decode_tokens_per_s": plain.decode_tokens_per_s,
+                 "speedup": speed / plain.decode_tokens_per_s, "acceptance_rate": result.acceptance_rate,
+                 "rounds": result.rounds, "identical": torch.equal(result.tokens, plain.tokens),
+                 "first_difference": _first_difference(plain.tokens, result.tokens)}
+        report["results"].append(entry)
+        if progress:
+            print(f"k={k}: {speed:.1f} tokens/s vs {plain.decode_tokens_per_s:.1f} plain (x{entry['speedup']:.2f}), "
+                  f"acceptance {entry['acceptance_rate']:.2f}, identical {entry['identical']}")
+    return report
 
 
 # ---- quality --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``workbench bench generate`` (speed) and ``workbench bench quality`` (side by side), writing JSON and a figure."""
+"""``workbench bench generate`` (speed), ``workbench bench speculative`` (speculative decoding against plain greedy)
+and ``workbench bench quality`` (side by side), writing JSON and a figure."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+CUDA_GRAPH = {"auto": "auto", "on": True, "off": False}
+
+
 def _write(path: str, report: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=1))
@@ -29,13 +33,22 @@ def cmd_bench_generate(args) -> int:
 
     report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
                             dtype=args.dtype, hf_baseline=args.hf_baseline,
-                            cuda_graph={"auto": "auto", "on": True, "off": False}[args.cuda_graph])
+                            cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile)
     _write(args.json, report)
     if args.plot:
         from workbench.viz.generation import generation_figure
 
         generation_figure(report["settings"]).write_html(args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_bench_speculative(args) -> int:
+    from workbench.generation.bench import bench_speculative
+
+    report = bench_speculative(args.target, args.draft, args.k, batch=args.batch, context=args.context, new=args.new,
+                               device=args.device, dtype=args.dtype, cuda_graph=CUDA_GRAPH[args.cuda_graph])
+    _write(args.json, report)
     return 0
 
 
@@ -65,11 +78,28 @@ def add_subcommand(sub) -> None:
     q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
     q.add_argument("--hf-baseline", action="store_true", help="also run every model through transformers generate()")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
+    q.add_argument("--compile", action="store_true",
+                   help="fuse the engine's decode step with torch.compile (compilation reported as compile_s)")
     q.add_argument("--json", required=True, metavar="OUT.json")
     q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure")
     q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     q.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
     q.set_defaults(func=cmd_bench_generate)
+
+    q = bsub.add_parser("speculative", help="speculative decoding against plain greedy: tokens/s, speed-up, "
+                                            "acceptance rate, identical tokens")
+    q.add_argument("--target", required=True, help="the model whose greedy output is produced (as in --models)")
+    q.add_argument("--draft", required=True, help="the model that proposes tokens (same vocabulary)")
+    q.add_argument("--k", type=_ints, default=[2, 4, 8], help="draft tokens per round, e.g. 2,4,8")
+    q.add_argument("--batch", type=int, default=1)
+    q.add_argument("--context", type=int, default=512, help="prompt length")
+    q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
+    q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
+                   help="CUDA-graph decode steps of the plain greedy baseline")
+    q.add_argument("--json", required=True, metavar="OUT.json")
+    q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    q.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    q.set_defaults(func=cmd_bench_speculative)
 
     q = bsub.add_parser("quality", help="held-out ppl, KL and top-1 agreement by position, continuations side by side")
     q.add_argument("--models", type=_names, required=True, help=models_help)

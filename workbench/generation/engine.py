@@ -23,6 +23,15 @@ so decoding is not bound by kernel launches. That eager step and the capture are
 every mixer's ``step`` to update its state tensors in place with fixed shapes (Mamba, Mamba-2 do; Hyena's history
 grows, so a Hyena student decodes eagerly; the result says why in ``graph_note``).
 
+Compiled decode step (``compile=True``): after the prefill, every mixer's ``step`` and every decoder layer's other
+parameterised children (MLP, norms; the attention is left as it is) are wrapped in ``torch.compile`` (inductor,
+static shapes, fullgraph), so each runs as a few fused kernels instead of dozens of small ones. They compile in the
+first decode step, which runs eagerly (before the CUDA graph's capture, if any) and is reported as
+``compile_seconds``, kept out of the decode time; later steps (the capture included) must reuse that code, and a
+recompilation raises ``CompileError``. The layers share code: one compilation serves all layers of one shape. A
+mixer whose step changes its state's shapes (Hyena) keeps an eager step (``compile_note`` says why). The model's
+modules are restored on exit.
+
 Prompts in a batch have one length (no padding): mixers take no attention mask, so pad tokens would enter their state.
 """
 
@@ -32,7 +41,7 @@ import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +67,12 @@ class GenerationResult:
     graph_note: str | None = None         # why not, where a graph was asked for ("auto") and not used
     state_bytes: int = 0                  # bytes of the mixer layers' recurrent states at the end
     graph_capture_seconds: float = 0.0    # the step that captured the CUDA graph (an eager warm-up step, whose
-                                          # token is kept, and the capture); 0 without a graph
+                                          # token is kept, and the capture; with compile, the capture only);
+                                          # 0 without a graph
+    compiled: bool = False                # whether decode steps ran torch.compile'd modules
+    compile_seconds: float = 0.0          # the first decode step with them: compilation and that step's run
+                                          # (with a graph, its eager warm-up); 0 without compile
+    compile_note: str | None = None       # what was left uncompiled and why, where compile was asked for
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -101,6 +115,9 @@ class MixerLayerState:
         if self.state is None:
             y, self.state = mixer.prefill(x)
             return y
+        if x.shape[1] == 1:
+            y_t, self.state = mixer.step(x[:, 0], self.state)
+            return y_t[:, None]
         outputs = []
         for t in range(x.shape[1]):
             y_t, self.state = mixer.step(x[:, t], self.state)
@@ -252,9 +269,12 @@ def static_state_problem(session: Session, batch_size: int) -> str | None:
 
 class GraphStep:
     """The per-token forward captured in a CUDA graph: write the token and its position into the static inputs,
-    replay, read the static logits. Captured after one eager step so lazily created buffers exist."""
+    replay, read the static logits. Captured after one eager step so lazily created buffers exist (and compiled
+    modules have compiled); ``warmup_seconds`` is that step's time, ``capture_context`` is entered around the
+    capture."""
 
-    def __init__(self, session: Session, token: torch.Tensor):
+    def __init__(self, session: Session, token: torch.Tensor,
+                 capture_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         model = session.model
         device = token.device
         self.session = session
@@ -266,15 +286,18 @@ class GraphStep:
         if session.keeps_logits:
             kwargs["logits_to_keep"] = 1
         session.bind()
+        start = time.perf_counter()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):                                  # the warm-up is a real decode step
             self.first_logits = model(input_ids=self.ids, **kwargs).logits[:, -1].clone()
         torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
+        self.warmup_seconds = time.perf_counter() - start
         session.length += 1
         self.position.fill_(session.length)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):                               # recorded, not run
+        with capture_context(), torch.cuda.graph(self.graph):           # recorded, not run
             self.logits = model(input_ids=self.ids, **kwargs).logits[:, -1]
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
@@ -284,6 +307,77 @@ class GraphStep:
         self.graph.replay()
         self.session.length += 1
         return self.logits
+
+
+# ---- torch.compile of the decode step -------------------------------------------------------------------------------
+
+class CompileError(RuntimeError):
+    """torch.compile could not compile the decode step, or would recompile it after the first step."""
+
+
+def compile_targets(model: nn.Module, slots: dict[int, EngineMixerAttention],
+                    mixer_steps: bool = True) -> list[tuple[nn.Module, str]]:
+    """(module, method name) pairs ``compiled_decoding`` compiles: each mixer's ``step`` (if ``mixer_steps``), and
+    the ``forward`` of every child of a decoder layer that has parameters, except its attention (MLP, norms)."""
+    targets: list[tuple[nn.Module, str]] = [(slot.mixer, "step") for slot in slots.values()] if mixer_steps else []
+    for layer in anatomy.decoder_layers(unwrap(model)):
+        attention, _ = anatomy.attention_of(layer)
+        targets += [(child, "forward") for name, child in layer.named_children()
+                    if name != attention and next(child.parameters(), None) is not None]
+    return targets
+
+
+@contextlib.contextmanager
+def compiled_decoding(targets: Sequence[tuple[nn.Module, str]]) -> Iterator[None]:
+    """Within the context, each (module, method) of ``targets`` is replaced on its instance by
+    ``torch.compile(method, dynamic=False, fullgraph=True)`` (compiled lazily, at its first call); the instances
+    are left as they were on exit."""
+    saved = [(module, name, module.__dict__.get(name)) for module, name in targets]
+    try:
+        for module, name in targets:
+            setattr(module, name, torch.compile(getattr(module, name), dynamic=False, fullgraph=True))
+        yield
+    finally:
+        for module, name, previous in saved:
+            if previous is None:
+                module.__dict__.pop(name, None)
+            else:
+                setattr(module, name, previous)
+
+
+@contextlib.contextmanager
+def compile_errors(what: str) -> Iterator[None]:
+    """Re-raise torch.compile's errors in the context as a ``CompileError`` that says what failed and what to do."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CompileError(f"torch.compile failed {what} ({type(err).__name__}: {first}); decode without it "
+                           f"(generate(..., compile=False), or leave out --compile)") from err
+
+
+@contextlib.contextmanager
+def first_compile() -> Iterator[None]:
+    """The compiling step: errors as ``CompileError``, and one that would run uncompiled (dynamo's recompile
+    limit reached) fails rather than falling back to eager."""
+    with compile_errors("in the first decode step"), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
+
+
+@contextlib.contextmanager
+def no_recompile() -> Iterator[None]:
+    """After the compiling step: a step that would recompile raises ``CompileError`` instead (so nothing compiles
+    inside a CUDA-graph capture)."""
+    with compile_errors("after the first decode step: a later step would recompile"), \
+            torch.compiler.set_stance("fail_on_recompile"):
+        yield
+
+
+def _step_context(compile: bool, first: bool) -> contextlib.AbstractContextManager:
+    """What a decode step runs in: ``first_compile`` for the first step with compile, ``no_recompile`` after it."""
+    if not compile:
+        return contextlib.nullcontext()
+    return first_compile() if first else no_recompile()
 
 
 # ---- generate -------------------------------------------------------------------------------------------------------
@@ -302,13 +396,15 @@ def default_pad(model: nn.Module, stop_tokens: Sequence[int]) -> int:
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
              pad_token_id: int | None = None, generator: torch.Generator | None = None,
-             cuda_graph: bool | str = "auto") -> GenerationResult:
+             cuda_graph: bool | str = "auto", compile: bool = False) -> GenerationResult:
     """Continue each row of ``input_ids`` (B, L) by up to ``max_new_tokens`` tokens.
 
     Greedy for temperature 0, else sampling with ``top_k`` / ``top_p`` drawn through ``generator``. A sequence is
     finished after its first token in ``stop_tokens``; its later positions hold ``pad_token_id`` (default: the
     model's pad token, else the first stop token), and decoding ends when every sequence is finished.
-    ``cuda_graph``: "auto" (on CUDA when the mixers allow it), True (required) or False (eager)."""
+    ``cuda_graph``: "auto" (on CUDA when the mixers allow it), True (required) or False (eager).
+    ``compile``: fuse the decode step with torch.compile (see the module docstring); its one-off cost is
+    ``compile_seconds``, outside the decode time. Raises ``CompileError`` where it cannot."""
     check_sampling(temperature, top_k, top_p)
     if cuda_graph not in ("auto", True, False):
         raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
@@ -347,30 +443,40 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
         prefill = time.perf_counter() - t0
 
         step = None
+        problem = static_state_problem(session, batch) if want_graph or compile else None
         if want_graph:
-            note = static_state_problem(session, batch)
+            note = problem
             if note is not None and cuda_graph is True:
                 raise ValueError(note)
+        compile_note = f"mixer steps left uncompiled: {problem}" if compile and problem is not None else None
+        targets = compile_targets(model, slots, mixer_steps=problem is None) if compile else []
         per_token: list[float] = []
-        capture = 0.0
-        while len(out) < max_new_tokens and not (len(stops) and bool(finished.all())):
-            t = time.perf_counter()
-            capturing = want_graph and note is None and step is None
-            if capturing:
-                step = GraphStep(session, token)
-                logits = step.first_logits
-            elif step is not None:
-                logits = step(token)
-            else:
-                logits = session.forward(token[:, None])[:, -1]
-            token = choose(logits)
-            _sync(device)
-            if capturing:
-                capture = time.perf_counter() - t
-            else:
-                per_token.append(time.perf_counter() - t)
+        capture = compiling = 0.0
+        with compiled_decoding(targets):
+            while len(out) < max_new_tokens and not (len(stops) and bool(finished.all())):
+                t = time.perf_counter()
+                first = len(out) == 1
+                capturing = want_graph and note is None and step is None
+                with _step_context(compile, first):
+                    if capturing:
+                        step = GraphStep(session, token, no_recompile if compile else contextlib.nullcontext)
+                        logits = step.first_logits
+                    elif step is not None:
+                        logits = step(token)
+                    else:
+                        logits = session.forward(token[:, None])[:, -1]
+                token = choose(logits)
+                _sync(device)
+                elapsed = time.perf_counter() - t
+                if compile and first:
+                    compiling = step.warmup_seconds if capturing else elapsed
+                if capturing:
+                    capture = elapsed - compiling
+                elif not (compile and first):
+                    per_token.append(elapsed)
 
     return GenerationResult(tokens=torch.stack(out, dim=1), prefill_seconds=prefill,
                             decode_seconds=float(sum(per_token)), per_token_seconds=per_token,
                             lengths=lengths.clamp(max=len(out)).tolist(), cuda_graph=step is not None,
-                            graph_note=note, state_bytes=session.state_bytes(), graph_capture_seconds=capture)
+                            graph_note=note, state_bytes=session.state_bytes(), graph_capture_seconds=capture,
+                            compiled=compile and len(out) > 1, compile_seconds=compiling, compile_note=compile_note)

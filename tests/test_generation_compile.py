@@ -1,0 +1,134 @@
+"""torch.compile'd decode steps and the speculative-decoding benchmark, on tiny random models (CPU, inductor).
+
+``generate(..., compile=True)`` must give the same greedy tokens as eager decoding, report its compilation apart
+from the decode time, and leave the model as it was; ``workbench bench speculative`` must write its JSON, with
+speculative greedy identical to plain greedy.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from tiny_models import tiny
+from workbench.cli import main
+from workbench.generation import generate
+from workbench.generation.bench import BENCH_FIELDS
+from workbench.generation.engine import CompileError, compile_targets, mixer_slots
+from workbench.students.build import build_student, student_mixers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def models():
+    teacher = tiny("llama")
+    return {"teacher": teacher,
+            "mamba2": build_student(teacher, "mamba2").eval(),
+            "hyena": build_student(teacher, "hyena").eval(),
+            "hybrid": build_student(teacher, "mamba2", keep_attention=[0, 2]).eval()}
+
+
+def untouched(model) -> bool:
+    """No compiled method is left on any module, and every mixer layer holds its MixerAttention again."""
+    patched = [m for m in model.modules() if "forward" in vars(m) or "step" in vars(m)]
+    kinds = {type(layer.self_attn).__name__ for layer in model.model.layers}
+    return not patched and "EngineMixerAttention" not in kinds
+
+
+@pytest.mark.parametrize("name", ["teacher", "mamba2"])
+def test_compiled_greedy_equals_eager(models, name):
+    model = models[name]
+    eager = generate(model, PROMPT, 10)
+    compiled = generate(model, PROMPT, 10, compile=True)
+    assert torch.equal(compiled.tokens, eager.tokens)
+    assert compiled.compiled and not eager.compiled and eager.compile_seconds == 0
+    assert compiled.compile_seconds > 0 and compiled.compile_note is None
+    assert len(compiled.per_token_seconds) == compiled.tokens.shape[1] - 2       # the compiling step left out
+    assert compiled.decode_seconds == pytest.approx(sum(compiled.per_token_seconds))
+    assert untouched(model)
+    again = generate(model, PROMPT, 10, compile=True)                             # compiled code reused
+    assert torch.equal(again.tokens, eager.tokens)
+
+
+def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
+    with mixer_slots(models["hybrid"]) as slots:
+        targets = compile_targets(models["hybrid"], slots)
+    named = [(type(module).__name__, method) for module, method in targets]
+    assert named.count(("Mamba2", "step")) == 1                                   # layer 1 is the one mixer
+    assert named.count(("LlamaMLP", "forward")) == 3 and named.count(("LlamaRMSNorm", "forward")) == 6
+    assert not any("Attention" in kind for kind, _ in named)
+
+
+def test_compile_leaves_a_growing_state_eager(models):
+    model = models["hyena"]
+    result = generate(model, PROMPT, 6, compile=True)
+    assert torch.equal(result.tokens, generate(model, PROMPT, 6).tokens)
+    assert "Hyena" in result.compile_note and result.compiled
+    assert untouched(model)
+
+
+def test_compile_failure_is_a_clear_error(models):
+    model = models["mamba2"]
+    mixer = student_mixers(model)[0]
+
+    def untraceable(x_t, state):
+        torch._dynamo.graph_break()
+        return type(mixer).step(mixer, x_t, state)
+
+    mixer.step = untraceable
+    try:
+        with pytest.raises(CompileError, match="compile=False"):
+            generate(model, PROMPT, 4, compile=True)
+        assert mixer.step is untraceable                                          # put back as it was
+    finally:
+        del mixer.step
+    assert untouched(model)
+
+
+def test_bench_generate_records_compile(models, tmp_path):
+    folder = tmp_path / "tiny-mamba2"
+    models["mamba2"].save_pretrained(folder)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
+                 "--compile", "--json", str(out), "--device", "cpu"])
+    assert code == 0
+    (row,) = json.loads(out.read_text())["settings"]
+    assert set(BENCH_FIELDS) <= set(row) and row["status"] == "ok"
+    assert row["compile"] is True and row["compile_s"] > 0 and row["decode_tokens_per_s"] > 0
+
+
+def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
+    target, draft = tmp_path / "target", tmp_path / "draft"
+    models["teacher"].save_pretrained(target)
+    models["hybrid"].save_pretrained(draft)
+    out = tmp_path / "speculative.json"
+    code = main(["bench", "speculative", "--target", str(target), "--draft", str(draft), "--k", "1,3",
+                 "--batch", "2", "--context", "12", "--new", "10", "--json", str(out), "--device", "cpu"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert (report["batch"], report["context"], report["new_tokens"]) == (2, 12, 10)
+    assert report["target_decode_tokens_per_s"] > 0
+    assert [r["k"] for r in report["results"]] == [1, 3]
+    for r in report["results"]:
+        assert r["identical"] is True and r["first_difference"] is None
+        assert 0.0 <= r["acceptance_rate"] <= 1.0 and r["rounds"] > 0
+        assert r["speculative_decode_tokens_per_s"] > 0
+        assert r["speedup"] == pytest.approx(r["speculative_decode_tokens_per_s"] / r["target_decode_tokens_per_s"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_cuda_graph_decode_equals_eager(models):
+    ids = PROMPT.to(torch.device("cuda"))
+    for name in ("teacher", "mamba2", "hybrid"):
+        model = copy.deepcopy(models[name]).to(ids.device)
+        eager = generate(model, ids, 12, cuda_graph=False)
+        graphed = generate(model, ids, 12, cuda_graph=True, compile=True)
+        assert graphed.cuda_graph and graphed.compiled and graphed.compile_seconds > 0, name
+        assert len(graphed.per_token_seconds) == graphed.tokens.shape[1] - 2, name
+        assert torch.equal(graphed.tokens, eager.tokens), name
+        assert untouched(model), name
