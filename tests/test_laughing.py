@@ -307,6 +307,30 @@ def test_distilled_student_generates_saves_and_loads(hyena_student, tmp_path):
     assert type(student_mixers(loaded)[1]) is LaughingHyena
 
 
+@pytest.mark.parametrize("mixer", ["hyena", "multihyena"])
+def test_distilled_decode_step_keeps_static_state(mixer):
+    """Both Laughing steps update their state tensors in place with fixed shapes: the engine would capture the
+    decode step in a CUDA graph (no objection from ``static_state_problem``), and session decoding equals the
+    parallel forward."""
+    from workbench.generation.engine import Session, mixer_slots, static_state_problem
+
+    torch.manual_seed(0)
+    student = build_student(tiny("llama"), mixer, keep_attention=[0], init="random", max_len=32, filter_width=16,
+                            filter_layers=2, pos_bands=4).eval()
+    distilled = distill_student(student, 4, method="balanced").eval()
+    ids = torch.randint(3, 101, (2, 12))
+    with torch.no_grad(), mixer_slots(distilled) as slots:
+        session = Session(distilled, slots)
+        logits = [session.forward(ids[:, :8])[:, -1]]
+        assert static_state_problem(session, 2) is None
+        modal = {i: m.state["modal"] for i, m in session.mixers.items()}
+        for t in range(8, 12):
+            logits.append(session.forward(ids[:, t:t + 1])[:, -1])
+        assert all(session.mixers[i].state["modal"] is state for i, state in modal.items())
+        parallel = distilled(input_ids=ids, use_cache=False).logits[:, 7:]
+    assert rel_err(torch.stack(logits, 1), parallel) < 1e-5
+
+
 def test_distill_student_multihyena():
     torch.manual_seed(0)
     student = build_student(tiny("llama"), "multihyena", keep_attention=[0, 2], init="random", max_len=32,

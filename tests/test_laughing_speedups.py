@@ -4,7 +4,7 @@ modal method's gradient steps on a device, and the capped Hankel floor of the er
 import pytest
 import torch
 
-from workbench.laughing import distill_filter, error_floor, error_table
+from workbench.laughing import distill_filter, distill_orders, error_floor, error_table
 from workbench.laughing.fit import solve_residues
 from workbench.laughing.hankel import capped_floors, hankel_singular_values, relative_floor
 from workbench.laughing.pool import map_chunks
@@ -94,3 +94,16 @@ def test_balanced_residues_are_least_squares():
     h = noisy_modes(C=4, L=300, seed=2)                        # n <= FULL_HANKEL: exact FIR balanced truncation
     fitted = distill_filter(h, 3, "balanced")
     torch.testing.assert_close(fitted.residues, solve_residues(h[:, 1:], fitted.poles), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method, kwargs", [("balanced", {}), ("balanced", {"hankel_size": 48}), ("prony", {}),
+                                            ("modal", {"steps": 8})], ids=["balanced", "kung", "prony", "modal"])
+def test_orders_in_one_call_equal_separate_fits_exactly(method, kwargs):
+    h = noisy_modes(L=300)
+    seconds = {}
+    together = distill_orders(h, [6, 2, 4], method, chunk=3, seconds=seconds, **kwargs)
+    assert sorted(together) == [2, 4, 6] and sorted(seconds) == [2, 4, 6] and min(seconds.values()) > 0
+    for d, ssm in together.items():
+        alone = distill_filter(h, d, method, chunk=3, **kwargs)
+        assert torch.equal(ssm.poles, alone.poles) and torch.equal(ssm.residues, alone.residues)
+        assert torch.equal(ssm.errors["rel_l2"], alone.errors["rel_l2"])

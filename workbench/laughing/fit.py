@@ -9,15 +9,17 @@ matrices (torch loops over the matrices, and eig goes through MAGMA on the host)
 than the host. It is batched over chunks of ``chunk`` channels (every step one batched torch operation over the
 chunk: eigh / SVD, pinv, eig, least squares), and the chunks run in parallel on a thread pool of ``workers`` threads
 (``workbench.laughing.pool``: torch releases the GIL; one intra-op thread per task, so the result does not depend on
-``workers``). The gradient refinement of the modal method (M2, Adam on the impulse-response error: large elementwise
-work, no factorisations) runs on ``device`` (CUDA when given) over all channels at once (up to DEVICE_ELEMENTS
-complex numbers per batch); its start point is moved there and its result back. Without ``device``, a filter on an
-accelerator refines there and a CPU filter refines on the thread pool like the other steps. The result is complex128
+``workers``). The gradient refinement of the modal method (M2, Adam on the impulse-response error: exponentials
+and one batched complex matrix product per step, no factorisations) runs on ``device`` (CUDA when given) over all
+channels at once (up to DEVICE_ELEMENTS complex numbers per batch); its start point is moved there and its result
+back. Without ``device``, a filter on an accelerator refines there and a CPU filter refines on the thread pool like
+the other steps. The result is complex128
 on the CPU (export with ``ssm.to(torch.complex64)``). ``workbench.laughing.reference`` fits one channel at a time
 with numpy / scipy: the reference the tests hold the batched fits to. h0 is always the filter's own lag-0 tap: the
 feed-through is matched exactly and the modes fit h_1 .. h_{L-1}.
 
-Three methods, ``distill_filter(h, order, method)``:
+Three methods, ``distill_filter(h, order, method)``; ``distill_orders(h, orders, method)`` fits several orders at
+once, every order's fit the same as alone, with ONE Hankel eigendecomposition per chunk for all orders (B1 / B5).
 
   "prony"     Prony / linear prediction.
               P1. Real order r = 2d (at most n // 2), lowered to the numerical rank of the prediction matrix
@@ -44,13 +46,17 @@ Three methods, ``distill_filter(h, order, method)``:
                   squares: never a larger ℓ2 error than B3's coefficients, and exact for an exact realisation).
               B5. Long filters (n > FULL_HANKEL taps, or ``hankel_size`` given): B1-B3 cost an n x n SVD per
                   channel, so instead take the m x m Hankel H[i, j] = h_{i+j+1} (m = ``hankel_size``, default
-                  KUNG_SIZE), H = U Σ Vᵀ (by eigh: H is symmetric), O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:] (Kung's shift invariance, a
-                  balanced realisation of the Hankel block), poles = eig(Â), residues by P4 on all n taps.
+                  KUNG_SIZE), H = U Σ Vᵀ (by eigh: H is symmetric), O = U_r Σ_r^{1/2}, Â = pinv(O[:-1]) O[1:]
+                  (Kung's shift invariance, a balanced realisation of the Hankel block), poles = eig(Â), residues by
+                  P4 on all n taps.
+              Several orders (B1, B5): U_r / V_r of order d are the first 2d columns of the largest order's, so one
+              eigh (sorted by |eigenvalue|) per chunk serves them all.
 
   "modal"     The paper's method: gradient descent on the ℓ2 error of the impulse response.
               M1. Start from ``init`` ("balanced" or "prony").
               M2. Parametrise λ = exp(-exp(ν) + iθ) (so |λ| < 1 always), R = a + ib free; minimise
-                  Σ_c Σ_{t≥1} (h_t - ĥ_t)² / Σ_{t≥1} h_t²  (every channel's relative ℓ2 error) with Adam.
+                  Σ_c Σ_{t≥1} (h_t - ĥ_t)² / Σ_{t≥1} h_t²  (every channel's relative ℓ2 error) with Adam; ĥ by the
+                  two-level Vandermonde product of ``_impulse`` (never a C x d x n tensor).
               M3. Re-solve the residues by least squares for the final poles (P4: can only lower the error).
               M4. Per channel, keep whichever of start and result has the lower ℓ2 error.
 
@@ -67,6 +73,8 @@ H-infinity = max_k |FFT(h - ĥ)_k| over the rfft grid of size 2L (the response o
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 
 import torch
 
@@ -78,7 +86,8 @@ METHODS = ("modal", "balanced", "prony")
 MAX_RADIUS = 1 - 1e-6   # poles are pulled inside this radius (a filter of finite length cannot ask for |λ| ≥ 1)
 CHUNK = 64              # at most this many channels per batched CPU call (memory C * L * d); fewer so that every
                         # worker of the thread pool gets a chunk
-DEVICE_ELEMENTS = 2 ** 25   # M2 on a device: channels per batch such that channels * d * n stays below this
+DEVICE_ELEMENTS = 2 ** 25   # M2 on a device: channels per batch such that channels * (d * 2√n + n) stays
+                            # below this (the two-level impulse response's factors and product)
 SPARE_RADIUS = 0.5      # where spare modes start when a method finds fewer than d
 RANK_RTOL = 1e-12       # Prony: singular values below this fraction of the largest count as zero
 FULL_HANKEL = 512       # balanced: exact FIR balanced truncation (an n x n SVD per channel) up to n taps, else B5
@@ -254,27 +263,34 @@ def _prony(taps: torch.Tensor, order: int, max_radius: float) -> tuple[torch.Ten
     return to_modes(taps, roots, None, order, max_radius, valid)              # P3-P4
 
 
-def _kung(taps: torch.Tensor, order: int, max_radius: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B5: balanced realisation from the size x size Hankel matrix (Kung / Ho-Kalman), residues by least squares."""
-    m = min(size, (taps.shape[1] + 1) // 2)
-    r = min(2 * order, m - 1)
+def _hankel_top(taps: torch.Tensor, r: int, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The r leading Hankel singular values (C, r') and vectors (C, m, r'), r' = min(r, what the Hankel allows): of
+    the n x n zero-padded Hankel (B1, ``size`` None) or of the size x size block (B5). One batched eigh serves every
+    order ≤ r / 2: an order's vectors are a prefix of these (same decomposition, same sort)."""
+    C, n = taps.shape
+    if size is None:
+        idx = torch.arange(n, device=taps.device)
+        padded = torch.cat([taps, taps.new_zeros(C, 1)], dim=1)
+        return _symmetric_top(padded[:, (idx[:, None] + idx[None, :]).clamp(max=n)], min(r, n))   # O, (C, n, n)
+    m = min(size, (n + 1) // 2)
     idx = torch.arange(m, device=taps.device)
-    S, U = _symmetric_top(taps[:, idx[:, None] + idx[None, :]], r)            # (C, m, m) Hankel, h_{i+j+1}
-    O = U * S[:, None, :].sqrt()                                              # (C, m, r) observability factor
+    return _symmetric_top(taps[:, idx[:, None] + idx[None, :]], min(r, m - 1))                   # H_m, h_{i+j+1}
+
+
+def _kung(taps: torch.Tensor, S: torch.Tensor, U: torch.Tensor, order: int,
+          max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B5 from ``_hankel_top`` of the size x size Hankel block (Kung / Ho-Kalman): its leading r = 2d values S and
+    vectors U (a prefix when more were computed), residues by least squares."""
+    r = min(2 * order, U.shape[1] - 1)
+    O = U[:, :, :r] * S[:, None, :r].sqrt()                                   # (C, m, r) observability factor
     A = torch.linalg.pinv(O[:, :-1]) @ O[:, 1:]                               # shift invariance (C, r, r)
     return to_modes(taps, torch.linalg.eigvals(A), None, order, max_radius)
 
 
-def _balanced(taps: torch.Tensor, order: int, max_radius: float,
-              hankel_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    C, n = taps.shape
-    if hankel_size is not None or n > FULL_HANKEL:
-        return _kung(taps, order, max_radius, hankel_size or KUNG_SIZE)
-    r = min(2 * order, n)
-    idx = torch.arange(n, device=taps.device)
-    lag = idx[:, None] + idx[None, :]                                         # (n, n): k + j
-    padded = torch.cat([taps, taps.new_zeros(C, 1)], dim=1)
-    _, V = _symmetric_top(padded[:, lag.clamp(max=n)], r)                     # B1-B2 (C, n, r), O symmetric
+def _fir_balanced(taps: torch.Tensor, V: torch.Tensor, order: int,
+                  max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B2-B4 from the leading right singular vectors V (C, n, ≥ r) of the FIR Hankel O (``_hankel_top``, B1)."""
+    V = V[:, :, :min(2 * order, taps.shape[1])]                               # (C, n, r)
     A = V[:, 1:].transpose(1, 2) @ V[:, :-1]                                  # (C, r, r)
     B = V[:, 0, :]                                                            # (C, r)
     Cv = (taps[:, None, :] @ V)[:, 0]                                         # (C, r)
@@ -284,9 +300,31 @@ def _balanced(taps: torch.Tensor, order: int, max_radius: float,
     return to_modes(taps, lam, Cm * Bm, order, max_radius, refit=True)        # B4
 
 
+def _balanced(taps: torch.Tensor, orders: list[int], max_radius: float,
+              hankel_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """B1-B5 for several orders from ONE Hankel eigendecomposition: [(poles, residues) (C, d)] per order."""
+    size = None                                                               # B1-B4: exact FIR balanced truncation
+    if hankel_size is not None or taps.shape[1] > FULL_HANKEL:
+        size = hankel_size or KUNG_SIZE                                       # B5
+    S, U = _hankel_top(taps, 2 * max(orders), size)
+    if size is None:
+        return [_fir_balanced(taps, U, d, max_radius) for d in orders]
+    return [_kung(taps, S, U, d, max_radius) for d in orders]
+
+
 def _impulse(poles: torch.Tensor, residues: torch.Tensor, n: int) -> torch.Tensor:
-    """h_1..h_n = Re Σ R λ^{t-1}: (C, n) float64 (differentiable)."""
-    return (residues[:, :, None] * _powers(poles, n)).sum(1).real
+    """h_1..h_n = Re Σ R λ^{t-1}: poles, residues (C, d) complex128 -> (C, n) float64 (differentiable). Two-level
+    Vandermonde (as ``ModalSSM.impulse_response``): with t - 1 = bK + j (j < K ≈ √n), h_t = Re Σ_k (R_k λ_k^{bK}) λ_k^j,
+    one batched product (C, n/K, d) @ (C, d, K): memory C d (n/K + K) instead of the C d n of ``_powers``."""
+    log_p = poles.log()
+    log_p = torch.where(poles == 0, torch.full_like(log_p, -1e4), log_p)
+    K = max(1, math.isqrt(max(n, 1)))
+    nb = -(-n // K)
+    j = torch.arange(K, dtype=torch.float64, device=poles.device)
+    b = torch.arange(nb, dtype=torch.float64, device=poles.device) * K
+    inner = torch.exp(log_p[:, :, None] * j)                                 # (C, d, K)    λ^j
+    outer = residues[:, None, :] * torch.exp(log_p[:, None, :] * b[:, None])  # (C, nb, d)   R λ^{bK}
+    return torch.bmm(outer, inner).real.reshape(poles.shape[0], nb * K)[:, :n]
 
 
 def _relative_l2(taps: torch.Tensor, poles: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
@@ -294,12 +332,13 @@ def _relative_l2(taps: torch.Tensor, poles: torch.Tensor, residues: torch.Tensor
     return err / taps.pow(2).sum(-1).clamp_min(1e-300)
 
 
-def _closed_form(taps: torch.Tensor, order: int, method: str, max_radius: float,
-                 hankel_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """"balanced" or "prony" on a chunk: taps (C, n) float64 -> (poles, residues) (C, order) complex128."""
+def _closed_form(taps: torch.Tensor, orders: list[int], method: str, max_radius: float,
+                 hankel_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """"balanced" or "prony" on a chunk: taps (C, n) float64 -> [(poles, residues) (C, d) complex128] per order
+    (balanced: one Hankel eigendecomposition for all of them)."""
     if method == "prony":
-        return _prony(taps, order, max_radius)
-    return _balanced(taps, order, max_radius, hankel_size)
+        return [_prony(taps, d, max_radius) for d in orders]
+    return _balanced(taps, orders, max_radius, hankel_size)
 
 
 def _descend(taps: torch.Tensor, p0: torch.Tensor, r0: torch.Tensor, steps: int, lr: float,
@@ -355,26 +394,41 @@ def filter_errors(h, ssm: ModalSSM, device: torch.device | str | None = None) ->
     return {k: v.cpu() for k, v in errors.items()}
 
 
-def distill_filter(h, order: int, method: str = "modal", *, init: str = "balanced", steps: int = 300,
-                   lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
-                   chunk: int | None = None, device: torch.device | str | None = None,
-                   workers: int | None = None) -> ModalSSM:
+def distill_filter(h, order: int, method: str = "modal", **kwargs) -> ModalSSM:
     """Fit an order-``order`` modal SSM to each filter: h (L,) or (C, L) (any real dtype/device) -> ModalSSM with
-    poles and residues (C, order) complex128, h0 (C,) float64 (C = 1 for a 1-D filter), on the CPU.
+    poles and residues (C, order) complex128, h0 (C,) float64 (C = 1 for a 1-D filter), on the CPU, carrying
+    ``errors`` (``filter_errors`` on h). ``distill_orders`` with one order: see there for ``method`` and ``kwargs``
+    (``init``, ``steps``, ``lr``, ``max_radius``, ``hankel_size``, ``chunk``, ``device``, ``workers``)."""
+    return distill_orders(h, [order], method, **kwargs)[order]
+
+
+def distill_orders(h, orders: Sequence[int], method: str = "modal", *, init: str = "balanced", steps: int = 300,
+                   lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
+                   chunk: int | None = None, device: torch.device | str | None = None, workers: int | None = None,
+                   seconds: dict[int, float] | None = None) -> dict[int, ModalSSM]:
+    """Fit modal SSMs of several orders to each filter: h (L,) or (C, L) -> {order: ModalSSM} (each as
+    ``distill_filter`` returns it: complex128 / float64 on the CPU, with ``errors``), every order's fit exactly the
+    one ``distill_filter`` gives.
 
     ``method``: "modal" (gradient fit from ``init`` = "balanced" or "prony", ``steps`` Adam steps at ``lr``),
     "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. The closed-form
     steps run in float64 on the CPU, ``chunk`` channels per batched call (default: CHUNK, or fewer so that every
-    worker gets a chunk) on a pool of ``workers`` threads (default ``torch.get_num_threads()``). The modal method's
-    gradient steps run on ``device`` (default: h's device when that is an accelerator, else the CPU pool) over all
-    channels at once (batches of at most DEVICE_ELEMENTS // (order * n) channels). The result carries ``errors``
-    (``filter_errors`` on h, computed on ``device``)."""
+    worker gets a chunk) on a pool of ``workers`` threads (default ``torch.get_num_threads()``); "balanced" (and a
+    balanced start) computes ONE Hankel eigendecomposition per chunk for all orders (an order's leading singular
+    vectors are a prefix of the largest order's). The modal method's gradient steps run on ``device`` (default:
+    h's device when that is an accelerator, else the CPU pool) over all channels at once (batches of at most
+    DEVICE_ELEMENTS // (order * 2√n + n) channels), one order after another. Pass a dict as ``seconds`` to receive
+    {order: wall-clock seconds}: the shared closed-form time split evenly over the orders plus that order's own
+    refinement and errors."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init not in ("balanced", "prony"):
         raise ValueError(f"init must be 'balanced' or 'prony', got {init!r}")
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be a positive integer, got {order!r}")
+    orders = list(orders)
+    if not orders or any(not isinstance(d, int) or d < 1 for d in orders):
+        raise ValueError(f"orders must be positive integers, got {orders!r}")
+    orders = sorted(set(orders))
+    began = time.perf_counter()
     h = torch.as_tensor(h)
     if device is None and h.device.type != "cpu":
         device = h.device
@@ -386,24 +440,31 @@ def distill_filter(h, order: int, method: str = "modal", *, init: str = "balance
     chunk = chunk or max(1, min(CHUNK, -(-C // workers)))
     taps = h[:, 1:]                                                           # (C, n)
     start = "balanced" if method == "balanced" else ("prony" if method == "prony" else init)
-    p0, r0 = _cat(map_chunks(lambda s: _closed_form(taps[s], order, start, max_radius, hankel_size),
-                             C, chunk, workers))                              # P1-P4 / B1-B5 / M1, (C, d) each
-    if method != "modal":
-        poles, residues = p0, r0
-    elif device is None:                                                      # M2-M4 on the CPU pool
-        def refine(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            moved = _descend(taps[s], p0[s], r0[s], steps, lr, max_radius)
-            return _settle(taps[s], moved, p0[s], r0[s], max_radius)
+    parts = map_chunks(lambda s: _closed_form(taps[s], orders, start, max_radius, hankel_size), C, chunk, workers)
+    shared = (time.perf_counter() - began) / len(orders)                      # P1-P4 / B1-B5 / M1, all orders
+    fits = {}
+    for i, d in enumerate(orders):
+        began = time.perf_counter()
+        p0, r0 = _cat([part[i] for part in parts])                            # (C, d) each
+        if method != "modal":
+            poles, residues = p0, r0
+        elif device is None:                                                  # M2-M4 on the CPU pool
+            def refine(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                moved = _descend(taps[s], p0[s], r0[s], steps, lr, max_radius)
+                return _settle(taps[s], moved, p0[s], r0[s], max_radius)
 
-        poles, residues = _cat(map_chunks(refine, C, chunk, workers))
-    else:                                                                     # M2 on the device, M3-M4 on the pool
-        dev = torch.device(device)
-        batch = max(1, DEVICE_ELEMENTS // (order * n))
-        moved = torch.cat([_descend(taps[s].to(dev), p0[s].to(dev), r0[s].to(dev), steps, lr, max_radius).cpu()
-                           for s in chunk_slices(C, batch)])
-        poles, residues = _cat(map_chunks(lambda s: _settle(taps[s], moved[s], p0[s], r0[s], max_radius),
-                                          C, chunk, workers))
-    ssm = ModalSSM(poles, residues, h[:, 0].clone())
-    with torch.no_grad():
-        ssm.errors = filter_errors(h, ssm, device)
-    return ssm
+            poles, residues = _cat(map_chunks(refine, C, chunk, workers))
+        else:                                                                 # M2 on the device, M3-M4 on the pool
+            dev = torch.device(device)
+            batch = max(1, DEVICE_ELEMENTS // (d * 2 * (math.isqrt(n) + 1) + n))
+            moved = torch.cat([_descend(taps[s].to(dev), p0[s].to(dev), r0[s].to(dev), steps, lr,
+                                        max_radius).cpu() for s in chunk_slices(C, batch)])
+            poles, residues = _cat(map_chunks(lambda s: _settle(taps[s], moved[s], p0[s], r0[s], max_radius),
+                                              C, chunk, workers))
+        ssm = ModalSSM(poles, residues, h[:, 0].clone())
+        with torch.no_grad():
+            ssm.errors = filter_errors(h, ssm, device)
+        fits[d] = ssm
+        if seconds is not None:
+            seconds[d] = shared + time.perf_counter() - began
+    return fits

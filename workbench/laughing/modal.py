@@ -13,7 +13,7 @@ Each complex mode stands for a conjugate pair (Re(R λ^t) = (R λ^t + conj(R λ^
 states but real degree ≤ 2d (see ``workbench.laughing.hankel``). A real pole is a complex mode with zero
 imaginary part.
 
-Recurrence (O(d) per token and channel):
+Recurrence (O(d) per token and channel; ``step`` returns a new state, ``step_`` updates it in place):
 
     (1) y_t = h0 u_t + Re Σ_n R_n x_{t-1, n}          output, read from the state before u_t
     (2) x_t = λ ⊙ x_{t-1} + u_t                        state update, x_{-1} = 0
@@ -150,6 +150,17 @@ class ModalSSM:
         y = h0 * u_t + (R * state).sum(2).real                                 # (1) (B, C, *E)
         state = lam * state + u_t.unsqueeze(2)                                 # (2) (B, C, d, *E)
         return y.to(u_t.dtype), state
+
+    def step_(self, u_t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``step`` updating ``state`` (B, C, d, *E) IN PLACE (same tensor, same shape, so a decode step that uses it
+        can be captured in a CUDA graph): u_t (B, C, *E) real -> y_t (B, C, *E) in u_t's dtype. Steps (1)-(2)."""
+        extra = u_t.dim() - 2
+        R = self._modal(self.residues, extra)                                  # (C, d, 1..)
+        lam = self._modal(self.poles, extra)
+        h0 = self.h0.reshape(-1, *([1] * extra))                               # (C, 1..)
+        y = h0 * u_t + (R * state).sum(2).real                                 # (1) (B, C, *E)
+        state.mul_(lam).add_(u_t.unsqueeze(2))                                 # (2) (B, C, d, *E), in place
+        return y.to(u_t.dtype)
 
     def scan(self, u: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The recurrence over a sequence: u (B, L, C, *E) -> y (B, L, C, *E), final state (B, C, d, *E)."""

@@ -5,8 +5,10 @@
 
 Algorithm:
   1. Read every Hyena-family layer's filters h (C, L) (``student_filters``).
-  2. For each order d, fit them (``distill_filter``) and record per layer the channel means of MSE and relative ℓ2
-     error, the worst channel's H-infinity error and relative ℓ2 error, and the Hankel floor σ_{2d+1} / σ_1 (mean
+  2. Fit them at every order d in one call (``distill_orders``: one Hankel eigendecomposition per chunk of channels
+     serves all orders of the layer, each fit the same as ``distill_filter`` alone) and record per layer and order
+     the channel means of MSE and relative ℓ2 error, the worst channel's H-infinity error and relative ℓ2 error,
+     and the Hankel floor σ_{2d+1} / σ_1 (mean
      over channels): no order-d SSM can beat it (``workbench.laughing.hankel``). The floor comes from the leading
      m x m block of the Hankel matrix, m = min(``hankel_size``, L // 2) (default 256, recorded as "hankel_size"):
      the block's singular values are ≤ the full matrix's (interlacing: deleting rows and columns never raises a
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.laughing.fit import distill_filter
+from workbench.laughing.fit import distill_orders
 from workbench.laughing.hankel import FLOOR_SIZE, capped_floors
 from workbench.laughing.modal import ModalSSM
 from workbench.laughing.student import student_filters
@@ -40,10 +42,11 @@ def error_table(student: nn.Module, orders: Sequence[int] = (4, 8, 16, 32, 64), 
     """Rows {"layer", "order", "method", "length", "channels", "mse", "rel_l2", "rel_l2_max", "hinf", "floor",
     "hankel_size", "fit_s"} for every Hyena-family layer and order (steps 1-2). "floor" is the mean over channels of
     the capped relative Hankel floor with Hankel size "hankel_size" = min(``hankel_size``, L // 2) (None: L // 2, the
-    full floor); "fit_s" the wall-clock seconds of that fit. Pass a dict as ``fits`` to receive the fitted SSMs as
+    full floor); "fit_s" the wall-clock seconds of that fit (the layer's shared closed-form time split evenly over
+    its orders, plus the order's own refinement and errors). Pass a dict as ``fits`` to receive the fitted SSMs as
     {order: {layer: ModalSSM}} (for ``distill_student(..., fits=fits[order])``), and one as ``seconds`` to receive
     {"fits", "floors"} (total wall-clock seconds). ``progress`` shows a tqdm bar over the (layer, order) fits.
-    ``fit_kwargs`` go to ``distill_filter``: ``device=`` is where the modal method's gradient steps run, ``workers=``
+    ``fit_kwargs`` go to ``distill_orders``: ``device=`` is where the modal method's gradient steps run, ``workers=``
     the CPU threads of the closed-form steps and of the floors (which always run on the CPU)."""
     filters = student_filters(student, length)
     orders = sorted(int(d) for d in orders)
@@ -54,12 +57,13 @@ def error_table(student: nn.Module, orders: Sequence[int] = (4, 8, 16, 32, 64), 
             start = time.perf_counter()
             floors, m = capped_floors(h, orders, hankel_size, fit_kwargs.get("workers"))    # (C, k)
             spent["floors"] += time.perf_counter() - start
+            bar.set_postfix(layer=layer)
+            start = time.perf_counter()
+            took: dict[int, float] = {}
+            layer_fits = distill_orders(h, orders, method, seconds=took, **fit_kwargs)
+            spent["fits"] += time.perf_counter() - start
             for i, d in enumerate(orders):
-                bar.set_postfix(layer=layer, order=d)
-                start = time.perf_counter()
-                ssm = distill_filter(h, d, method, **fit_kwargs)
-                took = time.perf_counter() - start
-                spent["fits"] += took
+                ssm = layer_fits[d]
                 if fits is not None:
                     fits.setdefault(d, {})[layer] = ssm
                 err = ssm.errors
@@ -67,7 +71,7 @@ def error_table(student: nn.Module, orders: Sequence[int] = (4, 8, 16, 32, 64), 
                              "channels": h.shape[0], "mse": err["mse"].mean().item(),
                              "rel_l2": err["rel_l2"].mean().item(), "rel_l2_max": err["rel_l2"].max().item(),
                              "hinf": err["hinf"].max().item(), "floor": floors[:, i].mean().item(),
-                             "hankel_size": m, "fit_s": took})
+                             "hankel_size": m, "fit_s": took[d]})
                 bar.update()
     if seconds is not None:
         seconds.update(spent)

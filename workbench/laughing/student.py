@@ -17,10 +17,13 @@ Algorithm:
 The Laughing mixers are the parent mixers with ``filter(L)`` = the SSM's impulse response (so ``forward``,
 ``mix_io`` and ``mixing_matrix`` are the parent's, by FFT convolution), and a recurrent ``step`` that is O(1) in the
 position:
-  Hyena        w_t = x1_t v_t (B, C);   long-conv output = ModalSSM.step(w_t, state (B, C, d))
+  Hyena        w_t = x1_t v_t (B, C);   long-conv output = ModalSSM.step_(w_t, state (B, C, d))
   MultiHyena   w_t = k_t v_tᵀ (B, M, P, P);   state (B, M, d, P, P): each head's P x P memory per mode
-and the skip term and gates as in the parent. ``prefill(x)`` gives the parallel output for a whole prompt and the
-state after it (modal state by one Vandermonde contraction, short-conv ring buffer from the last inputs).
+and the skip term and gates as in the parent. ``step`` updates its state tensors in place (``ModalSSM.step_``, the
+short-conv ring buffer, the position), so the generation engine captures the decode step in a CUDA graph
+(``workbench.generation.engine.static_state_problem`` finds nothing to object to). ``prefill(x)`` gives the
+parallel output for a whole prompt and the state after it (modal state by one Vandermonde contraction, short-conv
+ring buffer from the last inputs).
 
 Precision: the modal buffers are float32 (real views of complex64). Keep the Laughing mixers in float32 (autocast
 is fine): casting the module to bfloat16 would round poles with |λ| near 1 onto the unit circle.
@@ -101,11 +104,12 @@ class LaughingHyena(Hyena):
                 "modal": self.modal.ssm().init_state(batch_size).to(device)}
 
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """One token x_t (B, D) -> (B, D) in O(C d); the state is updated and returned."""
+        """One token x_t (B, D) -> (B, D) in O(C d); every state tensor is updated in place (fixed shapes, so the
+        decode step can be captured in a CUDA graph) and the state returned."""
         z_t = self.short_conv.step(self.in_proj(x_t), state["conv"], state["position"])   # (B, 3C)
         v, x1, x2 = z_t.split(self.d_inner, dim=-1)                                     # (B, C) each
         w = x1 * v
-        conv, state["modal"] = self.modal.ssm().step(w, state["modal"])                 # (B, C)
+        conv = self.modal.ssm().step_(w, state["modal"])                                # (B, C)
         y = x2 * (conv + self.skip * w)
         state["position"].add_(1)
         return self.out_proj(y), state
@@ -149,12 +153,13 @@ class LaughingMultiHyena(MultiHyena):
                 "modal": self.modal.ssm().init_state(batch_size, P, P).to(device)}
 
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """One token x_t (B, D) -> (B, D) in O(M d P²); the state is updated and returned."""
+        """One token x_t (B, D) -> (B, D) in O(M d P²); every state tensor is updated in place (fixed shapes, so the
+        decode step can be captured in a CUDA graph) and the state returned."""
         B, M, P = x_t.shape[0], self.num_heads, self.head_dim
         z_t = self.short_conv.step(self.in_proj(x_t), state["conv"], state["position"])   # (B, 3C)
         q, k, v = (t.view(B, M, P) for t in z_t.split(self.d_inner, dim=-1))           # (B, M, P) each
         kv = k[..., :, None] * v[..., None, :]                                          # (B, M, P, P)
-        conv, state["modal"] = self.modal.ssm().step(kv, state["modal"])               # (B, M, P, P)
+        conv = self.modal.ssm().step_(kv, state["modal"])                              # (B, M, P, P)
         z = conv + self.skip[:, None, None] * kv
         y = torch.einsum("bmi,bmij->bmj", q, z)                                         # (B, M, P)
         state["position"].add_(1)
