@@ -112,3 +112,11 @@ def test_compiled_layers_train_like_eager_ones(tiny_teacher_dir, tmp_path):
         runs[compiled] = [e["loss"] for e in iter_events(RunDir.open(tmp_path / str(compiled)).events_path, "step")]
     assert len(runs[True]) == 2
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attention():
+    from workbench.distill.recipes import default_lr
+
+    assert default_lr("mamba-in-llama", 0) == 1e-4
+    assert default_lr("mamba-in-llama", 8) == 1e-3
+    assert default_lr("mohawk", 0) == default_lr("kd", 0) == 1e-3

@@ -138,7 +138,7 @@ def cmd_distill(args) -> int:
 
     from workbench.distill import distributed
     from workbench.distill.config import RunConfig, parse_tokens
-    from workbench.distill.recipes import recipe
+    from workbench.distill.recipes import default_lr, recipe
     from workbench.distill.run import Run
 
     if args.nproc > 1 and distributed.launched_world_size() > 1:
@@ -157,8 +157,9 @@ def cmd_distill(args) -> int:
             keep = args.keep_attention or []
             n = load_teacher(args.teacher, device="cpu", progress=False).num_layers if args.recipe == \
                 "scavenging-hyena" else 0
+            lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
             stages = recipe(args.recipe, tokens=parse_tokens(args.tokens), seq_len=args.seq_len,
-                            batch_size=args.batch_size, lr=args.lr, layers=[i for i in range(n) if i not in keep])
+                            batch_size=args.batch_size, lr=lr, layers=[i for i in range(n) if i not in keep])
             config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
                                stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
         config.fsdp = config.fsdp or args.fsdp
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
+                   "mamba-in-llama with no attention kept)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
