@@ -50,6 +50,16 @@ def test_greedy_equals_transformers_generate(models, name):
                [layer.self_attn for layer in model.model.layers if "Mixer" in type(layer.self_attn).__name__])
 
 
+@pytest.mark.parametrize("name", ["teacher", "mamba2", "hyena", "hybrid-mid"])
+def test_chunked_prefill_gives_the_same_greedy_tokens(models, name):
+    """The prompt fed 4 (then 4, then 1) tokens at a time: mixers continue with ``extend``, attention via its cache."""
+    whole = generate(models[name], PROMPT, 8)
+    chunked = generate(models[name], PROMPT, 8, prefill_chunk=4)
+    assert torch.equal(chunked.tokens, whole.tokens)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        generate(models[name], PROMPT, 2, prefill_chunk=0)
+
+
 def test_sampling_is_reproducible_and_respects_top_k(models):
     model = models["hybrid"]
 

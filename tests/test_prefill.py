@@ -205,3 +205,36 @@ def test_selective_scan_last_state_matches_ref(L, groups, device):
             continue
         for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
             _assert_rel_close(got, want, 1e-4, f"{b.name} output/grad {i}")
+
+
+@pytest.mark.parametrize("split", [(1, 6), (7, 13), (20, 43)], ids=lambda s: f"{s[0]}+{s[1]}")
+@pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
+def test_extend_continues_a_prefill_like_forward_and_stepping(make, split):
+    """prefill(first part) then extend(rest) gives forward's outputs and the stepped state; extend equals the base
+    class's L steps (the fast overrides included)."""
+    a, b = split
+    mixer = _perturbed(make(), torch.float64)
+    x = torch.randn(2, a + b, D, dtype=torch.float64)
+    with torch.no_grad():
+        forward = mixer(x)
+        _, state = mixer.prefill(x[:, :a])
+        default_y, default_state = Mixer.extend(mixer, x[:, a:], clone_state(state))
+        y, state = mixer.extend(x[:, a:], state)
+    torch.testing.assert_close(y, forward[:, a:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, default_y, rtol=1e-10, atol=1e-10)
+    _, stepped = step_outputs(mixer, x)
+    _assert_states_close(state, stepped, 1e-10, "extended vs stepped state")
+    _assert_states_close(state, default_state, 1e-10, "override vs default extend")
+
+
+def test_conv_extend_matches_the_whole_sequence_at_every_ring_offset():
+    from workbench.students._conv import CausalConv1d
+
+    conv = CausalConv1d(6, 4).double()
+    x = torch.randn(2, 23, 6, dtype=torch.float64)
+    whole = conv(x)
+    for a in range(0, 9):
+        buffer = conv.state_after(x[:, :a]) if a else conv.init_state(2, x.device, x.dtype)
+        y = conv.extend(x[:, a:], buffer, torch.tensor(a))
+        torch.testing.assert_close(y, whole[:, a:], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(buffer, conv.state_after(x), rtol=0, atol=0)

@@ -7,6 +7,7 @@ Speed, per model, batch size and context length (prompts are SOTU held-out token
   one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
   graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
   and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
+  prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass),
   and the physical floor of a decode step: bytes_per_step (weights
   read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
   the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
@@ -136,8 +137,9 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
             "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None}
 
 
-def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph, compile: bool) -> dict:
-    result = generate(model, ids, new, cuda_graph=cuda_graph, compile=compile)
+def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph, compile: bool,
+                     prefill_chunk: int | None = None) -> dict:
+    result = generate(model, ids, new, cuda_graph=cuda_graph, compile=compile, prefill_chunk=prefill_chunk)
     return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
             "tokens": ids.shape[0] * len(result.per_token_seconds), "cuda_graph": result.cuda_graph,
             "state_bytes": result.state_bytes, "graph_note": result.graph_note,
@@ -146,15 +148,16 @@ def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, cuda_graph, 
 
 
 def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
-                cuda_graph="auto", compile: bool = False) -> dict:
+                cuda_graph="auto", compile: bool = False, prefill_chunk: int | None = None) -> dict:
     """One (model, engine, batch, context) measurement as a record with ``BENCH_FIELDS`` (and a few extras).
-    ``compile`` goes to the engine's ``generate`` (not to hf-generate)."""
+    ``compile`` and ``prefill_chunk`` go to the engine's ``generate`` (not to hf-generate)."""
     model = loaded.model
     device = ids.device
     batch, context = ids.shape
     record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
               "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
-              "compile": compile and engine != "hf-generate"}
+              "compile": compile and engine != "hf-generate",
+              "prefill_chunk": prefill_chunk if engine != "hf-generate" else None}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
     if limit is not None and context + new > limit:
@@ -169,7 +172,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     try:
         with torch.no_grad():
             run = _hf_generate(model, ids, new) if engine == "hf-generate" else \
-                _engine_generate(model, ids, new, cuda_graph, compile)
+                _engine_generate(model, ids, new, cuda_graph, compile, prefill_chunk)
     except torch.OutOfMemoryError as err:
         torch.cuda.empty_cache()
         return {**record, "status": "skipped", "reason": f"out of memory: {str(err).splitlines()[0]}"}
@@ -195,10 +198,11 @@ def _device_name(device: torch.device) -> str:
 
 def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequence[int], new: int = 128,
                    device="auto", dtype="auto", hf_baseline: bool = False, cuda_graph="auto",
-                   compile: bool = False, progress: bool = True) -> dict:
+                   compile: bool = False, prefill_chunk: int | None = None, progress: bool = True) -> dict:
     """Every model x batch x context (see the module docstring). Returns {"device", "device_name", "dtype",
     "bandwidth_bytes_per_s", "new_tokens", "settings": [records]}. ``compile``: the engine runs with
-    torch.compile (``generate(..., compile=True)``)."""
+    torch.compile (``generate(..., compile=True)``); ``prefill_chunk``: the engine feeds prompts that many tokens at
+    a time (``generate(..., prefill_chunk=N)``)."""
     runs: list[tuple[str, str]] = []
     for spec in models:
         if spec.endswith(HF_SUFFIX):
@@ -220,7 +224,7 @@ def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequ
         for batch in batches:
             for context in contexts:
                 record = run_setting(current, engine, prompts(ids, batch, context, model_device), new, bandwidth,
-                                     cuda_graph, compile)
+                                     cuda_graph, compile, prefill_chunk)
                 settings.append(record)
                 if progress:
                     speed = record["decode_tokens_per_s"]

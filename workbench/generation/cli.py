@@ -33,7 +33,8 @@ def cmd_bench_generate(args) -> int:
 
     report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
                             dtype=args.dtype, hf_baseline=args.hf_baseline,
-                            cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile)
+                            cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile,
+                            prefill_chunk=args.prefill_chunk)
     _write(args.json, report)
     if args.plot:
         from workbench.viz.generation import generation_figure
@@ -80,6 +81,8 @@ def add_subcommand(sub) -> None:
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
     q.add_argument("--compile", action="store_true",
                    help="fuse the engine's decode step with torch.compile (compilation reported as compile_s)")
+    q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
+                   help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context")
     q.add_argument("--json", required=True, metavar="OUT.json")
     q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure")
     q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")

@@ -9,7 +9,8 @@ Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``Stat
 layers keep their recurrent state in the decoding ``Session``: inside ``mixer_slots(model)`` each ``MixerAttention``
 is swapped for an ``EngineMixerAttention`` on the same mixer, which reads and writes the state of the session bound
 to it: the prompt goes through ``Mixer.prefill`` (one parallel pass that also returns the state), every later token
-through ``Mixer.step``. Like ``MixerAttention`` it records its token count in the cache with a (B, 1, L, 1) marker,
+through ``Mixer.step``, and several later tokens at once (a further prompt chunk, drafted tokens to verify) through
+``Mixer.extend``. Like ``MixerAttention`` it records its token count in the cache with a (B, 1, L, 1) marker,
 so the cache's length (hence positions and mask sizes) is right whichever layers are mixers.
 
 A session can mark a point (``checkpoint``) and later go back to any length after it (``rollback``): the attention
@@ -60,7 +61,7 @@ from workbench.teachers.wrapper import Teacher
 class GenerationResult:
     tokens: torch.Tensor                  # (B, L_new) new tokens; pad after a sequence's first stop token
     prefill_seconds: float                # prompt forward and first token (time to first token)
-    decode_seconds: float                 # every later token, except the CUDA graph's warm-up and capture step
+    decode_seconds: float                 # every later token through ``Mixer.step`` (several at once, a later prompt chunk or drafted tokens, through ``Mixer.extend``), except the CUDA graph's warm-up and capture step
     per_token_seconds: list[float]        # one entry per decode step (after the first token), that step excepted
     lengths: list[int] = field(default_factory=list)  # new tokens per sequence, its stop token included
     cuda_graph: bool = False              # whether decode steps replayed a CUDA graph
@@ -109,7 +110,8 @@ class MixerLayerState:
     recording: bool = False
 
     def run(self, mixer: Mixer, x: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D) -> y (B, L, D): prefill for the first call, then one step per token."""
+        """x (B, L, D) -> y (B, L, D): prefill for the first call, then ``step`` for one token and ``extend`` for
+        several (a later prompt chunk, or drafted tokens to verify)."""
         if self.recording:
             self.inputs.append(x)
         if self.state is None:
@@ -118,11 +120,8 @@ class MixerLayerState:
         if x.shape[1] == 1:
             y_t, self.state = mixer.step(x[:, 0], self.state)
             return y_t[:, None]
-        outputs = []
-        for t in range(x.shape[1]):
-            y_t, self.state = mixer.step(x[:, t], self.state)
-            outputs.append(y_t)
-        return torch.stack(outputs, dim=1)
+        y, self.state = mixer.extend(x, self.state)
+        return y
 
 
 class EngineMixerAttention(MixerAttention):
@@ -396,7 +395,8 @@ def default_pad(model: nn.Module, stop_tokens: Sequence[int]) -> int:
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
              pad_token_id: int | None = None, generator: torch.Generator | None = None,
-             cuda_graph: bool | str = "auto", compile: bool = False) -> GenerationResult:
+             cuda_graph: bool | str = "auto", compile: bool = False,
+             prefill_chunk: int | None = None) -> GenerationResult:
     """Continue each row of ``input_ids`` (B, L) by up to ``max_new_tokens`` tokens.
 
     Greedy for temperature 0, else sampling with ``top_k`` / ``top_p`` drawn through ``generator``. A sequence is
@@ -404,8 +404,13 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
     model's pad token, else the first stop token), and decoding ends when every sequence is finished.
     ``cuda_graph``: "auto" (on CUDA when the mixers allow it), True (required) or False (eager).
     ``compile``: fuse the decode step with torch.compile (see the module docstring); its one-off cost is
-    ``compile_seconds``, outside the decode time. Raises ``CompileError`` where it cannot."""
+    ``compile_seconds``, outside the decode time. Raises ``CompileError`` where it cannot.
+    ``prefill_chunk``: feed the prompt ``prefill_chunk`` tokens at a time (mixers continue with ``Mixer.extend``,
+    attention through its cache), so the prefill's activations, and the peak memory they set, stop growing with the
+    prompt's length; None: the whole prompt in one pass."""
     check_sampling(temperature, top_k, top_p)
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise ValueError(f"prefill_chunk must be a positive number of tokens or None, got {prefill_chunk}")
     if cuda_graph not in ("auto", True, False):
         raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
     if max_new_tokens < 1:
@@ -438,7 +443,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
 
         _sync(device)
         t0 = time.perf_counter()
-        token = choose(session.forward(input_ids)[:, -1])
+        chunk = input_ids.shape[1] if prefill_chunk is None else prefill_chunk
+        for start in range(0, input_ids.shape[1], chunk):
+            logits = session.forward(input_ids[:, start:start + chunk])
+        token = choose(logits[:, -1])
         _sync(device)
         prefill = time.perf_counter() - t0
 

@@ -57,6 +57,18 @@ class CausalConv1d(nn.Module):
         last = F.pad(x[:, -W:].transpose(1, 2), (max(W - L, 0), 0))   # (B, C, W): positions L-W .. L-1 in order
         return last.roll(L % W, dims=-1)
 
+    def extend(self, x: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
+        """The conv of x (B, L, C) continuing after ``position`` tokens whose last W inputs ``buffer`` (B, C, W)
+        holds: y (B, L, C), as ``forward`` of the whole sequence would give for these L positions. The buffer is
+        updated in place to the state after them (slots by absolute position, as ``step`` writes them)."""
+        L, W = x.shape[1], self.width
+        p = int(position)
+        oldest_first = (p + torch.arange(W, device=buffer.device)) % W            # slots of positions p-W .. p-1
+        seq = torch.cat([buffer.index_select(2, oldest_first).to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, W+L)
+        y = F.conv1d(seq[..., 1:], self.weight, self.bias, groups=self.channels)  # positions p .. p+L-1
+        buffer.copy_(seq[..., -W:].roll((p + L) % W, dims=-1))                   # positions p+L-W .. p+L-1
+        return y.transpose(1, 2)
+
     def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
         """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""
         W = self.width

@@ -45,6 +45,18 @@ class Mixer(nn.Module):
             _, state = self.step(x[:, t], state)
         return y, state
 
+    def extend(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Continue from ``state`` over the next L tokens x (B, L, D): (y (B, L, D), the state after them), equal to
+        L calls of ``step`` (a chunked prefill, or verifying several drafted tokens at once).
+
+        Default: those L steps. Mixers whose parallel pass can start from a state (a scan's initial state) override
+        it with one parallel pass."""
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1), state
+
     def mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """Materialised causal token-mixing matrix for input x (B, L, D): (B, H, L, L), M[b, h, l, s] = 0 for s > l."""
         raise NotImplementedError

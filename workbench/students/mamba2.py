@@ -312,6 +312,20 @@ class Mamba2(Mixer):
         state["position"].fill_(L)
         return self.readout(y, z), state                                                     # 6., 7.
 
+    def extend(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """x (B, L, D) continuing from ``state`` -> (y (B, L, D), the state after them) in one parallel pass: the conv
+        reads the ring buffer's last inputs, the SSD scan starts from the state's (B, H, P, N); updated in place."""
+        c = self.config
+        z, xBC, dt = self._split_projection(self.in_proj(x))                                  # 1.
+        u, B, C = self._split_xbc(self.conv.extend(xBC, state["conv"], state["position"]))    # 2., 3.
+        dt, A = self._decay(dt)                                                               # 4.
+        y, h = ssd_scan(u, dt, A, B, C, chunk_size=c.chunk_size, initial_state=state["ssm"],
+                        return_final_state=True)                                              # 5.
+        y = y + u * self.D[:, None].to(y.dtype)
+        state["ssm"].copy_(h)
+        state["position"].add_(x.shape[1])
+        return self.readout(y, z), state                                                      # 6., 7.
+
     # ----- initialisation from a teacher's attention (Mamba in the Llama) -----
 
     @classmethod
