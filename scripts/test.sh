@@ -15,4 +15,11 @@ fi
 named=0
 for arg in "$@"; do [ -e "${arg%%::*}" ] && named=1; done
 [ "$named" = 1 ] || set -- tests notebooks "$@"
-exec .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env "$@"
+# The notebooks' distillation runs (and their checkpoints, ~2 GB each at the default teacher's size) go to a
+# temporary folder removed afterwards, unless WORKBENCH_RUNS names a folder to keep them in.
+if [ -z "${WORKBENCH_RUNS:-}" ]; then
+  WORKBENCH_RUNS="$(mktemp -d -t workbench-test-runs.XXXXXX)"
+  export WORKBENCH_RUNS
+  trap 'rm -rf "$WORKBENCH_RUNS"' EXIT
+fi
+.venv/bin/python -m pytest -q --nbval-lax --nbval-current-env "$@"

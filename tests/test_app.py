@@ -97,6 +97,10 @@ def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_
     runs.param.update(recipe="kd", tokens="320k", batch_size=1, seq_len=32, eval_every=0, checkpoint_every=2,
                       device="cpu", final_eval_tokens=65, run_name="tiny")
     assert runs.planned_steps == 10_000
+    assert runs.run_config().compile is False
+    runs.compile = True
+    assert runs.run_config().compile is True
+    runs.compile = False
     out = runs.start()
     try:
         assert runs.selected == "tiny" and runs.selected_info().status in ("starting", "running")

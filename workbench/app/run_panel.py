@@ -48,6 +48,7 @@ class RunPanel(Viewer):
     final_eval_tokens = param.Integer(default=4097, bounds=(0, None), doc="held-out tokens for the summary (0: all)")
     checkpoint_every = param.Integer(default=50, bounds=(1, None))
     device = param.Selector(default="auto", objects=DEVICES)
+    compile = param.Boolean(default=False, doc="torch.compile the MLPs and norms (RunConfig.compile; GPU runs)")
     run_name = param.String(default="", doc="folder of the new run inside the runs root")
     selected = param.String(default="", doc="the run whose curves are shown")
     runs = param.List(default=[], doc="RunInfo of every run, newest first")
@@ -97,7 +98,8 @@ class RunPanel(Viewer):
         config = RunConfig(teacher=teacher_source(self.teacher.source), mixer=self.student.mixer,
                            keep_attention=list(self.student.keep_attention), init=self.student.init, stages=stages,
                            device=self.device, eval_every=self.eval_every, eval_tokens=self.eval_tokens,
-                           eval_window=min(self.seq_len, 512), checkpoint_every=self.checkpoint_every)
+                           eval_window=min(self.seq_len, 512), checkpoint_every=self.checkpoint_every,
+                           compile=self.compile)
         config.validate()
         return config
 
@@ -235,7 +237,8 @@ class RunPanel(Viewer):
                    field(w.IntInput, p.batch_size, "Batch size", 100, "batch-size"),
                    field(w.IntInput, p.seq_len, "Sequence length", 120, "seq-len"),
                    field(w.FloatInput, p.lr, "Learning rate", 120, "lr"),
-                   field(w.Select, p.device, "Device", 100, "device")),
+                   field(w.Select, p.device, "Device", 100, "device"),
+                   field(w.Checkbox, p.compile, "torch.compile", 120, "compile")),
             pn.Row(field(w.IntInput, p.eval_every, "Eval every (steps)", 140, "eval-every"),
                    field(w.IntInput, p.eval_tokens, "Eval tokens", 120, "eval-tokens"),
                    field(w.IntInput, p.final_eval_tokens, "Final eval tokens", 140, "final-eval-tokens"),

@@ -14,8 +14,8 @@ through ``Mixer.step``, and several later tokens at once (a further prompt chunk
 so the cache's length (hence positions and mask sizes) is right whichever layers are mixers.
 
 A session can mark a point (``checkpoint``) and later go back to any length after it (``rollback``): the attention
-cache is cropped, and each mixer layer's state is restored from its snapshot and stepped over the layer inputs it
-recorded since, up to the kept length. Speculative decoding uses this (``workbench.generation.speculative``).
+cache is cropped, and each mixer layer's state is restored from its snapshot and carried over the layer inputs it
+recorded since, up to the kept length, by ``Mixer.extend``. Speculative decoding uses this (``workbench.generation.speculative``).
 
 CUDA graph (``cuda_graph="auto"`` on a CUDA device): after the prefill and one eager decode step, the per-token
 forward is captured once into a CUDA graph with static input, position and cache buffers, then replayed every token,
@@ -228,7 +228,8 @@ class Session:
 
     def rollback(self, length: int) -> None:
         """Return to ``length`` tokens (between the checkpoint and now): crop the attention cache, rebuild the
-        mixer states from the checkpoint's snapshot by stepping over the recorded inputs of the kept tokens."""
+        mixer states from the checkpoint's snapshot by running ``Mixer.extend`` over the recorded inputs of the kept
+        tokens."""
         if not self.mark <= length <= self.length:
             raise ValueError(f"can roll back only to a length between the checkpoint ({self.mark}) and now "
                              f"({self.length}), got {length}")
@@ -239,8 +240,8 @@ class Session:
                 state = m.saved
                 kept = torch.cat(m.inputs, dim=1)[:, : length - self.mark] if m.inputs else None
                 mixer = self.slots[slot_index].mixer
-                for t in range(0 if kept is None else kept.shape[1]):
-                    _, state = mixer.step(kept[:, t], state)
+                if kept is not None and kept.shape[1]:
+                    _, state = mixer.extend(kept, state)                  # the kept tokens, in one pass
                 m.state = state
         for m in self.mixers.values():
             m.saved, m.inputs, m.recording = None, [], False
