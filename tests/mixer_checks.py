@@ -13,3 +13,21 @@ def step_outputs(mixer, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         y_t, state = mixer.step(x[:, t], state)
         outputs.append(y_t)
     return torch.stack(outputs, dim=1), state
+
+
+@torch.no_grad()
+def perturbed(mixer, dtype: torch.dtype | None = None):
+    """The mixer (in ``dtype`` when given) with every parameter moved off its initial value, so no zero-initialised
+    part (z rows, a gate bias) hides a bug."""
+    if dtype is not None:
+        mixer = mixer.to(dtype)
+    for p in mixer.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    return mixer
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name: str = "") -> None:
+    """max |actual - expected| <= rtol * max |expected| (a relative error that ignores tiny entries)."""
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item() or 1.0
+    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"

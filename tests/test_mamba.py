@@ -7,7 +7,7 @@ own PyTorch mixers given the same weights.
 
 import pytest
 import torch
-from mixer_checks import step_outputs
+from mixer_checks import assert_rel_close, perturbed, step_outputs
 import torch.nn.functional as F
 
 from workbench.students.base import AttentionWeights
@@ -27,36 +27,22 @@ MIXERS = {
 }
 
 
-def _perturbed(mixer):
-    """Move every parameter off its initial value, so no zero-initialised part (z rows, gate bias) hides a bug."""
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return mixer
-
-
-def _assert_rel_close(actual, expected, rtol, name=""):
-    err = (actual.double() - expected.double()).abs().max().item()
-    scale = expected.double().abs().max().item() or 1.0
-    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
-
-
 @pytest.mark.parametrize("L", [1, 7, 21])
 @pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
 def test_forward_equals_step_by_step(make, L):
-    mixer = _perturbed(make())
+    mixer = perturbed(make())
     x = torch.randn(2, L, D)
     with torch.no_grad():
         y = mixer(x)
     steps, state = step_outputs(mixer, x)
     assert y.shape == (2, L, D)
-    _assert_rel_close(steps, y, 1e-5, "step loop")
+    assert_rel_close(steps, y, 1e-5, "step loop")
     assert int(state["position"]) == L
 
 
 @pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
 def test_mixing_matrix_reproduces_mix_io_and_forward(make):
-    mixer = _perturbed(make())
+    mixer = perturbed(make())
     x = torch.randn(2, 19, D)
     with torch.no_grad():
         u, y = mixer.mix_io(x)
@@ -66,13 +52,13 @@ def test_mixing_matrix_reproduces_mix_io_and_forward(make):
         out_from_M = mixer.readout(y_from_M.squeeze(-1) if isinstance(mixer, Mamba) else y_from_M, z)
         out = mixer(x)
     assert M.shape == (2, u.shape[2], 19, 19)
-    _assert_rel_close(y_from_M, y, 1e-5, "mix_io")
-    _assert_rel_close(out_from_M, out, 1e-5, "forward")
+    assert_rel_close(y_from_M, y, 1e-5, "mix_io")
+    assert_rel_close(out_from_M, out, 1e-5, "forward")
     assert torch.all(torch.triu(M, diagonal=1) == 0)
 
 
 def test_mamba1_mixing_matrix_for_a_channel_subset():
-    mixer = _perturbed(MIXERS["mamba-heads"]())
+    mixer = perturbed(MIXERS["mamba-heads"]())
     x = torch.randn(1, 9, D)
     channels = [0, 5, 23]
     torch.testing.assert_close(mixer.mixing_matrix(x, channels=channels), mixer.mixing_matrix(x)[:, channels])
@@ -80,7 +66,7 @@ def test_mamba1_mixing_matrix_for_a_channel_subset():
 
 @pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
 def test_causal(make):
-    mixer = _perturbed(make())
+    mixer = perturbed(make())
     x = torch.randn(1, 12, D, requires_grad=True)
     t = 6
     mixer(x)[:, t].sum().backward()
@@ -176,7 +162,7 @@ def test_mamba2_matches_transformers_mamba2_mixer(n_groups):
     from transformers import Mamba2Config as HFMamba2Config
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
-    ours = _perturbed(Mamba2(Mamba2Config(d_model=D, d_state=8, head_dim=4, n_heads=12, n_groups=n_groups,
+    ours = perturbed(Mamba2(Mamba2Config(d_model=D, d_state=8, head_dim=4, n_heads=12, n_groups=n_groups,
                                           chunk_size=8))).eval()
     hf_config = HFMamba2Config(hidden_size=D, num_heads=12, head_dim=4, state_size=8, n_groups=n_groups, expand=2,
                                conv_kernel=4, chunk_size=8, use_bias=False, use_conv_bias=True, hidden_act="silu",
@@ -191,14 +177,14 @@ def test_mamba2_matches_transformers_mamba2_mixer(n_groups):
     theirs.load_state_dict({k: v.detach().clone() for k, v in weights.items()})
     x = torch.randn(2, 21, D)
     with torch.no_grad():
-        _assert_rel_close(ours(x), theirs(x), 1e-5, "forward")
+        assert_rel_close(ours(x), theirs(x), 1e-5, "forward")
 
 
 def test_mamba1_matches_transformers_mamba_mixer():
     from transformers import MambaConfig as HFMambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    ours = _perturbed(Mamba(MambaConfig(d_model=D, d_state=6, expand=2, chunk_size=8))).eval()
+    ours = perturbed(Mamba(MambaConfig(d_model=D, d_state=6, expand=2, chunk_size=8))).eval()
     hf_config = HFMambaConfig(hidden_size=D, state_size=6, intermediate_size=2 * D, conv_kernel=4,
                               time_step_rank=ours.config.dt_rank, use_bias=False, use_conv_bias=True,
                               hidden_act="silu", num_hidden_layers=1, use_mambapy=False)
@@ -210,4 +196,4 @@ def test_mamba1_matches_transformers_mamba_mixer():
     theirs.load_state_dict({k: v.detach().clone() for k, v in weights.items()})
     x = torch.randn(2, 21, D)
     with torch.no_grad():
-        _assert_rel_close(ours(x), theirs(x), 1e-5, "forward")
+        assert_rel_close(ours(x), theirs(x), 1e-5, "forward")

@@ -8,7 +8,7 @@ states equal their sequential references' (float32, gradients included) on every
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_checks import step_outputs
+from mixer_checks import assert_rel_close, perturbed, step_outputs
 
 from workbench.generation.engine import clone_state
 from workbench.ops import backend
@@ -40,22 +40,6 @@ MIXERS = {
 }
 
 
-def _perturbed(mixer, dtype):
-    """In ``dtype``, every parameter moved off its initial value (no zero-initialised part hides a bug)."""
-    mixer = mixer.to(dtype)
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return mixer
-
-
-def _assert_rel_close(actual, expected, rtol, name=""):
-    """max |actual - expected| <= rtol * max |expected|."""
-    err = (actual.double() - expected.double()).abs().max().item()
-    scale = expected.double().abs().max().item() or 1.0
-    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
-
-
 def _assert_states_close(actual: dict, expected: dict, rtol: float, context: str) -> None:
     """The same keys, and every tensor of the same shape and dtype and close to the other."""
     assert actual.keys() == expected.keys(), context
@@ -65,7 +49,7 @@ def _assert_states_close(actual: dict, expected: dict, rtol: float, context: str
         if want.dtype in (torch.long, torch.int32):
             assert torch.equal(got, want), f"{context} {key}"
         else:
-            _assert_rel_close(got, want, rtol, f"{context} {key}")
+            assert_rel_close(got, want, rtol, f"{context} {key}")
 
 
 @torch.no_grad()
@@ -80,7 +64,7 @@ def _continue(mixer, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
 @pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
 @pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
 def test_prefill_equals_forward_and_stepping(make, L):
-    mixer = _perturbed(make(), torch.float64)
+    mixer = perturbed(make(), torch.float64)
     x = torch.randn(2, L, D, dtype=torch.float64)
     with torch.no_grad():
         y, state = mixer.prefill(x)
@@ -93,14 +77,14 @@ def test_prefill_equals_forward_and_stepping(make, L):
     more = torch.randn(2, 5, D, dtype=torch.float64)
     after_prefill, end_prefill = _continue(mixer, more, state)
     after_steps, end_steps = _continue(mixer, more, stepped)
-    _assert_rel_close(after_prefill, after_steps, 1e-10, "outputs after the prompt")
+    assert_rel_close(after_prefill, after_steps, 1e-10, "outputs after the prompt")
     _assert_states_close(end_prefill, end_steps, 1e-10, "state after 5 more tokens")
 
 
 @pytest.mark.parametrize("make", MIXERS.values(), ids=MIXERS.keys())
 def test_prefill_in_float32_matches_the_default(make):
     """In float32: the override's y and state against the base class's (forward, then L steps), dtypes included."""
-    mixer = _perturbed(make(), torch.float32)
+    mixer = perturbed(make(), torch.float32)
     x = torch.randn(3, 257, D)
     with torch.no_grad():
         y, state = mixer.prefill(x)
@@ -109,26 +93,26 @@ def test_prefill_in_float32_matches_the_default(make):
     torch.testing.assert_close(y, y_default, rtol=0, atol=0)
     _assert_states_close(state, state_default, 1e-5, "float32 state")
     more = torch.randn(3, 4, D)
-    _assert_rel_close(_continue(mixer, more, state)[0], _continue(mixer, more, state_default)[0], 1e-5, "continued")
+    assert_rel_close(_continue(mixer, more, state)[0], _continue(mixer, more, state_default)[0], 1e-5, "continued")
 
 
 @pytest.mark.parametrize("name", ["mamba2", "mamba2-discrete", "mamba-heads"])
 def test_prefill_on_the_reference_scan_gives_the_same_state(name):
-    mixer = _perturbed(MIXERS[name](), torch.float64)
+    mixer = perturbed(MIXERS[name](), torch.float64)
     x = torch.randn(2, 63, D, dtype=torch.float64)
     op = "selective_scan" if isinstance(mixer, Mamba) else "ssd"
     with torch.no_grad():
         y, state = mixer.prefill(x)
         with backend.force_backend(op, "ref"):
             y_ref, state_ref = mixer.prefill(x)
-    _assert_rel_close(y, y_ref, 1e-10, "y")
+    assert_rel_close(y, y_ref, 1e-10, "y")
     _assert_states_close(state, state_ref, 1e-10, "state on the ref backend")
 
 
 def test_prefilled_state_is_independent_of_the_prompt_tensors():
     """Decoding writes into the state in place: it must own its memory, not view the prompt's activations."""
     for make in MIXERS.values():
-        mixer = _perturbed(make(), torch.float32)
+        mixer = perturbed(make(), torch.float32)
         x = torch.randn(2, 9, D)
         with torch.no_grad():
             _, state = mixer.prefill(x)
@@ -178,7 +162,7 @@ def test_ssd_final_state_matches_ref(L, variant, with_h0, device):
         assert h.shape == (2, 4, 3, 5) and h.dtype == torch.float32, b.name
         rtol = 5e-3 if b.name == "triton" else 1e-4  # the Triton kernel multiplies in TF32
         for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
-            _assert_rel_close(got, want, rtol, f"{b.name} output/grad {i}")
+            assert_rel_close(got, want, rtol, f"{b.name} output/grad {i}")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -200,11 +184,11 @@ def test_selective_scan_last_state_matches_ref(L, groups, device):
         y, h = b.fn(**inputs, **call)
         assert h.shape == (Bsz, E, N) and h.dtype == torch.float32, b.name
         if b.name == "cuda":  # mamba-ssm's kernel does not backpropagate into the last state: values only
-            _assert_rel_close(y, expected[0], 1e-4, "cuda y")
-            _assert_rel_close(h, expected[1], 1e-4, "cuda last state")
+            assert_rel_close(y, expected[0], 1e-4, "cuda y")
+            assert_rel_close(h, expected[1], 1e-4, "cuda last state")
             continue
         for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
-            _assert_rel_close(got, want, 1e-4, f"{b.name} output/grad {i}")
+            assert_rel_close(got, want, 1e-4, f"{b.name} output/grad {i}")
 
 
 @pytest.mark.parametrize("split", [(1, 6), (7, 13), (20, 43)], ids=lambda s: f"{s[0]}+{s[1]}")
@@ -213,7 +197,7 @@ def test_extend_continues_a_prefill_like_forward_and_stepping(make, split):
     """prefill(first part) then extend(rest) gives forward's outputs and the stepped state; extend equals the base
     class's L steps (the fast overrides included)."""
     a, b = split
-    mixer = _perturbed(make(), torch.float64)
+    mixer = perturbed(make(), torch.float64)
     x = torch.randn(2, a + b, D, dtype=torch.float64)
     with torch.no_grad():
         forward = mixer(x)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_checks import assert_rel_close
 
 from workbench.ops import _mamba_ssm, backend
 from workbench.ops.selective_scan import selective_scan_chunked, selective_scan_cuda, selective_scan_ref
@@ -57,13 +58,6 @@ def _values_and_grads(fn, args, leaves, chunk):
     return [y, h, *torch.autograd.grad(loss, leaves)]
 
 
-def _assert_rel_close(actual, expected, rtol, name=""):
-    """max |actual - expected| <= rtol * max |expected| (a relative error that ignores tiny entries)."""
-    err = (actual.double() - expected.double()).abs().max().item()
-    scale = expected.double().abs().max().item() or 1.0
-    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
-
-
 NAMES = ["y", "final_state", "d_x", "d_dt", "d_A", "d_B", "d_C", "d_h0"]
 
 
@@ -76,7 +70,7 @@ def test_ssd_chunked_matches_ref(case, variant):
     fast = _values_and_grads(ssd_scan_chunked, args, leaves, chunk)
     ref = _values_and_grads(ssd_scan_ref, args, leaves, chunk)
     for name, a, b in zip(names, fast, ref, strict=True):
-        _assert_rel_close(a, b, 1e-10, name)
+        assert_rel_close(a, b, 1e-10, name)
 
 
 def test_ssd_float32_and_half_inputs():
@@ -85,12 +79,12 @@ def test_ssd_float32_and_half_inputs():
     y, h = ssd_scan_chunked(*args[:5], 32, args[5], True)
     y_ref, h_ref = ssd_scan_ref(*args[:5], 32, args[5], True)
     assert y.dtype == torch.float32 and h.dtype == torch.float32
-    _assert_rel_close(y, y_ref, 1e-5, "y")
-    _assert_rel_close(h, h_ref, 1e-5, "state")
+    assert_rel_close(y, y_ref, 1e-5, "y")
+    assert_rel_close(h, h_ref, 1e-5, "state")
     x_bf16 = args[0].bfloat16()
     y_bf16 = ssd_scan_chunked(x_bf16, *args[1:5], 32)
     assert y_bf16.dtype == torch.bfloat16
-    _assert_rel_close(y_bf16, ssd_scan_ref(x_bf16, *args[1:5]), 1e-2, "bf16 y")
+    assert_rel_close(y_bf16, ssd_scan_ref(x_bf16, *args[1:5]), 1e-2, "bf16 y")
 
 
 def test_ssd_chunked_at_16k_tokens_continues_exactly_from_its_state():
@@ -101,8 +95,8 @@ def test_ssd_chunked_at_16k_tokens_continues_exactly_from_its_state():
     cut = 16384 - 50
     _, h_cut = ssd_scan(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], 64, None, True)
     y_tail, h_tail = ssd_scan_ref(x[:, cut:], dt[:, cut:], A, B[:, cut:], C[:, cut:], 64, h_cut, True)
-    _assert_rel_close(y[:, cut:], y_tail, 1e-5, "tail")
-    _assert_rel_close(h, h_tail, 1e-5, "final state")
+    assert_rel_close(y[:, cut:], y_tail, 1e-5, "tail")
+    assert_rel_close(h, h_tail, 1e-5, "final state")
 
 
 def test_ssd_is_the_semiseparable_matrix():
@@ -161,8 +155,8 @@ def test_ssd_matches_mamba_ssm_ssd_minimal(ssd_minimal, variant):
     y_min, h_min = ssd_minimal.ssd_minimal_discrete(x_in, log_a, B_h, C_h, chunk, initial_states=h0[:, None])
     for scan in (ssd_scan_chunked, ssd_scan_ref):
         y, h = scan(x, dt, A, B, C, chunk, h0, True)
-        _assert_rel_close(y, y_min, 1e-5, f"{scan.__name__} y")
-        _assert_rel_close(h, h_min, 1e-5, f"{scan.__name__} state")
+        assert_rel_close(y, y_min, 1e-5, f"{scan.__name__} y")
+        assert_rel_close(h, h_min, 1e-5, f"{scan.__name__} state")
 
 
 # ----- selective scan (Mamba-1) -----
@@ -203,7 +197,7 @@ def test_selective_scan_chunked_matches_ref(case):
     fast = _selective_values_and_grads(selective_scan_chunked, inputs, chunk)
     ref = _selective_values_and_grads(selective_scan_ref, inputs, chunk)
     for name, a, b in zip(names, fast, ref, strict=True):
-        _assert_rel_close(a, b, 1e-10, name)
+        assert_rel_close(a, b, 1e-10, name)
 
 
 def test_selective_scan_without_optional_inputs_and_in_float32():
@@ -212,7 +206,7 @@ def test_selective_scan_without_optional_inputs_and_in_float32():
     core["delta"] = F.softplus(core["delta"])  # no softplus inside: Δ must already be positive
     y = selective_scan_chunked(**core, chunk_size=16)
     assert y.dtype == torch.float32
-    _assert_rel_close(y, selective_scan_ref(**core), 1e-5, "y")
+    assert_rel_close(y, selective_scan_ref(**core), 1e-5, "y")
 
 
 # ----- the narrow import of mamba-ssm -----
@@ -276,7 +270,7 @@ def test_ssd_triton_matches_ref(variant):
     ref = _values_and_grads(ssd_scan_chunked, args, leaves, 64)  # the chunked path matches the ref (tests above)
     names = [n for n in NAMES if not (variant == "discrete" and n == "d_dt")]
     for name, a, b in zip(names, fast, ref, strict=True):
-        _assert_rel_close(a, b, 5e-3, name)  # the kernel multiplies in TF32
+        assert_rel_close(a, b, 5e-3, name)  # the kernel multiplies in TF32
 
 
 @cuda
@@ -287,7 +281,7 @@ def test_selective_scan_cuda_matches_ref():
     inputs = {k: v for k, v in _selective_inputs(2, 300, 8, 4, None, torch.float32, device="cuda").items()
               if k != "initial_state"}
     y = selective_scan_cuda(**inputs, delta_softplus=True)
-    _assert_rel_close(y, selective_scan_ref(**inputs, delta_softplus=True), 1e-4, "y")
+    assert_rel_close(y, selective_scan_ref(**inputs, delta_softplus=True), 1e-4, "y")
 
 
 @cuda
