@@ -72,16 +72,14 @@ def trainable_parameters(student: torch.nn.Module, blocks: list[torch.nn.Module]
 
 def compile_layers(model: torch.nn.Module) -> list[str]:
     """``torch.compile`` (inductor, in place: parameter names unchanged) the MLP and the norms of every decoder layer
-    of ``model``: the element-wise chains around their matmuls become a few fused kernels. The layers themselves and
-    their attention or mixer stay eager, so the forward hooks of the layer-wise losses (``teacher_inputs``, the
-    teacher's captures) keep working. Returns the names of the compiled modules."""
+    of ``model`` (``anatomy.around_attention``): the element-wise chains around their matmuls become a few fused
+    kernels. The layers themselves and their attention or mixer stay eager, so the forward hooks of the layer-wise
+    losses (``teacher_inputs``, the teacher's captures) keep working. Returns the names of the compiled modules."""
     names = []
     for i, layer in enumerate(anatomy.decoder_layers(model)):
-        for name, child in layer.named_children():
-            kind = type(child).__name__
-            if kind.endswith("MLP") or kind.endswith("Norm"):
-                child.compile(dynamic=False)
-                names.append(f"{i}.{name}")
+        for name, child in anatomy.around_attention(layer):
+            child.compile(dynamic=False)
+            names.append(f"{i}.{name}")
     return names
 
 

@@ -15,7 +15,8 @@ so the cache's length (hence positions and mask sizes) is right whichever layers
 
 A session can mark a point (``checkpoint``) and later go back to any length after it (``rollback``): the attention
 cache is cropped, and each mixer layer's state is restored from its snapshot and carried over the layer inputs it
-recorded since, up to the kept length, by ``Mixer.extend``. Speculative decoding uses this (``workbench.generation.speculative``).
+recorded since, up to the kept length, by ``Mixer.extend``. Speculative decoding uses this
+(``workbench.generation.speculative``).
 
 CUDA graph (``cuda_graph="auto"`` on a CUDA device): after the prefill and one eager decode step, the per-token
 forward is captured once into a CUDA graph with static input, position and cache buffers, then replayed every token,
@@ -61,7 +62,7 @@ from workbench.teachers.wrapper import Teacher
 class GenerationResult:
     tokens: torch.Tensor                  # (B, L_new) new tokens; pad after a sequence's first stop token
     prefill_seconds: float                # prompt forward and first token (time to first token)
-    decode_seconds: float                 # every later token through ``Mixer.step`` (several at once, a later prompt chunk or drafted tokens, through ``Mixer.extend``), except the CUDA graph's warm-up and capture step
+    decode_seconds: float                 # every later token, except the CUDA graph's warm-up and capture step
     per_token_seconds: list[float]        # one entry per decode step (after the first token), that step excepted
     lengths: list[int] = field(default_factory=list)  # new tokens per sequence, its stop token included
     cuda_graph: bool = False              # whether decode steps replayed a CUDA graph
@@ -318,12 +319,10 @@ class CompileError(RuntimeError):
 def compile_targets(model: nn.Module, slots: dict[int, EngineMixerAttention],
                     mixer_steps: bool = True) -> list[tuple[nn.Module, str]]:
     """(module, method name) pairs ``compiled_decoding`` compiles: each mixer's ``step`` (if ``mixer_steps``), and
-    the ``forward`` of every child of a decoder layer that has parameters, except its attention (MLP, norms)."""
+    the ``forward`` of the MLP and norms of every decoder layer (``anatomy.around_attention``)."""
     targets: list[tuple[nn.Module, str]] = [(slot.mixer, "step") for slot in slots.values()] if mixer_steps else []
     for layer in anatomy.decoder_layers(unwrap(model)):
-        attention, _ = anatomy.attention_of(layer)
-        targets += [(child, "forward") for name, child in layer.named_children()
-                    if name != attention and next(child.parameters(), None) is not None]
+        targets += [(child, "forward") for _, child in anatomy.around_attention(layer)]
     return targets
 
 

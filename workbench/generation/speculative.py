@@ -4,9 +4,9 @@ token. The output is exactly the target's greedy output; only the time changes.
 
 Going back. Both models run in engine ``Session``s: before each round they ``checkpoint``; after verification the
 target rolls back to the last accepted token (its attention cache is cropped, its mixer states are rebuilt from the
-checkpoint by ``Mixer.extend`` over the accepted tokens' recorded layer inputs), and so does the draft. A batch accepts the
-number of tokens every unfinished sequence agrees on (so rows stay aligned; a row that would accept more gets the
-same tokens one round later).
+checkpoint by ``Mixer.extend`` over the accepted tokens' recorded layer inputs), and so does the draft. A batch
+accepts the number of tokens every unfinished sequence agrees on (so rows stay aligned; a row that would accept more
+gets the same tokens one round later).
 """
 
 from __future__ import annotations

@@ -313,18 +313,10 @@ def _balanced(taps: torch.Tensor, orders: list[int], max_radius: float,
 
 
 def _impulse(poles: torch.Tensor, residues: torch.Tensor, n: int) -> torch.Tensor:
-    """h_1..h_n = Re Σ R λ^{t-1}: poles, residues (C, d) complex128 -> (C, n) float64 (differentiable). Two-level
-    Vandermonde (as ``ModalSSM.impulse_response``): with t - 1 = bK + j (j < K ≈ √n), h_t = Re Σ_k (R_k λ_k^{bK}) λ_k^j,
-    one batched product (C, n/K, d) @ (C, d, K): memory C d (n/K + K) instead of the C d n of ``_powers``."""
-    log_p = poles.log()
-    log_p = torch.where(poles == 0, torch.full_like(log_p, -1e4), log_p)
-    K = max(1, math.isqrt(max(n, 1)))
-    nb = -(-n // K)
-    j = torch.arange(K, dtype=torch.float64, device=poles.device)
-    b = torch.arange(nb, dtype=torch.float64, device=poles.device) * K
-    inner = torch.exp(log_p[:, :, None] * j)                                 # (C, d, K)    λ^j
-    outer = residues[:, None, :] * torch.exp(log_p[:, None, :] * b[:, None])  # (C, nb, d)   R λ^{bK}
-    return torch.bmm(outer, inner).real.reshape(poles.shape[0], nb * K)[:, :n]
+    """h_1..h_n = Re Σ R λ^{t-1}: poles, residues (C, d) complex128 -> (C, n) float64 (differentiable), by
+    ``ModalSSM.impulse_response``'s two-level Vandermonde: memory C d (n/K + K), K ≈ √n, never the C d n of
+    ``_powers``."""
+    return ModalSSM(poles, residues, poles.real.new_zeros(poles.shape[0])).impulse_response(n + 1)[:, 1:]
 
 
 def _relative_l2(taps: torch.Tensor, poles: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:

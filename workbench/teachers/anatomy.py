@@ -120,6 +120,14 @@ def attention_of(layer: nn.Module) -> tuple[str, nn.Module]:
     return found[0]
 
 
+def around_attention(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layer's children that hold parameters, except its attention: the MLP and the norms (what
+    ``torch.compile`` fuses around the attention or mixer, in training and in decoding)."""
+    attention, _ = attention_of(layer)
+    return [(name, child) for name, child in layer.named_children()
+            if name != attention and next(child.parameters(), None) is not None]
+
+
 def _check_index(model: nn.Module, index: int) -> int:
     n = int(text_config(model).num_hidden_layers)
     if not 0 <= index < n:
