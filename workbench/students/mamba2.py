@@ -297,20 +297,9 @@ class Mamba2(Mixer):
         return self.readout(y, z), state                                                 # 6., 7.
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the SSD scan's
-        final state, the conv's last W inputs in the ring buffer's slots (position p in slot p mod W), and L."""
-        c = self.config
-        Bsz, L, _ = x.shape
-        z, xBC, dt = self._split_projection(self.in_proj(x))                                 # 1.
-        u, B, C = self._split_xbc(self.conv(xBC))                                            # 2., 3.
-        dt, A = self._decay(dt)                                                              # 4.
-        y, h = ssd_scan(u, dt, A, B, C, chunk_size=c.chunk_size, return_final_state=True)    # 5.
-        y = y + u * self.D[:, None].to(y.dtype)
-        state = self.init_state(Bsz, device=x.device, dtype=x.dtype)
-        state["conv"].copy_(self.conv.state_after(xBC))
-        state["ssm"].copy_(h)
-        state["position"].fill_(L)
-        return self.readout(y, z), state                                                     # 6., 7.
+        """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: ``extend`` from
+        the empty state (the SSD scan's final state, the conv's last W inputs in the ring buffer's slots, and L)."""
+        return self.extend(x, self.init_state(x.shape[0], device=x.device, dtype=x.dtype))
 
     def extend(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (B, L, D) continuing from ``state`` -> (y (B, L, D), the state after them) in one parallel pass: the conv
