@@ -8,13 +8,10 @@ Algorithm:
   2. Fit them at every order d in one call (``distill_orders``: one Hankel eigendecomposition per chunk of channels
      serves all orders of the layer, each fit the same as ``distill_filter`` alone) and record per layer and order
      the channel means of MSE and relative ℓ2 error, the worst channel's H-infinity error and relative ℓ2 error,
-     and the Hankel floor σ_{2d+1} / σ_1 (mean
-     over channels): no order-d SSM can beat it (``workbench.laughing.hankel``). The floor comes from the leading
-     m x m block of the Hankel matrix, m = min(``hankel_size``, L // 2) (default 256, recorded as "hankel_size"):
-     the block's singular values are ≤ the full matrix's (interlacing: deleting rows and columns never raises a
-     singular value), so its σ_{2d+1} is a weaker but valid floor, and the denominator is an upper bound of the full
-     σ_1 (``hankel.capped_floors``); with m = L // 2 it is the exact floor. The full size costs C eigvalsh of
-     (L/2) x (L/2) per layer: about a minute per layer for 576 channels of 2048 taps, against ~2 s at m = 256.
+     and the mean over channels of the relative Hankel floor σ_{2d+1} / σ_1, which no order-d SSM can beat. The
+     floor comes from the leading m x m Hankel block, m = min(``hankel_size``, L // 2) (default 256, recorded as
+     "hankel_size"): a weaker but valid floor, with ~60x fewer operations than the full one at 2048 taps
+     (``hankel.capped_floors``; point 4 of ``workbench.laughing.hankel`` gives the argument).
   3. A layer's smallest order is the first d (ascending) whose ``metric`` meets the budget; layers that never meet
      it get the largest order tried.
 
