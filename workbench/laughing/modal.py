@@ -141,15 +141,10 @@ class ModalSSM:
         return t.reshape(*t.shape, *([1] * extra))
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token: u_t (B, C, *E) real, state (B, C, d, *E) -> y_t (B, C, *E) in u_t's dtype, next state.
-        Steps (1)-(2) of the module docstring."""
-        extra = u_t.dim() - 2
-        R = self._modal(self.residues, extra)                                  # (C, d, 1..)
-        lam = self._modal(self.poles, extra)
-        h0 = self.h0.reshape(-1, *([1] * extra))                               # (C, 1..)
-        y = h0 * u_t + (R * state).sum(2).real                                 # (1) (B, C, *E)
-        state = lam * state + u_t.unsqueeze(2)                                 # (2) (B, C, d, *E)
-        return y.to(u_t.dtype), state
+        """One token: u_t (B, C, *E) real, state (B, C, d, *E) -> y_t (B, C, *E) in u_t's dtype, next state (a new
+        tensor, promoted to the poles' precision; ``state`` is left as it is). Steps (1)-(2), by ``step_``."""
+        new = state.to(torch.promote_types(state.dtype, self.poles.dtype), copy=True)
+        return self.step_(u_t, new), new
 
     def step_(self, u_t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``step`` updating ``state`` (B, C, d, *E) IN PLACE (same tensor, same shape, so a decode step that uses it
