@@ -164,10 +164,12 @@ class Call(nn.Module):
 def wrap_ddp(student: nn.Module, find_unused: bool) -> nn.Module:
     """DDP over the student's parameters that require gradients now (build one per stage: the set changes).
 
-    ``find_unused``: layer-wise losses leave parts of the student outside the loss graph."""
+    ``find_unused``: layer-wise losses leave parts of the student outside the loss graph. Gradients are views into
+    DDP's all-reduce buckets (no copy in or out of them after each backward)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(Call(student), find_unused_parameters=find_unused, broadcast_buffers=False)
+    return DistributedDataParallel(Call(student), find_unused_parameters=find_unused, broadcast_buffers=False,
+                                   gradient_as_bucket_view=True)
 
 
 def wrap_fsdp(student: nn.Module, layers: list[nn.Module], mixers: dict[int, nn.Module],
