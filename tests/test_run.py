@@ -107,11 +107,19 @@ def test_compiled_layers_train_like_eager_ones(tiny_teacher_dir, tmp_path):
                           lr=1e-3)]
     runs = {}
     for compiled in (False, True):
-        Run(tiny_config(tiny_teacher_dir, stages, compile=compiled, eval_every=0), tmp_path / str(compiled),
-            progress=False, final_eval_tokens=256).execute()
+        run = Run(tiny_config(tiny_teacher_dir, stages, compile=compiled, eval_every=0), tmp_path / str(compiled),
+                  progress=False, final_eval_tokens=256)
+        run.execute()
         runs[compiled] = [e["loss"] for e in iter_events(RunDir.open(tmp_path / str(compiled)).events_path, "step")]
     assert len(runs[True]) == 2
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+    # evaluations run eagerly: a new evaluation shape compiles nothing (it would recompile every compiled layer)
+    from torch._dynamo.utils import counters
+
+    frames = counters["frames"]["total"]
+    run._compare(run.valid_ids, 40, 80)
+    assert counters["frames"]["total"] == frames
 
 
 def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attention():

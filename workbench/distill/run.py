@@ -325,9 +325,10 @@ class Run:
 
     # ---- pieces ----------------------------------------------------------------------------------------------
     def _compare(self, ids, window: int, max_tokens: int | None) -> dict:
-        """Student vs teacher on ``ids`` (every rank computes the same numbers: with FSDP they all take part)."""
+        """Student vs teacher on ``ids`` (every rank computes the same numbers: with FSDP they all take part). Runs
+        eagerly: compiled layers (``compile``) would recompile for every evaluation shape."""
         self.student.eval()
-        with self.autocast():
+        with self.autocast(), torch.compiler.set_stance("force_eager"):
             if self.sharded is None:
                 metrics = compare(self.teacher, self.student, ids, window=window, max_tokens=max_tokens)
             else:
