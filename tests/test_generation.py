@@ -60,6 +60,25 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(models, name):
         generate(models[name], PROMPT, 2, prefill_chunk=0)
 
 
+@pytest.mark.parametrize("name", ["teacher", "mamba2", "hybrid-mid"])
+def test_static_cache_session_takes_a_chunked_prompt(models, name):
+    """The CUDA-graph path's static cache (a mixer at layer 0 in hybrid-mid): a prompt fed in chunks, then a token,
+    gives the logits of the dynamic cache's whole-prompt session (positions come from the cache's length)."""
+    from workbench.generation.engine import Session, mixer_slots
+
+    model = models[name]
+    token = PROMPT[:, :1]
+    with torch.no_grad(), mixer_slots(model) as slots:
+        whole = Session(model, slots)
+        whole.forward(PROMPT)
+        expected = whole.forward(token)
+        static = Session(model, slots, max_length=PROMPT.shape[1] + 1, static=True)
+        for start in range(0, PROMPT.shape[1], 4):
+            static.forward(PROMPT[:, start:start + 4])
+        assert static.cache.get_seq_length() == PROMPT.shape[1]
+        torch.testing.assert_close(static.forward(token), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_sampling_is_reproducible_and_respects_top_k(models):
     model = models["hybrid"]
 
