@@ -12,9 +12,10 @@ Several hosts: run the same command on every host, each with the same rendezvous
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 --rdzv-id RUN_NAME \\
         -m workbench distill --config run.json --out /shared/runs/RUN_NAME
 
-Every rank holds the whole frozen teacher and takes its slice of each step's global batch (``split_rows``); the
-student's trainable parameters are synchronised by DDP, or sharded with FSDP2 (``fully_shard``) when the run asks
-for ``fsdp``. Without torchrun (or with one process) nothing here creates a process group and a run is exactly the
+Every rank takes its slice of each step's global batch (``split_rows``). With DDP every rank holds the whole
+frozen teacher and student, and DDP synchronises the student's trainable parameters. When the run asks for ``fsdp``,
+the teacher and the student are loaded on the CPU and sharded with FSDP2 (``fully_shard``) onto the GPUs, so that
+models too big for one GPU fit on several. Without torchrun (or with one process) nothing here creates a process group and a run is exactly the
 single-device run.
 """
 
@@ -187,6 +188,27 @@ def wrap_fsdp(student: nn.Module, layers: list[nn.Module], mixers: dict[int, nn.
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     return fully_shard(Call(student), mesh=mesh)
+
+
+def shard_frozen(model: nn.Module, layers: list[nn.Module], device: torch.device) -> nn.Module:
+    """FSDP2 for a frozen model (the teacher of an ``fsdp`` run): each decoder layer, then the rest, sharded across
+    the ranks and moved to ``device`` one layer at a time, so no GPU ever holds the whole model. A forward gathers one
+    layer's parameters, runs it and frees them again; forward hooks on layers and their attention (the teacher's
+    captures) see the layers as before."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    return fully_shard(model, mesh=mesh, reshard_after_forward=True)
+
+
+def local_numel(model: nn.Module) -> int:
+    """Parameter entries this rank holds: a sharded parameter's local shard, a plain parameter whole."""
+    from torch.distributed.tensor import DTensor
+
+    return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
 
 
 def full_tensor(value: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from workbench.distill.schedule import lr_at
 from workbench.students.base import Mixer
 from workbench.students.build import build_student, student_mixers
 from workbench.teachers import anatomy, load_teacher
+from workbench.teachers.load import resolve_dtype
 from workbench.teachers.wrapper import first_output
 
 
@@ -167,13 +168,17 @@ class Run:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # fsdp over several processes: teacher and student are built on the CPU, then sharded onto the devices
+        self.shards = cfg.fsdp and distributed.world_size() > 1
+        build_on = "cpu" if self.shards else device
         with distributed.main_first():
-            self.teacher = load_teacher(cfg.teacher, device=device, progress=self.progress)
+            self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", torch.device(device)),
+                                        progress=self.progress)
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
             self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)
-        self.device = self.teacher.device
+        self.device = torch.device(device) if self.shards else self.teacher.device
         n = self.teacher.num_layers
         keep = list(cfg.keep_attention)
         if cfg.replace is not None:
@@ -184,9 +189,9 @@ class Run:
         calibration = None
         if cfg.init == "attention" and cfg.calibration_tokens:
             first = np.asarray(self.train_ids[:cfg.calibration_tokens], dtype=np.int64)
-            calibration = torch.from_numpy(first)[None].to(self.device)               # (1, calibration_tokens)
+            calibration = torch.from_numpy(first)[None].to(self.teacher.device)       # (1, calibration_tokens)
         self.student = build_student(self.teacher.model, mixer=cfg.mixer, keep_attention=keep, init=cfg.init,
-                                     calibration_ids=calibration, **cfg.mixer_config).to(self.device, torch.float32)
+                                     calibration_ids=calibration, **cfg.mixer_config).to(build_on, torch.float32)
         self.student.train()
         self.mixers = student_mixers(self.student)
         self.blocks = anatomy.decoder_layers(self.student)
@@ -245,10 +250,13 @@ class Run:
             stage_idx, stage_step, global_step = state["stage_idx"], state["stage_step"], state["global_step"]
             opt_state = {k[len("opt/"):]: v for k, v in tensors.items() if k.startswith("opt/")}
             run_dir.log("resume", step=global_step, stage_idx=stage_idx, stage_step=stage_step, world_size=world)
-        if cfg.fsdp and world > 1:
+        if self.shards:
             self.sharded = distributed.wrap_fsdp(self.student, self.blocks, self.mixers, self.device)
+            distributed.shard_frozen(self.teacher.model, anatomy.decoder_layers(self.teacher.model), self.device)
         if ckpt is None:
             run_dir.log("run_start", config=cfg.to_dict(), student_parameters=sum(p.numel() for p in params.values()),
+                        teacher_parameters=sum(p.numel() for p in self.teacher.model.parameters()),
+                        teacher_parameters_on_rank=distributed.local_numel(self.teacher.model),
                         replaced=sorted(self.mixers), device=str(self.device), world_size=world)
             if cfg.eval_every:
                 self._evaluate(run_dir, 0, "init")  # where the student starts: the first point of every curve
