@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this host, one GPU each "
                    "(starts torchrun; the batch size stays the global batch)")
-    p.add_argument("--fsdp", action="store_true", help="with several processes, shard the student (FSDP2) "
-                   "instead of replicating it (DDP)")
+    p.add_argument("--fsdp", action="store_true", help="with several processes, shard the teacher and the student "
+                   "(FSDP2) instead of replicating them (DDP): for models that do not fit one GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms of the student and the "
                    "teacher (fused element-wise kernels; compiling takes a minute)")
     p.set_defaults(func=cmd_distill)

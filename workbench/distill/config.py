@@ -83,8 +83,8 @@ class RunConfig:
     autocast: bool = True                     # bf16 autocast on CUDA (SSM parameters stay fp32)
     compile: bool = False                     # torch.compile every decoder layer of the student and the teacher
                                               #   (inductor; fuses the small ops around the matmuls and kernels)
-    fsdp: bool = False                        # multi-process runs: shard the student (FSDP2) instead of replicating
-                                              # it (DDP), for students whose training state does not fit one GPU
+    fsdp: bool = False                        # multi-process runs: shard the teacher and the student (FSDP2) instead
+                                              # of replicating them (DDP), for models that do not fit one GPU
 
     def validate(self) -> None:
         if not self.stages:
