@@ -152,18 +152,21 @@ def test_generate_equals_greedy_recomputation_for_a_hybrid(name, monkeypatch):
 def test_cached_forward_matches_full_forward_token_by_token():
     from transformers import DynamicCache
 
+    from workbench.generation.engine import cache_keyword
+
     student = build.build_student(tiny("llama"), "mean", keep_attention=[2])
     full = logits(student)
     cache = DynamicCache(config=student.config)
+    cached = {cache_keyword(student): cache, "use_cache": True}
     with torch.no_grad():
-        parts = [student(IDS[:, :3], past_key_values=cache, use_cache=True).logits]
-        parts += [student(IDS[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(3, 5)]
-        parts += [student(IDS[:, 5:], past_key_values=cache, use_cache=True).logits]   # two tokens at once
+        parts = [student(IDS[:, :3], **cached).logits]
+        parts += [student(IDS[:, t:t + 1], **cached).logits for t in range(3, 5)]
+        parts += [student(IDS[:, 5:], **cached).logits]   # two tokens at once
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.get_seq_length() == 7
     cache.crop(-1)
     with pytest.raises(ValueError, match="cannot be cropped"):
-        student(IDS[:, 6:], past_key_values=cache, use_cache=True)
+        student(IDS[:, 6:], **cached)
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "gemma2", "phi3"])

@@ -173,6 +173,12 @@ def _forward_parameters(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes its cache: "cache" in newer transformers (which deprecate
+    "past_key_values"), else "past_key_values"."""
+    return "cache" if "cache" in _forward_parameters(unwrap(model)) else "past_key_values"
+
+
 class Session:
     """Decoding state of one model for one batch: the attention cache and every mixer layer's state.
 
@@ -194,7 +200,7 @@ class Session:
         self.length = 0              # tokens consumed
         self.mark = 0                # length at the last checkpoint
         params = _forward_parameters(self.model)
-        self.cache_argument = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.2x: "cache"
+        self.cache_argument = cache_keyword(self.model)
         self.keeps_logits = "logits_to_keep" in params
         self.takes_cache_position = "cache_position" in params
 
