@@ -15,8 +15,8 @@ Several hosts: run the same command on every host, each with the same rendezvous
 Every rank takes its slice of each step's global batch (``split_rows``). With DDP every rank holds the whole
 frozen teacher and student, and DDP synchronises the student's trainable parameters. When the run asks for ``fsdp``,
 the teacher and the student are loaded on the CPU and sharded with FSDP2 (``fully_shard``) onto the GPUs, so that
-models too big for one GPU fit on several. Without torchrun (or with one process) nothing here creates a process group and a run is exactly the
-single-device run.
+models too big for one GPU fit on several. Without torchrun (or with one process) nothing here creates a process
+group and a run is exactly the single-device run.
 """
 
 from __future__ import annotations
