@@ -5,13 +5,12 @@ Greedy decoding must reproduce transformers' own ``generate()`` token for token,
 """
 
 import copy
-import json
 
 import pytest
 import torch
 
+from bench_cli import bench_json, saved
 from tiny_models import tiny
-from workbench.cli import main
 from workbench.generation import generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets
 from workbench.generation.sampling import filter_logits, next_tokens
@@ -160,15 +159,11 @@ def test_mixer_prefill_state_equals_stepping(models, mixer):
 
 
 def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
-    folder = tmp_path / "tiny-llama"
-    models["teacher"].save_pretrained(folder)
-    student = tmp_path / "tiny-hybrid"
-    models["hybrid"].save_pretrained(student)
-    out, plot = tmp_path / "bench.json", tmp_path / "bench.html"
-    code = main(["bench", "generate", "--models", f"{folder},{student}", "--hf-baseline", "--batch", "1,2",
-                 "--context", "8,4096", "--new", "4", "--json", str(out), "--plot", str(plot), "--device", "cpu"])
-    assert code == 0 and plot.is_file()
-    report = json.loads(out.read_text())
+    folder, student = saved(tmp_path, models, "teacher", "hybrid")
+    plot = tmp_path / "bench.html"
+    report = bench_json(tmp_path, "generate", "--models", f"{folder},{student}", "--hf-baseline", "--batch", "1,2",
+                        "--context", "8,4096", "--new", "4", "--plot", str(plot))
+    assert plot.is_file()
     assert report["bandwidth_bytes_per_s"] > 0 and report["new_tokens"] == 4
     settings = report["settings"]
     assert len(settings) == 2 * 2 * 2 * 2                                          # models x engines x batch x ctx
@@ -184,14 +179,9 @@ def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
 
 
 def test_bench_quality_cli(models, tmp_path):
-    teacher, student = tmp_path / "teacher", tmp_path / "student"
-    models["teacher"].save_pretrained(teacher)
-    models["hybrid"].save_pretrained(student)
-    out = tmp_path / "quality.json"
-    code = main(["bench", "quality", "--models", str(student), "--teacher", str(teacher), "--window", "32",
-                 "--max-tokens", "200", "--prompts", "2", "--new", "5", "--json", str(out), "--device", "cpu"])
-    assert code == 0
-    report = json.loads(out.read_text())
+    teacher, student = saved(tmp_path, models, "teacher", "hybrid")
+    report = bench_json(tmp_path, "quality", "--models", str(student), "--teacher", str(teacher), "--window", "32",
+                        "--max-tokens", "200", "--prompts", "2", "--new", "5")
     entry = report["models"][0]
     assert entry["compare"]["kl"] >= 0 and 0 <= entry["compare"]["agreement"] <= 1
     assert [(b["start"], b["end"]) for b in entry["buckets"]] == position_buckets(32) == [(0, 16), (16, 32)]

@@ -6,13 +6,12 @@ speculative greedy identical to plain greedy.
 """
 
 import copy
-import json
 
 import pytest
 import torch
 
+from bench_cli import bench_json, saved
 from tiny_models import tiny
-from workbench.cli import main
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
 from workbench.generation.engine import CompileError, compile_targets, mixer_slots
@@ -90,26 +89,17 @@ def test_compile_failure_is_a_clear_error(models):
 
 
 def test_bench_generate_records_compile(models, tmp_path):
-    folder = tmp_path / "tiny-mamba2"
-    models["mamba2"].save_pretrained(folder)
-    out = tmp_path / "bench.json"
-    code = main(["bench", "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
-                 "--compile", "--json", str(out), "--device", "cpu"])
-    assert code == 0
-    (row,) = json.loads(out.read_text())["settings"]
+    (folder,) = saved(tmp_path, models, "mamba2")
+    (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
+                        "--compile")["settings"]
     assert set(BENCH_FIELDS) <= set(row) and row["status"] == "ok"
     assert row["compile"] is True and row["compile_s"] > 0 and row["decode_tokens_per_s"] > 0
 
 
 def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
-    target, draft = tmp_path / "target", tmp_path / "draft"
-    models["teacher"].save_pretrained(target)
-    models["hybrid"].save_pretrained(draft)
-    out = tmp_path / "speculative.json"
-    code = main(["bench", "speculative", "--target", str(target), "--draft", str(draft), "--k", "1,3",
-                 "--batch", "2", "--context", "12", "--new", "10", "--json", str(out), "--device", "cpu"])
-    assert code == 0
-    report = json.loads(out.read_text())
+    target, draft = saved(tmp_path, models, "teacher", "hybrid")
+    report = bench_json(tmp_path, "speculative", "--target", str(target), "--draft", str(draft), "--k", "1,3",
+                        "--batch", "2", "--context", "12", "--new", "10")
     assert (report["batch"], report["context"], report["new_tokens"]) == (2, 12, 10)
     assert report["target_decode_tokens_per_s"] > 0
     assert [r["k"] for r in report["results"]] == [1, 3]
