@@ -9,27 +9,20 @@ import copy
 import pytest
 import torch
 
-from bench_cli import bench_json, saved
-from tiny_models import tiny
+from generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
 from workbench.generation import generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets
 from workbench.generation.sampling import filter_logits, next_tokens
-from workbench.students.build import build_student, student_mixers
+from workbench.students.build import student_mixers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
 EOS, PAD = 2, 0  # the tiny configs' eos and pad tokens
 
 
 @pytest.fixture(scope="module")
 def models():
-    teacher = tiny("llama")
-    return {"teacher": teacher,
-            "mamba2": build_student(teacher, "mamba2").eval(),
-            "hyena": build_student(teacher, "hyena").eval(),
-            "hybrid": build_student(teacher, "mamba2", keep_attention=[0, 2]).eval(),
-            "hybrid-mid": build_student(teacher, "mamba2", keep_attention=[1]).eval()}
+    return tiny_generation_models()
 
 
 def hf_greedy(model, ids, n):
@@ -194,12 +187,7 @@ def test_bench_quality_cli(models, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_decode_equals_eager(models):
     ids = PROMPT.to(torch.device("cuda"))
-    for name in ("teacher", "mamba2", "hybrid"):
-        model = copy.deepcopy(models[name]).to(ids.device)
-        eager = generate(model, ids, 12, cuda_graph=False)
-        graphed = generate(model, ids, 12, cuda_graph=True)
-        assert graphed.cuda_graph and not eager.cuda_graph
-        assert torch.equal(graphed.tokens, eager.tokens), name
+    graph_against_eager(models, ids, compile=False)
     hyena = copy.deepcopy(models["hyena"]).to(ids.device)
     auto = generate(hyena, ids, 12)
     assert not auto.cuda_graph and "Hyena" in auto.graph_note

@@ -5,37 +5,24 @@ from the decode time, and leave the model as it was; ``workbench bench speculati
 speculative greedy identical to plain greedy.
 """
 
-import copy
 
 import pytest
 import torch
 
-from bench_cli import bench_json, saved
-from tiny_models import tiny
+from generation_checks import (PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models,
+                               untouched)
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
 from workbench.generation.engine import CompileError, compile_targets, mixer_slots
-from workbench.students.build import build_student, student_mixers
+from workbench.students.build import student_mixers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
 def models():
-    teacher = tiny("llama")
-    return {"teacher": teacher,
-            "mamba2": build_student(teacher, "mamba2").eval(),
-            "hyena": build_student(teacher, "hyena").eval(),
-            "hybrid": build_student(teacher, "mamba2", keep_attention=[0, 2]).eval()}
-
-
-def untouched(model) -> bool:
-    """No compiled method is left on any module, and every mixer layer holds its MixerAttention again."""
-    patched = [m for m in model.modules() if "forward" in vars(m) or "step" in vars(m)]
-    kinds = {type(layer.self_attn).__name__ for layer in model.model.layers}
-    return not patched and "EngineMixerAttention" not in kinds
+    return tiny_generation_models()
 
 
 @pytest.mark.parametrize("name", ["teacher", "mamba2"])
@@ -113,12 +100,4 @@ def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_cuda_graph_decode_equals_eager(models):
-    ids = PROMPT.to(torch.device("cuda"))
-    for name in ("teacher", "mamba2", "hybrid"):
-        model = copy.deepcopy(models[name]).to(ids.device)
-        eager = generate(model, ids, 12, cuda_graph=False)
-        graphed = generate(model, ids, 12, cuda_graph=True, compile=True)
-        assert graphed.cuda_graph and graphed.compiled and graphed.compile_seconds > 0, name
-        assert len(graphed.per_token_seconds) == graphed.tokens.shape[1] - 2, name
-        assert torch.equal(graphed.tokens, eager.tokens), name
-        assert untouched(model), name
+    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
