@@ -6,7 +6,7 @@ for the engine's CUDA-graph step (with ``--compile``: the fused modules inside t
         --compile --json decode_profile.json
 
 Per model: the prompt is prefilled and the per-token step captured exactly as ``workbench.generation.generate``
-does it (``Session``, ``GraphStep``, ``compiled_decoding``), then ``--steps`` replays are timed with CUDA events
+does it (``Session``, ``compiled_decoding``, ``capture_step``), then ``--steps`` replays are timed with CUDA events
 and ``--profile-steps`` more are recorded by ``torch.profiler``. The JSON holds, per model: kernels per step,
 kernel time per step (summed kernel durations), replay time per step, the floor and both fractions of it, and the
 top kernels by time. At batch 1 the replay time is close to kernels x their few microseconds each: a step is a
@@ -16,7 +16,6 @@ chain of hundreds of small dependent kernels, not a read of the weights at full 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -24,8 +23,8 @@ import sys
 import torch
 
 from workbench.generation.bench import corpus_tokens, kv_bytes, measure_bandwidth, prompts, weight_bytes
-from workbench.generation.engine import (GraphStep, Session, compile_targets, compiled_decoding, first_compile,
-                                         mixer_slots, no_recompile, static_state_problem)
+from workbench.generation.engine import (Session, capture_step, compile_targets, compiled_decoding, mixer_slots,
+                                         static_state_problem)
 from workbench.generation.models import load_model
 
 
@@ -45,8 +44,7 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
             raise SystemExit(f"{spec}: {problem}")
         targets = compile_targets(model, slots) if compile else []
         with compiled_decoding(targets):
-            with first_compile() if compile else contextlib.nullcontext():
-                step = GraphStep(session, token, no_recompile if compile else contextlib.nullcontext)
+            step = capture_step(session, token, compile)
             token = step.first_logits.argmax(-1)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             times = []

@@ -169,9 +169,9 @@ class Run:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         # fsdp over several processes: teacher and student are built on the CPU, then sharded onto the devices
-        self.shards = cfg.fsdp and distributed.world_size() > 1
+        shards = cfg.fsdp and distributed.world_size() > 1
         target = resolve_device(device)
-        build_on = torch.device("cpu") if self.shards else target
+        build_on = torch.device("cpu") if shards else target
         with distributed.main_first():
             self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", target),
                                         progress=self.progress)
@@ -179,7 +179,7 @@ class Run:
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
             self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)
-        self.device = target if self.shards else self.teacher.device  # cuda -> the cuda:N the teacher is on
+        self.device = target if shards else self.teacher.device  # cuda -> the cuda:N the teacher is on
         n = self.teacher.num_layers
         keep = list(cfg.keep_attention)
         if cfg.replace is not None:
@@ -251,7 +251,7 @@ class Run:
             stage_idx, stage_step, global_step = state["stage_idx"], state["stage_step"], state["global_step"]
             opt_state = {k[len("opt/"):]: v for k, v in tensors.items() if k.startswith("opt/")}
             run_dir.log("resume", step=global_step, stage_idx=stage_idx, stage_step=stage_step, world_size=world)
-        if self.shards:
+        if cfg.fsdp and world > 1:
             self.sharded = distributed.wrap_fsdp(self.student, self.blocks, self.mixers, self.device)
             distributed.shard_frozen(self.teacher.model, anatomy.decoder_layers(self.teacher.model), self.device)
         if ckpt is None:

@@ -385,6 +385,13 @@ def _step_context(compile: bool, first: bool) -> contextlib.AbstractContextManag
     return first_compile() if first else no_recompile()
 
 
+def capture_step(session: Session, token: torch.Tensor, compile: bool) -> GraphStep:
+    """The first decode step, run and captured as a ``GraphStep`` (a CUDA device). With ``compile`` (inside
+    ``compiled_decoding``) its eager warm-up compiles (``first_compile``) and the capture may not recompile."""
+    with _step_context(compile, first=True):
+        return GraphStep(session, token, no_recompile if compile else contextlib.nullcontext)
+
+
 # ---- generate -------------------------------------------------------------------------------------------------------
 
 def _sync(device: torch.device) -> None:
@@ -471,14 +478,12 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
                 t = time.perf_counter()
                 first = len(out) == 1
                 capturing = want_graph and note is None and step is None
-                with _step_context(compile, first):
-                    if capturing:
-                        step = GraphStep(session, token, no_recompile if compile else contextlib.nullcontext)
-                        logits = step.first_logits
-                    elif step is not None:
-                        logits = step(token)
-                    else:
-                        logits = session.forward(token[:, None])[:, -1]
+                if capturing:
+                    step = capture_step(session, token, compile)
+                    logits = step.first_logits
+                else:
+                    with _step_context(compile, first):
+                        logits = step(token) if step is not None else session.forward(token[:, None])[:, -1]
                 token = choose(logits)
                 _sync(device)
                 elapsed = time.perf_counter() - t
