@@ -36,14 +36,11 @@ class Mixer(nn.Module):
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """A whole prompt x (B, L, D) -> (y (B, L, D), the state after its L tokens), ready for ``step``.
 
-        Default: y from the parallel ``forward``, the state by stepping through x once (L steps, outputs dropped).
+        Default: y from the parallel ``forward``, the state by ``extend`` from the empty state (its outputs dropped).
         Mixers that can read their final state off the parallel pass (a chunked scan's last chunk state) override it.
         """
-        y = self(x)
-        state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        for t in range(x.shape[1]):
-            _, state = self.step(x[:, t], state)
-        return y, state
+        _, state = self.extend(x, self.init_state(x.shape[0], device=x.device, dtype=x.dtype))
+        return self(x), state
 
     def extend(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Continue from ``state`` over the next L tokens x (B, L, D): (y (B, L, D), the state after them), equal to
