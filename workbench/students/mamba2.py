@@ -206,7 +206,10 @@ class Mamba2(Mixer):
         raw = dt + self.dt_bias.to(dt.dtype)
         if self.config.discrete:
             return None, -F.softplus(raw)                                          # log a_t, per token
-        return F.softplus(raw).clamp(*self.config.dt_limit), -torch.exp(self.A_log.to(raw.dtype))
+        delta = F.softplus(raw)
+        if self.config.dt_limit != (0.0, math.inf):                                # softplus already meets (0, ∞)
+            delta = delta.clamp(*self.config.dt_limit)
+        return delta, -torch.exp(self.A_log.to(raw.dtype))
 
     def ssm_inputs(self, x: Tensor) -> SSMInputs:
         """Steps 1-4 for x (B, L, D)."""
@@ -270,24 +273,16 @@ class Mamba2(Mixer):
 
         Few kernels per token: heads are viewed in their groups, (B, G, R·P, N) with R = H/G heads per group, so B
         and C are broadcast rather than repeated to every head; the decay and the input enter the state in one
-        ``mul_`` and one ``addcmul_``; Δ's clamp is skipped when its limits are the default (0, ∞), which softplus
-        already satisfies."""
+        ``mul_`` and one ``addcmul_``."""
         c = self.config
         G, N = c.n_groups, c.d_state
         z, xBC, dt = self._split_projection(self.in_proj(x_t))                           # 1.
         u, B, C = self._split_xbc(self.conv.step(xBC, state["conv"], state["position"]))  # 2., 3.
         h = state["ssm"]                                                                 # (B, H, P, N)
-        dt = at_least_fp32(dt)                                                           # 4. (B, H)
-        raw = dt + self.dt_bias.to(dt.dtype)
+        delta, A = self._decay(dt)                                                       # 4. (B, H)
         u = u.to(h.dtype)                                                                # (B, H, P)
-        if c.discrete:
-            log_a, u_in = -F.softplus(raw), u
-        else:
-            delta = F.softplus(raw)
-            if c.dt_limit != (0.0, math.inf):
-                delta = delta.clamp(*c.dt_limit)
-            log_a = delta * -torch.exp(self.A_log.to(raw.dtype))
-            u_in = u * delta[..., None].to(h.dtype)
+        log_a = A if delta is None else delta * A
+        u_in = u if delta is None else u * delta[..., None].to(h.dtype)
         grouped = h.view(h.shape[0], G, -1, N)                                           # (B, G, R·P, N)
         h.mul_(log_a.exp()[..., None, None].to(h.dtype))                                 # 5.
         grouped.addcmul_(u_in.reshape(h.shape[0], G, -1, 1), B.to(h.dtype)[:, :, None, :])
