@@ -22,7 +22,7 @@ from workbench.analysis.compare import compare
 from workbench.data import load_corpus, token_ids
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.recipes import recipe
-from workbench.students.build import build_student
+from workbench.students import build_student
 from workbench.teachers import load_teacher
 
 INITS = {  # name -> (build_student init, calibrate)

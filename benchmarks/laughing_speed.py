@@ -29,7 +29,7 @@ import torch
 
 from workbench.generation import generate
 from workbench.laughing import LaughingHyena, LaughingMultiHyena, distill_student
-from workbench.students.build import student_mixers
+from workbench.students import student_mixers
 
 FIT_LENGTH = 2048   # default filter taps fitted (capped at the student's max_len)
 
@@ -46,7 +46,7 @@ def load_models(run_dir: str | None, device: str, max_len: int | None = None):
 
         teacher, student, _ = load_run_student(run_dir, device)
         return teacher, student
-    from workbench.students.build import build_student
+    from workbench.students import build_student
     from workbench.teachers import load_teacher
 
     teacher = load_teacher("smollm2-135m", device=device, dtype="float32", progress=False)

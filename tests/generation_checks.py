@@ -8,7 +8,7 @@ import torch
 
 from tiny_models import tiny
 from workbench.generation import generate
-from workbench.students.build import build_student
+from workbench.students import build_student
 
 PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))  # (B, L) prompts of both rows
 

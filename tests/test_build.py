@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from tiny_models import CONFIGS, tiny
-from workbench.students import build
-from workbench.students.base import AttentionWeights, Mixer
+import workbench.students as build
+from workbench.students.base import Mixer
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers import Teacher, anatomy
 
 
@@ -88,9 +89,11 @@ def test_student_swaps_exactly_the_chosen_layers(name):
     assert type(student) is type(teacher)
     mixers = build.student_mixers(student)
     assert sorted(mixers) == [0, 2] and all(isinstance(m, CumulativeMean) for m in mixers.values())
-    assert build.student_spec(student) == build.StudentSpec(
-        mixer="mean", mixer_config={"scale": 1.0, "bias": mixers[0].config.bias}, layers=[0, 2], keep_attention=[1],
-        init="attention")
+    spec = build.student_spec(student)
+    assert spec == build.StudentSpec(
+        mixer="mean", mixer_config={"scale": 1.0, "bias": mixers[0].config.bias}, layers=[0, 2], init="attention",
+        num_layers=3)
+    assert spec.keep_attention == [1]
     # mixers start from the teacher's V and O; every other weight is the teacher's, and the teacher is unchanged
     w = anatomy.attention_weights(teacher, 2)
     assert torch.equal(mixers[2].v.weight, w.repeat_kv(w.v)) and torch.equal(mixers[2].out.weight, w.o)

@@ -5,7 +5,7 @@ import torch
 
 from tests.tiny_models import tiny
 from workbench.analysis.compare import compare
-from workbench.students.build import build_student, student_mixers
+from workbench.students import build_student, student_mixers
 from workbench.students.calibrate import attention_head_rms, mixer_head_rms
 from workbench.teachers import anatomy
 from workbench.teachers.wrapper import Teacher

@@ -118,4 +118,4 @@ def test_two_processes_follow_one_and_resume_on_one(mode, one_process, tiny_teac
 def test_split_rows_without_process_group_is_the_whole_batch():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.split_rows(5) == (0, 5)
-    assert distributed.resolve_device("cuda:3") == "cuda:3"  # one process: the device as given
+    assert distributed.rank_device("cuda:3") == "cuda:3"  # one process: the device as given

@@ -13,7 +13,7 @@ from generation_checks import PROMPT, bench_json, graph_against_eager, saved, ti
 from workbench.generation import generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets
 from workbench.generation.sampling import filter_logits, next_tokens
-from workbench.students.build import student_mixers
+from workbench.students import student_mixers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

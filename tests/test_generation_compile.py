@@ -14,7 +14,7 @@ from generation_checks import (PROMPT, bench_json, graph_against_eager, saved, t
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
 from workbench.generation.engine import CompileError, compile_targets, mixer_slots
-from workbench.students.build import student_mixers
+from workbench.students import student_mixers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import torch
 from mixer_checks import step_outputs
 
 from workbench.ops import backend
-from workbench.students.base import AttentionWeights
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
 

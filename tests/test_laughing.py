@@ -15,7 +15,7 @@ from workbench.laughing import (LaughingHyena, LaughingMultiHyena, ModalSSM, dis
                                 modal_filters, smallest_orders)
 from workbench.laughing.hankel import hankel_rank
 from workbench.laughing.reference import reference_fit, reference_singular_values
-from workbench.students.build import build_student, load_student, student_mixers
+from workbench.students import build_student, load_student, student_mixers
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
 

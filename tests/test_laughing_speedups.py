@@ -64,7 +64,7 @@ def test_capped_floor_is_below_the_full_floor():
 def test_error_table_records_the_hankel_size_and_seconds():
     from tiny_models import tiny
 
-    from workbench.students.build import build_student
+    from workbench.students import build_student
 
     torch.manual_seed(0)
     student = build_student(tiny("llama"), "hyena", keep_attention=[0], init="random", max_len=64, filter_width=16,

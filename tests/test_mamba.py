@@ -10,7 +10,7 @@ import torch
 from mixer_checks import assert_rel_close, perturbed, step_outputs
 import torch.nn.functional as F
 
-from workbench.students.base import AttentionWeights
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.students.mamba import Mamba, MambaConfig
 from workbench.students.mamba2 import SILU_INVERSE_OF_ONE, Mamba2, Mamba2Config
 

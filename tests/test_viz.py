@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers as tf
 
-from workbench.students.build import build_student, student_mixers
+from workbench.students import build_student, student_mixers
 from workbench.students.hyena import Hyena
 from workbench.teachers.wrapper import Teacher
 from workbench.viz import curves, matrices, spectra

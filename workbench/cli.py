@@ -64,20 +64,14 @@ def _evaluate(model_name: str, corpus: str, split: str, window: int, batch_size:
     return teacher, result, load_s, time.time() - t0
 
 
-def _device_name(device) -> str:
-    import platform
-
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
 def cmd_eval(args) -> int:
+    from workbench.device import device_name
+
     teacher, result, load_s, eval_s = _evaluate(args.model, args.corpus, args.split, args.window, args.batch_size,
                                                 args.device, args.dtype)
     out = {"model": args.model, "ppl": result.ppl, "tokens": result.tokens, "window": result.window,
            "corpus": args.corpus, "split": args.split, "nll": result.nll, "windows": result.windows,
-           "device": str(teacher.device), "device_name": _device_name(teacher.device),
+           "device": str(teacher.device), "device_name": device_name(teacher.device),
            "dtype": str(teacher.dtype).replace("torch.", ""),
            "load_seconds": round(load_s, 2), "eval_seconds": round(eval_s, 2)}
     print(f"{args.model} on {args.corpus}/{args.split}: perplexity {result.ppl:.3f} over {result.tokens} tokens "

@@ -22,7 +22,7 @@ from workbench.analysis.compare import compare
 from workbench.data import load_corpus, token_ids
 from workbench.distill import recipes
 from workbench.distill.config import RunConfig
-from workbench.students.build import build_student, student_mixers
+from workbench.students import build_student, student_mixers
 
 
 def smoke() -> bool:

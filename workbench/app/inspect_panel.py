@@ -17,7 +17,7 @@ from workbench.app.models import student_from_run
 from workbench.app.run_panel import RunPanel
 from workbench.app.student_panel import StudentPanel
 from workbench.data import load_corpus, token_ids
-from workbench.students.build import student_mixers
+from workbench.students import student_mixers
 from workbench.students.hyena import Hyena
 from workbench.students.multihyena import MultiHyena
 from workbench.teachers import Teacher

@@ -12,7 +12,7 @@ from workbench.app.paths import teacher_source
 from workbench.distill.config import RunConfig
 from workbench.distill.run_dir import RunDir
 from workbench.students.base import Mixer
-from workbench.students.build import build_student, student_mixers
+from workbench.students import build_student, student_mixers
 from workbench.teachers import Teacher, load_teacher
 
 _TEACHERS: dict[tuple[str, str], Teacher] = {}

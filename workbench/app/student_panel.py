@@ -11,7 +11,7 @@ from panel.viewable import Viewer
 
 from workbench.app.models import make_student, parameter_counts
 from workbench.app.teacher_panel import TeacherPanel
-from workbench.students.build import INITS, mixer_names
+from workbench.students import INITS, mixer_names
 
 STRIP_CSS = ".bk-btn { padding: 6px 0; min-width: 0; font-size: 12px; }"  # every layer fits on one line
 

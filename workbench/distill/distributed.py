@@ -68,7 +68,7 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def resolve_device(device: str) -> str:
+def rank_device(device: str) -> str:
     """The device of this rank: with several processes, 'auto' and 'cuda' mean cuda:LOCAL_RANK; 'cpu' stays cpu."""
     if launched_world_size() <= 1 and not active():
         return device
@@ -88,7 +88,7 @@ def process_group(device: str):
     """Join the job's process group for the duration of a run: created here from torchrun's environment when there
     are several processes and none exists yet (nccl on CUDA, gloo on CPU), destroyed on exit; an existing group (set
     up by the caller) is used as it is. Yields this rank's device string."""
-    device = resolve_device(device)
+    device = rank_device(device)
     created = False
     if launched_world_size() > 1 and not dist.is_initialized():
         on_cuda = torch.device(device).type == "cuda"

@@ -43,7 +43,7 @@ from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
 from workbench.students.base import Mixer
-from workbench.students.build import build_student, student_mixers
+from workbench.students import build_student, student_mixers
 from workbench.teachers import anatomy, load_teacher
 from workbench.teachers.load import resolve_device, resolve_dtype
 from workbench.teachers.wrapper import first_output

@@ -39,7 +39,7 @@ from torch import nn
 from workbench.generation.engine import generate
 from workbench.generation.speculative import speculative_generate
 from workbench.generation.models import LoadedModel, load_model
-from workbench.students.build import student_mixers
+from workbench.students import student_mixers
 from workbench.teachers import anatomy
 
 HF_SUFFIX = "@hf"

@@ -53,7 +53,7 @@ from transformers.cache_utils import Cache
 
 from workbench.generation.sampling import check_sampling, next_tokens
 from workbench.students.base import Mixer
-from workbench.students.build import MixerAttention
+from workbench.students.adapter import MixerAttention
 from workbench.teachers import anatomy
 from workbench.teachers.wrapper import Teacher
 

@@ -48,7 +48,7 @@ def _tokenizer_of(path: Path):
 def _load_run(path: Path, device, dtype) -> LoadedModel:
     from workbench.distill.config import RunConfig
     from workbench.distill.run_dir import RunDir
-    from workbench.students.build import build_student
+    from workbench.students import build_student
     from workbench.teachers import load_teacher
 
     run_dir = RunDir.open(path)
@@ -79,7 +79,7 @@ def load_model(spec: str, device: str | torch.device | None = "auto", dtype: str
     CPU), in eval mode without gradients."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from workbench.students.build import load_student, student_spec
+    from workbench.students import load_student, student_spec
     from workbench.teachers import load_teacher
 
     path = Path(spec).expanduser()

@@ -32,7 +32,7 @@ def load_run_student(run_dir: str | Path, device: str = "cpu"):
 
     from workbench.distill.config import RunConfig
     from workbench.distill.run_dir import RunDir
-    from workbench.students.build import build_student
+    from workbench.students import build_student
     from workbench.teachers import load_teacher
 
     run = RunDir.open(run_dir)

@@ -28,8 +28,9 @@ ring buffer from the last inputs).
 Precision: the modal buffers are float32 (real views of complex64). Keep the Laughing mixers in float32 (autocast
 is fine): casting the module to bfloat16 would round poles with |λ| near 1 onto the unit circle.
 
-The mixers are built in to ``workbench.students.build`` as "laughing-hyena" and "laughing-multihyena", so
-``load_student`` rebuilds a saved Laughing student like any other.
+Importing this module registers the mixers as "laughing-hyena" and "laughing-multihyena"
+(``workbench.students.registry``; ``import workbench`` does it), so ``load_student`` rebuilds a saved Laughing
+student like any other.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from torch import nn
 
 from workbench.laughing.fit import distill_filter
 from workbench.laughing.modal import ModalSSM
-from workbench.students.build import SPEC_KEY, MixerAttention, student_mixers, student_spec
+from workbench.students import SPEC_KEY, MixerAttention, register_mixer, student_mixers, student_spec
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
 from workbench.teachers import anatomy
@@ -178,6 +179,8 @@ class LaughingMultiHyena(MultiHyena):
 
 
 LAUGHING = {Hyena: ("laughing-hyena", LaughingHyena), MultiHyena: ("laughing-multihyena", LaughingMultiHyena)}
+for _name, _cls in LAUGHING.values():
+    register_mixer(_name, _cls)
 
 
 def _distillable(student: nn.Module) -> dict[int, Hyena | MultiHyena]:
@@ -263,7 +266,7 @@ def distill_student(student: nn.Module, order: int | Mapping[int, int] | None = 
     if spec is not None:
         config = next(iter(holders.values())).mixer.config
         spec.mixer, spec.mixer_config = name, json.loads(json.dumps(asdict(config)))
-        setattr(out.config, SPEC_KEY, asdict(spec))
+        setattr(out.config, SPEC_KEY, spec.to_dict())
     return out
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.students.base import AttentionWeights, Mixer
+from workbench.students.adapter import student_mixers
+from workbench.students.base import Mixer
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers import anatomy
 from workbench.teachers.wrapper import Teacher
 
@@ -58,8 +60,6 @@ def calibrate_output_scale(student: nn.Module, teacher: Teacher | nn.Module, inp
     """Rescale each mixer's out_proj columns per head (steps 1-4 above) on the teacher's activations for
     ``input_ids`` (B, L). ``mixers``: layer -> mixer (default: every replaced layer of ``student``). Returns the
     applied scales, layer -> (groups,)."""
-    from workbench.students.build import student_mixers  # build imports this module
-
     if not isinstance(teacher, Teacher):
         teacher = Teacher(teacher, tokenizer=None)
     mixers = student_mixers(student) if mixers is None else mixers

@@ -34,7 +34,8 @@ from torch import nn
 
 from workbench.ops.fftconv import causal_toeplitz, fftconv
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import AttentionWeights, Mixer
+from workbench.students.base import Mixer
+from workbench.teachers.anatomy import AttentionWeights
 
 
 @dataclass

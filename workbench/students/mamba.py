@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from workbench.ops.selective_scan import selective_scan
 from workbench.ops.ssd import segment_sum
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import AttentionWeights, Mixer
+from workbench.students.base import Mixer
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.students.mamba2 import GatedOutput, at_least_fp32, inverse_softplus_dt, load_attention
 
 

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 
 from workbench.ops.ssd import segment_sum, ssd_scan
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import AttentionWeights, Mixer
+from workbench.students.base import Mixer
+from workbench.teachers.anatomy import AttentionWeights
 
 SILU_INVERSE_OF_ONE = 1.2784645427610738  # the z with z·sigmoid(z) = 1, so a gate silu(z + b) starts at exactly 1
 

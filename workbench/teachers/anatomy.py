@@ -22,7 +22,36 @@ from typing import Callable
 import torch
 from torch import nn
 
-from workbench.students.base import AttentionWeights
+class AttentionWeights:
+    """A teacher attention block's projections, unfused and in one layout, for initialising mixers from attention
+    (Mamba in the Llama: V -> x, K -> B, Q -> C, O -> out projection).
+
+    Shapes (D model width, H query heads, G key/value heads, P head width):
+      q: (H*P, D)   k: (G*P, D)   v: (G*P, D)   o: (D, H*P)     -- nn.Linear weight layout (out, in)
+      q_bias: (H*P,) or None, k_bias/v_bias: (G*P,) or None, o_bias: (D,) or None
+    GQA/MQA: query head h reads key/value head h // (H // G).
+    """
+
+    def __init__(self, q, k, v, o, num_heads: int, num_kv_heads: int, head_dim: int,
+                 q_bias=None, k_bias=None, v_bias=None, o_bias=None):
+        D = o.shape[0]
+        H, G, P = num_heads, num_kv_heads, head_dim
+        if H % G:
+            raise ValueError(f"{H} query heads cannot be grouped over {G} key/value heads (H must be a multiple of G)")
+        expected = {"q": (H * P, D), "k": (G * P, D), "v": (G * P, D), "o": (D, H * P)}
+        for name, shape in expected.items():
+            got = tuple(locals()[name].shape)
+            if got != shape:
+                raise ValueError(f"attention weight {name} has shape {got}, expected {shape} for "
+                                 f"D={D}, H={H}, G={G}, P={P}")
+        self.q, self.k, self.v, self.o = q, k, v, o
+        self.q_bias, self.k_bias, self.v_bias, self.o_bias = q_bias, k_bias, v_bias, o_bias
+        self.num_heads, self.num_kv_heads, self.head_dim, self.d_model = H, G, P, D
+
+    def repeat_kv(self, w: torch.Tensor) -> torch.Tensor:
+        """Expand a (G*P, ...) key/value weight or bias to (H*P, ...) by repeating each KV head for its query group."""
+        G, P, rep = self.num_kv_heads, self.head_dim, self.num_heads // self.num_kv_heads
+        return w.reshape(G, P, *w.shape[1:]).repeat_interleave(rep, dim=0).reshape(G * rep * P, *w.shape[1:])
 
 
 def _never(config) -> bool:

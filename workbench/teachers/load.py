@@ -21,33 +21,13 @@ from pathlib import Path
 import torch
 
 from workbench import cache
+from workbench.device import resolve_device, resolve_dtype
 from workbench.hub import HUB_HOST, hub_reachable
 from workbench.teachers.registry import REGISTRY, get_spec
 from workbench.teachers.wrapper import Teacher
 
 class TeacherNotFound(ValueError):
     pass
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available here; use --device cpu")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
-    return names[dtype]
 
 
 def converted_folder(gguf_path: str | Path, progress: bool = True) -> Path:

@@ -1,0 +1,90 @@
+"""Which layers a student swaps, in one vocabulary, and the spec a student carries in its config.
+
+A student is described by the layers whose attention became a mixer (``replaced``); the layers that keep attention
+are the rest of ``range(num_layers)``. Callers may say either one: ``split_layers`` is the only place that turns
+one into the other, and the only place that checks a layer list.
+
+    replaced, kept = split_layers(30, keep_attention=[0, 15])    # every layer but 0 and 15 becomes a mixer
+    replaced, kept = split_layers(30, replace=[10, 20])           # layers 10 and 20 become mixers
+
+The spec (``StudentSpec``) is stored in the student's config under ``workbench_student``, so ``load_student``
+rebuilds the swapped structure; its canonical field is ``layers`` (the replaced ones) with ``num_layers``, and it
+also writes the derived ``keep_attention`` for readers of config.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import nn
+
+SPEC_KEY = "workbench_student"  # the config attribute (and config.json key) holding the StudentSpec
+INITS = ("attention", "random")
+
+
+def _check(name: str, layers: Sequence[int], n: int) -> list[int]:
+    layers = list(layers)
+    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range: the teacher has layers 0..{n - 1}")
+    repeated = sorted(i for i in set(layers) if layers.count(i) > 1)
+    if repeated:
+        raise ValueError(f"{name} lists layers more than once: {repeated}")
+    return sorted(layers)
+
+
+def split_layers(num_layers: int, keep_attention: Sequence[int] | None = None,
+                 replace: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+    """(replaced, kept) layer indices of a ``num_layers``-layer teacher, from either the layers that keep attention
+    or the layers to replace (not both); neither given: every layer is replaced."""
+    if keep_attention and replace is not None:
+        raise ValueError(f"give either keep_attention ({list(keep_attention)}) or replace ({list(replace)}), not "
+                         f"both: each one says the other")
+    if replace is not None:
+        replaced = _check("replace", replace, num_layers)
+        return replaced, [i for i in range(num_layers) if i not in replaced]
+    kept = _check("keep_attention", keep_attention or [], num_layers)
+    return [i for i in range(num_layers) if i not in kept], kept
+
+
+@dataclass
+class StudentSpec:
+    mixer: str                       # mixer name in the registry (workbench.students.registry), in every replaced layer
+    mixer_config: dict               # the resolved mixer config's fields (dataclasses.asdict)
+    layers: list[int]                # indices of the layers whose attention is a mixer (canonical)
+    init: str                        # "attention" (Mamba in the Llama's transfer) or "random"
+    num_layers: int | None = None    # the teacher's decoder layers; None in specs saved before it was recorded
+
+    @property
+    def keep_attention(self) -> list[int]:
+        """The layers that keep the teacher's attention (derived from ``layers`` and ``num_layers``)."""
+        if self.num_layers is None:
+            raise ValueError("this spec does not record num_layers; read the kept layers off the model")
+        return split_layers(self.num_layers, replace=self.layers)[1]
+
+    def to_dict(self) -> dict:
+        """The stored form: the fields, and ``keep_attention`` for readers of config.json."""
+        return {"mixer": self.mixer, "mixer_config": self.mixer_config, "layers": list(self.layers),
+                "keep_attention": self.keep_attention if self.num_layers is not None else None,
+                "init": self.init, "num_layers": self.num_layers}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentSpec:
+        """A stored spec; one from before ``num_layers`` was recorded gets it from its ``keep_attention``."""
+        data = dict(data)
+        kept = data.pop("keep_attention", None)
+        if data.get("num_layers") is None and kept is not None:
+            data["num_layers"] = len(data["layers"]) + len(kept)
+        spec = cls(**data)
+        if kept is not None and spec.num_layers is not None and sorted(kept) != spec.keep_attention:
+            raise ValueError(f"student spec is inconsistent: layers {spec.layers} replaced but keep_attention {kept} "
+                             f"in a {spec.num_layers}-layer model")
+        return spec
+
+
+def student_spec(model_or_config) -> StudentSpec | None:
+    """The spec of a student (model or config), None for a plain teacher."""
+    config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
+    spec = getattr(config, SPEC_KEY, None)
+    return StudentSpec.from_dict(spec) if spec is not None else None
