@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from workbench.analysis import metrics
 from workbench.distill import losses
 
 
@@ -52,4 +53,16 @@ def test_hidden_alignment_is_unsquared_l2_per_token_and_mse():
     s, t = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
     torch.testing.assert_close(losses.hidden_alignment(s, t), (s - t).norm(dim=-1).mean())
     torch.testing.assert_close(losses.attention_output_mse(s, t), F.mse_loss(s, t))
-    assert losses.top1_agreement(s, s) == 1.0
+
+
+def test_agreement_is_a_masked_share_of_tokens():
+    s, t = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    assert metrics.top1_agreement(s, s) == 1.0
+    same = (s.argmax(-1) == t.argmax(-1)).float()
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
+    torch.testing.assert_close(metrics.top1_agreement(s, t, mask), (same * mask).sum() / 6)
+
+
+def test_the_kl_loss_is_the_kl_metric():
+    """The distillation loss and the evaluations' KL are one function (workbench.analysis.metrics)."""
+    assert losses.kl_divergence is metrics.kl_divergence

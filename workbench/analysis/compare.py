@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench.analysis.metrics import kl_divergence, top1_agreement
 from workbench.analysis.perplexity import logits_fn, windows
-from workbench.distill import losses
 
 
 @torch.no_grad()
@@ -30,8 +30,8 @@ def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_t
         n = y.numel()
         sums["nll_t"] += F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
         sums["nll_s"] += F.cross_entropy(ls.flatten(0, 1), y.flatten(), reduction="sum").item()
-        sums["kl"] += losses.kl_divergence(ls, lt).item() * n
-        sums["agree"] += losses.top1_agreement(ls, lt).item() * n
+        sums["kl"] += kl_divergence(ls, lt).item() * n
+        sums["agree"] += top1_agreement(ls, lt).item() * n
         count += n
     return {"ppl_student": math.exp(sums["nll_s"] / count), "ppl_teacher": math.exp(sums["nll_t"] / count),
             "kl": sums["kl"] / count, "agreement": sums["agree"] / count, "tokens": count}
