@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the whole test suite (unit tests, notebooks, browser tests).
+# Set up .venv if needed, then check the style and run the whole test suite (unit tests, notebooks, browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/env.sh
@@ -9,12 +9,16 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "[test] could not install chromium; browser tests will be skipped" >&2
 fi
-# Without a test path among the arguments, run the unit tests and the guided notebooks; nbval executes each notebook
-# top to bottom in this environment's kernel (--nbval-current-env) and fails on any error (--nbval-lax: outputs are
-# not compared). Arguments naming paths choose what runs instead; other arguments (-x, -k ...) are passed on.
+# Without a test path among the arguments, check the style (ruff, configured in pyproject.toml) and then run the unit
+# tests and the guided notebooks; nbval executes each notebook top to bottom in this environment's kernel
+# (--nbval-current-env) and fails on any error (--nbval-lax: outputs are not compared). Arguments naming paths choose
+# what runs instead, without the style check; other arguments (-x, -k ...) are passed on.
 named=0
 for arg in "$@"; do [ -e "${arg%%::*}" ] && named=1; done
-[ "$named" = 1 ] || set -- tests notebooks "$@"
+if [ "$named" = 0 ]; then
+  .venv/bin/ruff check .
+  set -- tests notebooks "$@"
+fi
 # The notebooks' distillation runs (and their checkpoints, ~2 GB each at the default teacher's size) go to a
 # temporary folder removed afterwards, unless WORKBENCH_RUNS names a folder to keep them in.
 if [ -z "${WORKBENCH_RUNS:-}" ]; then

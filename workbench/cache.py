@@ -1,4 +1,4 @@
-"""Where workbench keeps what it derives once and reuses (converted teachers, tokenised corpora), and how it checks them.
+"""Where workbench keeps what it derives once and reuses (converted teachers, tokenised corpora), and how it is checked.
 
 Location: ``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``. Every cached folder carries a ``manifest.json``
 listing each file's size and SHA-256 and the key it was built from; a folder whose manifest is missing, whose key
@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 MANIFEST = "manifest.json"
 

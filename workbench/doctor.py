@@ -7,6 +7,7 @@ import platform
 
 import torch
 
+from workbench.device import device_name
 from workbench.ops import backend, load_ops
 
 
@@ -26,7 +27,7 @@ def report() -> dict:
         "torch": torch.__version__,
         "cuda available": cuda,
         "torch cuda build": torch.version.cuda or "none (CPU build)",
-        "gpu": torch.cuda.get_device_name(0) if cuda else "none",
+        "gpu": device_name(torch.device("cuda", 0)) if cuda else "none",
         "transformers": _version("transformers"),
         "triton": _version("triton"),
         "mamba-ssm": _version("mamba-ssm"),

@@ -1,4 +1,4 @@
-"""Is the Hugging Face hub reachable? Asked before any download so that offline machines fail in seconds, not minutes."""
+"""Is the Hugging Face hub reachable? Asked before any download so offline machines fail in seconds, not minutes."""
 
 from __future__ import annotations
 

@@ -14,8 +14,16 @@ from workbench.laughing.fit import distill_filter, distill_orders, filter_errors
 from workbench.laughing.hankel import error_floor, hankel_singular_values, minimal_order
 from workbench.laughing.modal import ModalSSM
 from workbench.laughing.order import error_table, smallest_orders
-from workbench.laughing.student import (LaughingConfig, LaughingHyena, LaughingMultiHyena, distill_student,
-                                        fit_student, laughing_mixer, modal_filters, student_filters)
+from workbench.laughing.student import (
+    LaughingConfig,
+    LaughingHyena,
+    LaughingMultiHyena,
+    distill_student,
+    fit_student,
+    laughing_mixer,
+    modal_filters,
+    student_filters,
+)
 
 __all__ = ["ModalSSM", "distill_filter", "distill_orders", "filter_errors", "hankel_singular_values", "minimal_order",
            "error_floor", "distill_student", "fit_student", "student_filters", "modal_filters", "LaughingConfig",

@@ -16,11 +16,12 @@ Shapes: D model width, H query heads, G key/value heads, P head width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
+
 
 class AttentionWeights:
     """A teacher attention block's projections, unfused and in one layout, for initialising mixers from attention

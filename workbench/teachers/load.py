@@ -26,6 +26,7 @@ from workbench.hub import HUB_HOST, hub_reachable
 from workbench.teachers.registry import REGISTRY, get_spec
 from workbench.teachers.wrapper import Teacher
 
+
 class TeacherNotFound(ValueError):
     pass
 

@@ -9,8 +9,8 @@ GPT-NeoX, Gemma... Attention probabilities need the eager attention path (SDPA n
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn

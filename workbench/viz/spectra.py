@@ -6,8 +6,8 @@ Pure functions: tensors in, plotly figures out.
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 import plotly.express as px
+import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
