@@ -20,6 +20,7 @@ import tempfile
 import torch
 
 from workbench.data import PackedBlocks
+from workbench.device import device_name
 from workbench.distill import losses as L
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.run import Run
@@ -101,10 +102,9 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len
     n_student = sum(p.numel() for p in run.student.parameters())
     n_teacher = sum(p.numel() for p in run.teacher.model.parameters())
-    name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu"
     rate = tokens / (step_ms / 1e3) if step_ms else None
-    result = {"device_name": name, "mixer": args.mixer, "batch_size": args.batch_size, "seq_len": args.seq_len,
-              "compile": args.compile, "median_ms": median, "step_ms": step_ms,
+    result = {"device_name": device_name(run.device), "mixer": args.mixer, "batch_size": args.batch_size,
+              "seq_len": args.seq_len, "compile": args.compile, "median_ms": median, "step_ms": step_ms,
               "tokens_per_s": rate,
               "mfu": rate * (6 * n_student + 2 * n_teacher) / (PEAK_TFLOPS * 1e12) if rate else None,
               "kernels": kernels}

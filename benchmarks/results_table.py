@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from workbench.device import device_name
 from workbench.distill.config import RunConfig, parse_tokens
-from workbench.distill.events import iter_events
+from workbench.distill.events import Step, iter_typed
 from workbench.distill.recipes import recipe
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, from the vendors' data sheets
@@ -65,8 +64,7 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float, device: str,
                teacher: str, compile: bool = False) -> RunConfig:
     keep = kept_layers(n_layers, row.attention_share)
-    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                    layers=[i for i in range(n_layers) if i not in keep])
+    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr)
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]
@@ -76,9 +74,10 @@ def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: i
 
 
 def throughput(run_dir: Path) -> dict:
-    steps = list(iter_events(run_dir / "events.jsonl", "step"))
-    rates = [e["tokens_per_s"] for e in steps[5:]] or [e["tokens_per_s"] for e in steps]  # skip compile/warm-up
-    memory = [e.get("gpu_mem_gb") for e in steps if e.get("gpu_mem_gb") is not None]
+    """Mean tokens/s of the run's steps after the first 5 (compilation, warm-up) and its peak GPU memory (GiB)."""
+    steps = [e for e in iter_typed(run_dir / "events.jsonl", Step) if e.tokens_per_s is not None]
+    rates = [e.tokens_per_s for e in steps[5:]] or [e.tokens_per_s for e in steps]
+    memory = [e.gpu_mem_gb for e in steps if e.gpu_mem_gb is not None]
     return {"tokens_per_s": sum(rates) / max(len(rates), 1), "gpu_mem_gb": max(memory) if memory else None}
 
 
@@ -109,10 +108,10 @@ def main() -> None:
 
     teacher = load_teacher(args.teacher, device=args.device, progress=False)
     n_layers, n_teacher = teacher.num_layers, teacher.num_parameters()
-    device_name = torch.cuda.get_device_name(teacher.device) if teacher.device.type == "cuda" else "cpu"
+    hardware = device_name(teacher.device)
     del teacher
     wanted = [r for r in ROWS if not args.only or r.name in args.only.split(",")]
-    results = {"teacher": args.teacher, "device_name": device_name, "tokens": parse_tokens(args.tokens),
+    results = {"teacher": args.teacher, "device_name": hardware, "tokens": parse_tokens(args.tokens),
                "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr, "compile": args.compile,
                "rows": {}}
     for row in wanted:
@@ -132,7 +131,7 @@ def main() -> None:
             "mixer": row.mixer, "recipe": row.recipe, "attention_share": row.attention_share,
             "kept": config.keep_attention, "stages": [s.name for s in config.stages], "target": row.target,
             "summary": summary, "wall_seconds": round(time.time() - t0, 1), **speed,
-            "mfu": mfu(speed["tokens_per_s"], n_student, n_teacher, device_name)}
+            "mfu": mfu(speed["tokens_per_s"], n_student, n_teacher, hardware)}
         (out / "row.json").write_text(json.dumps(record, indent=1))
         print(f"{row.name:<18} ratio {summary['ppl_ratio']:.3f} (student {summary['ppl_student']:.2f}, teacher "
               f"{summary['ppl_teacher']:.2f}) {speed['tokens_per_s']:.0f} tok/s, {time.time() - t0:.0f} s", flush=True)

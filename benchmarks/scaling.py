@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workbench.distill.events import iter_events
+from workbench.distill.events import Step, iter_typed
 
 
 def distill_command(nproc: int, args: list[str], device: str) -> list[str]:
@@ -47,13 +47,13 @@ def measure(name: str, nproc: int, batch: int, seq_len: int, steps: int, skip: i
     command = distill_command(nproc, run_args, device)
     print(f"[{name}] {' '.join(command)}", flush=True)
     subprocess.run(command, check=True)
-    events = list(iter_events(folder / "events.jsonl", "step"))
-    if len(events) <= skip:
-        raise RuntimeError(f"{name}: {len(events)} steps logged, fewer than --skip {skip}; raise --steps")
-    rate = statistics.median(e["tokens_per_s"] for e in events[skip:])
-    print(f"[{name}] {len(events)} steps, median {rate:,.0f} tokens/s", flush=True)
+    steps = list(iter_typed(folder / "events.jsonl", Step))
+    if len(steps) <= skip:
+        raise RuntimeError(f"{name}: {len(steps)} steps logged, fewer than --skip {skip}; raise --steps")
+    rate = statistics.median(e.tokens_per_s for e in steps[skip:])
+    print(f"[{name}] {len(steps)} steps, median {rate:,.0f} tokens/s", flush=True)
     return {"name": name, "nproc": nproc, "global_batch": batch, "seq_len": seq_len, "command": command,
-            "steps": len(events), "tokens_per_s": rate, "losses": [round(e["loss"], 5) for e in events]}
+            "steps": len(steps), "tokens_per_s": rate, "losses": [round(e.loss, 5) for e in steps]}
 
 
 def main() -> None:

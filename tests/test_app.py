@@ -12,6 +12,7 @@ from workbench.app import Dashboard
 from workbench.app.paths import inside_root, run_folder, teacher_source
 from workbench.app.runs import RunIndex
 from workbench.cli import main
+from workbench.distill.events import Resume, Step, select
 from workbench.distill.run_dir import RunDir
 from workbench.teachers.load import resolve_source
 
@@ -61,13 +62,12 @@ def test_app_binds_loopback_unless_remote_is_allowed(capsys):
 
 def test_status_and_events_come_from_the_folders(tmp_path):
     root = tmp_path / "runs"
-    stages = [{"tokens": 64, "batch_size": 1, "seq_len": 32}]
-    runs = {name: RunDir.create(root / name, {"run": {"teacher": "t", "mixer": "hyena", "stages": stages}})
-            for name in ["done", "broken", "halted", "live"]}
+    config = {"teacher": "t", "mixer": "hyena", "stages": [{"tokens": 64, "batch_size": 1, "seq_len": 32}]}
+    runs = {name: RunDir.create(root / name, {"run": config}) for name in ["done", "broken", "halted", "live"]}
     runs["done"].write_summary({"ppl_student": 2.0})
-    runs["broken"].log("run_start", replaced=[1])
+    runs["broken"].log("run_start", config=config, replaced=[1])
     runs["broken"].log("error", message="non-finite loss")
-    runs["halted"].log("run_start", replaced=[1])
+    runs["halted"].log("run_start", config=config, replaced=[1])
     runs["halted"].log("step", step=1, stage="kd", loss=3.0, tokens=32, tokens_per_s=100.0)
     runs["live"].lock_path.write_text(str(os.getpid()))
     (root / "not-a-run").mkdir()
@@ -81,7 +81,7 @@ def test_status_and_events_come_from_the_folders(tmp_path):
     runs["halted"].log("step", step=2, stage="kd", loss=2.5, tokens=32, tokens_per_s=100.0)
     index.scan()
     state = index.states["halted"]
-    assert state.offset > offset and [e["step"] for e in state.events if e["type"] == "step"] == [1, 2]
+    assert state.offset > offset and [e.step for e in select(state.events, Step)] == [1, 2]
 
 
 def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_dir):
@@ -97,6 +97,9 @@ def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_
     runs.param.update(recipe="kd", tokens="320k", batch_size=1, seq_len=32, eval_every=0, checkpoint_every=2,
                       device="cpu", final_eval_tokens=65, run_name="tiny")
     assert runs.planned_steps == 10_000
+    runs.recipe = "mohawk"   # three stages, each counting its own steps, as the run does
+    assert runs.planned_steps == sum(stage.steps for stage in runs.run_config().stages) == 9_999
+    runs.recipe = "kd"
     assert runs.run_config().compile is False
     runs.compile = True
     assert runs.run_config().compile is True
@@ -125,7 +128,7 @@ def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_
         assert other.runs.selected == "tiny" and other.runs.selected_info().status == "stopped"
         assert other.runs.selected_info().step == stopped_at
         runs.resume()
-        assert wait_for(lambda: runs.refresh() or any(e["type"] == "resume" for e in runs.index.states["tiny"].events))
+        assert wait_for(lambda: runs.refresh() or select(runs.index.states["tiny"].events, Resume))
         assert runs.stop()
         runs.refresh()
         assert runs.selected_info().status == "stopped"

@@ -49,7 +49,7 @@ def test_reads_are_incremental_and_wait_for_a_whole_line(tmp_path):
     with open(path, "a") as f:
         f.write(json.dumps({"type": "step", "step": 4, "stage": "b", "loss": 0.25})[20:] + "\n")
     assert curves.poll() == 1
-    assert [e["step"] for e in curves.events] == [1, 2, 3, 4]
+    assert [e.step for e in curves.events] == [1, 2, 3, 4]
     fig = curves.loss_figure()
     assert list(_trace(fig, "a · loss").x) == [1, 2, 3] and list(_trace(fig, "b · loss").y) == [0.25]
 

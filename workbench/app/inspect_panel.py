@@ -14,7 +14,7 @@ from panel.viewable import Viewer
 
 from workbench.analysis.compare import compare
 from workbench.app.models import student_from_run
-from workbench.app.run_panel import RunPanel
+from workbench.app.run_panel import RunPanel, responsive
 from workbench.app.student_panel import StudentPanel
 from workbench.data import load_corpus, token_ids
 from workbench.students import student_mixers
@@ -26,12 +26,6 @@ from workbench.viz.spectra import filter_figure
 
 UNTRAINED = "(Student tab: untrained build)"
 DEFAULT_PROMPT = "The state of our Union is"
-
-
-def _responsive(fig, height: int):
-    fig.layout.width = None
-    fig.update_layout(height=height, autosize=True)
-    return fig
 
 
 class InspectPanel(Viewer):
@@ -130,10 +124,10 @@ class InspectPanel(Viewer):
 
     def show_matrices(self) -> None:
         matrix, spectra = self.figures()
-        self.matrix_pane.object = _responsive(matrix, 480)
+        self.matrix_pane.object = responsive(matrix, 480)
         self.filter_pane.visible = spectra is not None
         if spectra is not None:
-            self.filter_pane.object = _responsive(spectra, 420)
+            self.filter_pane.object = responsive(spectra, 420)
 
     # ---- numbers and text ------------------------------------------------------------------------------------
     def compare(self, max_tokens: int = 2048) -> dict:

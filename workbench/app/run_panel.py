@@ -20,7 +20,7 @@ from workbench.app.runs import RunIndex, RunInfo, format_seconds
 from workbench.app.student_panel import StudentPanel
 from workbench.app.teacher_panel import DEVICES, TeacherPanel
 from workbench.app.worker import Launcher
-from workbench.distill.config import RunConfig, parse_tokens
+from workbench.distill.config import RunConfig, StageConfig, parse_tokens
 from workbench.distill.recipes import RECIPES, recipe
 from workbench.viz.curves import eval_curves, loss_curves
 
@@ -31,7 +31,8 @@ def new_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
 
 
-def _responsive(fig, height: int):
+def responsive(fig, height: int):
+    """``fig`` at ``height`` pixels, as wide as its pane (the figure functions set a fixed width for notebooks)."""
     fig.layout.width = None
     fig.update_layout(height=height, autosize=True)
     return fig
@@ -63,9 +64,9 @@ class RunPanel(Viewer):
             self.run_name = new_run_name()
         self._shown: tuple[str, int] = ("", -1)   # (run, event count) drawn in the figures
         self._table_rows: list[tuple] = []
-        self.loss_pane = pn.pane.Plotly(_responsive(loss_curves([]), 420), sizing_mode="stretch_width",
+        self.loss_pane = pn.pane.Plotly(responsive(loss_curves([]), 420), sizing_mode="stretch_width",
                                         css_classes=["loss-curves"])
-        self.eval_pane = pn.pane.Plotly(_responsive(eval_curves([]), 520), sizing_mode="stretch_width")
+        self.eval_pane = pn.pane.Plotly(responsive(eval_curves([]), 520), sizing_mode="stretch_width")
         self.table = pn.widgets.Tabulator(pd.DataFrame(columns=COLUMNS), disabled=True, show_index=False,
                                           sizing_mode="stretch_width", height=200, css_classes=["runs-table"])
         self._select = pn.widgets.Select(label="Run", options=[], width=320, css_classes=["run-select"])
@@ -83,9 +84,15 @@ class RunPanel(Viewer):
         self.refresh()
 
     # ---- configuration ---------------------------------------------------------------------------------------
+    def recipe_stages(self) -> list[StageConfig]:
+        """The recipe's stages for this tab's budget."""
+        return recipe(self.recipe, tokens=parse_tokens(self.tokens), seq_len=self.seq_len,
+                      batch_size=self.batch_size, lr=self.lr)
+
     @property
     def planned_steps(self) -> int:
-        return parse_tokens(self.tokens) // (self.batch_size * self.seq_len)
+        """Optimiser steps of the run the page describes: each stage's ``StageConfig.steps``, as the run counts."""
+        return sum(stage.steps for stage in self.recipe_stages())
 
     def run_config(self) -> RunConfig:
         """The RunConfig the page describes: the Teacher and Student tabs' choices and this tab's recipe/budget."""
@@ -93,10 +100,9 @@ class RunPanel(Viewer):
             raise ValueError("load a teacher first (Teacher tab)")
         if not self.student.replaced:
             raise ValueError("every layer keeps attention: choose layers to replace (Student tab)")
-        stages = recipe(self.recipe, tokens=parse_tokens(self.tokens), seq_len=self.seq_len,
-                        batch_size=self.batch_size, lr=self.lr, layers=self.student.replaced)
         config = RunConfig(teacher=teacher_source(self.teacher.source), mixer=self.student.mixer,
-                           keep_attention=list(self.student.keep_attention), init=self.student.init, stages=stages,
+                           keep_attention=list(self.student.keep_attention), init=self.student.init,
+                           stages=self.recipe_stages(),
                            device=self.device, eval_every=self.eval_every, eval_tokens=self.eval_tokens,
                            eval_window=min(self.seq_len, 512), checkpoint_every=self.checkpoint_every,
                            compile=self.compile)
@@ -204,7 +210,7 @@ class RunPanel(Viewer):
             self._shown = shown
             losses = loss_curves(state.events, title=f"Training losses — {info.name}")
             evals = eval_curves(state.events, title=f"Evaluations — {info.name}")
-            self.loss_pane.object, self.eval_pane.object = _responsive(losses, 420), _responsive(evals, 520)
+            self.loss_pane.object, self.eval_pane.object = responsive(losses, 420), responsive(evals, 520)
 
     @param.depends("selected", watch=True)
     def _selection_changed(self) -> None:

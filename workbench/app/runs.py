@@ -1,5 +1,6 @@
 """Run folders inside the runs root: discovery, status and live numbers, read incrementally from each folder's
-events (workbench.distill.events.read_events with a byte offset), its LOCK, exit record and summary.
+typed events (workbench.distill.events.read_typed with a byte offset), its LOCK, exit record and summary. The step
+total is the config's (the sum of ``StageConfig.steps``), as the run counts it.
 
 Status of a run folder:
   starting  - a child started by this app is alive but has not taken the LOCK yet
@@ -16,8 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.app.worker import EXIT_FILE, LAUNCH_FILE, LOG_FILE, Launcher, lock_owner
-from workbench.distill.events import read_events
+from workbench.app.worker import EXIT_FILE, LAUNCH_FILE, LOG_FILE, Launcher
+from workbench.distill.config import RunConfig
+from workbench.distill.events import Error, Event, Resume, RunStart, Step, Unreadable, select
 from workbench.distill.run_dir import RunDir
 
 STOP_SIGNALS = (-15, -9)  # exit statuses of a child stopped on purpose (SIGTERM, SIGKILL)
@@ -41,24 +43,19 @@ class RunInfo:
     started: float = 0.0
 
 
-def total_steps(config: dict) -> int:
-    """Optimiser steps of every stage of a run config (its "run" part)."""
-    return sum(s["tokens"] // (s["batch_size"] * s["seq_len"]) for s in config.get("stages", []))
-
-
 class RunState:
     """One run folder, its events read incrementally (only the new bytes at each ``update``)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.run = RunDir(self.path)
-        self.events: list[dict] = []
+        self.events: list[Event | Unreadable] = []
         self.offset = 0
         self._config: dict | None = None
 
-    def update(self) -> list[dict]:
+    def update(self) -> list[Event | Unreadable]:
         """Read the events appended since the last call; returns them."""
-        new, self.offset = read_events(self.run.events_path, self.offset)
+        new, self.offset = self.run.read_typed(self.offset)
         self.events.extend(new)
         return new
 
@@ -72,21 +69,31 @@ class RunState:
         launch = self.path / LAUNCH_FILE
         return json.loads(launch.read_text()) if launch.is_file() else {}
 
+    def run_config(self) -> RunConfig | None:
+        """``config`` as a RunConfig (None if the folder has neither file); ValueError if it does not read as one."""
+        config = self.config
+        if not config:
+            return None
+        try:
+            return RunConfig.from_dict(config)
+        except TypeError as err:
+            raise ValueError(f"{self.path.name}: its config does not read as a RunConfig ({err})") from err
+
     def exit_record(self) -> dict | None:
         file = self.path / EXIT_FILE
         return json.loads(file.read_text()) if file.is_file() else None
 
     def status(self, launcher: Launcher) -> tuple[str, str]:
         """(status, message) from the folder; see the module docstring."""
-        if lock_owner(self.path) is not None:
+        if self.run.lock_owner() is not None:
             return "running", ""
         if launcher.launching(self.path):
             return "starting", ""
         if self.run.summary_path.is_file():
             return "finished", ""
-        attempt = [e for e in self.events if e["type"] in ("run_start", "resume", "error")]
-        if attempt and attempt[-1]["type"] == "error":
-            return "failed", attempt[-1].get("message", "")
+        attempt = select(self.events, RunStart, Resume, Error)
+        if attempt and isinstance(attempt[-1], Error):
+            return "failed", attempt[-1].message
         exit_record = self.exit_record()
         if exit_record and exit_record["returncode"] not in (0, *STOP_SIGNALS):
             return "failed", self.log_tail(1).strip()
@@ -105,23 +112,28 @@ class RunState:
 
     def info(self, launcher: Launcher) -> RunInfo:
         status, message = self.status(launcher)
-        config = self.config
-        steps = [e for e in self.events if e["type"] == "step"]
-        starts = [e for e in self.events if e["type"] in ("run_start", "resume")]
+        events = select(self.events)
         info = RunInfo(name=self.path.name, status=status, message=message,
-                       teacher=Path(str(config.get("teacher", ""))).name, mixer=config.get("mixer", ""),
-                       total_steps=total_steps(config) if config else 0,
-                       started=self.events[0]["time"] if self.events else self.path.stat().st_mtime)
-        if starts and "replaced" in starts[0]:
-            info.replaced = ",".join(str(i) for i in starts[0]["replaced"])
+                       started=events[0].time if events else self.path.stat().st_mtime)
+        try:
+            config = self.run_config()
+        except ValueError as err:
+            config, info.message = None, info.message or str(err)
+        if config is not None:
+            info.teacher, info.mixer = Path(config.teacher).name, config.mixer
+            info.total_steps = sum(stage.steps for stage in config.stages)
+        starts = select(events, RunStart)
+        if starts:
+            info.replaced = ",".join(str(i) for i in starts[0].replaced)
+        steps = select(events, Step)
         if steps:
             last = steps[-1]
-            info.step, info.stage, info.loss = last["step"], last["stage"], last["loss"]
-            info.gpu_mem_gb = last.get("gpu_mem_gb")
+            info.step, info.stage, info.loss, info.gpu_mem_gb = last.step, last.stage, last.loss, last.gpu_mem_gb
             recent = steps[-10:]
-            info.tokens_per_s = sum(e["tokens_per_s"] for e in recent) / len(recent)
+            rates = [e.tokens_per_s for e in recent if e.tokens_per_s is not None]
+            info.tokens_per_s = sum(rates) / len(rates) if rates else None
             if len(recent) > 1 and status == "running":
-                per_step = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["step"] - recent[0]["step"] or 1)
+                per_step = (recent[-1].time - recent[0].time) / (recent[-1].step - recent[0].step or 1)
                 info.eta_s = max(info.total_steps - info.step, 0) * per_step
         return info
 

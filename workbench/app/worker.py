@@ -20,7 +20,7 @@ from pathlib import Path
 from workbench.app.paths import inside_root, run_folder
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig
-from workbench.distill.run_dir import RunDir
+from workbench.distill.run_dir import RunDir, pid_alive
 
 LAUNCH_FILE = "launch.json"   # the config handed to the child (it writes config.json itself)
 LOG_FILE = "worker.log"       # the child's stdout and stderr
@@ -28,22 +28,6 @@ EXIT_FILE = "exit.json"       # {"pid", "returncode", "time"} once a child start
 
 _CHILDREN: dict[Path, subprocess.Popen] = {}  # run folder -> child, for every session of this app process
 _LOCK = threading.Lock()
-
-
-def lock_owner(path: Path) -> int | None:
-    """The pid in the run's LOCK file if that process is alive, else None."""
-    lock = RunDir(path).lock_path
-    text = lock.read_text().strip() if lock.is_file() else ""
-    if not text.isdigit():
-        return None
-    pid = int(text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 class Launcher:
@@ -69,7 +53,7 @@ class Launcher:
             return Path(path).resolve() in _CHILDREN
 
     def running(self, path: Path) -> bool:
-        return self.launching(path) or lock_owner(Path(path)) is not None
+        return self.launching(path) or RunDir(path).lock_owner() is not None
 
     # ---- actions ---------------------------------------------------------------------------------------------
     def start(self, name: str, config: RunConfig, final_eval_tokens: int | None = None) -> Path:
@@ -106,7 +90,7 @@ class Launcher:
         out = inside_root(self.root, path)
         with _LOCK:
             proc = _CHILDREN.get(out)
-        pid = proc.pid if proc is not None else lock_owner(out)
+        pid = proc.pid if proc is not None else RunDir(out).lock_owner()
         if pid is None:
             return False
         self._signal(pid, signal.SIGTERM)
@@ -145,8 +129,4 @@ class Launcher:
     def _alive(pid: int, proc: subprocess.Popen | None) -> bool:
         if proc is not None:
             return proc.poll() is None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return pid_alive(pid)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from workbench.distill.checkpoint import CorruptCheckpoint, load_tensors, save_json, save_tensors
-from workbench.distill.events import EventLog, read_events
+from workbench.distill.events import Event, EventLog, Unreadable, read_events, read_typed, validate
 
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted once a newer one is in place
 
@@ -32,7 +32,8 @@ class RunLocked(RuntimeError):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process of another user counts: it cannot be signalled, but it lives)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,7 +57,7 @@ class RunDir:
     lock_path = property(lambda self: self.path / "LOCK")
 
     @classmethod
-    def create(cls, path: str | Path, config: dict) -> "RunDir":
+    def create(cls, path: str | Path, config: dict) -> RunDir:
         """A new run folder with ``config``; refuses a folder that already holds a run (resume it instead)."""
         run = cls(path)
         if run.config_path.exists():
@@ -67,7 +68,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path) -> RunDir:
         run = cls(path)
         if not run.config_path.is_file():
             raise FileNotFoundError(f"{run.path} is not a run folder (no config.json)")
@@ -78,6 +79,11 @@ class RunDir:
         return json.loads(self.config_path.read_text())
 
     # ---- exclusive writer ------------------------------------------------------------------------------------
+    def lock_owner(self) -> int | None:
+        """The pid in the run's LOCK if that process is alive, else None (no lock, or a dead writer's stale one)."""
+        text = self.lock_path.read_text().strip() if self.lock_path.is_file() else ""
+        return int(text) if text.isdigit() and pid_alive(int(text)) else None
+
     def acquire(self) -> None:
         """Take the run's lock; a lock left by a dead process is taken over."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -85,9 +91,9 @@ class RunDir:
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                text = self.lock_path.read_text().strip()
-                if text.isdigit() and _pid_alive(int(text)) and int(text) != os.getpid():
-                    raise RunLocked(f"{self.path} is being written by process {text}; stop it first")
+                owner = self.lock_owner()
+                if owner is not None and owner != os.getpid():
+                    raise RunLocked(f"{self.path} is being written by process {owner}; stop it first") from None
                 self.lock_path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -106,10 +112,20 @@ class RunDir:
         return self._events
 
     def log(self, type: str, **fields) -> dict | None:
-        return self.events.append(type, **fields) if self.writer else None
+        """Append one event (checked against its declaration in workbench.distill.events on every rank; written by
+        the writer alone); returns the line written, None on the other ranks."""
+        if not self.writer:
+            validate(type, fields)
+            return None
+        return self.events.append(type, **fields)
 
     def read_events(self, offset: int = 0) -> tuple[list[dict], int]:
+        """The lines of events.jsonl from byte ``offset``, as written, and the offset to continue from."""
         return read_events(self.events_path, offset)
+
+    def read_typed(self, offset: int = 0) -> tuple[list[Event | Unreadable], int]:
+        """``read_events`` as typed events (workbench.distill.events.read_typed)."""
+        return read_typed(self.events_path, offset)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict) -> Path:

@@ -1,27 +1,28 @@
-"""Training curves from a run's events (``workbench.distill.events.read_events``): losses per stage and term, and
-evaluations (student vs teacher perplexity, KL, agreement).
+"""Training curves from a run's events: losses per stage and term, and evaluations (student vs teacher perplexity,
+KL, agreement).
 
-Pure functions: lists of event dicts in, plotly figures out. Values the event log wrote as strings ("nan", "inf")
-are read back as floats; a step logged twice (a resumed run) keeps its last value.
+Pure functions: events in, plotly figures out. The events are the typed ones of ``workbench.distill.events``
+(``read_typed``) or the lines as read (``read_events``: dicts, parsed here); only "step" and "eval" events are drawn,
+lines that are no declared event are skipped. Values the log wrote as strings ("nan", "inf") read back as floats; a
+step logged twice (a resumed run) keeps its last value.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.distill.events import Eval, Event, Step, Unreadable, select
+
 COLOURS = px.colors.qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+EVAL_METRICS = ("ppl_student", "ppl_teacher", "kl", "agreement")  # the Eval fields drawn
 
-
-def _float(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+Events = Iterable[Event | Unreadable | dict]
 
 
 def _empty(fig: go.Figure, text: str) -> go.Figure:
@@ -29,39 +30,29 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
-def loss_terms(event: dict) -> list[str]:
-    """The loss keys of a step event: "loss" (the total) and every "loss_<term>", in that order."""
-    return [k for k in event if k == "loss"] + sorted(k for k in event if k.startswith("loss_"))
-
-
-def loss_series(events: list[dict]) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
-    """(stage, term) -> (steps, values) from the "step" events, in order of first appearance, steps ascending."""
+def loss_series(events: Events) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
+    """(stage, term) -> (steps, values) from the "step" events, in order of first appearance, steps ascending; the
+    terms are "loss" (the total) and every "loss_<term>"."""
     series: dict[tuple[str, str], dict[int, float]] = {}
-    for e in events:
-        if e.get("type", "step") != "step" or "step" not in e:
-            continue
-        stage = str(e.get("stage", ""))
-        for term in loss_terms(e):
-            value = _float(e[term])
-            if value is not None:
-                series.setdefault((stage, term), {})[int(e["step"])] = value
+    for e in select(events, Step):
+        for term, value in e.loss_values().items():
+            series.setdefault((e.stage, term), {})[e.step] = value
     return {key: (sorted(points), [points[s] for s in sorted(points)]) for key, points in series.items()}
 
 
-def stage_starts(events: list[dict]) -> list[tuple[str, int]]:
+def stage_starts(events: Events) -> list[tuple[str, int]]:
     """(stage, first step) for each stage of the "step" events, in order."""
     starts: dict[str, int] = {}
-    for e in events:
-        if e.get("type", "step") == "step" and "step" in e:
-            stage = str(e.get("stage", ""))
-            starts[stage] = min(starts.get(stage, int(e["step"])), int(e["step"]))
+    for e in select(events, Step):
+        starts[e.stage] = min(starts.get(e.stage, e.step), e.step)
     return sorted(starts.items(), key=lambda kv: kv[1])
 
 
-def loss_curves(events: list[dict], title: str = "Training losses") -> go.Figure:
+def loss_curves(events: Events, title: str = "Training losses") -> go.Figure:
     """One line per (stage, loss term) against the optimiser step, log y axis, a dashed vertical line where each
     stage after the first begins. A term keeps its colour across stages; stages differ in dash. A stage whose total
     equals its only term draws that line once."""
+    events = select(events, Step)
     series = loss_series(events)
     fig = go.Figure()
     fig.update_layout(title=dict(text=title), width=950, height=480,
@@ -94,20 +85,16 @@ def loss_curves(events: list[dict], title: str = "Training losses") -> go.Figure
     return fig
 
 
-def eval_series(events: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+def eval_series(events: Events) -> dict[str, tuple[list[int], list[float]]]:
     """metric -> (steps, values) for ppl_student, ppl_teacher, kl and agreement of the "eval" events."""
     found: dict[str, dict[int, float]] = {}
-    for e in events:
-        if e.get("type") != "eval" or "step" not in e:
-            continue
-        for key in ("ppl_student", "ppl_teacher", "kl", "agreement"):
-            value = _float(e.get(key))
-            if value is not None:
-                found.setdefault(key, {})[int(e["step"])] = value
+    for e in select(events, Eval):
+        for key in EVAL_METRICS:
+            found.setdefault(key, {})[e.step] = getattr(e, key)
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in found.items()}
 
 
-def eval_curves(events: list[dict], title: str = "Held-out evaluation") -> go.Figure:
+def eval_curves(events: Events, title: str = "Held-out evaluation") -> go.Figure:
     """Three panels sharing the step axis: student and teacher perplexity (log scale), KL(teacher ‖ student) and
     top-1 agreement with the teacher."""
     series = eval_series(events)

@@ -1,7 +1,7 @@
 """Live loss curves for notebooks: a small reader of a run folder's event stream that redraws as the run writes.
 
     live = LiveCurves(run_dir)          # reads RUN/events.jsonl from byte 0, then only what was appended since
-    live.poll()                         # -> number of new events
+    live.poll()                         # -> number of new events (typed: workbench.distill.events.read_typed)
     live.loss_figure(), live.eval_figure()   # plotly figures of everything read so far (workbench.viz.curves)
 
     summary = run_with_live_curves(run)  # execute a workbench.distill.run.Run in a background thread while the
@@ -23,7 +23,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from IPython.display import display
 
-from workbench.distill.events import read_events
+from workbench.distill.events import Event, Unreadable, read_typed
 from workbench.viz import curves
 
 
@@ -33,13 +33,13 @@ class LiveCurves:
     def __init__(self, run_dir: str | Path, title: str | None = None):
         self.path = Path(run_dir) / "events.jsonl"
         self.title = title or f"Training losses: {Path(run_dir).name}"
-        self.events: list[dict] = []
+        self.events: list[Event | Unreadable] = []
         self.offset = 0           # byte offset in events.jsonl up to which events have been read
         self._handles: list = []
 
     def poll(self) -> int:
         """Read the events appended since the last poll; returns how many there were."""
-        new, self.offset = read_events(self.path, self.offset)
+        new, self.offset = read_typed(self.path, self.offset)
         self.events.extend(new)
         return len(new)
 
