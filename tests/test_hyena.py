@@ -5,9 +5,9 @@ import torch
 from mixer_checks import step_outputs
 
 from workbench.ops import backend
-from workbench.teachers.anatomy import AttentionWeights
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena
+from workbench.teachers.anatomy import AttentionWeights
 
 D_MODEL = 12
 CONFIG = HyenaConfig(max_len=300, filter_width=16, filter_layers=2, pos_bands=4)  # small, fast on CPU

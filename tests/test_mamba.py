@@ -7,12 +7,13 @@ own PyTorch mixers given the same weights.
 
 import pytest
 import torch
-from mixer_checks import assert_rel_close, perturbed, step_outputs
 import torch.nn.functional as F
+from mixer_checks import assert_rel_close, perturbed, step_outputs
 
-from workbench.teachers.anatomy import AttentionWeights
+from workbench.students._ssm import SILU_INVERSE_OF_ONE
 from workbench.students.mamba import Mamba, MambaConfig
-from workbench.students.mamba2 import SILU_INVERSE_OF_ONE, Mamba2, Mamba2Config
+from workbench.students.mamba2 import Mamba2, Mamba2Config
+from workbench.teachers.anatomy import AttentionWeights
 
 D = 24  # model width of the small mixers below
 
@@ -49,7 +50,7 @@ def test_mixing_matrix_reproduces_mix_io_and_forward(make):
         M = mixer.mixing_matrix(x)                                  # (B, H, L, L)
         y_from_M = torch.einsum("bhls,bshp->blhp", M, u)
         z = mixer.ssm_inputs(x).z
-        out_from_M = mixer.readout(y_from_M.squeeze(-1) if isinstance(mixer, Mamba) else y_from_M, z)
+        out_from_M = mixer.readout(y_from_M, z)
         out = mixer(x)
     assert M.shape == (2, u.shape[2], 19, 19)
     assert_rel_close(y_from_M, y, 1e-5, "mix_io")

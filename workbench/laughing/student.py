@@ -14,9 +14,9 @@ Algorithm:
      with inert modes (λ = 0, R = 0, same impulse response), so one config describes every layer (save/load).
   4. Record the new mixer name and config in the student's spec (``workbench_student``).
 
-The Laughing mixers are the parent mixers with ``filter(L)`` = the SSM's impulse response (so ``forward``,
-``mix_io`` and ``mixing_matrix`` are the parent's, by FFT convolution), and a recurrent ``step`` that is O(1) in the
-position:
+The Laughing mixers are the parent mixers whose long filters (``add_filters``) are modal SSMs, so ``filter(L)`` is
+the SSMs' impulse response (``forward``, ``mix_io`` and ``mixing_matrix`` are the parent's, by FFT convolution),
+with a recurrent ``step`` that is O(1) in the position:
   Hyena        w_t = x1_t v_t (B, C);   long-conv output = ModalSSM.step_(w_t, state (B, C, d))
   MultiHyena   w_t = k_t v_tᵀ (B, M, P, P);   state (B, M, d, P, P): each head's P x P memory per mode
 and the skip term and gates as in the parent. ``step`` updates its state tensors in place (``ModalSSM.step_``, the
@@ -78,23 +78,27 @@ class _ModalFilters(nn.Module):
         self.h0.copy_(ssm.h0)
 
 
-class LaughingHyena(Hyena):
-    """Hyena with one modal SSM per channel in place of the implicit long filter (module docstring)."""
+class _WithModalFilters:
+    """The long filters of a Laughing mixer: a Hyena-family mixer's step (3) made of modal SSMs, one per filter,
+    stored as ``modal``. Listed before Hyena or MultiHyena in the bases, so its ``config_class``, ``add_filters`` and
+    ``filter`` take the place of ``HyenaFamily``'s (``workbench.students._hyena``). Built from a LaughingConfig (its
+    ``order``); from scratch or ``from_attention`` the modes are inert (λ = 0, R = 0, h0 = 0) until
+    ``laughing_mixer`` loads fitted ones."""
 
-    def __init__(self, d_model: int, d_inner: int | None = None, config: LaughingConfig | None = None):
-        config = config or LaughingConfig()
-        super().__init__(d_model, d_inner, config)
-        del self.implicit_filter
-        self.modal = _ModalFilters(self.d_inner, config.order)
+    config_class = LaughingConfig
+    in_proj: nn.Linear
 
-    @classmethod
-    def from_attention(cls, attn, config: LaughingConfig | None = None) -> "LaughingHyena":
-        """Hyena.from_attention with a LaughingConfig (the modal filters start inert: λ = 0, R = 0, h0 = 0)."""
-        return super().from_attention(attn, config or LaughingConfig())
+    def add_filters(self, num_filters: int, config: LaughingConfig) -> None:
+        """Step (3)'s module, which ``filter`` reads: ``modal``, ``num_filters`` modal SSMs of config.order modes."""
+        self.modal = _ModalFilters(num_filters, config.order)
 
     def filter(self, L: int) -> torch.Tensor:
-        """The modal SSMs' impulse responses, first L taps: (C, L), any L."""
+        """The modal SSMs' impulse responses, first L taps: (C, L) or (M, L), any L."""
         return self.modal.ssm().impulse_response(L).to(self.in_proj.weight.dtype)
+
+
+class LaughingHyena(_WithModalFilters, Hyena):
+    """Hyena with one modal SSM per channel in place of the implicit long filter (module docstring)."""
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
         """{"conv": (B, 3C, K) ring buffer, "position": 0-dim long, "modal": (B, C, d) complex64}."""
@@ -125,24 +129,8 @@ class LaughingHyena(Hyena):
         return self(x), state
 
 
-class LaughingMultiHyena(MultiHyena):
+class LaughingMultiHyena(_WithModalFilters, MultiHyena):
     """MultiHyena with one modal SSM per head; the recurrent state per head and mode is a P x P matrix."""
-
-    def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None,
-                 config: LaughingConfig | None = None):
-        config = config or LaughingConfig()
-        super().__init__(d_model, num_heads, head_dim, config)
-        del self.implicit_filter
-        self.modal = _ModalFilters(num_heads, config.order)
-
-    @classmethod
-    def from_attention(cls, attn, config: LaughingConfig | None = None) -> "LaughingMultiHyena":
-        """MultiHyena.from_attention with a LaughingConfig (the modal filters start inert: λ = 0, R = 0, h0 = 0)."""
-        return super().from_attention(attn, config or LaughingConfig())
-
-    def filter(self, L: int) -> torch.Tensor:
-        """The heads' modal impulse responses, first L taps: (M, L), any L."""
-        return self.modal.ssm().impulse_response(L).to(self.in_proj.weight.dtype)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None):
         """{"conv": (B, 3C, K) ring buffer, "position": 0-dim long, "modal": (B, M, d, P, P) complex64}."""

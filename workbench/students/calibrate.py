@@ -26,8 +26,8 @@ from torch import nn
 
 from workbench.students.adapter import student_mixers
 from workbench.students.base import Mixer
-from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers import anatomy
+from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers.wrapper import Teacher
 
 

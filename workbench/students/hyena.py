@@ -19,146 +19,39 @@ Recurrent inference. Hyena's long filter is as long as the sequence, so an exact
 the long-conv input and costs O(t) per token (and O(t) memory): unlike the Mixer contract's O(1), and expected. The
 Laughing Hyena stage distils each filter into a small modal SSM, which makes the step O(1).
 
-``ImplicitFilter`` and the attention-weight loader are shared with ``workbench.students.multihyena``; the short conv
-is the causal depthwise conv every mixer uses (``workbench.students._conv``).
+The config, the long filters (``add_filters`` / ``filter``, an ImplicitFilter; the Laughing Hyena mixer of
+``workbench.laughing.student`` makes them modal SSMs) and the attention transfer's common part are shared with
+``workbench.students.multihyena`` (``workbench.students._hyena.HyenaFamily``); the short conv is the causal depthwise
+conv every mixer uses (``workbench.students._conv``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from workbench.ops.fftconv import causal_toeplitz, fftconv
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import Mixer
+from workbench.students._hyena import HyenaConfig, HyenaFamily
 from workbench.teachers.anatomy import AttentionWeights
 
 
-@dataclass
-class HyenaConfig:
-    max_len: int = 2048          # longest sequence: positions are normalised by it; filter(L) and step refuse beyond it
-    short_conv: int = 3          # width of the causal depthwise conv on the projected streams (Hyena's short filters)
-    filter_width: int = 64       # hidden width W of the implicit filter MLP (safari calls it the filter "order")
-    filter_layers: int = 3       # Linear + sin layers of the MLP before its output layer (safari: 1 + 2 inner MLPs)
-    filter_sin_freq: float = 1.0 # initial frequency w of the sin(w * a) activations, learned per unit (safari 1)
-    pos_bands: int = 8           # pairs (cos, sin)(2 pi k t / max_len), k = 1..bands, fed to the MLP beside t / max_len
-    decay_fast: float = 0.3      # the fastest channel's window falls to decay_target at this fraction of max_len
-    decay_slow: float = 1.5      # ... and the slowest channel's at this fraction (rates are spread evenly between)
-    decay_target: float = 1e-2   # the window value that defines the two decay rates above
-    decay_shift: float = 0.0     # constant added to the window (0: pure exponential decay)
-    bias: bool = False           # biases on in_proj / out_proj (from_attention turns them on if the teacher has any)
-
-
-# ---- shared with MultiHyena ---------------------------------------------------------------------------------------
-
-class Sin(nn.Module):
-    """sin(w * a) with a learned frequency w per unit (the implicit filter's activation in Hyena Hierarchy)."""
-
-    def __init__(self, width: int, freq: float):
-        super().__init__()
-        self.freq = nn.Parameter(torch.full((width,), freq))
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.freq * a)
-
-
-class ImplicitFilter(nn.Module):
-    """A bank of N long filters h (N, L), h[n, t] = window[n, t] * MLP(z(t))[n] (Hyena Hierarchy, "Hyena filters").
-
-    z(t) = (t', cos(2 pi k t'), sin(2 pi k t') for k = 1..bands) with t' = t / max_len, so filter(L) is always the first
-    L taps of filter(max_len). window[n, t] = exp(-rate_n t') + shift with fixed rates spread evenly from the slowest
-    (channel 0) to the fastest (channel N-1) decay of the config.
-    """
-
-    def __init__(self, num_filters: int, config: HyenaConfig):
-        super().__init__()
-        self.max_len = config.max_len
-        self.register_buffer("freqs", torch.arange(1, config.pos_bands + 1, dtype=torch.float32))  # (bands,)
-        slow = -math.log(config.decay_target) / config.decay_slow
-        fast = -math.log(config.decay_target) / config.decay_fast
-        self.register_buffer("rates", torch.linspace(slow, fast, num_filters))  # (N,) decay per unit of t'
-        self.shift = config.decay_shift
-        W = config.filter_width
-        layers: list[nn.Module] = [nn.Linear(1 + 2 * config.pos_bands, W), Sin(W, config.filter_sin_freq)]
-        for _ in range(config.filter_layers - 1):
-            layers += [nn.Linear(W, W), Sin(W, config.filter_sin_freq)]
-        layers.append(nn.Linear(W, num_filters, bias=False))
-        self.mlp = nn.Sequential(*layers)
-
-    def positions(self, L: int) -> torch.Tensor:
-        """t / max_len for t = 0..L-1: (L,), float32 at least."""
-        if L > self.max_len:
-            raise ValueError(f"Hyena filters are defined up to max_len={self.max_len} positions, asked for {L}; "
-                             f"build the mixer with a larger HyenaConfig.max_len")
-        dtype = torch.promote_types(self.rates.dtype, torch.float32)
-        return torch.arange(L, device=self.rates.device, dtype=dtype) / self.max_len
-
-    def window(self, L: int) -> torch.Tensor:  # (N, L)
-        return torch.exp(-self.rates[:, None] * self.positions(L)[None, :]) + self.shift
-
-    def forward(self, L: int) -> torch.Tensor:  # (N, L)
-        t = self.positions(L)[:, None]                                               # (L, 1)
-        angle = 2 * math.pi * self.freqs.to(t.dtype) * t                             # (L, bands)
-        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)               # (L, 1 + 2 bands)
-        raw = self.mlp(z.to(self.mlp[0].weight.dtype))                               # (L, N)
-        return raw.t() * self.window(L).to(raw.dtype)                                # (N, L)
-
-
-def load_attention_projections(in_proj: nn.Linear, out_proj: nn.Linear, attn: AttentionWeights, order: str) -> None:
-    """Copy a teacher attention's projections into a mixer: ``order`` names the teacher projection for each third of
-    in_proj's output (e.g. "vkq": v <- V, x1 <- K, x2 <- Q); K and V are repeated to every query head (GQA), and
-    out_proj <- O. Missing teacher biases become zeros where the mixer has a bias."""
-    H, G, P = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    if G < 1 or H % G:
-        raise ValueError(f"cannot map attention with {H} query heads onto {G} key/value heads: "
-                         f"H must be a positive multiple of G")
-    C = H * P
-    if in_proj.weight.shape != (3 * C, attn.d_model) or out_proj.weight.shape != (attn.d_model, C):
-        raise ValueError(f"mixer projections in {tuple(in_proj.weight.shape)}, out {tuple(out_proj.weight.shape)} do "
-                         f"not fit attention with D={attn.d_model}, H={H}, P={P} (need in (3*H*P, D), out (D, H*P))")
-
-    def full(w):  # K/V weights and biases at query-head width
-        return None if w is None else attn.repeat_kv(w)
-
-    weights = {"q": attn.q, "k": full(attn.k), "v": full(attn.v)}
-    biases = {"q": attn.q_bias, "k": full(attn.k_bias), "v": full(attn.v_bias)}
-    with torch.no_grad():
-        in_proj.weight.copy_(torch.cat([weights[name] for name in order]))                 # (3C, D)
-        if in_proj.bias is not None:
-            in_proj.bias.copy_(torch.cat([biases[name] if biases[name] is not None
-                                          else in_proj.bias.new_zeros(C) for name in order]))  # (3C,)
-        out_proj.weight.copy_(attn.o)                                                       # (D, C)
-        if out_proj.bias is not None:
-            out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else out_proj.bias.new_zeros(attn.d_model))
-
-
-def has_bias(attn: AttentionWeights) -> bool:
-    return any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
-
-
-# ---- Hyena ----------------------------------------------------------------------------------------------------------
-
-class Hyena(Mixer):
-    """Order-2 Hyena mixer with one long filter per channel. ``d_inner`` (C) defaults to ``d_model`` (D)."""
+class Hyena(HyenaFamily):
+    """Order-2 Hyena mixer with one long filter per channel (``filter(L)``: (C, L)). ``d_inner`` (C) defaults to
+    ``d_model`` (D)."""
 
     def __init__(self, d_model: int, d_inner: int | None = None, config: HyenaConfig | None = None):
         super().__init__()
-        self.config = config = config or HyenaConfig()
+        self.config = config = config or self.config_class()
         self.d_model, self.d_inner = d_model, d_inner or d_model
         C = self.d_inner
         self.in_proj = nn.Linear(d_model, 3 * C, bias=config.bias)         # (1) x -> (v, x1, x2)
         self.short_conv = CausalConv1d(3 * C, config.short_conv)            # (2)
-        self.implicit_filter = ImplicitFilter(C, config)                    # (3) one filter per channel
+        self.add_filters(C, config)                                         # (3) one filter per channel
         self.skip = nn.Parameter(torch.randn(C))                            # (4) the D term of the long conv
         self.out_proj = nn.Linear(C, d_model, bias=config.bias)            # (5)
-
-    def filter(self, L: int) -> torch.Tensor:
-        """The long filters' first L taps: (C, L)."""
-        return self.implicit_filter(L)
 
     def _streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps (1)-(2): x (B, L, D) -> v, x1, x2, each (B, L, C)."""
@@ -241,22 +134,14 @@ class Hyena(Mixer):
     # ---- initialisation from a teacher ----------------------------------------------------------------------------
 
     @classmethod
-    def from_attention(cls, attn: AttentionWeights, config: HyenaConfig | None = None) -> "Hyena":
+    def from_attention(cls, attn: AttentionWeights, config: HyenaConfig | None = None) -> Hyena:
         """A Hyena mixer of width C = H*P built on a teacher attention's projections (D model width, H query heads,
-        G key/value heads, P head width), read like linear attention with a Toeplitz kernel: x2 = query, x1 = key.
-
-            in_proj (3C, D) = [ V repeated to H heads (C, D)  -> v
-                                K repeated to H heads (C, D)  -> x1
-                                Q (C, D)                      -> x2 ]
-            out_proj (D, C) = O
+        G key/value heads, P head width), read like linear attention with a Toeplitz kernel: in_proj's (v, x1, x2)
+        <- (V, K, Q), K and V repeated to the H query heads, out_proj <- O (the table of ``workbench.students.init``).
 
         So M[c, l, s] = q_l[c] * h[c, l-s] * k_s[c] for channel c of head c // P. Biases are copied (zeros where the
         teacher has none); the short conv starts as the identity so q, k, v arrive unchanged; the filter and skip are
         fresh. Parameters take the teacher weights' device and dtype.
         """
-        config = config or HyenaConfig()
-        config = replace(config, bias=config.bias or has_bias(attn))
-        mixer = cls(attn.d_model, attn.num_heads * attn.head_dim, config).to(device=attn.q.device, dtype=attn.q.dtype)
-        load_attention_projections(mixer.in_proj, mixer.out_proj, attn, order="vkq")
-        mixer.short_conv.init_identity_()
-        return mixer
+        config = cls.attention_config(attn, config)
+        return cls(attn.d_model, attn.num_heads * attn.head_dim, config).take_attention(attn, "vkq")

@@ -10,7 +10,7 @@ Forward, step by step (the numbers appear again in the code):
   3. x_proj: u -> dt (R) [| B (N) | C (N) in Mamba-1's layout]; dt_proj: (R) -> (E), Δ = softplus(dt_proj(dt))
   4. selective scan (``workbench.ops.selective_scan``) per channel e with A = -exp(A_log) (E, N):
        h_t = exp(Δ_t,e·A_e) ⊙ h_{t-1} + Δ_t,e·u_t,e·B_t,   y_t,e = h_t·C_t + D_e·u_t,e
-  5. gate: y ⊙ silu(z)   (shared with Mamba-2: ``mamba2.GatedOutput`` without norm)
+  5. gate: y ⊙ silu(z)   (shared with Mamba-2: ``_ssm.GatedOutput`` without norm)
   6. out_proj: (E) -> (D)
 Mixing matrix, per channel (the "heads" of the Mixer interface are the E channels, P = 1):
   M_e[l, s] = Σ_n C_l,n · exp(Σ_{k=s+1..l} Δ_k,e A_e,n) · Δ_s,e B_s,n, plus D_e on the diagonal.
@@ -20,12 +20,8 @@ Two layouts of B and C (``MambaConfig.bc_heads``):
   G > 0 (Mamba in the Llama's Mamba-1 student, arXiv 2408.15237): B and C projected from the mixer's input x in G
      groups of N; channel e reads group e // (E / G). Only this layout can take attention weights.
 
-Initialising from attention (``Mamba.from_attention``; head layout with G = H query heads, N = P, E = H·P):
-  in_proj rows x  (H·P, D) <- V, repeated to the H query heads
-  in_proj rows B  (H·P, D) <- K, repeated to the H query heads
-  in_proj rows C  (H·P, D) <- Q
-  out_proj        (D, H·P) <- O
-  q/k/v/o biases to the same rows of in_proj's and out_proj's biases.
+Initialising from attention (``Mamba.from_attention``; head layout with G = H query heads, N = P, E = H·P): V -> x,
+K -> B, Q -> C, O -> out_proj, rows and GQA rule as in the table of ``workbench.students.init``.
 Fresh: z rows, conv, x_proj (now only the Δ input), dt_proj (Δ log-uniform in [dt_min, dt_max]), A = -(1..N) per
 channel (S4D-real, Mamba-1's init), D = 1. Unlike Mamba-2 the decay is per (channel, state), so C_l·B_s = q_l·k_s
 holds for each head's channels but every channel weighs the N state products with its own decays.
@@ -45,9 +41,9 @@ from torch import Tensor, nn
 from workbench.ops.selective_scan import selective_scan
 from workbench.ops.ssd import segment_sum
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import Mixer
+from workbench.students._ssm import GatedOutput, ScanMixer, at_least_fp32, inverse_softplus_dt
+from workbench.students.init import check_fits, has_bias, load_attention
 from workbench.teachers.anatomy import AttentionWeights
-from workbench.students.mamba2 import GatedOutput, at_least_fp32, inverse_softplus_dt, load_attention
 
 
 @dataclass
@@ -87,8 +83,10 @@ class SSMInputs(NamedTuple):
     C: Tensor       # like B
 
 
-class Mamba(Mixer):
-    """Mamba-1 token mixer: (B, L, D) -> (B, L, D)."""
+class Mamba(ScanMixer):
+    """Mamba-1 token mixer: (B, L, D) -> (B, L, D). ``forward``, ``mix_io`` ((u, y), both (B, L, E, 1): each channel
+    is a "head" of width 1; y before the gate), ``readout`` (steps 5-6) and ``init_state`` are ``ScanMixer``'s,
+    around ``_scan``."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -107,6 +105,7 @@ class Mamba(Mixer):
         self.D = nn.Parameter(torch.full((E,), float(c.D_init)))
         self.gate = GatedOutput(E, norm=False)
         self.out_proj = nn.Linear(E, c.d_model, bias=c.bias)
+        self.state_shape = (E, N)                                             # the SSM state h (E, N)
 
     # ----- steps 1-3, shared by forward, step and the matrix -----
 
@@ -129,26 +128,13 @@ class Mamba(Mixer):
         xzbc = self.in_proj(x)                                                        # 1.
         return self._inputs(xzbc, self.conv(xzbc[..., :self.config.d_inner]))         # 2.
 
-    def readout(self, y: Tensor, z: Tensor) -> Tensor:
-        """Steps 5-6: y (B, L, E) with the gate z (B, L, E) -> (B, L, D)."""
-        return self.out_proj(self.gate(y.to(z.dtype), z))
-
     # ----- the Mixer interface -----
 
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """u (B, L, E), y = scan + D·u (B, L, E), z (B, L, E) for x (B, L, D)."""
+        """u (B, L, E, 1), y = scan + D·u (B, L, E, 1), z (B, L, E) for x (B, L, D): channels as heads of width 1."""
         inp = self.ssm_inputs(x)
         y = selective_scan(inp.u, inp.dt, inp.A, inp.B, inp.C, D=self.D, chunk_size=self.config.chunk_size)  # 4.
-        return inp.u, y, inp.z
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        _, y, z = self._scan(x)
-        return self.readout(y, z)
-
-    def mix_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(u, y), both (B, L, E, 1): each channel is a "head" of width 1; y is before the gate."""
-        u, y, _ = self._scan(x)
-        return u[..., None], y[..., None]
+        return inp.u[..., None], y[..., None], inp.z
 
     def mixing_matrix(self, x: Tensor, channels: Sequence[int] | Tensor | None = None) -> Tensor:
         """M (B, E, L, L), or (B, len(channels), L, L) for a subset: mix_io's y[..., e, 0] = M[:, e] @ u[..., e, 0].
@@ -179,19 +165,6 @@ class Mamba(Mixer):
         eye = torch.eye(x.shape[1], device=x.device, dtype=dtype)
         return M + self.D.to(dtype)[idx, None, None] * eye
 
-    def init_state(self, batch_size: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-        """conv ring buffer (B, E, W), SSM state (B, E, N) in at least float32, position (0-dim long)."""
-        c = self.config
-        device = device or self.in_proj.weight.device
-        dtype = dtype or self.in_proj.weight.dtype
-        return {
-            "conv": self.conv.init_state(batch_size, device, dtype),
-            "ssm": torch.zeros(batch_size, c.d_inner, c.d_state, device=device,
-                               dtype=torch.promote_types(dtype, torch.float32)),
-            "position": torch.zeros((), dtype=torch.long, device=device),
-        }
-
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned."""
         c = self.config
@@ -206,9 +179,9 @@ class Mamba(Mixer):
             B, C = B[:, None], C[:, None]
         dt, u = inp.dt.to(h.dtype), inp.u.to(h.dtype)
         h.mul_(torch.exp(dt[..., None] * inp.A.to(h.dtype))).add_((dt * u)[..., None] * B)  # 4.
-        y = (h * C).sum(-1) + self.D.to(h.dtype) * u
+        y = (h * C).sum(-1) + self.D.to(h.dtype) * u                                         # (B, E)
         state["position"].add_(1)
-        return self.readout(y, inp.z), state                                                 # 5., 6.
+        return self.readout(y[..., None], inp.z), state                                      # 5., 6.
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: the selective
@@ -224,35 +197,27 @@ class Mamba(Mixer):
         state["conv"].copy_(self.conv.state_after(conv_in))
         state["ssm"].copy_(h)
         state["position"].fill_(L)
-        return self.readout(y, inp.z), state                                                 # 5., 6.
+        return self.readout(y[..., None], inp.z), state                                      # 5., 6.
 
     # ----- initialisation from a teacher's attention (Mamba in the Llama, head layout) -----
 
     @classmethod
     def from_attention(cls, attn: AttentionWeights, config: MambaConfig | None = None) -> Mamba:
-        """A Mamba-1 mixer (head layout) initialised from one attention block (see the module docstring).
+        """A Mamba-1 mixer (head layout) initialised from one attention block (rows: ``workbench.students.init``).
 
         ``config`` may set everything the attention does not fix (conv, dt, ...); it must agree with the attention's
         layout: d_model = D, d_inner = H·P, d_state = P, bc_heads = H.
         """
         H, P, D = attn.num_heads, attn.head_dim, attn.d_model
-        has_bias = any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
         if config is None:
-            config = MambaConfig(d_model=D, d_inner=H * P, d_state=P, bc_heads=H, bias=has_bias)
-        required = {"d_model": D, "d_inner": H * P, "d_state": P, "bc_heads": H}
-        wrong = {k: getattr(config, k) for k, v in required.items() if getattr(config, k) != v}
-        if wrong:
-            layout = ("Mamba-1's own layout (bc_heads=0) projects B and C from the convolved inner stream, where K "
+            config = MambaConfig(d_model=D, d_inner=H * P, d_state=P, bc_heads=H, bias=has_bias(attn))
+        own_layout = ("Mamba-1's own layout (bc_heads=0) projects B and C from the convolved inner stream, where K "
                       "and Q have no place; " if config.bc_heads == 0 else "")
-            raise ValueError(
-                f"cannot map attention (D={D}, H={H} query heads, {attn.num_kv_heads} KV heads, head dim P={P}) onto "
-                f"a Mamba config with {wrong}: {layout}from_attention needs d_model=D, d_inner=H*P, d_state=P and "
-                f"bc_heads=H (V->x, K->B repeated to all heads, Q->C, O->out_proj)")
-        if has_bias and not config.bias:
-            raise ValueError("the attention has biases; from_attention needs a config with bias=True to keep them")
+        layout = {"d_model": ("D", D), "d_inner": ("H*P", H * P), "d_state": ("P", P), "bc_heads": ("H", H)}
+        check_fits(attn, config, layout, mixer="Mamba", hint=own_layout)
 
         mixer = cls(config)
         E = H * P  # in_proj rows: [x, z, B, C]
-        load_attention(mixer.in_proj, mixer.out_proj, attn, x_rows=slice(0, E), B_rows=slice(2 * E, 3 * E),
-                       C_rows=slice(3 * E, 4 * E))
+        load_attention(mixer.in_proj, mixer.out_proj, attn, {"v": slice(0, E), "k": slice(2 * E, 3 * E),
+                                                              "q": slice(3 * E, 4 * E)})
         return mixer

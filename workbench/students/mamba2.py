@@ -18,22 +18,16 @@ Forward, step by step (the numbers appear again in the code):
   7. out_proj: (E) -> (D)
 Mixing matrix (per head, y = M u): M[l, s] = (C_l·B_s) · exp(Σ_{k=s+1..l} log a_k) · scale_s, plus D on the diagonal.
 
-Initialising from attention: Mamba in the Llama (Wang et al., arXiv 2408.15237, Algorithm 1), ``Mamba2.from_attention``.
-Student heads = attention heads H, P = attention head dim, N = P, and G = H (each head its own B and C):
-  in_proj rows x  (H·P, D)  <- V, repeated to the H query heads          (attention: (G_kv·P, D))
-  in_proj rows B  (H·P, D)  <- K, repeated to the H query heads          (attention: (G_kv·P, D))
-  in_proj rows C  (H·P, D)  <- Q                                          (attention: (H·P, D))
-  out_proj        (D, H·P)  <- O
-  q/k/v/o biases go to the same rows of in_proj's and out_proj's biases.
-So C_l·B_s = q_l·k_s before RoPE, and with an identity conv the SSM's u is the value stream. As in the paper: dt bias
-(Δ log-uniform in [dt_min, dt_max]), A_log = log(uniform(1, 16)), D = 1, norm weight 1. Unlike the paper, the conv
-starts as the identity and the gate at exactly 1 (z rows zero, gate bias silu⁻¹(1)), as MOHAWK does: with a fresh
-random conv and gate the transferred projections are scrambled before the scan (on SmolLM2-135M layer 12 the cosine
-between each head's output and the teacher's attention head output is -0.1..0.1 with them, 0.2..0.8 without).
-The output scale is left to ``workbench.students.calibrate`` (a data-dependent step ``build_student`` runs when
-given calibration tokens): the RMSNorm makes every head's output RMS 1, several times the attention's.
-GQA choice: K and V are repeated to all H heads (each head may then drift from its KV group's copy in training)
-rather than kept at KV width, because Mamba-2 shares one group count between B and C and Q has H heads.
+Initialising from attention (``Mamba2.from_attention``): Mamba in the Llama's transfer, whose rows and GQA rule are
+the table of ``workbench.students.init``. Student heads = attention heads H, P = attention head dim, N = P, and G = H
+(each head its own B and C), so C_l·B_s = q_l·k_s before RoPE, and with an identity conv the SSM's u is the value
+stream. As in the paper: dt bias (Δ log-uniform in [dt_min, dt_max]), A_log = log(uniform(1, 16)), D = 1, norm
+weight 1. Unlike the paper, the conv starts as the identity and the gate at exactly 1 (z rows zero, gate bias
+silu⁻¹(1)), as MOHAWK does: with a fresh random conv and gate the transferred projections are scrambled before the
+scan (on SmolLM2-135M layer 12 the cosine between each head's output and the teacher's attention head output is
+-0.1..0.1 with them, 0.2..0.8 without). The output scale is left to ``workbench.students.calibrate`` (a
+data-dependent step ``build_student`` runs when given calibration tokens): the RMSNorm makes every head's output RMS
+1, several times the attention's.
 """
 
 from __future__ import annotations
@@ -48,50 +42,9 @@ from torch import Tensor, nn
 
 from workbench.ops.ssd import segment_sum, ssd_scan
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import Mixer
+from workbench.students._ssm import GatedOutput, ScanMixer, at_least_fp32, inverse_softplus_dt
+from workbench.students.init import check_fits, has_bias, load_attention
 from workbench.teachers.anatomy import AttentionWeights
-
-SILU_INVERSE_OF_ONE = 1.2784645427610738  # the z with z·sigmoid(z) = 1, so a gate silu(z + b) starts at exactly 1
-
-
-def at_least_fp32(t: Tensor) -> Tensor:
-    """float32 for half-precision input, unchanged for float32/float64 (decays and states need the range)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> Tensor:
-    """Biases b (n,) with softplus(b) log-uniform in [dt_min, dt_max] and at least ``floor`` (Mamba-1/2's Δ init)."""
-    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    return dt + torch.log(-torch.expm1(-dt))  # softplus⁻¹(dt)
-
-
-class GatedOutput(nn.Module):
-    """y ⊙ silu(z + b), optionally RMS-normalised over G groups of channels and scaled (shared by Mamba and Mamba-2).
-
-    ``norm=True`` is mamba_ssm's RMSNormGated with norm_before_gate=False (Mamba-2); ``norm=False`` is Mamba-1's
-    output gate and MOHAWK's. The bias b exists only with ``bias=True`` (phi-mamba's z_bias).
-    """
-
-    def __init__(self, width: int, norm: bool, groups: int = 1, eps: float = 1e-5, bias: bool = False):
-        super().__init__()
-        self.groups, self.eps = groups, eps
-        self.weight = nn.Parameter(torch.ones(width)) if norm else None
-        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
-
-    @torch.no_grad()
-    def init_gate_one_(self) -> None:
-        """With z = 0 (zeroed z projection) the gate silu(0 + b) is exactly 1."""
-        if self.bias is None:
-            raise ValueError("a gate initialised to 1 needs a gate bias (gate_bias=True)")
-        self.bias.fill_(SILU_INVERSE_OF_ONE)
-
-    def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., E), (..., E) -> (..., E)
-        g = y * F.silu(z if self.bias is None else z + self.bias)
-        if self.weight is None:
-            return g
-        g32 = at_least_fp32(g).unflatten(-1, (self.groups, -1))              # (..., G, E/G)
-        g32 = g32 * torch.rsqrt(g32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (g32.flatten(-2) * self.weight).to(y.dtype)
 
 
 @dataclass
@@ -159,8 +112,10 @@ class SSMInputs(NamedTuple):
     C: Tensor              # (B, L, G, N)
 
 
-class Mamba2(Mixer):
-    """Mamba-2 (or, with ``config.discrete``, MOHAWK's discrete Mamba-2) token mixer: (B, L, D) -> (B, L, D)."""
+class Mamba2(ScanMixer):
+    """Mamba-2 (or, with ``config.discrete``, MOHAWK's discrete Mamba-2) token mixer: (B, L, D) -> (B, L, D).
+    ``forward``, ``mix_io`` (u = the post-conv x heads, y = the SSM output with the D skip, before gate and norm),
+    ``readout`` (steps 6-7) and ``init_state`` are ``ScanMixer``'s, around ``_scan``."""
 
     def __init__(self, config: Mamba2Config):
         super().__init__()
@@ -176,6 +131,7 @@ class Mamba2(Mixer):
         self.D = nn.Parameter(torch.full((H,), float(c.D_init)))
         self.gate = GatedOutput(E, norm=c.norm, groups=G, eps=c.norm_eps, bias=c.gate_bias)
         self.out_proj = nn.Linear(E, c.d_model, bias=c.bias)
+        self.state_shape = (H, c.head_dim, N)                                          # the SSM state h (H, P, N)
         if c.conv_init_identity:
             self.conv.init_identity_()
         if c.gate_init_one:
@@ -219,10 +175,6 @@ class Mamba2(Mixer):
         dt, A = self._decay(dt)                                # 4.
         return SSMInputs(z, u, dt, A, B, C)
 
-    def readout(self, y: Tensor, z: Tensor) -> Tensor:
-        """Steps 6-7: y (B, L, H, P) with the gate z (B, L, E) -> (B, L, D)."""
-        return self.out_proj(self.gate(y.flatten(-2).to(z.dtype), z))
-
     # ----- the Mixer interface -----
 
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,15 +183,6 @@ class Mamba2(Mixer):
         y = ssd_scan(inp.u, inp.dt, inp.A, inp.B, inp.C, chunk_size=self.config.chunk_size)  # 5.
         y = y + inp.u * self.D[:, None].to(y.dtype)
         return inp.u, y, inp.z
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        _, y, z = self._scan(x)
-        return self.readout(y, z)
-
-    def mix_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(u, y): the post-conv x heads and the SSM output with the D skip, before gate and norm; (B, L, H, P)."""
-        u, y, _ = self._scan(x)
-        return u, y
 
     def mixing_matrix(self, x: Tensor) -> Tensor:
         """M (B, H, L, L) with mix_io's y = M u per head: (C_l·B_s)·∏_{s<k≤l} a_k·scale_s + D on the diagonal."""
@@ -255,19 +198,6 @@ class Mamba2(Mixer):
         scores = scores.repeat_interleave(c.n_heads // c.n_groups, dim=1)         # (B, H, L, L)
         eye = torch.eye(L, device=x.device, dtype=dtype)
         return scores * decay + self.D.to(dtype)[:, None, None] * eye
-
-    def init_state(self, batch_size: int, device: torch.device | None = None,
-                   dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-        """conv ring buffer (B, E + 2GN, W), SSM state (B, H, P, N) in at least float32, position (0-dim long)."""
-        c = self.config
-        device = device or self.in_proj.weight.device
-        dtype = dtype or self.in_proj.weight.dtype
-        return {
-            "conv": self.conv.init_state(batch_size, device, dtype),
-            "ssm": torch.zeros(batch_size, c.n_heads, c.head_dim, c.d_state, device=device,
-                               dtype=torch.promote_types(dtype, torch.float32)),
-            "position": torch.zeros((), dtype=torch.long, device=device),
-        }
 
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned.
@@ -315,48 +245,22 @@ class Mamba2(Mixer):
 
     @classmethod
     def from_attention(cls, attn: AttentionWeights, config: Mamba2Config | None = None) -> Mamba2:
-        """A Mamba-2 mixer initialised from one attention block (see the module docstring for the mapping).
+        """A Mamba-2 mixer initialised from one attention block (rows: ``workbench.students.init``; the rest: the
+        module docstring).
 
         ``config`` may set everything the attention does not fix (discrete, conv, dt, norm, ...); it must agree with
         the attention's layout: d_model = D, n_heads = H, head_dim = d_state = P, n_groups = H.
         """
         H, P, D = attn.num_heads, attn.head_dim, attn.d_model
-        has_bias = any(b is not None for b in (attn.q_bias, attn.k_bias, attn.v_bias, attn.o_bias))
         if config is None:
-            config = Mamba2Config(d_model=D, n_heads=H, head_dim=P, d_state=P, n_groups=H, bias=has_bias,
+            config = Mamba2Config(d_model=D, n_heads=H, head_dim=P, d_state=P, n_groups=H, bias=has_bias(attn),
                                   conv_init_identity=True, gate_bias=True, gate_init_one=True)
-        required = {"d_model": D, "n_heads": H, "head_dim": P, "d_state": P, "n_groups": H}
-        wrong = {k: getattr(config, k) for k, v in required.items() if getattr(config, k) != v}
-        if wrong:
-            raise ValueError(
-                f"cannot map attention (D={D}, H={H} query heads, {attn.num_kv_heads} KV heads, head dim P={P}) onto "
-                f"a Mamba-2 config with {wrong}: from_attention needs d_model=D, n_heads=H, head_dim=d_state=P and "
-                f"n_groups=H (V->x, K->B repeated to all heads, Q->C, O->out_proj); got {config}")
-        if has_bias and not config.bias:
-            raise ValueError("the attention has biases; from_attention needs a config with bias=True to keep them")
+        layout = {"d_model": ("D", D), "n_heads": ("H", H), "head_dim": ("P", P), "d_state": ("P", P),
+                  "n_groups": ("H", H)}
+        check_fits(attn, config, layout, mixer="Mamba-2")
 
         mixer = cls(config)
         E = H * P  # in_proj rows: [z, x, B, C, dt]
-        load_attention(mixer.in_proj, mixer.out_proj, attn, x_rows=slice(E, 2 * E), B_rows=slice(2 * E, 3 * E),
-                       C_rows=slice(3 * E, 4 * E))
+        load_attention(mixer.in_proj, mixer.out_proj, attn, {"v": slice(E, 2 * E), "k": slice(2 * E, 3 * E),
+                                                              "q": slice(3 * E, 4 * E)})
         return mixer
-
-
-@torch.no_grad()
-def load_attention(in_proj: nn.Linear, out_proj: nn.Linear, attn: AttentionWeights,
-                   x_rows: slice, B_rows: slice, C_rows: slice) -> None:
-    """Mamba in the Llama's transfer (shared by Mamba and Mamba-2): V -> x rows and K -> B rows of in_proj, both
-    repeated from the KV heads to all H query heads; Q -> C rows; O -> out_proj. Biases alike, zero where the
-    attention has none; the other rows of in_proj keep their fresh initialisation."""
-    w = in_proj.weight
-    w[x_rows] = attn.repeat_kv(attn.v).to(w.dtype)
-    w[B_rows] = attn.repeat_kv(attn.k).to(w.dtype)
-    w[C_rows] = attn.q.to(w.dtype)
-    out_proj.weight.copy_(attn.o)
-    if in_proj.bias is not None:
-        b = in_proj.bias
-        v_bias, k_bias = (None if t is None else attn.repeat_kv(t) for t in (attn.v_bias, attn.k_bias))
-        for rows, bias in ((x_rows, v_bias), (B_rows, k_bias), (C_rows, attn.q_bias)):
-            b[rows] = 0 if bias is None else bias.to(b.dtype)
-    if out_proj.bias is not None:
-        out_proj.bias.copy_(attn.o_bias if attn.o_bias is not None else torch.zeros_like(out_proj.bias))

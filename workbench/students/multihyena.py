@@ -6,7 +6,7 @@ Shapes: B batch, L length, D model width, M heads, P head width, C = M*P mixer w
 
     (1) in_proj        x (B, L, D) -> (q, k, v), each (B, L, M, P)
     (2) short conv     causal depthwise conv of width 3 on all three (as in Hyena)
-    (3) long filters   h (M, L): one implicit filter per head (shared ImplicitFilter)
+    (3) long filters   h (M, L): one implicit filter per head (``workbench.students._hyena.ImplicitFilter``)
     (4) mixing         per head m, a P x P state convolved over time and read by the query:
                            z_t = sum_{s <= t} (h_m[t - s] + skip_m [s == t]) k_s v_s^T        (P, P)
                            y_t = q_t^T z_t                                                     (P,)
@@ -27,20 +27,19 @@ head's filter by a modal SSM whose P x P state makes it O(1)).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
 
 from workbench.ops.fftconv import causal_toeplitz, fftconv
 from workbench.students._conv import CausalConv1d
-from workbench.students.base import Mixer
+from workbench.students._hyena import HyenaConfig, HyenaFamily
 from workbench.teachers.anatomy import AttentionWeights
-from workbench.students.hyena import HyenaConfig, ImplicitFilter, has_bias, load_attention_projections
 
 
-class MultiHyena(Mixer):
-    """Multi-head Hyena of M = ``num_heads`` heads of width P = ``head_dim`` (default d_model // num_heads)."""
+class MultiHyena(HyenaFamily):
+    """Multi-head Hyena of M = ``num_heads`` heads of width P = ``head_dim`` (default d_model // num_heads), one long
+    filter per head (``filter(L)``: (M, L))."""
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, config: HyenaConfig | None = None):
         super().__init__()
@@ -48,18 +47,14 @@ class MultiHyena(Mixer):
             if d_model % num_heads:
                 raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim")
             head_dim = d_model // num_heads
-        self.config = config = config or HyenaConfig()
+        self.config = config = config or self.config_class()
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
         C = self.d_inner = num_heads * head_dim
         self.in_proj = nn.Linear(d_model, 3 * C, bias=config.bias)         # (1) x -> (q, k, v)
         self.short_conv = CausalConv1d(3 * C, config.short_conv)            # (2)
-        self.implicit_filter = ImplicitFilter(num_heads, config)            # (3) one filter per head
+        self.add_filters(num_heads, config)                                 # (3) one filter per head
         self.skip = nn.Parameter(torch.randn(num_heads))                    # (4) the D term, per head
         self.out_proj = nn.Linear(C, d_model, bias=config.bias)            # (5)
-
-    def filter(self, L: int) -> torch.Tensor:
-        """The heads' long filters, first L taps: (M, L)."""
-        return self.implicit_filter(L)
 
     def _streams(self, x: torch.Tensor, projected: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,22 +150,13 @@ class MultiHyena(Mixer):
     # ---- initialisation from a teacher ----------------------------------------------------------------------------
 
     @classmethod
-    def from_attention(cls, attn: AttentionWeights, config: HyenaConfig | None = None) -> "MultiHyena":
+    def from_attention(cls, attn: AttentionWeights, config: HyenaConfig | None = None) -> MultiHyena:
         """A MultiHyena with the teacher's heads (M = H query heads, P = head width) on its projections
-        (D model width, G key/value heads):
-
-            in_proj (3C, D) = [ Q (C, D)                      -> q
-                                K repeated to H heads (C, D)  -> k
-                                V repeated to H heads (C, D)  -> v ]      C = H*P, head-major like the teacher
-            out_proj (D, C) = O
-
-        so head m's mixing matrix is its attention score matrix q_l . k_s (unnormalised) masked by the Toeplitz
-        filter h_m. Biases are copied (zeros where the teacher has none); the short conv starts as the identity; the
-        filters and skip are fresh. Parameters take the teacher weights' device and dtype.
+        (D model width, G key/value heads): in_proj's (q, k, v) <- (Q, K, V), K and V repeated to the H query heads,
+        out_proj <- O (the table of ``workbench.students.init``). So head m's mixing matrix is its attention score
+        matrix q_l . k_s (unnormalised) masked by the Toeplitz filter h_m. Biases are copied (zeros where the teacher
+        has none); the short conv starts as the identity; the filters and skip are fresh. Parameters take the teacher
+        weights' device and dtype.
         """
-        config = config or HyenaConfig()
-        config = replace(config, bias=config.bias or has_bias(attn))
-        mixer = cls(attn.d_model, attn.num_heads, attn.head_dim, config).to(device=attn.q.device, dtype=attn.q.dtype)
-        load_attention_projections(mixer.in_proj, mixer.out_proj, attn, order="qkv")
-        mixer.short_conv.init_identity_()
-        return mixer
+        config = cls.attention_config(attn, config)
+        return cls(attn.d_model, attn.num_heads, attn.head_dim, config).take_attention(attn, "qkv")
