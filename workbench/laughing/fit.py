@@ -455,8 +455,7 @@ def distill_orders(h, orders: Sequence[int], method: str = "modal", *, init: str
                                               C, chunk, workers))
         ssm = ModalSSM(poles, residues, h[:, 0].clone())
         with torch.no_grad():
-            ssm.errors = filter_errors(h, ssm, device)
-        fits[d] = ssm
+            fits[d] = ssm.with_errors(filter_errors(h, ssm, device))
         if seconds is not None:
             seconds[d] = shared + time.perf_counter() - began
     return fits

@@ -46,19 +46,22 @@ def _block(length: int) -> int:
 
 
 class ModalSSM:
-    """C independent modal SSMs of order d: ``poles`` (C, d) complex, ``residues`` (C, d) complex, ``h0`` (C,) real.
+    """C independent modal SSMs of order d: ``poles`` (C, d) complex, ``residues`` (C, d) complex, ``h0`` (C,) real,
+    and ``errors``: how well they fit the filters they were fitted to, per channel ({"mse", "rel_l2", "hinf"}: (C,)
+    each, ``workbench.laughing.fit.filter_errors``), or None for systems that were not fitted.
 
-    A plain container (not a Module): fitting returns complex128 / float64; ``to(torch.complex64)`` gives the
-    float32 export the mixers store."""
+    A plain container (not a Module): fitting returns complex128 / float64 with ``errors``; ``to(torch.complex64)``
+    gives the float32 export the mixers store."""
 
-    def __init__(self, poles: torch.Tensor, residues: torch.Tensor, h0: torch.Tensor):
+    def __init__(self, poles: torch.Tensor, residues: torch.Tensor, h0: torch.Tensor,
+                 errors: dict[str, torch.Tensor] | None = None):
         if poles.dim() != 2 or residues.shape != poles.shape or h0.shape != poles.shape[:1]:
             raise ValueError(f"ModalSSM needs poles (C, d), residues (C, d) and h0 (C,); got {tuple(poles.shape)}, "
                              f"{tuple(residues.shape)}, {tuple(h0.shape)}")
         if not (poles.is_complex() and residues.is_complex()) or h0.is_complex():
             raise ValueError("poles and residues must be complex tensors and h0 a real one")
         self.poles, self.residues, self.h0 = poles, residues, h0
-        self.errors: dict[str, torch.Tensor] | None = None  # set by distill_filter: per-channel fit errors
+        self.errors = errors
 
     # ---- basic properties ------------------------------------------------------------------------------------------
     @property
@@ -73,28 +76,30 @@ class ModalSSM:
         return (f"ModalSSM(channels={self.channels}, order={self.order}, dtype={self.poles.dtype}, "
                 f"max |λ|={self.poles.abs().max().item() if self.poles.numel() else 0:.4f})")
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "ModalSSM":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ModalSSM:
         """A copy with complex ``dtype`` (complex64 or complex128; h0 gets the matching real dtype) on ``device``."""
         dtype = dtype or self.poles.dtype
         real = torch.float32 if dtype == torch.complex64 else torch.float64
-        out = ModalSSM(self.poles.to(device=device, dtype=dtype), self.residues.to(device=device, dtype=dtype),
-                       self.h0.to(device=device, dtype=real))
-        out.errors = self.errors
-        return out
+        return ModalSSM(self.poles.to(device=device, dtype=dtype), self.residues.to(device=device, dtype=dtype),
+                        self.h0.to(device=device, dtype=real), self.errors)
 
-    def __getitem__(self, channels) -> "ModalSSM":
+    def with_errors(self, errors: dict[str, torch.Tensor]) -> ModalSSM:
+        """The same systems (the same tensors) carrying ``errors``, e.g. ``filter_errors(h, ssm)`` of a fit."""
+        return ModalSSM(self.poles, self.residues, self.h0, errors)
+
+    def __getitem__(self, channels) -> ModalSSM:
         """The SSMs of some channels (an index list or a slice)."""
         if isinstance(channels, int):
             channels = [channels]
         return ModalSSM(self.poles[channels], self.residues[channels], self.h0[channels])
 
     @staticmethod
-    def cat(parts: list["ModalSSM"]) -> "ModalSSM":
+    def cat(parts: list[ModalSSM]) -> ModalSSM:
         """Channels of several SSMs of the same order stacked: (sum C_i, d)."""
         return ModalSSM(torch.cat([p.poles for p in parts]), torch.cat([p.residues for p in parts]),
                         torch.cat([p.h0 for p in parts]))
 
-    def padded(self, order: int) -> "ModalSSM":
+    def padded(self, order: int) -> ModalSSM:
         """The same systems with order raised to ``order`` by inert modes (λ = 0, R = 0): same impulse response."""
         extra = order - self.order
         if extra < 0:
