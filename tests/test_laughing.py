@@ -10,9 +10,20 @@ import torch
 from mixer_checks import step_outputs
 from tiny_models import tiny
 
-from workbench.laughing import (LaughingHyena, LaughingMultiHyena, ModalSSM, distill_filter, distill_student,
-                                error_floor, error_table, hankel_singular_values, laughing_mixer, minimal_order,
-                                modal_filters, smallest_orders)
+from workbench.laughing import (
+    LaughingHyena,
+    LaughingMultiHyena,
+    ModalSSM,
+    distill_filter,
+    distill_student,
+    error_floor,
+    error_table,
+    hankel_singular_values,
+    laughing_mixer,
+    minimal_order,
+    modal_filters,
+    smallest_orders,
+)
 from workbench.laughing.hankel import hankel_rank
 from workbench.laughing.reference import reference_fit, reference_singular_values
 from workbench.students import build_student, load_student, student_mixers
@@ -312,15 +323,16 @@ def test_distilled_decode_step_keeps_static_state(mixer):
     """Both Laughing steps update their state tensors in place with fixed shapes: the engine would capture the
     decode step in a CUDA graph (no objection from ``static_state_problem``), and session decoding equals the
     parallel forward."""
-    from workbench.generation.engine import Session, mixer_slots, static_state_problem
+    from workbench.generation import Session
+    from workbench.generation.graph import static_state_problem
 
     torch.manual_seed(0)
     student = build_student(tiny("llama"), mixer, keep_attention=[0], init="random", max_len=32, filter_width=16,
                             filter_layers=2, pos_bands=4).eval()
     distilled = distill_student(student, 4, method="balanced").eval()
     ids = torch.randint(3, 101, (2, 12))
-    with torch.no_grad(), mixer_slots(distilled) as slots:
-        session = Session(distilled, slots)
+    with torch.no_grad():
+        session = Session(distilled)
         logits = [session.forward(ids[:, :8])[:, -1]]
         assert static_state_problem(session, 2) is None
         modal = {i: m.state["modal"] for i, m in session.mixers.items()}
