@@ -5,12 +5,13 @@ for the engine's CUDA-graph step (with ``--compile``: the fused modules inside t
     python benchmarks/decode_profile.py --models teacher.gguf,runs/table/mil-0 --batch 1 --context 4096 \\
         --compile --json decode_profile.json
 
-Per model: the prompt is prefilled and the per-token step captured exactly as ``workbench.generation.generate``
-does it (``Session``, ``compiled_decoding``, ``capture_step``), then ``--steps`` replays are timed with CUDA events
-and ``--profile-steps`` more are recorded by ``torch.profiler``. The JSON holds, per model: kernels per step,
-kernel time per step (summed kernel durations), replay time per step, the floor and both fractions of it, and the
-top kernels by time. At batch 1 the replay time is close to kernels x their few microseconds each: a step is a
-chain of hundreds of small dependent kernels, not a read of the weights at full bandwidth.
+Per model: the prompt is prefilled and the per-token step captured by the engine's own pieces, as
+``workbench.generation.generate`` does it (``Session``, ``prefill``, ``compiled_decoding``, ``capture_step``), then
+``--steps`` replays are timed with CUDA events and ``--profile-steps`` more are recorded by ``torch.profiler``. The
+JSON holds, per model: kernels per step, kernel time per step (summed kernel durations), replay time per step, the
+floor and both fractions of it, and the top kernels by time. At batch 1 the replay time is close to kernels x their
+few microseconds each: a step is a chain of hundreds of small dependent kernels, not a read of the weights at full
+bandwidth.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import sys
 
 import torch
 
+from workbench.device import device_name, sync
 from workbench.generation.bench import corpus_tokens, kv_bytes, measure_bandwidth, prompts, weight_bytes
-from workbench.generation.engine import (Session, capture_step, compile_targets, compiled_decoding, mixer_slots,
-                                         static_state_problem)
+from workbench.generation.compile import compile_targets, compiled_decoding
+from workbench.generation.engine import prefill
+from workbench.generation.graph import capture_step, static_state_problem
 from workbench.generation.models import load_model
+from workbench.generation.session import Session
 
 
 def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int, profile_steps: int, top: int,
@@ -36,13 +40,13 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
     model = loaded.model
     ids = prompts(corpus_tokens(loaded), batch, context, device)
     total = context + 2 + steps + profile_steps
-    with torch.no_grad(), mixer_slots(model) as slots:
-        session = Session(model, slots, max_length=total, static=True)
-        token = session.forward(ids)[:, -1].argmax(-1)                               # (B,) prefill
+    with torch.no_grad():
+        session = Session(model, max_length=total, static=True)
+        token = prefill(session, ids).argmax(-1)                                     # (B,)
         problem = static_state_problem(session, batch)
         if problem is not None:
             raise SystemExit(f"{spec}: {problem}")
-        targets = compile_targets(model, slots) if compile else []
+        targets = compile_targets(model) if compile else []
         with compiled_decoding(targets):
             step = capture_step(session, token, compile)
             token = step.first_logits.argmax(-1)
@@ -52,12 +56,12 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
                 start.record()
                 step(token)
                 end.record()
-                torch.cuda.synchronize(device)
+                sync(device)
                 times.append(start.elapsed_time(end) / 1e3)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(profile_steps):
                     step(token)
-                torch.cuda.synchronize(device)
+                sync(device)
     kernels = [e for e in prof.key_averages()]
     kernel_count = sum(e.count for e in kernels) / profile_steps
     kernel_s = sum(e.self_device_time_total for e in kernels) / profile_steps / 1e6
@@ -100,7 +104,7 @@ def main() -> None:
               f"{row['floor_s'] * 1e6:.0f} us = {row['floor_fraction']:.3f} of the replay", flush=True)
         for k in row["top_kernels"][:8]:
             print(f"   {k['us_per_step']:8.1f} us  x{k['per_step']:<5.0f} {k['name']}")
-    result = {"device_name": torch.cuda.get_device_name(device), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
+    result = {"device_name": device_name(device), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
 

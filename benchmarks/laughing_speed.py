@@ -27,15 +27,13 @@ from pathlib import Path
 
 import torch
 
+from workbench.device import sync
 from workbench.generation import generate
+from workbench.generation.cli import int_list
 from workbench.laughing import LaughingHyena, LaughingMultiHyena, distill_student
 from workbench.students import student_mixers
 
 FIT_LENGTH = 2048   # default filter taps fitted (capped at the student's max_len)
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def load_models(run_dir: str | None, device: str, max_len: int | None = None):
@@ -68,8 +66,8 @@ def context_limit(model, name: str) -> tuple[int | None, str]:
 
 def measure(model, ids: torch.Tensor, new: int) -> dict:
     device = ids.device
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("run_dir", nargs="?", default=None, help="a Hyena run folder (default: the default teacher's "
                                                              "attention-initialised Hyena student)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--contexts", type=_ints, default=[1024, 4096, 16384], help="prompt lengths, e.g. 1024,4096")
+    p.add_argument("--contexts", type=int_list, default=[1024, 4096, 16384], help="prompt lengths, e.g. 1024,4096")
     p.add_argument("--new", type=int, default=64, help="new tokens per generation")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--order", type=int, default=16, help="modal order of the distilled student")

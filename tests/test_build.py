@@ -155,7 +155,7 @@ def test_generate_equals_greedy_recomputation_for_a_hybrid(name, monkeypatch):
 def test_cached_forward_matches_full_forward_token_by_token():
     from transformers import DynamicCache
 
-    from workbench.generation.engine import cache_keyword
+    from workbench.generation.session import cache_keyword
 
     student = build.build_student(tiny("llama"), "mean", keep_attention=[2])
     full = logits(student)

@@ -8,12 +8,15 @@ import copy
 
 import pytest
 import torch
-
 from generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
-from workbench.generation import generate, speculative_generate
+from transformers import DynamicCache
+
+from workbench.generation import DecodeOptions, Session, generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets
 from workbench.generation.sampling import filter_logits, next_tokens
+from workbench.generation.session import cache_keyword
 from workbench.students import student_mixers
+from workbench.students.adapter import mixer_attentions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,27 +51,74 @@ def test_chunked_prefill_gives_the_same_greedy_tokens(models, name):
     whole = generate(models[name], PROMPT, 8)
     chunked = generate(models[name], PROMPT, 8, prefill_chunk=4)
     assert torch.equal(chunked.tokens, whole.tokens)
+    assert torch.equal(generate(models[name], PROMPT, 8, options=DecodeOptions(prefill_chunk=4)).tokens, whole.tokens)
     with pytest.raises(ValueError, match="prefill_chunk"):
         generate(models[name], PROMPT, 2, prefill_chunk=0)
+
+
+def test_decode_options_come_from_keywords_or_options(models):
+    both = DecodeOptions.of(DecodeOptions(compile=True), prefill_chunk=4)
+    assert both == DecodeOptions(compile=True, prefill_chunk=4)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        generate(models["mamba2"], PROMPT, 2, options=DecodeOptions.of(cuda_graph="yes"))
+    with pytest.raises(TypeError, match="cuda_grph"):
+        generate(models["mamba2"], PROMPT, 2, cuda_grph=False)
 
 
 @pytest.mark.parametrize("name", ["teacher", "mamba2", "hybrid-mid"])
 def test_static_cache_session_takes_a_chunked_prompt(models, name):
     """The CUDA-graph path's static cache (a mixer at layer 0 in hybrid-mid): a prompt fed in chunks, then a token,
     gives the logits of the dynamic cache's whole-prompt session (positions come from the cache's length)."""
-    from workbench.generation.engine import Session, mixer_slots
-
     model = models[name]
     token = PROMPT[:, :1]
-    with torch.no_grad(), mixer_slots(model) as slots:
-        whole = Session(model, slots)
+    with torch.no_grad():
+        whole = Session(model)
         whole.forward(PROMPT)
         expected = whole.forward(token)
-        static = Session(model, slots, max_length=PROMPT.shape[1] + 1, static=True)
+        static = Session(model, max_length=PROMPT.shape[1] + 1, static=True)
         for start in range(0, PROMPT.shape[1], 4):
             static.forward(PROMPT[:, start:start + 4])
         assert static.cache.get_seq_length() == PROMPT.shape[1]
         torch.testing.assert_close(static.forward(token), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_one_decoding_state_per_layer_and_cache(models, monkeypatch):
+    """The session reaches each mixer layer's state through its cache, the state MixerAttention runs for that cache;
+    a multi-token continuation through transformers' own cache runs one ``Mixer.extend``, as the engine does."""
+    model = models["hybrid"]
+    (attention,) = mixer_attentions(model).values()
+    mixer = type(attention.mixer)
+    with torch.no_grad():
+        session = Session(model)
+        assert session.mixers == {1: attention.state_for(session.cache)}
+        expected = model(PROMPT, use_cache=False).logits
+        cached = {cache_keyword(model): DynamicCache(config=model.config), "use_cache": True}
+        parts = [model(PROMPT[:, :4], **cached).logits]
+        calls = []
+        extend, step = mixer.extend, mixer.step
+        monkeypatch.setattr(mixer, "extend", lambda *a: calls.append("extend") or extend(*a))
+        monkeypatch.setattr(mixer, "step", lambda *a: calls.append("step") or step(*a))
+        parts.append(model(PROMPT[:, 4:], **cached).logits)
+    assert calls == ["extend"] and attention.state_for(cached[cache_keyword(model)]).seen == PROMPT.shape[1]
+    torch.testing.assert_close(torch.cat(parts, dim=1), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_session_rollback_equals_never_going_ahead(models):
+    """checkpoint, read 5 more tokens, roll back to 2 of them: the next logits are those of reading only the 2."""
+    model = models["hybrid-mid"]
+    with torch.no_grad():
+        ahead, direct = Session(model), Session(model)
+        for session in (ahead, direct):
+            session.forward(PROMPT[:, :4])
+        ahead.checkpoint()
+        ahead.forward(PROMPT[:, 4:9])
+        ahead.rollback(6)
+        direct.forward(PROMPT[:, 4:6])
+        assert ahead.length == direct.length == 6 and ahead.cache.get_seq_length() == 6
+        torch.testing.assert_close(ahead.forward(PROMPT[:, 6:7]), direct.forward(PROMPT[:, 6:7]),
+                                   rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="between the checkpoint"):
+            ahead.rollback(3)
 
 
 def test_sampling_is_reproducible_and_respects_top_k(models):

@@ -5,19 +5,16 @@ from the decode time, and leave the model as it was; ``workbench bench speculati
 speculative greedy identical to plain greedy.
 """
 
-
 import pytest
 import torch
+from generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models, untouched
 
-from generation_checks import (PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models,
-                               untouched)
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
-from workbench.generation.engine import CompileError, compile_targets, mixer_slots
+from workbench.generation.compile import CompileError, compile_targets
 from workbench.students import student_mixers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +38,7 @@ def test_compiled_greedy_equals_eager(models, name):
 
 
 def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
-    with mixer_slots(models["hybrid"]) as slots:
-        targets = compile_targets(models["hybrid"], slots)
+    targets = compile_targets(models["hybrid"])
     named = [(type(module).__name__, method) for module, method in targets]
     assert named.count(("Mamba2", "step")) == 1                                   # layer 1 is the one mixer
     assert named.count(("LlamaMLP", "forward")) == 3 and named.count(("LlamaRMSNorm", "forward")) == 6

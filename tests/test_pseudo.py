@@ -1,4 +1,4 @@
-"""Teacher pseudo-label corpora (workbench.data.pseudo and `workbench corpus generate`)."""
+"""Teacher pseudo-label corpora (workbench.generation.pseudo and `workbench corpus generate`)."""
 
 import json
 
@@ -8,8 +8,8 @@ import torch
 
 from workbench.cli import main
 from workbench.data import load_corpus, token_ids
-from workbench.data.pseudo import MANIFEST, PseudoLabelConfig, generate_corpus
 from workbench.distill.config import RunConfig
+from workbench.generation.pseudo import MANIFEST, PseudoLabelConfig, generate_corpus
 
 
 def small(**kw) -> PseudoLabelConfig:

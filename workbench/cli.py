@@ -171,8 +171,8 @@ def cmd_distill(args) -> int:
 
 
 def cmd_corpus_generate(args) -> int:
-    from workbench.data.pseudo import PseudoLabelConfig, generate_corpus
     from workbench.distill.config import parse_tokens
+    from workbench.generation.pseudo import PseudoLabelConfig, generate_corpus
     from workbench.teachers import load_teacher
 
     config = PseudoLabelConfig(teacher=args.teacher, prompt_corpus=args.prompts, tokens=parse_tokens(args.tokens),

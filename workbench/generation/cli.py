@@ -8,18 +8,20 @@ import json
 from pathlib import Path
 
 
-def _ints(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """An argparse type: "1,16,64" -> [1, 16, 64]."""
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16,64, got {text!r}") from err
 
 
-def _names(text: str) -> list[str]:
+def name_list(text: str) -> list[str]:
+    """An argparse type: "a, b," -> ["a", "b"]."""
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-CUDA_GRAPH = {"auto": "auto", "on": True, "off": False}
+CUDA_GRAPH = {"auto": "auto", "on": True, "off": False}  # --cuda-graph -> DecodeOptions.cuda_graph
 
 
 def _write(path: str, report: dict) -> None:
@@ -30,11 +32,12 @@ def _write(path: str, report: dict) -> None:
 
 def cmd_bench_generate(args) -> int:
     from workbench.generation.bench import bench_generate
+    from workbench.generation.engine import DecodeOptions
 
-    report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
-                            dtype=args.dtype, hf_baseline=args.hf_baseline,
-                            cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile,
+    options = DecodeOptions(cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile,
                             prefill_chunk=args.prefill_chunk)
+    report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
+                            dtype=args.dtype, hf_baseline=args.hf_baseline, options=options)
     _write(args.json, report)
     if args.plot:
         from workbench.viz.generation import generation_figure
@@ -72,10 +75,11 @@ def add_subcommand(sub) -> None:
     models_help = ("comma-separated: registry names, model/student folders, run folders, .gguf files or hub ids; "
                    "NAME@hf runs transformers' generate() as the baseline")
 
-    q = bsub.add_parser("generate", help="decode tokens/s, time to first token, latency, memory and the bandwidth floor")
-    q.add_argument("--models", type=_names, required=True, help=models_help)
-    q.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,16,64")
-    q.add_argument("--context", type=_ints, default=[512], help="prompt lengths, e.g. 512,2048,8192,32768")
+    q = bsub.add_parser("generate",
+                        help="decode tokens/s, time to first token, latency, memory and the bandwidth floor")
+    q.add_argument("--models", type=name_list, required=True, help=models_help)
+    q.add_argument("--batch", type=int_list, default=[1], help="batch sizes, e.g. 1,16,64")
+    q.add_argument("--context", type=int_list, default=[512], help="prompt lengths, e.g. 512,2048,8192,32768")
     q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
     q.add_argument("--hf-baseline", action="store_true", help="also run every model through transformers generate()")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
@@ -93,7 +97,7 @@ def add_subcommand(sub) -> None:
                                             "acceptance rate, identical tokens")
     q.add_argument("--target", required=True, help="the model whose greedy output is produced (as in --models)")
     q.add_argument("--draft", required=True, help="the model that proposes tokens (same vocabulary)")
-    q.add_argument("--k", type=_ints, default=[2, 4, 8], help="draft tokens per round, e.g. 2,4,8")
+    q.add_argument("--k", type=int_list, default=[2, 4, 8], help="draft tokens per round, e.g. 2,4,8")
     q.add_argument("--batch", type=int, default=1)
     q.add_argument("--context", type=int, default=512, help="prompt length")
     q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
@@ -105,7 +109,7 @@ def add_subcommand(sub) -> None:
     q.set_defaults(func=cmd_bench_speculative)
 
     q = bsub.add_parser("quality", help="held-out ppl, KL and top-1 agreement by position, continuations side by side")
-    q.add_argument("--models", type=_names, required=True, help=models_help)
+    q.add_argument("--models", type=name_list, required=True, help=models_help)
     q.add_argument("--teacher", help="the reference (default: the teacher the first model names)")
     q.add_argument("--window", type=int, default=512)
     q.add_argument("--max-tokens", type=int, default=8192, help="held-out tokens to score")

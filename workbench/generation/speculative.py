@@ -12,12 +12,14 @@ gets the same tokens one round later).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from workbench.generation.engine import GenerationResult, Session, _sync, default_pad, mixer_slots, unwrap
+from workbench.device import sync
+from workbench.generation.engine import GenerationResult, default_pad, prefill
+from workbench.generation.session import Session, unwrap
 
 
 @dataclass
@@ -47,55 +49,54 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     proposed = accepted = rounds = 0
     per_token: list[float] = []
 
-    with mixer_slots(target) as target_slots, mixer_slots(draft) as draft_slots:
-        verifier, drafter = Session(target, target_slots), Session(draft, draft_slots)
-        _sync(device)
-        t0 = time.perf_counter()
-        last = verifier.forward(input_ids)[:, -1].argmax(-1)                      # (B,)
-        drafter.forward(input_ids)
-        _sync(device)
-        prefill = time.perf_counter() - t0
-        out = [last[:, None]]
-        produced = 1
-        pending = last[:, None]                                                   # tokens the draft has not read
-        finished = _stopped(last[:, None], stops)
-        while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
-            t = time.perf_counter()
-            kk = min(k, max_new_tokens - produced - 1)
-            verifier.checkpoint()
-            drafter.checkpoint()
-            proposals = []
-            x = pending
-            for _ in range(kk):
-                x = drafter.forward(x)[:, -1].argmax(-1)[:, None]
-                proposals.append(x)
-            props = torch.cat(proposals, dim=1) if proposals else pending[:, :0]  # (B, kk)
-            predicted = verifier.forward(torch.cat([last[:, None], props], dim=1), keep=kk + 1).argmax(-1)
-            agree = (predicted[:, :kk] == props).long().cumprod(dim=1).sum(dim=1)  # (B,) leading matches
-            n = int(agree[~finished].min()) if bool((~finished).any()) else kk
-            new = torch.cat([props[:, :n], predicted[:, n:n + 1]], dim=1)         # (B, n + 1)
-            verifier.rollback(verifier.mark + n + 1)                             # read: last, then n proposals
-            read = torch.cat([pending, props], dim=1)                            # what the draft was to read
-            wanted = pending.shape[1] + n
-            done = drafter.length - drafter.mark
-            if wanted <= done:
-                drafter.rollback(drafter.mark + wanted)
-                pending = new[:, -1:]
-            else:
-                pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
-            out.append(new)
-            produced += n + 1
-            finished = finished | _stopped(new, stops)
-            last = new[:, -1]
-            proposed += kk
-            accepted += n
-            rounds += 1
-            _sync(device)
-            per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
+    verifier, drafter = Session(target), Session(draft)
+    sync(device)
+    t0 = time.perf_counter()
+    last = prefill(verifier, input_ids).argmax(-1)                           # (B,)
+    prefill(drafter, input_ids)
+    sync(device)
+    prefill_seconds = time.perf_counter() - t0
+    out = [last[:, None]]
+    produced = 1
+    pending = last[:, None]                                                   # tokens the draft has not read
+    finished = _stopped(last[:, None], stops)
+    while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
+        t = time.perf_counter()
+        kk = min(k, max_new_tokens - produced - 1)
+        verifier.checkpoint()
+        drafter.checkpoint()
+        proposals = []
+        x = pending
+        for _ in range(kk):
+            x = drafter.forward(x)[:, -1].argmax(-1)[:, None]
+            proposals.append(x)
+        props = torch.cat(proposals, dim=1) if proposals else pending[:, :0]  # (B, kk)
+        predicted = verifier.forward(torch.cat([last[:, None], props], dim=1), keep=kk + 1).argmax(-1)
+        agree = (predicted[:, :kk] == props).long().cumprod(dim=1).sum(dim=1)  # (B,) leading matches
+        n = int(agree[~finished].min()) if bool((~finished).any()) else kk
+        new = torch.cat([props[:, :n], predicted[:, n:n + 1]], dim=1)         # (B, n + 1)
+        verifier.rollback(verifier.mark + n + 1)                             # read: last, then n proposals
+        read = torch.cat([pending, props], dim=1)                            # what the draft was to read
+        wanted = pending.shape[1] + n
+        done = drafter.length - drafter.mark
+        if wanted <= done:
+            drafter.rollback(drafter.mark + wanted)
+            pending = new[:, -1:]
+        else:
+            pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
+        out.append(new)
+        produced += n + 1
+        finished = finished | _stopped(new, stops)
+        last = new[:, -1]
+        proposed += kk
+        accepted += n
+        rounds += 1
+        sync(device)
+        per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
 
     tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
     tokens, lengths = _pad_after_stop(tokens, stops, pad)
-    return SpeculativeResult(tokens=tokens, prefill_seconds=prefill, decode_seconds=float(sum(per_token)),
+    return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
                              per_token_seconds=per_token[: tokens.shape[1] - 1], lengths=lengths,
                              proposed=proposed, accepted=accepted, rounds=rounds)
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workbench.data.corpus import load_corpus
-from workbench.data.tokens import token_ids
+from workbench.data import load_corpus, token_ids
+from workbench.generation.engine import generate
 
 MANIFEST = "manifest.json"
 
@@ -74,8 +74,6 @@ def _read_manifest(out: Path, config: PseudoLabelConfig) -> dict:
 def generate_corpus(teacher, out: str | Path, config: PseudoLabelConfig, progress: bool = True) -> dict:
     """Generate (or continue) the pseudo-label corpus in ``out`` for ``teacher`` (a workbench ``Teacher``) and
     return its manifest: {"config", "parts", "new_tokens", "documents", "seconds"}."""
-    from workbench.generation import generate
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(out, config)

@@ -1,0 +1,73 @@
+"""Speculative decoding against plain greedy (``bench_speculative``, ``workbench bench speculative``).
+
+Plain greedy ``generate`` of a target against ``speculative_generate`` with a draft, per number of draft tokens k:
+decode tokens/s of both, the speed-up, the acceptance rate, and whether the greedy tokens are identical (where not,
+the first position that differs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from workbench.device import device_name
+from workbench.generation.bench.facts import corpus_tokens, prompts
+from workbench.generation.engine import generate
+from workbench.generation.models import load_model
+from workbench.generation.speculative import speculative_generate
+from workbench.teachers import anatomy
+
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """The first position (B, L) token tensors differ at in any row (or where one ends), or None if equal."""
+    if torch.equal(a, b):
+        return None
+    n = min(a.shape[1], b.shape[1])
+    differs = (a[:, :n] != b[:, :n]).any(0).nonzero()
+    return int(differs[0]) if len(differs) else n
+
+
+def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1, context: int = 512,
+                      new: int = 128, device="auto", dtype="auto", cuda_graph="auto", warmup: int = 8,
+                      progress: bool = True) -> dict:
+    """Plain greedy ``generate`` of ``target`` against ``speculative_generate`` with ``draft``, for each k in ``ks``,
+    on (batch, context) SOTU held-out prompts (the target's tokenizer) and ``new`` tokens. Each call is preceded by
+    an untimed one of ``warmup`` tokens. Returns {"target", "draft", "batch", "context", "new_tokens", "device",
+    "device_name", "dtype", "target_decode_tokens_per_s", "target_cuda_graph", "results": [{"k",
+    "speculative_decode_tokens_per_s", "target_decode_tokens_per_s", "speedup", "acceptance_rate", "rounds",
+    "identical", "first_difference"}]}. Tokens/s count the decode steps after the first token (per sequence
+    times batch), as ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain."""
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k (draft tokens per round) must be at least 1, got {list(ks)}")
+    loaded_target = load_model(target, device=device, dtype=dtype)
+    loaded_draft = load_model(draft, device=device, dtype=dtype)
+    model_device = next(loaded_target.model.parameters()).device
+    draft_device = next(loaded_draft.model.parameters()).device
+    if draft_device != model_device:
+        raise ValueError(f"the target is on {model_device} but the draft on {draft_device}")
+    limit = anatomy.context_length(anatomy.text_config(loaded_target.model))
+    if limit is not None and context + new > limit:
+        raise ValueError(f"context {context} + {new} new tokens exceeds the target's maximum context {limit}")
+    ids = prompts(corpus_tokens(loaded_target), batch, context, model_device)
+    generate(loaded_target.model, ids, min(warmup, new), cuda_graph=cuda_graph)
+    plain = generate(loaded_target.model, ids, new, cuda_graph=cuda_graph)
+    report = {"target": target, "draft": draft, "batch": batch, "context": context, "new_tokens": new,
+              "device": str(model_device), "device_name": device_name(model_device),
+              "dtype": str(loaded_target.model.dtype).replace("torch.", ""),
+              "target_decode_tokens_per_s": plain.decode_tokens_per_s, "target_cuda_graph": plain.cuda_graph,
+              "results": []}
+    for k in ks:
+        speculative_generate(loaded_target.model, loaded_draft.model, ids, min(warmup, new), k=k)
+        result = speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k)
+        speed = result.decode_tokens_per_s
+        entry = {"k": k, "speculative_decode_tokens_per_s": speed,
+                 "target_decode_tokens_per_s": plain.decode_tokens_per_s,
+                 "speedup": speed / plain.decode_tokens_per_s, "acceptance_rate": result.acceptance_rate,
+                 "rounds": result.rounds, "identical": torch.equal(result.tokens, plain.tokens),
+                 "first_difference": _first_difference(plain.tokens, result.tokens)}
+        report["results"].append(entry)
+        if progress:
+            print(f"k={k}: {speed:.1f} tokens/s vs {plain.decode_tokens_per_s:.1f} plain (x{entry['speedup']:.2f}), "
+                  f"acceptance {entry['acceptance_rate']:.2f}, identical {entry['identical']}")
+    return report

@@ -1,0 +1,159 @@
+"""Generation speed (``bench_generate``, ``workbench bench generate``), per model, batch size and context length.
+
+Prompts are SOTU held-out tokens, repeated as needed. Each setting records (``BENCH_FIELDS``, and a few extras):
+  decode_tokens_per_s, ttft_s (prefill + first token), per_token_p50_s / per_token_p95_s, peak_memory_bytes
+  (torch.cuda.max_memory_allocated; None on CPU), decode_s (the timed decode steps), graph_capture_s (the engine's
+  one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
+  graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
+  and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
+  prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass),
+  and the physical floor of a decode step: bytes_per_step (weights
+  read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
+  the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
+  floor_fraction = floor_s / per_token_p50_s. A model spec ending in "@hf" (or every model, with hf_baseline) also
+  runs through transformers' own ``generate()`` (engine "hf-generate") as the baseline. A setting longer than the
+  model's context, too large for the free memory, out of memory, or refused by the model is recorded with
+  status "skipped" and its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.device import device_name, sync
+from workbench.generation.bench.facts import corpus_tokens, kv_bytes, measure_bandwidth, prompts, weight_bytes
+from workbench.generation.engine import DecodeOptions, generate
+from workbench.generation.models import LoadedModel, load_model
+from workbench.teachers import anatomy
+
+HF_SUFFIX = "@hf"
+BENCH_FIELDS = ("model", "engine", "batch", "context", "new_tokens", "status", "reason", "decode_tokens_per_s",
+                "ttft_s", "per_token_p50_s", "per_token_p95_s", "peak_memory_bytes", "bytes_per_step", "floor_s",
+                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s", "compile", "compile_s")
+
+
+class _Clock:
+    """A transformers streamer that only notes when each token arrives (the first call brings the prompt)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, []
+
+    def put(self, value) -> None:
+        sync(self.device)
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
+    clock = _Clock(ids.device)
+    sync(ids.device)
+    t0 = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                         do_sample=False, streamer=clock, pad_token_id=model.config.pad_token_id or 0)
+    sync(ids.device)
+    steps = np.diff(clock.times[1:]).tolist()
+    return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
+            "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None}
+
+
+def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, options: DecodeOptions) -> dict:
+    result = generate(model, ids, new, options=options)
+    return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
+            "tokens": ids.shape[0] * len(result.per_token_seconds), "cuda_graph": result.cuda_graph,
+            "state_bytes": result.state_bytes, "graph_note": result.graph_note,
+            "graph_capture_s": result.graph_capture_seconds, "compile": result.compiled,
+            "compile_s": result.compile_seconds, "compile_note": result.compile_note}
+
+
+def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
+                options: DecodeOptions | None = None) -> dict:
+    """One (model, engine, batch, context) measurement as a record with ``BENCH_FIELDS`` (and a few extras).
+    ``options`` (default: ``DecodeOptions()``) go to the engine's ``generate`` (not to hf-generate)."""
+    options = DecodeOptions.of(options)
+    model = loaded.model
+    device = ids.device
+    batch, context = ids.shape
+    engine_options = engine != "hf-generate"
+    record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
+              "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
+              "compile": options.compile and engine_options,
+              "prefill_chunk": options.prefill_chunk if engine_options else None}
+    limit = anatomy.context_length(anatomy.text_config(model))
+    needed = kv_bytes(model, batch, context + new)
+    if limit is not None and context + new > limit:
+        return {**record, "status": "skipped", "reason": f"context {context} + {new} new tokens exceeds the "
+                                                           f"model's maximum context {limit}"}
+    if device.type == "cuda" and needed > torch.cuda.mem_get_info(device)[0]:
+        return {**record, "status": "skipped", "reason": f"the KV cache alone needs {needed / 2**30:.1f} GiB, more "
+                                                           f"than the free GPU memory"}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with torch.no_grad():
+            run = _engine_generate(model, ids, new, options) if engine_options else _hf_generate(model, ids, new)
+    except torch.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        return {**record, "status": "skipped", "reason": f"out of memory: {str(err).splitlines()[0]}"}
+    except ValueError as err:  # a model that refuses the length (e.g. a Hyena filter shorter than the context)
+        return {**record, "status": "skipped", "reason": f"the model refused: {err}"}
+    steps = run["per_token"]
+    p50, p95 = (float(np.percentile(steps, 50)), float(np.percentile(steps, 95))) if steps else (None, None)
+    per_step = weight_bytes(model) + needed + run.get("state_bytes", 0)
+    floor = per_step / bandwidth
+    record.update(decode_tokens_per_s=run["tokens"] / sum(steps) if steps else None, ttft_s=run["ttft_s"],
+                  per_token_p50_s=p50, per_token_p95_s=p95,
+                  peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                  bytes_per_step=per_step, floor_s=floor, floor_fraction=floor / p50 if p50 else None,
+                  cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"),
+                  decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"],
+                  compile=run["compile"], compile_s=run["compile_s"], compile_note=run.get("compile_note"))
+    return record
+
+
+def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequence[int], new: int = 128,
+                   device="auto", dtype="auto", hf_baseline: bool = False, options: DecodeOptions | None = None,
+                   progress: bool = True, **decode) -> dict:
+    """Every model x batch x context (see the module docstring). Returns {"device", "device_name", "dtype",
+    "bandwidth_bytes_per_s", "new_tokens", "settings": [records]}. ``options`` (or its fields as keywords:
+    ``cuda_graph=``, ``compile=``, ``prefill_chunk=``, as for ``generate``) drive the engine: e.g. ``compile=True``
+    runs it with torch.compile, ``prefill_chunk=N`` feeds prompts N tokens at a time."""
+    options = DecodeOptions.of(options, **decode)
+    runs: list[tuple[str, str]] = []
+    for spec in models:
+        if spec.endswith(HF_SUFFIX):
+            runs.append((spec[: -len(HF_SUFFIX)], "hf-generate"))
+        else:
+            runs.append((spec, "workbench"))
+            if hf_baseline:
+                runs.append((spec, "hf-generate"))
+    loaded: dict[str, LoadedModel] = {}
+    settings, bandwidth, report_device = [], None, None
+    for spec, engine in runs:
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, device=device, dtype=dtype)
+        current = loaded[spec]
+        model_device = next(current.model.parameters()).device
+        if bandwidth is None:
+            report_device, bandwidth = model_device, measure_bandwidth(model_device)
+        ids = corpus_tokens(current)
+        for batch in batches:
+            for context in contexts:
+                record = run_setting(current, engine, prompts(ids, batch, context, model_device), new, bandwidth,
+                                     options)
+                settings.append(record)
+                if progress:
+                    speed = record["decode_tokens_per_s"]
+                    print(f"{spec} [{engine}] batch {batch} context {context}: " +
+                          (f"{speed:.1f} tokens/s, ttft {record['ttft_s']:.3f}s" if record["status"] == "ok"
+                           else f"skipped ({record['reason']})"))
+    dtype_name = str(next(iter(loaded.values())).model.dtype).replace("torch.", "") if loaded else None
+    return {"device": str(report_device), "device_name": device_name(report_device) if report_device else None,
+            "dtype": dtype_name, "bandwidth_bytes_per_s": bandwidth, "new_tokens": new, "settings": settings}
