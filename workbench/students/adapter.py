@@ -45,9 +45,9 @@ def clone_state(state: Any) -> Any:
     return {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
 
 
-@dataclass
+@dataclass(eq=False)
 class MixerLayerState:
-    """One mixer layer's decoding state for one cache."""
+    """One mixer layer's decoding state for one cache (compared by identity)."""
     mixer: Mixer
     state: Any = None                                         # the mixer's state after ``seen`` tokens; None: none yet
     seen: int = 0                                             # tokens this layer has consumed
@@ -77,12 +77,9 @@ class MixerLayerState:
         self.mark, self.inputs, self.recording = self.seen, [], True
 
     def rollback(self, length: int) -> None:
-        """Return to ``length`` tokens (between the checkpoint and now): the checkpoint's snapshot, carried over the
-        recorded inputs of the kept tokens by one ``Mixer.extend`` (``prefill`` if there was no state yet). Recording
-        stops."""
-        if not self.mark <= length <= self.seen:
-            raise ValueError(f"can roll back only to a length between the checkpoint ({self.mark}) and now "
-                             f"({self.seen}), got {length}")
+        """Return to ``length`` tokens, between the checkpoint and now (``Session.rollback`` checks it): the
+        checkpoint's snapshot, carried over the recorded inputs of the kept tokens by one ``Mixer.extend``
+        (``prefill`` if there was no state yet). Recording stops."""
         if length != self.seen:
             state = self.saved
             kept = torch.cat(self.inputs, dim=1)[:, : length - self.mark] if self.inputs else None  # (B, L_kept, D)
