@@ -122,5 +122,4 @@ def reference_fit(h, order: int, method: str = "balanced", max_radius: float = f
         residues.append(r)
     ssm = ModalSSM(torch.from_numpy(np.stack(poles)).to(torch.complex128),
                    torch.from_numpy(np.stack(residues)).to(torch.complex128), h[:, 0].clone())
-    ssm.errors = fit.filter_errors(h, ssm)
-    return ssm
+    return ssm.with_errors(fit.filter_errors(h, ssm))

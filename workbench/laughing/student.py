@@ -21,7 +21,7 @@ with a recurrent ``step`` that is O(1) in the position:
   MultiHyena   w_t = k_t v_tᵀ (B, M, P, P);   state (B, M, d, P, P): each head's P x P memory per mode
 and the skip term and gates as in the parent. ``step`` updates its state tensors in place (``ModalSSM.step_``, the
 short-conv ring buffer, the position), so the generation engine captures the decode step in a CUDA graph
-(``workbench.generation.engine.static_state_problem`` finds nothing to object to). ``prefill(x)`` gives the
+(``workbench.generation.graph.static_state_problem`` finds nothing to object to). ``prefill(x)`` gives the
 parallel output for a whole prompt and the state after it (modal state by one Vandermonde contraction, short-conv
 ring buffer from the last inputs).
 
