@@ -20,6 +20,7 @@ import torch
 
 from workbench.analysis.compare import compare
 from workbench.data import load_corpus, token_ids
+from workbench.device import device_name
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.recipes import recipe
 from workbench.students import build_student
@@ -53,7 +54,7 @@ def main() -> None:
     calibration = torch.from_numpy(token_ids(load_corpus("sotu", "train"), teacher.tokenizer)[:CALIBRATION_TOKENS]
                                    .astype("int64"))[None]
     results = {"teacher": args.teacher, "mixer": args.mixer, "window": args.window, "device": str(teacher.device),
-               "device_name": torch.cuda.get_device_name(teacher.device) if teacher.device.type == "cuda" else "cpu",
+               "device_name": device_name(teacher.device),
                "dtype": str(teacher.dtype), "inits": {}, "trained": {}}
     for name, (init, calibrate) in INITS.items():
         torch.manual_seed(0)

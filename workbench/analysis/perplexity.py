@@ -8,8 +8,8 @@ final window predicts what it has). Perplexity = exp(total NLL / predicted token
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch

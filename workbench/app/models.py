@@ -1,5 +1,6 @@
 """Models the page works with: teachers loaded once per app process (shared read-only by every session), students
-built from a teacher, and the student of a run folder rebuilt from its config and latest checkpoint."""
+built from a teacher, and the student of a run folder (``workbench.distill.load.load_run_student``, with the
+process's teacher)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 
 from workbench.app.paths import teacher_source
 from workbench.distill.config import RunConfig
+from workbench.distill.load import load_run_student
 from workbench.distill.run_dir import RunDir
-from workbench.students.base import Mixer
 from workbench.students import build_student, student_mixers
+from workbench.students.base import Mixer
 from workbench.teachers import Teacher, load_teacher
 
 _TEACHERS: dict[tuple[str, str], Teacher] = {}
@@ -26,13 +28,6 @@ def get_teacher(source: str, device: str = "auto") -> Teacher:
         if key not in _TEACHERS:
             _TEACHERS[key] = load_teacher(key[0], device=device, dtype="float32", progress=False)
         return _TEACHERS[key]
-
-
-def kept_layers(config: RunConfig, num_layers: int) -> list[int]:
-    """The layers that keep attention in ``config`` (``replace`` wins over ``keep_attention``, as in a run)."""
-    if config.replace is not None:
-        return sorted(set(range(num_layers)) - set(config.replace))
-    return list(config.keep_attention)
 
 
 def make_student(teacher: Teacher, mixer: str, keep_attention: list[int], init: str, mixer_config: dict | None = None):
@@ -53,21 +48,9 @@ def parameter_counts(teacher: Teacher, student) -> dict[str, int]:
 
 
 def student_from_run(path: str | Path, device: str = "auto") -> tuple[Teacher, torch.nn.Module, dict[int, Mixer], dict]:
-    """(teacher, student, mixers, info) for a run folder: the student as its latest checkpoint left it (its
-    initialisation if it has none yet); info holds the run config and the checkpoint's step (0 without one)."""
-    run = RunDir.open(path)
-    config = RunConfig.from_dict(run.config["run"])
-    teacher = get_teacher(config.teacher, device)
-    torch.manual_seed(config.seed)  # as the run seeds before building: a random init without a checkpoint matches
-    student = make_student(teacher, config.mixer, kept_layers(config, teacher.num_layers), config.init,
-                           config.mixer_config)
-    step = 0
-    ckpt = run.latest_checkpoint(teacher.device)
-    if ckpt is not None:
-        tensors, state = ckpt
-        params = dict(student.named_parameters())
-        for key, value in tensors.items():
-            if key.startswith("param/"):
-                params[key[len("param/"):]].data.copy_(value)
-        step = state["global_step"]
-    return teacher, student, student_mixers(student), {"config": config, "step": step}
+    """(teacher, student, mixers, info) for a run folder: the student as its latest checkpoint left it (the run's
+    starting point if it has none yet), float32, eval mode; info holds the run config and the checkpoint's step (0
+    without one)."""
+    config = RunConfig.from_dict(RunDir.open(path).config["run"])
+    run = load_run_student(path, teacher=get_teacher(config.teacher, device), untrained=True)
+    return run.teacher, run.student, student_mixers(run.student), {"config": run.config, "step": run.step}

@@ -11,7 +11,7 @@ from panel.viewable import Viewer
 
 from workbench.app.models import make_student, parameter_counts
 from workbench.app.teacher_panel import TeacherPanel
-from workbench.students import INITS, mixer_names
+from workbench.students import INITS, mixer_names, split_layers
 
 STRIP_CSS = ".bk-btn { padding: 6px 0; min-width: 0; font-size: 12px; }"  # every layer fits on one line
 
@@ -49,7 +49,7 @@ class StudentPanel(Viewer):
     def _default_kept(self) -> list[int]:
         """Every layer but the middle two (a hybrid that distils in minutes on a CPU)."""
         n = self.num_layers
-        return [i for i in range(n) if i not in (n // 2 - 1, n // 2)] if n > 2 else []
+        return split_layers(n, replace=[n // 2 - 1, n // 2])[1] if n > 2 else []
 
     def _set_kept(self, layers) -> None:
         self.keep_attention = sorted(int(i) for i in layers)
@@ -62,7 +62,7 @@ class StudentPanel(Viewer):
 
     @property
     def replaced(self) -> list[int]:
-        return [i for i in range(self.num_layers) if i not in self.keep_attention]
+        return split_layers(self.num_layers, keep_attention=self.keep_attention)[0]
 
     # ---- building --------------------------------------------------------------------------------------------
     def _make(self):

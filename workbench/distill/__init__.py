@@ -1,9 +1,10 @@
 """Distillation: typed run configs and recipes, pure loss functions, the run (a list of stages writing an event
 stream, atomic checkpoints and a summary to a run folder), and the readers' view of run folders.
 
-    from workbench.distill import RunConfig, recipe, distill
+    from workbench.distill import RunConfig, recipe, distill, load_run_student
     summary = distill(RunConfig(mixer="mamba2", keep_attention=[0, 15], stages=recipe("kd", tokens=1_000_000)),
                       "runs/a")
+    run = load_run_student("runs/a")        # its teacher, trained student, config and step
 """
 
 import sys
@@ -11,6 +12,7 @@ import types
 from pathlib import Path
 
 from workbench.distill.config import RunConfig, StageConfig, parse_tokens
+from workbench.distill.load import RunStudent, load_run_student
 from workbench.distill.recipes import RECIPES, recipe
 from workbench.distill.run import Run
 
@@ -31,4 +33,5 @@ class _DistillPackage(types.ModuleType):
 
 sys.modules[__name__].__class__ = _DistillPackage
 
-__all__ = ["RunConfig", "StageConfig", "parse_tokens", "RECIPES", "recipe", "Run", "distill"]
+__all__ = ["RunConfig", "StageConfig", "parse_tokens", "RECIPES", "recipe", "Run", "distill", "RunStudent",
+           "load_run_student"]

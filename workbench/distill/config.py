@@ -1,11 +1,18 @@
 """Typed run configuration: a run is a list of stages. Every field has a default with its reason beside it.
 
-Token budgets accept k/M/B suffixes through ``parse_tokens`` ("20M" -> 20_000_000).
+Token budgets accept k/M/B suffixes through ``parse_tokens`` ("20M" -> 20_000_000). Which layers the student
+replaces is said once, by ``keep_attention`` or by ``replace`` (not both), and read through
+``RunConfig.replaced_layers(n)`` / ``kept_layers(n)`` (``workbench.students.split_layers``). A stage's layer-wise
+terms name their layers outright (``layers``) or as a group of the replaced ones (``layer_group``), resolved once the
+run has built its student (``StageConfig.layers_of``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+from workbench.students.spec import split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
 TRAINABLE = ("mixers", "mixers+mlps", "all")
@@ -27,6 +34,15 @@ def parse_tokens(text: str | int) -> int:
     return int(value)
 
 
+def layer_group(layers: Sequence[int], k: int, n: int) -> list[int]:
+    """Group ``k`` (from 0) of ``n`` consecutive groups of ``layers``, first layers first, sizes differing by at most
+    one. With fewer layers than groups every group is one layer (consecutive groups may repeat one), so a
+    progressive recipe keeps its shape on any student."""
+    start = k * len(layers) // n
+    stop = max((k + 1) * len(layers) // n, start + 1)
+    return list(layers[start:stop])
+
+
 @dataclass
 class StageConfig:
     name: str = "kd"                          # shown in events, plots and the progress bar
@@ -34,7 +50,10 @@ class StageConfig:
     losses: dict[str, float] = field(default_factory=lambda: {"kl": 1.0})  # term -> weight (terms: LOSS_TERMS)
     tokens: int = 1_000_000                   # token budget of this stage (batch_size * seq_len per step)
     layers: list[int] | None = None           # layer-wise terms (matrix, hidden, attn_mse) use these replaced
-                                              # layers; None = all replaced layers
+                                              # layers; None = all replaced layers (or layer_group's)
+    layer_group: list[int] | None = None      # [k, n]: instead of layers, group k (from 0) of n consecutive groups
+                                              #   of the replaced layers (``layer_group``), known once the student
+                                              #   is built; recipes use it without knowing the teacher's depth
     lr: float = 1e-3                          # peak learning rate (AdamW); mixers start far from their optimum
     schedule: str = "cosine"                  # cosine | wsd (warmup-stable-decay)
     warmup: float = 0.05                      # fraction of the stage's steps spent warming up
@@ -53,6 +72,21 @@ class StageConfig:
         if self.tokens < self.batch_size * self.seq_len:
             raise ValueError(f"stage {self.name!r}: {self.tokens} tokens is less than one step "
                              f"({self.batch_size} x {self.seq_len})")
+        if self.layer_group is not None:
+            if self.layers is not None:
+                raise ValueError(f"stage {self.name!r}: give layers ({self.layers}) or layer_group "
+                                 f"({self.layer_group}), not both")
+            if len(self.layer_group) != 2 or not 0 <= self.layer_group[0] < self.layer_group[1]:
+                raise ValueError(f"stage {self.name!r}: layer_group must be [k, n] with 0 <= k < n, got "
+                                 f"{self.layer_group}")
+
+    def layers_of(self, replaced: Sequence[int]) -> list[int]:
+        """The layers this stage's layer-wise terms use, given the student's ``replaced`` layers."""
+        if self.layers is not None:
+            return list(self.layers)
+        if self.layer_group is not None:
+            return layer_group(sorted(replaced), *self.layer_group)
+        return sorted(replaced)
 
     @property
     def steps(self) -> int:
@@ -64,7 +98,8 @@ class RunConfig:
     teacher: str = "smollm2-135m"             # registry name, local folder, .gguf or hub id
     mixer: str = "mamba2"                     # student mixer (workbench.students.build.MIXERS)
     keep_attention: list[int] = field(default_factory=list)  # teacher layers that stay attention (hybrid)
-    replace: list[int] | None = None          # layers to replace; None = every layer not in keep_attention
+    replace: list[int] | None = None          # or instead: the layers to replace; None = every layer not in
+                                              #   keep_attention (give one of the two)
     init: str = "attention"                   # attention (Mamba in the Llama init) | random
     mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
     calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
@@ -93,6 +128,17 @@ class RunConfig:
             stage.validate()
         if self.init not in ("attention", "random"):
             raise ValueError(f"init must be 'attention' or 'random', got {self.init!r}")
+        if self.keep_attention and self.replace is not None:
+            raise ValueError(f"give keep_attention ({self.keep_attention}) or replace ({self.replace}), not both: "
+                             f"each one says the other")
+
+    def replaced_layers(self, num_layers: int) -> list[int]:
+        """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer."""
+        return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)[0]
+
+    def kept_layers(self, num_layers: int) -> list[int]:
+        """The layers of a ``num_layers``-layer teacher that keep attention."""
+        return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)[1]
 
     @property
     def evaluation_corpus(self) -> str:
@@ -102,7 +148,11 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
+    def from_dict(cls, data: dict) -> RunConfig:
+        """A config as ``to_dict`` (config.json) holds it. Files written before keep_attention and replace were
+        exclusive may hold both; replace won then, and wins here."""
         data = dict(data)
         data["stages"] = [StageConfig(**s) for s in data.get("stages", [])]
+        if data.get("replace") is not None:
+            data["keep_attention"] = []
         return cls(**data)

@@ -16,7 +16,8 @@ Every rank takes its slice of each step's global batch (``split_rows``). With DD
 frozen teacher and student, and DDP synchronises the student's trainable parameters. When the run asks for ``fsdp``,
 the teacher and the student are loaded on the CPU and sharded with FSDP2 (``fully_shard``) onto the GPUs, so that
 models too big for one GPU fit on several. Without torchrun (or with one process) nothing here creates a process
-group and a run is exactly the single-device run.
+group and a run is exactly the single-device run. Checkpoints of a sharded student hold full tensors, gathered on
+rank 0 (``gather_sharded``) and sharded again on resume (``load_sharded_optimizer``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -216,3 +217,39 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def gather_sharded(sharded: nn.Module, saved: list[str], opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Full (unsharded) parameters ``saved`` and AdamW state of the FSDP2 root ``sharded`` (a ``Call`` holding the
+    student) on rank 0's CPU, in the single-process checkpoint layout ("param/NAME", "opt/NAME/FIELD"); a
+    collective: every rank calls it, the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(sharded, options=options)
+    opt_state = get_optimizer_state_dict(sharded, opt, options=options)
+    if not is_main():
+        return {}
+    prefix = "student."
+    tensors = {f"param/{n}": model_state[prefix + n] for n in saved}
+    for fqn, state in opt_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{fqn[len(prefix):]}/{key}"] = value
+    return tensors
+
+
+def load_sharded_optimizer(sharded: nn.Module, opt: torch.optim.Optimizer, opt_state: dict[str, torch.Tensor]) -> None:
+    """The full saved AdamW state ``opt_state`` ("NAME/FIELD" -> tensor), sharded onto this rank's parameter shards
+    of the FSDP2 root ``sharded`` (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    fqn = {id(p): n for n, p in sharded.named_parameters()}
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in opt_state.items():
+        name, _, field = key.rpartition("/")
+        state.setdefault(f"student.{name}", {})[field] = value.cpu() if field == "step" else value
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [fqn[id(p)] for p in g["params"]]}
+              for g in opt.param_groups]
+    set_optimizer_state_dict(sharded, opt, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))

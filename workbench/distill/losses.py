@@ -28,7 +28,7 @@ def matrix_orientation(student_matrix: torch.Tensor, teacher_matrix: torch.Tenso
     (batch, head), averaged over heads and batch. Matrices (B, H, L, L); ``mask`` (B, L) drops padded rows/columns."""
     diff = (student_matrix.float() - teacher_matrix.float())
     if mask is not None:
-        m = full_mask(diff[:, 0], mask)                                   # (B, L)
+        m = full_mask(diff[:, 0], mask)                                  # (B, L)
         diff = diff * m[:, None, :, None] * m[:, None, None, :]
     return diff.pow(2).sum((-1, -2)).sqrt().mean()
 

@@ -1,5 +1,5 @@
-"""Recipes: Python presets that turn a few dials (token budget, sequence length, batch) into a list of stages that
-follow each paper's procedure. See ../shared/methods.md for the procedures.
+"""Recipes: Python presets that turn a few dials (token budget, sequence length, batch, learning rate) into a list of
+stages that follow each paper's procedure. See docs/methods.md for the procedures.
 
 - ``mohawk`` (arXiv 2408.10189): 1) matrix orientation, 2) hidden-state alignment, 3) end-to-end KD with every
   parameter; budget split as the paper's 80M / 160M / 2.76B (2.7% / 5.3% / 92%).
@@ -9,11 +9,16 @@ follow each paper's procedure. See ../shared/methods.md for the procedures.
 - ``scavenging-hyena`` (arXiv 2401.17574): progressive layer-wise transfer from the first layer onward (hidden-state
   alignment of one group of layers at a time), then logit KD.
 - ``kd``: plain end-to-end logit KD.
+
+Recipes do not know the teacher: which layers are replaced is the run config's (``keep_attention`` / ``replace``),
+and a stage that works on part of them names it as a group (``StageConfig.layer_group``) that the run resolves once
+it has built its student. ``recipe`` refuses a dial its recipe does not have.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from collections.abc import Callable
 
 from workbench.distill.config import StageConfig
 
@@ -22,7 +27,7 @@ def _split(tokens: int, shares: list[float]) -> list[int]:
     return [max(1, int(tokens * s)) for s in shares]
 
 
-def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
     t1, t2, t3 = _split(tokens, [80 / 3000, 160 / 3000, 2760 / 3000])
     common = dict(seq_len=seq_len, batch_size=batch_size)
     return [StageConfig("matrix-orientation", "mixers", {"matrix": 1.0}, t1, lr=lr, **common),
@@ -30,7 +35,7 @@ def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-
             StageConfig("knowledge-distillation", "all", {"kl": 1.0}, t3, lr=lr / 10, **common)]
 
 
-def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
     t1, t2 = _split(tokens, [0.2, 0.8])
     common = dict(seq_len=seq_len, batch_size=batch_size)
     return [StageConfig("mixers-only", "mixers", {"kl": 1.0, "ce": 0.1}, t1, lr=lr, **common),
@@ -38,23 +43,20 @@ def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: flo
 
 
 def scavenging_hyena(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
-                     layers: list[int] | None = None, groups: int = 3, **_) -> list[StageConfig]:
-    """Progressive transfer over ``groups`` consecutive groups of the replaced ``layers`` (first layers first)."""
-    layers = list(layers or [])
-    if not layers:
-        raise ValueError("scavenging-hyena needs the list of replaced layers (layers=...)")
-    groups = min(groups, len(layers))
-    size = -(-len(layers) // groups)
-    chunks = [layers[i:i + size] for i in range(0, len(layers), size)]
-    progressive = _split(tokens, [0.4 / len(chunks)] * len(chunks))
+                     groups: int = 3) -> list[StageConfig]:
+    """Progressive transfer over ``groups`` consecutive groups of the replaced layers (first layers first)."""
+    if groups < 1:
+        raise ValueError(f"scavenging-hyena needs at least one group of layers, got groups={groups}")
+    progressive = _split(tokens, [0.4 / groups] * groups)
     common = dict(seq_len=seq_len, batch_size=batch_size)
-    stages = [StageConfig(f"layers-{c[0]}-{c[-1]}", "mixers", {"hidden": 1.0}, t, layers=c, lr=lr, **common)
-              for c, t in zip(chunks, progressive)]
+    stages = [StageConfig(f"group-{k + 1}-of-{groups}", "mixers", {"hidden": 1.0}, t, layer_group=[k, groups],
+                          lr=lr, **common)
+              for k, t in enumerate(progressive)]
     return stages + [StageConfig("knowledge-distillation", "all", {"kl": 1.0}, int(tokens * 0.6), lr=lr / 10,
                                  **common)]
 
 
-def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3, **_) -> list[StageConfig]:
+def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
     return [StageConfig("knowledge-distillation", "mixers", {"kl": 1.0}, tokens, lr=lr, seq_len=seq_len,
                         batch_size=batch_size)]
 
@@ -73,6 +75,14 @@ def default_lr(name: str, kept_attention: int) -> float:
 
 
 def recipe(name: str, **dials) -> list[StageConfig]:
+    """The stages of recipe ``name`` for ``dials`` (``tokens`` and the recipe's keyword arguments)."""
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
+    accepted = list(inspect.signature(RECIPES[name]).parameters)
+    unknown = sorted(set(dials) - set(accepted))
+    if unknown:
+        hint = (" (the replaced layers come from the run config, keep_attention or replace, not from the recipe)"
+                if "layers" in unknown else "")
+        raise ValueError(f"recipe {name!r} has no dial {', '.join(map(repr, unknown))}{hint}; its dials: "
+                         f"{', '.join(accepted)}")
     return RECIPES[name](**dials)

@@ -1,7 +1,7 @@
 """``load_model(spec)``: a model to generate with, from whatever names one.
 
-    spec = a run folder (config.json with a "run" entry, from ``workbench distill``): the run's teacher, the student
-           built from the run config as the run built it, and the latest checkpoint's tensors;
+    spec = a run folder (config.json with a "run" entry, from ``workbench distill``): the student of its latest
+           checkpoint, rebuilt as the run built it (``workbench.distill.load.load_run_student``);
          = a saved student folder (``save_pretrained`` of a student): ``load_student``;
          = a plain Hugging Face folder (config.json): ``AutoModelForCausalLM`` (tokenizer when the folder has one);
          = anything ``load_teacher`` accepts (registry name, .gguf file, hub id).
@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from workbench.teachers.load import resolve_device, resolve_dtype
+from workbench.device import resolve_device, resolve_dtype
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -46,31 +44,10 @@ def _tokenizer_of(path: Path):
 
 
 def _load_run(path: Path, device, dtype) -> LoadedModel:
-    from workbench.distill.config import RunConfig
-    from workbench.distill.run_dir import RunDir
-    from workbench.students import build_student
-    from workbench.teachers import load_teacher
+    from workbench.distill.load import load_run_student
 
-    run_dir = RunDir.open(path)
-    cfg = RunConfig.from_dict(run_dir.config["run"])
-    random.seed(cfg.seed)                      # as the run seeded itself before building: parameters no stage
-    np.random.seed(cfg.seed)                   # trains (absent from checkpoints) come out the same
-    torch.manual_seed(cfg.seed)
-    teacher = load_teacher(cfg.teacher, device=device, dtype="float32", progress=False)
-    n = teacher.num_layers
-    keep = list(cfg.keep_attention) if cfg.replace is None else sorted(set(range(n)) - set(cfg.replace))
-    student = build_student(teacher.model, mixer=cfg.mixer, keep_attention=keep, init=cfg.init, **cfg.mixer_config)
-    checkpoint = run_dir.latest_checkpoint(teacher.device)
-    if checkpoint is None:
-        raise FileNotFoundError(f"run folder {path} has no checkpoint yet: nothing trained to load")
-    tensors, _ = checkpoint
-    params = dict(student.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param/"):
-                params[key[len("param/"):]].copy_(value)
-    model = student.to(dtype=resolve_dtype(dtype, teacher.device)).eval().requires_grad_(False)
-    return LoadedModel(model, teacher.tokenizer, str(path), "run", cfg.teacher)
+    run = load_run_student(path, device=device, dtype=dtype)
+    return LoadedModel(run.student, run.teacher.tokenizer, str(path), "run", run.config.teacher)
 
 
 def load_model(spec: str, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"

@@ -14,8 +14,8 @@ numbers of the student with ALL layers at that order:
 ``workbench.laughing.order``). The JSON's "seconds" holds the wall-clock seconds of the fits, the Hankel floors and
 the model evaluations.
 
-``load_run_student(run_dir)`` rebuilds a run's student: ``build_student`` from the run's config, then the newest
-checkpoint's trained tensors ("param/NAME").
+``load_run_student(run_dir)`` gives the run's (teacher, student, config) in float32, as
+``workbench.distill.load.load_run_student`` rebuilds them.
 """
 
 from __future__ import annotations
@@ -26,37 +26,12 @@ from pathlib import Path
 
 
 def load_run_student(run_dir: str | Path, device: str = "cpu"):
-    """(teacher, student, RunConfig) of the run in ``run_dir``: the student as the run's config builds it, with the
-    parameters of its newest checkpoint (the teacher's own for those no stage trained), in float32, eval mode."""
-    import torch
+    """(teacher, student, RunConfig) of the run in ``run_dir``: the student of its newest checkpoint (the teacher's
+    own parameters where no stage trained), float32, eval mode."""
+    from workbench.distill.load import load_run_student as load
 
-    from workbench.distill.config import RunConfig
-    from workbench.distill.run_dir import RunDir
-    from workbench.students import build_student
-    from workbench.teachers import load_teacher
-
-    run = RunDir.open(run_dir)
-    cfg = RunConfig.from_dict(run.config["run"])
-    teacher = load_teacher(cfg.teacher, device=device, dtype="float32", progress=False)
-    n = teacher.num_layers
-    keep = sorted(set(range(n)) - set(cfg.replace)) if cfg.replace is not None else list(cfg.keep_attention)
-    torch.manual_seed(cfg.seed)
-    student = build_student(teacher.model, mixer=cfg.mixer, keep_attention=keep, init=cfg.init,
-                            **cfg.mixer_config).to(teacher.device, torch.float32)
-    checkpoint = run.latest_checkpoint(teacher.device)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run.path} has no checkpoint yet (checkpoints/latest.json)")
-    tensors, _ = checkpoint
-    params = dict(student.named_parameters())
-    saved = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    unknown = sorted(set(saved) - set(params))
-    if unknown:
-        raise ValueError(f"{run.path}: checkpoint parameters {unknown[:5]} do not exist in the student its config "
-                         f"builds")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
-    return teacher, student.eval(), cfg
+    run = load(run_dir, device=device, dtype="float32")
+    return run.teacher, run.student, run.config
 
 
 def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: int | None = None,

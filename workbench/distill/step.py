@@ -1,0 +1,131 @@
+"""One training step's pieces: which parameters a stage trains, the loss terms of a stage on one batch, the hooks
+that feed each student block the teacher's input, and the compilation of the layers around attention.
+
+The terms (``workbench.distill.losses``), computed for the student against the frozen teacher:
+  kl / ce      - the student's logits (end-to-end);
+  matrix       - MOHAWK stage 1: each chosen mixer's mixing matrix on the teacher's attention input vs the teacher's
+                 attention probabilities;
+  attn_mse     - each chosen mixer's output on the teacher's attention input vs the teacher's attention output;
+  hidden       - MOHAWK stage 2: each chosen block fed the teacher's block input vs the teacher's block output (all
+                 chosen layers in one student pass: each block's input is swapped for the teacher's).
+The chosen layers are the stage's (``StageConfig.layers_of``): all replaced layers unless the stage names some.
+Shapes: B batch, L length, H heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from workbench.distill import losses as L
+from workbench.distill.config import StageConfig
+from workbench.students.base import Mixer
+from workbench.teachers import anatomy
+from workbench.teachers.wrapper import first_output
+
+LAYERWISE = {"matrix", "hidden", "attn_mse"}  # terms that leave parts of the student outside the loss graph
+
+
+def trainable_parameters(student: torch.nn.Module, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],
+                         train: str) -> list[torch.nn.Parameter]:
+    """The parameters ``train`` names; ``blocks`` are the student's decoder layers (anatomy.decoder_layers, found
+    once: FSDP renames the classes of the layers it shards)."""
+    if train == "all":
+        return list(student.parameters())
+    params = [p for m in mixers.values() for p in m.parameters()]
+    if train == "mixers+mlps":
+        for layer in blocks:
+            for child in layer.children():
+                if type(child).__name__.endswith("MLP"):
+                    params += list(child.parameters())
+    return params
+
+
+def trained_names(student: torch.nn.Module, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],
+                  stages: list[StageConfig]) -> list[str]:
+    """Names of the parameters any of ``stages`` trains: what a run's checkpoints hold (the rest is the teacher's,
+    unchanged)."""
+    ids = {id(p): n for n, p in student.named_parameters()}
+    names = set()
+    for stage in stages:
+        names |= {ids[id(p)] for p in trainable_parameters(student, blocks, mixers, stage.train)}
+    return sorted(names)
+
+
+def compile_layers(model: torch.nn.Module) -> list[str]:
+    """``torch.compile`` (inductor, in place: parameter names unchanged) the MLP and the norms of every decoder layer
+    of ``model`` (``anatomy.around_attention``): the element-wise chains around their matmuls become a few fused
+    kernels. The layers themselves and their attention or mixer stay eager, so the forward hooks of the layer-wise
+    losses (``teacher_inputs``, the teacher's captures) keep working. Returns the names of the compiled modules."""
+    names = []
+    for i, layer in enumerate(anatomy.decoder_layers(model)):
+        for name, child in anatomy.around_attention(layer):
+            child.compile(dynamic=False)
+            names.append(f"{i}.{name}")
+    return names
+
+
+@contextlib.contextmanager
+def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor], outputs: dict[int, torch.Tensor]):
+    """While active, block i of ``layers`` reads ``inputs[i]`` instead of the previous block's output, and its output
+    is stored in ``outputs[i]`` (MOHAWK stage 2: every block trained on the teacher's input, layers independent)."""
+    handles = []
+    for i, x in inputs.items():
+        def pre(module, args, kwargs, x=x):
+            if args:
+                return (x, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x}
+
+        def post(module, args, kwargs, output, i=i):
+            outputs[i] = first_output(output)
+
+        handles.append(layers[i].register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layers[i].register_forward_hook(post, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],
+                 batch: torch.Tensor, autocast) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of ``stage`` on one batch (B, L + 1); ``blocks``: the student's decoder layers."""
+    x, y = batch[:, :-1], batch[:, 1:]
+    terms = set(stage.losses)
+    layerwise = bool(terms & LAYERWISE)
+    layers = stage.layers_of(sorted(mixers))
+    missing = [i for i in layers if i not in mixers]
+    if missing and layerwise:
+        raise ValueError(f"stage {stage.name!r}: layers {missing} are not replaced by mixers "
+                         f"(replaced: {sorted(mixers)})")
+    cap = teacher.capture(x, layers=layers if layerwise else [], blocks="hidden" in terms,
+                          attention=bool(terms & {"matrix", "attn_mse"}), attn_probs="matrix" in terms,
+                          logits="kl" in terms)
+    out: dict[str, torch.Tensor] = {}
+    with autocast():
+        if terms & {"kl", "ce"}:
+            logits = student(input_ids=x, use_cache=False).logits
+            if "kl" in terms:
+                out["kl"] = L.kl_divergence(logits, cap.logits, temperature=stage.temperature)
+            if "ce" in terms:
+                out["ce"] = L.cross_entropy(logits, y)
+        if "matrix" in terms:
+            per_layer = []
+            for i in layers:
+                m = mixers[i].mixing_matrix(cap.attn_in[i].float())                  # (B, H, L, L)
+                if m.shape != cap.attn_probs[i].shape:
+                    raise ValueError(f"layer {i}: mixing matrix {tuple(m.shape)} cannot be compared with attention "
+                                     f"{tuple(cap.attn_probs[i].shape)}: the mixer needs one head per attention head")
+                per_layer.append(L.matrix_orientation(m, cap.attn_probs[i]))
+            out["matrix"] = torch.stack(per_layer).mean()
+        if "attn_mse" in terms:
+            out["attn_mse"] = torch.stack([L.attention_output_mse(mixers[i](cap.attn_in[i].float()), cap.attn_out[i])
+                                           for i in layers]).mean()
+        if "hidden" in terms:
+            got: dict[int, torch.Tensor] = {}
+            with teacher_inputs(blocks, {i: cap.block_in[i].float() for i in layers}, got):
+                student(input_ids=x, use_cache=False)
+            out["hidden"] = torch.stack([L.hidden_alignment(got[i], cap.block_out[i]) for i in layers]).mean()
+    return out
