@@ -191,6 +191,21 @@ def test_load_in_another_dtype(tmp_path):
     torch.testing.assert_close(logits(loaded).float(), logits(student))
 
 
+def test_replace_and_keep_attention_are_one_choice_said_two_ways():
+    teacher = tiny("llama")
+    kept = build.build_student(teacher, "mean", keep_attention=[0])
+    replaced = build.build_student(teacher, "mean", replace=[2, 1])
+    assert sorted(build.student_mixers(kept)) == sorted(build.student_mixers(replaced)) == [1, 2]
+    assert build.student_spec(kept) == build.student_spec(replaced)
+    torch.testing.assert_close(logits(kept), logits(replaced), rtol=0, atol=0)
+    assert build.split_layers(3, replace=[2, 0]) == ([0, 2], [1])
+    assert build.split_layers(3, keep_attention=[1]) == ([0, 2], [1]) and build.split_layers(3) == ([0, 1, 2], [])
+    with pytest.raises(ValueError, match="not both"):
+        build.build_student(teacher, "mean", keep_attention=[0], replace=[1])
+    with pytest.raises(ValueError, match=r"replace \[3\] out of range: the teacher has layers 0\.\.2"):
+        build.build_student(teacher, "mean", replace=[3])
+
+
 def test_bad_inputs_raise_errors_that_name_the_fix(tmp_path, monkeypatch):
     teacher = tiny("llama")
     with pytest.raises(ValueError, match=r"keep_attention \[3\] out of range: the teacher has layers 0\.\.2"):

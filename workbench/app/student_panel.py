@@ -103,7 +103,7 @@ class StudentPanel(Viewer):
         return pn.pane.HTML(
             f'<div style="display:flex;width:100%">{cells}</div><div style="font-size:12px;margin-top:4px">'
             f'<span style="color:#4c78a8">■</span> attention kept ({len(self.keep_attention)}) &nbsp; '
-            f'<span style="color:#f58518">■</span> replaced by {self.mixer} ({n - len(self.keep_attention)}) '
+            f'<span style="color:#f58518">■</span> replaced by {self.mixer} ({len(self.replaced)}) '
             f'— click a layer above to toggle it</div>', sizing_mode="stretch_width")
 
     @param.depends("counts", "message")
