@@ -40,10 +40,10 @@ def load_models(run_dir: str | None, device: str, max_len: int | None = None):
     """(teacher, undistilled student) of a run folder, or of the default teacher with an attention-initialised
     Hyena student whose HyenaConfig.max_len is ``max_len`` (default: HyenaConfig's)."""
     if run_dir:
-        from workbench.laughing.cli import load_run_student
+        from workbench.distill.load import load_run_student
 
-        teacher, student, _ = load_run_student(run_dir, device)
-        return teacher, student
+        run = load_run_student(run_dir, device=device, dtype="float32")
+        return run.teacher, run.student
     from workbench.students import build_student
     from workbench.teachers import load_teacher
 

@@ -5,8 +5,8 @@ sub-package (``students`` = ``workbench/students/``) or a top-level module (``cl
 ``__init__`` is ``workbench/__init__.py``, the package face). A module may import its own unit, the units beside it
 in its row, and every row below. Imports are read with ``ast`` at any depth (a lazy import inside a function counts
 like one at the top), and so are ``importlib.import_module("workbench.x")`` calls; a file that calls
-``import_module`` with a computed name is taken to import every ``workbench`` module it spells out as a string (the
-``EXTENSIONS`` and ``OP_MODULES`` tables).
+``import_module`` with a computed name is taken to import every ``workbench`` module it spells out as a string
+(none does today: the subcommands and op modules are imported by name).
 
     python tests/test_architecture.py      # prints every import that breaks a rule, exits 1 if there is one
 """

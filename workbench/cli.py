@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from workbench import __version__
+from workbench.app import cli as app_cli
+from workbench.generation import cli as generation_cli
+from workbench.generation.cli import comma_ints
+from workbench.laughing import cli as laughing_cli
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
 DEMO_PROMPT = "The state of our Union is"
+LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention
 
 # Subcommands that live beside their feature: each module offers add_subcommand(sub), registering its parser on the
-# subparsers object and importing heavy packages only inside its command function.
-EXTENSIONS: tuple[str, ...] = ("workbench.app.cli", "workbench.generation.cli", "workbench.laughing.cli")
+# subparsers object and importing optional packages (Panel) only inside its command function.
+EXTENSIONS = (app_cli, generation_cli, laughing_cli)
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -87,7 +91,7 @@ def cmd_demo(args) -> int:
     """Teacher held-out perplexity, then a short real distillation: two middle layers of the teacher swapped for
     Mamba-2 mixers initialised from their attention weights, trained by logit KD; before/after numbers and text."""
     from workbench.distill.config import RunConfig, StageConfig
-    from workbench.distill.events import iter_events
+    from workbench.distill.events import Eval, iter_typed
     from workbench.distill.run import Run
 
     teacher, result, load_s, eval_s = _evaluate(args.teacher, "sotu", "heldout", args.window, 4, args.device, "auto")
@@ -108,20 +112,13 @@ def cmd_demo(args) -> int:
     print(f"\ndistilling: layers {config.replace} -> Mamba-2 (init from attention), {args.steps} steps of "
           f"{batch}x{seq} tokens, logit KD; run folder {out}")
     summary = Run(config, out, final_eval_tokens=4 * 1024 + 1).execute()
-    evals = list(iter_events(out / "events.jsonl", "eval"))
+    evals = list(iter_typed(out / "events.jsonl", Eval))
     print("\nvalid split, student perplexity by step: " +
-          ", ".join(f"{e['step']}: {e['ppl_student']:.1f}" for e in evals) + f" (teacher {evals[0]['ppl_teacher']:.1f})")
+          ", ".join(f"{e.step}: {e.ppl_student:.1f}" for e in evals) + f" (teacher {evals[0].ppl_teacher:.1f})")
     print(f"held-out (first {summary['tokens']} tokens): student {summary['ppl_student']:.2f} vs teacher "
           f"{summary['ppl_teacher']:.2f} (ratio {summary['ppl_ratio']:.3f}), KL {summary['kl']:.3f}, "
           f"top-1 agreement {summary['agreement']:.3f}")
     return 0
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,15, got {text!r}") from err
 
 
 def cmd_distill(args) -> int:
@@ -215,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)")
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
-    p.add_argument("--keep-attention", type=_int_list, default=[], help="teacher layers that stay attention, e.g. 0,15")
+    p.add_argument("--keep-attention", type=LAYER_LIST, default=[], help="teacher layers that stay attention, e.g. 0,15")
     p.add_argument("--init", default="attention", choices=["attention", "random"])
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
                    "`workbench corpus generate`) or hf:NAME")
@@ -265,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     for module in EXTENSIONS:
-        importlib.import_module(module).add_subcommand(sub)
+        module.add_subcommand(sub)
     return parser
 
 

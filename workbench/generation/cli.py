@@ -8,12 +8,17 @@ import json
 from pathlib import Path
 
 
-def int_list(text: str) -> list[int]:
-    """An argparse type: "1,16,64" -> [1, 16, 64]."""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16,64, got {text!r}") from err
+def comma_ints(what: str = "integers like 1,16,64"):
+    """An argparse type: "1,16,64" -> [1, 16, 64]; a malformed list is an error saying ``what`` was expected."""
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from err
+    return parse
+
+
+int_list = comma_ints()
 
 
 def name_list(text: str) -> list[str]:

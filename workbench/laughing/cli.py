@@ -14,8 +14,7 @@ numbers of the student with ALL layers at that order:
 ``workbench.laughing.order``). The JSON's "seconds" holds the wall-clock seconds of the fits, the Hankel floors and
 the model evaluations.
 
-``load_run_student(run_dir)`` gives the run's (teacher, student, config) in float32, as
-``workbench.distill.load.load_run_student`` rebuilds them.
+The run's teacher and student come from ``workbench.distill.load.load_run_student`` (float32, eval mode).
 """
 
 from __future__ import annotations
@@ -23,15 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-
-def load_run_student(run_dir: str | Path, device: str = "cpu"):
-    """(teacher, student, RunConfig) of the run in ``run_dir``: the student of its newest checkpoint (the teacher's
-    own parameters where no stage trained), float32, eval mode."""
-    from workbench.distill.load import load_run_student as load
-
-    run = load(run_dir, device=device, dtype="float32")
-    return run.teacher, run.student, run.config
 
 
 def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: int | None = None,
@@ -45,11 +35,13 @@ def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: 
 
     from workbench.analysis.compare import compare
     from workbench.data import load_corpus, token_ids
+    from workbench.distill.load import load_run_student
     from workbench.laughing.order import error_table
     from workbench.laughing.student import distill_student
 
     began = time.perf_counter()
-    teacher, student, cfg = load_run_student(run_dir, device)
+    run = load_run_student(run_dir, device=device, dtype="float32")
+    teacher, student, cfg = run.teacher, run.student, run.config
     ids = token_ids(load_corpus(cfg.corpus, "heldout"), teacher.tokenizer)
     start = time.perf_counter()
     before = compare(teacher, student, ids, window=window, max_tokens=eval_tokens)

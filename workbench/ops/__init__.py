@@ -3,13 +3,8 @@
 ``workbench.ops.backend`` decides which path an op takes on a given device and lets tests and benchmarks force one.
 """
 
-import importlib
-
-# every module that registers backends with workbench.ops.backend
-OP_MODULES = ("workbench.ops.fftconv", "workbench.ops.ssd", "workbench.ops.selective_scan")
-
 
 def load_ops() -> None:
-    """Import all op modules so their backends are registered (``workbench doctor`` lists them)."""
-    for name in OP_MODULES:
-        importlib.import_module(name)
+    """Import every op module, so that all register their backends with ``workbench.ops.backend`` (``workbench
+    doctor`` lists them)."""
+    from workbench.ops import fftconv, selective_scan, ssd  # noqa: F401  (imported for their registrations)
