@@ -16,8 +16,10 @@ The entry points people type:
 
 __version__ = "0.1.0"
 
-from workbench import laughing  # noqa: E402  (registers the laughing-* mixers, so saved Laughing students load)
-from workbench import distill  # noqa: E402  (the package, callable as the distill function)
+from workbench import (
+    distill,  # noqa: E402  (the package, callable as the distill function)
+    laughing,  # noqa: E402  (registers the laughing-* mixers, so saved Laughing students load)
+)
 from workbench.generation import generate  # noqa: E402
 from workbench.students import build_student, load_student  # noqa: E402
 from workbench.teachers import load_teacher  # noqa: E402

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)")
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
-    p.add_argument("--keep-attention", type=LAYER_LIST, default=[], help="teacher layers that stay attention, e.g. 0,15")
+    p.add_argument("--keep-attention", type=LAYER_LIST, default=[],
+                   help="teacher layers that stay attention, e.g. 0,15")
     p.add_argument("--init", default="attention", choices=["attention", "random"])
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
                    "`workbench corpus generate`) or hf:NAME")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Sequence, TypeAlias
+from typing import TypeAlias
 
 import torch
 from torch import nn

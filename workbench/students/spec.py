@@ -14,8 +14,8 @@ also writes the derived ``keep_attention`` for readers of config.json.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import nn
 

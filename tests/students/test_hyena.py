@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from mixer_checks import step_outputs
 
+from tests.helpers.mixer_checks import step_outputs
 from workbench.ops import backend
 from workbench.students.hyena import Hyena, HyenaConfig
 from workbench.students.multihyena import MultiHyena

@@ -62,8 +62,7 @@ def test_capped_floor_is_below_the_full_floor():
 
 
 def test_error_table_records_the_hankel_size_and_seconds():
-    from tiny_models import tiny
-
+    from tests.helpers.tiny_models import tiny
     from workbench.students import build_student
 
     torch.manual_seed(0)

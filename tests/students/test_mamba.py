@@ -8,8 +8,8 @@ own PyTorch mixers given the same weights.
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_checks import assert_rel_close, perturbed, step_outputs
 
+from tests.helpers.mixer_checks import assert_rel_close, perturbed, step_outputs
 from workbench.students._ssm import SILU_INVERSE_OF_ONE
 from workbench.students.mamba import Mamba, MambaConfig
 from workbench.students.mamba2 import Mamba2, Mamba2Config

@@ -19,7 +19,7 @@ from workbench.distill.run_dir import RunDir
 from workbench.students import student_mixers
 from workbench.viz import curves
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-7a05f7d"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-7a05f7d"
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_checks import assert_rel_close
 
+from tests.helpers.mixer_checks import assert_rel_close
 from workbench.ops import _mamba_ssm, backend
 from workbench.ops.selective_scan import selective_scan_chunked, selective_scan_cuda, selective_scan_ref
 from workbench.ops.ssd import segment_sum, ssd_scan, ssd_scan_chunked, ssd_scan_ref, ssd_scan_triton

@@ -5,8 +5,8 @@ import copy
 import json
 
 import torch
-from tiny_models import tiny
 
+from tests.helpers.tiny_models import tiny
 from workbench.cli import main
 from workbench.generation import generate
 from workbench.students import build_student

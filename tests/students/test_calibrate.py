@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.tiny_models import tiny
+from tests.helpers.tiny_models import tiny
 from workbench.analysis.compare import compare
 from workbench.students import build_student, student_mixers
 from workbench.students.calibrate import attention_head_rms, mixer_head_rms

@@ -88,7 +88,7 @@ def test_attention_probabilities_are_causal_distributions(teacher):
     cap = teacher.capture(ids, attn_probs=True)
     B, L = ids.shape
     assert sorted(cap.attn_probs) == list(range(30))
-    for i, probs in cap.attn_probs.items():
+    for probs in cap.attn_probs.values():
         assert probs.shape == (B, 9, L, L)
         torch.testing.assert_close(probs.sum(-1), torch.ones(B, 9, L), atol=1e-5, rtol=0)
         assert probs.triu(1).abs().max() == 0  # no key after the query

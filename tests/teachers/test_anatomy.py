@@ -1,5 +1,5 @@
 """anatomy: decoder layers, attention modules and unfused q/k/v/o weights, checked numerically against the model's
-own computation for every family in tests/tiny_models.py.
+own computation for every family in tests/helpers/tiny_models.py.
 
 How the check works: the model runs with a registered attention function that records the query/key/value states
 it receives (B, heads, L, P) and returns a known tensor a (B, L, H, P). All positions are 0, so rotary embeddings
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, AutoModelForCausalLM, MptConfig
 
-from tiny_models import CONFIGS, tiny
+from tests.helpers.tiny_models import CONFIGS, tiny
 from workbench.teachers import anatomy
 
 pytestmark = pytest.mark.usefixtures("one_thread")

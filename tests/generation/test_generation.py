@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import torch
-from generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
 from transformers import DynamicCache
 
+from tests.helpers.generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
 from workbench.generation import DecodeOptions, Session, generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets
 from workbench.generation.sampling import filter_logits, next_tokens

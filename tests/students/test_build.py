@@ -1,4 +1,4 @@
-"""build_student / load_student on tiny random teachers of many families (tests/tiny_models.py).
+"""build_student / load_student on tiny random teachers of many families (tests/helpers/tiny_models.py).
 
 A test-only mixer (``CumulativeMean``: the causal running mean of the value stream, then the output projection)
 keeps these tests independent of the real mixers' numerics; the real mixers are built in their own tests below.
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from tiny_models import CONFIGS, tiny
 import workbench.students as build
+from tests.helpers.tiny_models import CONFIGS, tiny
 from workbench.students.base import Mixer
-from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers import Teacher, anatomy
+from workbench.teachers.anatomy import AttentionWeights
 
 
 @dataclass

@@ -7,8 +7,15 @@ speculative greedy identical to plain greedy.
 
 import pytest
 import torch
-from generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models, untouched
 
+from tests.helpers.generation_checks import (
+    PROMPT,
+    bench_json,
+    graph_against_eager,
+    saved,
+    tiny_generation_models,
+    untouched,
+)
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
 from workbench.generation.compile import CompileError, compile_targets

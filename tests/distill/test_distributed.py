@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 
 from workbench.distill import distributed
+from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.events import iter_events
 from workbench.distill.run import Run
 from workbench.distill.run_dir import RunDir
-from workbench.distill.checkpoint import save_json
 
 # batch 3 over 2 ranks: slices of 2 and 1 rows, so per-token averaging across unequal slices is exercised
 STAGES = [StageConfig("layerwise", losses={"matrix": 1.0, "hidden": 1.0}, tokens=2 * 3 * 32, batch_size=3,

@@ -8,8 +8,8 @@ states equal their sequential references' (float32, gradients included) on every
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_checks import assert_rel_close, perturbed, step_outputs
 
+from tests.helpers.mixer_checks import assert_rel_close, perturbed, step_outputs
 from workbench.ops import backend
 from workbench.ops.selective_scan import selective_scan_ref
 from workbench.ops.ssd import ssd_scan_ref

@@ -1,0 +1,1 @@
+"""Tests, mirroring the package: tests/<package>/ holds the tests of workbench/<package>/."""

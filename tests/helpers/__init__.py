@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny random teachers of many families, mixer and generation checks."""
