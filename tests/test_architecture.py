@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("generation",),                     # the decode engine, speculative decoding, benchmarks
     ("laughing",),                       # Laughing Hyena: filters to modal state-space models
     ("app",),                            # the Panel dashboard
-    ("cli", "tutorial", "doctor", "__main__", "__init__"),  # commands, notebook helpers and the package face
+    ("cli", "tutorial", "live", "doctor", "__main__", "__init__"),  # commands, notebook helpers, the package face
 )
 
 # workbench/students/ files that each hold one mixer: what they share lives in other files (base.py, the private

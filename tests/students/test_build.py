@@ -274,3 +274,17 @@ def test_real_mixers_build_generate_and_round_trip(mixer, config, tmp_path):
     student.save_pretrained(tmp_path)
     loaded = build.load_student(tmp_path)
     assert build.student_spec(loaded) == spec and torch.equal(logits(loaded), logits(student))
+
+
+@pytest.mark.parametrize("mixer, rows", [("hyena", "hidden_size"), ("multihyena", "num_attention_heads"),
+                                         ("mamba2", None), ("mamba", None)])
+def test_filter_is_the_long_convolution_or_none(mixer, rows):
+    """The Inspect tab draws filter spectra from ``Mixer.filter``: (N, L) for the Hyena family (a filter per channel
+    for Hyena, per head for MultiHyena), None for mixers whose mixing depends on the input."""
+    teacher = tiny("llama")
+    student = build.build_student(teacher, mixer, keep_attention=[0, 2])
+    filters = build.student_mixers(student)[1].filter(9)
+    if rows is None:
+        assert filters is None
+    else:
+        assert filters.shape == (getattr(teacher.config, rows), 9)

@@ -18,8 +18,6 @@ from workbench.app.run_panel import RunPanel, responsive
 from workbench.app.student_panel import StudentPanel
 from workbench.data import load_corpus, token_ids
 from workbench.students import student_mixers
-from workbench.students.hyena import Hyena
-from workbench.students.multihyena import MultiHyena
 from workbench.teachers import Teacher
 from workbench.viz.matrices import VIEWS, attention_vs_mixing
 from workbench.viz.spectra import filter_figure
@@ -117,9 +115,9 @@ class InspectPanel(Viewer):
         matrix = attention_vs_mixing(attn[self.head], mixing[self.head], view=self.view,
                                      title=f"Layer {self.layer}, head {self.head}: teacher attention vs "
                                            f"{type(mixer).__name__} mixing matrix")
-        spectra = None
-        if isinstance(mixer, (Hyena, MultiHyena)):
-            spectra = filter_figure(mixer.filter(x.shape[1]), title=f"Layer {self.layer}: long-convolution filters")
+        filters = mixer.filter(x.shape[1])                                            # (N, L), or None
+        title = f"Layer {self.layer}: long-convolution filters"
+        spectra = None if filters is None else filter_figure(filters, title=title)
         return matrix, spectra
 
     def show_matrices(self) -> None:

@@ -58,6 +58,11 @@ class Mixer(nn.Module):
         """Materialised causal token-mixing matrix for input x (B, L, D): (B, H, L, L), M[b, h, l, s] = 0 for s > l."""
         raise NotImplementedError
 
+    def filter(self, L: int) -> torch.Tensor | None:
+        """The long-convolution filters over ``L`` taps, (N, L), for mixers whose mixing is a fixed convolution
+        (the Hyena family, which overrides this); None for mixers whose mixing depends on the input (Mamba)."""
+        return None
+
     def mix_io(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, y), both (B, L, H, P): the inner input the mixing matrix acts on and the inner output it produces."""
         raise NotImplementedError

@@ -1,8 +1,7 @@
 """Figures (plotly ``go.Figure``), one concept per module.
 
-- ``matrices`` (attention vs mixing matrices, Frobenius errors), ``spectra`` (long-filter responses, poles, Hankel
-  singular values), ``curves`` (training losses and evaluations from a run's events), ``generation`` (a generation
-  benchmark's speed and memory): pure functions, data in and a figure out, no I/O.
-- ``live``: the exception. It reads a run folder's ``events.jsonl`` as it grows, can run a ``Run`` in a background
-  thread, and redraws the figures of ``curves`` through IPython display handles (for notebooks).
+``matrices`` (attention vs mixing matrices, Frobenius errors), ``spectra`` (long-filter responses, poles, Hankel
+singular values), ``curves`` (training losses and evaluations from a run's events), ``generation`` (a generation
+benchmark's speed and memory): pure functions, data in and a figure out, no I/O. The notebooks' live redrawing of a
+run's curves (a thread, IPython display handles) is ``workbench.live``, beside ``workbench.tutorial``.
 """

@@ -1,12 +1,12 @@
-"""workbench.viz.live: the figures hold exactly the values of the events read so far, reads are incremental (a
+"""workbench.live: the figures hold exactly the values of the events read so far, reads are incremental (a
 partial last line waits for the next poll), and run_with_live_curves returns the run's summary with complete curves."""
 
 import json
 
 import pytest
 
+from workbench import live
 from workbench.distill.events import EventLog
-from workbench.viz import live
 
 
 def _steps(log: EventLog, stage: str, first: int, n: int) -> list[dict]:
