@@ -16,6 +16,7 @@ Shapes: D model width, H query heads, G key/value heads, P head width.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -165,13 +166,43 @@ def _check_index(model: nn.Module, index: int) -> int:
     return index
 
 
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length")  # as the families name it
+
+
 def context_length(config) -> int | None:
     """Longest context the model was built for, from whichever field its family uses (None if none says)."""
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+    for key in POSITION_FIELDS:
         value = getattr(config, key, None)
         if value:
             return int(value)
     return None
+
+
+def rope_scaling(config) -> str | None:
+    """The RoPE scaling the config declares ("linear", "dynamic", "yarn", "llama3", "longrope"...): positions past
+    ``context_length`` are then computed, if extrapolated. None for plain RoPE and for models without RoPE. Reads
+    ``rope_parameters`` (one dict, or one per layer type) or the older ``rope_scaling``."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    groups = [params] if "rope_type" in params or "type" in params else [g for g in params.values()
+                                                                          if isinstance(g, dict)]
+    kinds = {g.get("rope_type", g.get("type", "default")) for g in groups} - {"default"}
+    return ", ".join(sorted(kinds)) or None
+
+
+def check_positions(config, seq_len: int, name: str = "seq_len", model: str = "the teacher") -> None:
+    """Refuse ``seq_len`` (ValueError naming ``name``, the value and the limit) when it is longer than the positions
+    the config declares; warn instead when the config's RoPE scaling lets the model run past them (``rope_scaling``:
+    the positions are computed, but extrapolated). Unbounded configs (no position field) accept any length."""
+    limit = context_length(config)
+    if limit is None or seq_len <= limit:
+        return
+    field_name = next(key for key in POSITION_FIELDS if getattr(config, key, None))
+    problem = f"{name} {seq_len} is longer than the {limit} positions of {model} ({field_name})"
+    scaling = rope_scaling(config)
+    if scaling is None:
+        raise ValueError(f"{problem}: {name} can be at most {limit}")
+    warnings.warn(f"{problem}; its RoPE scaling ({scaling}) runs past them, but the positions beyond {limit} are "
+                  f"extrapolated", stacklevel=2)
 
 
 def head_layout(config) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,6 +30,11 @@ from workbench.teachers.wrapper import Teacher
 
 class TeacherNotFound(ValueError):
     pass
+
+
+# vocabulary files of transformers' tokenizers: a teacher folder holds at least one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def converted_folder(gguf_path: str | Path, progress: bool = True) -> Path:
@@ -115,15 +121,53 @@ def load_teacher(name_or_path: str | os.PathLike = "smollm2-135m", device: str |
     """Load a frozen teacher (eval mode, no gradients) with its tokenizer.
 
     attn: "sdpa" (fast) or "eager" (the readable path; needed to read attention probabilities, which
-    ``Teacher.capture(..., attn_probs=True)`` switches to temporarily anyway).
+    ``Teacher.capture(..., attn_probs=True)`` switches to temporarily anyway). A model without SDPA support
+    (Gemma-2) gets "eager" instead, with a warning. A folder without a tokenizer is refused (``TeacherNotFound``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if attn not in ("sdpa", "eager"):
         raise ValueError(f"attn must be 'sdpa' or 'eager', got {attn!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     source, kwargs = resolve_source(name_or_path, progress)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn, **kwargs)
+    check_tokenizer(source)
+    config = AutoConfig.from_pretrained(source)
+    attn = supported_attention(config, attn)
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn,
+                                                 **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Teacher(model.to(device), tokenizer, name=str(name_or_path), source=source)
+
+
+def teacher_config(name_or_path: str | os.PathLike, progress: bool = True):
+    """The decoder config of a teacher source (anything ``load_teacher`` accepts), without its weights: for checks
+    made before the teacher loads, e.g. ``anatomy.check_positions(teacher_config(name), seq_len, "--seq-len")``. A
+    registry name or GGUF file is converted on its first use, as ``load_teacher`` would."""
+    from transformers import AutoConfig
+
+    source, _ = resolve_source(name_or_path, progress)
+    return AutoConfig.from_pretrained(source).get_text_config()
+
+
+def check_tokenizer(folder: str | Path) -> None:
+    """TeacherNotFound unless ``folder`` holds a tokenizer's vocabulary (one of ``TOKENIZER_FILES``). Without one,
+    transformers either fails deep inside the tokenizer classes or, for some families, builds an empty tokenizer."""
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise TeacherNotFound(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the model's "
+                              f"tokenizer into it, e.g. AutoTokenizer.from_pretrained(ORIGINAL_MODEL)"
+                              f".save_pretrained('{folder}')")
+
+
+def supported_attention(config, attn: str) -> str:
+    """``attn``, or "eager" when it is "sdpa" and the model class for ``config`` does not support SDPA (its
+    ``_supports_sdpa``, e.g. Gemma-2, whose logit soft-capping SDPA cannot do), with a warning saying so."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # None: from_pretrained names the problem
+    if attn == "sdpa" and model_class is not None and not model_class._supports_sdpa:
+        warnings.warn(f"{model_class.__name__} does not support SDPA attention: the teacher runs with eager "
+                      f"attention", stacklevel=3)
+        return "eager"
+    return attn

@@ -66,7 +66,12 @@ class Teacher:
     @property
     def max_length(self) -> int | None:
         """Longest context the model was built for (None if its config does not say)."""
-        return anatomy.context_length(self.config)
+        return anatomy.context_length(anatomy.text_config(self.model))
+
+    def check_seq_len(self, seq_len: int, name: str = "seq_len") -> None:
+        """ValueError naming ``name`` when ``seq_len`` tokens are more than the teacher's positions (``max_length``);
+        a warning instead when its RoPE scaling runs past them (``anatomy.check_positions``)."""
+        anatomy.check_positions(anatomy.text_config(self.model), seq_len, name=name, model=f"teacher {self.name!r}")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
