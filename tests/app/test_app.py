@@ -2,6 +2,8 @@
 watched and stopped through the Runs tab's parameters (a child process, as from the page)."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -69,12 +71,20 @@ def test_status_and_events_come_from_the_folders(tmp_path):
     runs["broken"].log("error", message="non-finite loss")
     runs["halted"].log("run_start", config=config, replaced=[1])
     runs["halted"].log("step", step=1, stage="kd", loss=3.0, tokens=32, tokens_per_s=100.0)
-    runs["live"].lock_path.write_text(str(os.getpid()))
+    # the live run's writer: a process whose command line is a distill of that folder, started before its LOCK
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "distill", "--out",
+                               str(root / "live")])
+    time.sleep(0.3)
+    runs["live"].lock_path.write_text(str(writer.pid))
     (root / "not-a-run").mkdir()
     index = RunIndex(root)
-    infos = {info.name: info for info in index.scan()}
+    try:
+        infos = {info.name: info for info in index.scan()}
+    finally:
+        writer.kill()
+        writer.wait()
     assert {n: i.status for n, i in infos.items()} == {"done": "finished", "broken": "failed", "halted": "stopped",
-                                                       "live": "running"}
+                                                       "live": "running", "not-a-run": "not a run"}
     assert infos["broken"].message == "non-finite loss"
     assert (infos["halted"].step, infos["halted"].total_steps, infos["halted"].loss) == (1, 2, 3.0)
     offset = index.states["halted"].offset

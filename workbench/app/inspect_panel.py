@@ -14,7 +14,9 @@ from panel.viewable import Viewer
 
 from workbench.analysis.compare import compare
 from workbench.app.models import student_from_run
+from workbench.app.paths import check_run_files
 from workbench.app.run_panel import RunPanel, responsive
+from workbench.app.runs import NOT_A_RUN
 from workbench.app.student_panel import StudentPanel
 from workbench.data import load_corpus, token_ids
 from workbench.students import student_mixers
@@ -61,7 +63,7 @@ class InspectPanel(Viewer):
         self._runs_changed()
 
     def _runs_changed(self, *events) -> None:
-        options = [UNTRAINED] + [info.name for info in self.runs.runs]
+        options = [UNTRAINED] + [info.name for info in self.runs.runs if info.status != NOT_A_RUN]
         if options != self.param.source.objects:
             self.param.source.objects = options
 
@@ -74,11 +76,11 @@ class InspectPanel(Viewer):
             teacher, student = self.student_panel.teacher.teacher, self.student_panel.student
             self._set(teacher, student, student_mixers(student), f"untrained {self.student_panel.mixer} student")
             return
-        teacher, student, mixers, info = student_from_run(self.runs.index.root / self.source,
+        teacher, student, mixers, info = student_from_run(check_run_files(self.runs.index.root / self.source),
                                                           self.student_panel.teacher.device)
         self._set(teacher, student, mixers, f"run **{self.source}** at step {info['step']} "
                                             f"({info['config'].mixer}, layers {sorted(mixers)} replaced)")
-        summary = self.runs.index.states[self.source].run.summary
+        summary = self.runs.index.states[self.source].summary
         if summary:
             self.metrics_source = "held-out split, from the run's summary.json"
             self.metrics = {k: summary[k] for k in ("ppl_teacher", "ppl_student", "kl", "agreement", "tokens")}

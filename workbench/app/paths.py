@@ -1,5 +1,6 @@
-"""Checks on every path or model name typed into the page: run folders stay inside the runs root, teachers are
-registry names or existing local Hugging Face model folders (never hub ids: nothing is downloaded from the page)."""
+"""Checks on every path or model name typed into the page: run folders stay inside the runs root, the files the app
+reads or writes in a run folder stay inside that folder (a symlink out of it is refused), teachers are registry
+names or existing local Hugging Face model folders (never hub ids: nothing is downloaded from the page)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,27 @@ def inside_root(root: str | Path, path: str | Path) -> Path:
     if resolved == base or not resolved.is_relative_to(base):
         raise ValueError(f"{path} is not inside the runs root {base}")
     return resolved
+
+
+def inside_run(folder: str | Path, name: str) -> Path:
+    """The file ``name`` of run ``folder``, resolved, if it lies inside the folder; a ValueError if a link leads it
+    out (the app then neither shows nor writes it)."""
+    base = Path(folder).resolve()
+    resolved = (base / name).resolve()
+    if not resolved.is_relative_to(base):
+        raise ValueError(f"{base.name}/{name} links outside the run folder (to {resolved}): not read or written")
+    return resolved
+
+
+def check_run_files(folder: str | Path) -> Path:
+    """``folder`` resolved, once no file in it or in its checkpoints/ links outside it (a ValueError naming the
+    first that does): a run the app starts there reads and writes only its own files."""
+    base = Path(folder).resolve()
+    for sub in (base, inside_run(base, "checkpoints")):
+        if sub.is_dir():
+            for entry in sorted(sub.iterdir()):
+                inside_run(base, str(entry.relative_to(base)))
+    return base
 
 
 def teacher_source(text: str) -> str:

@@ -24,7 +24,7 @@ from workbench.distill.config import RunConfig, StageConfig, parse_tokens
 from workbench.distill.recipes import RECIPES, recipe
 from workbench.viz.curves import eval_curves, loss_curves
 
-COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "stage", "loss", "tokens/s"]
+COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "stage", "loss", "tokens/s", "note"]
 
 
 def new_run_name() -> str:
@@ -174,7 +174,7 @@ class RunPanel(Viewer):
     def _row(info: RunInfo) -> tuple:
         return (info.name, info.status, info.teacher, info.mixer, info.replaced,
                 f"{info.step}/{info.total_steps}", info.stage, "" if info.loss is None else f"{info.loss:.4f}",
-                "" if info.tokens_per_s is None else f"{info.tokens_per_s:,.0f}")
+                "" if info.tokens_per_s is None else f"{info.tokens_per_s:,.0f}", info.message)
 
     def selected_info(self) -> RunInfo | None:
         return next((info for info in self.runs if info.name == self.selected), None)
@@ -182,10 +182,12 @@ class RunPanel(Viewer):
     def _show_selected(self) -> None:
         info, state = self.selected_info(), self.index.state(self.selected)
         if info is None or state is None:
-            self.stats.object, self.log.object = "*No runs yet: start one above, or with `workbench distill`.*", ""
+            self.stats.object = "*No runs yet: start one above, or with `workbench distill`.*" if info is None else \
+                f"**{info.name}** — {info.status}: {info.message}"
+            self.log.object = ""
             self.stop_button.disabled = self.resume_button.disabled = True
             return
-        self.stop_button.disabled = info.status not in ("running", "starting")
+        self.stop_button.disabled = info.status not in ("running", "starting", "locked")
         self.resume_button.disabled = info.status not in ("stopped", "failed")
         self.progress.max = max(info.total_steps, 1)
         self.progress.value = min(info.step, self.progress.max)
@@ -197,13 +199,13 @@ class RunPanel(Viewer):
                  f"· GPU memory {gpu}"]
         if info.message:
             lines.append(f"\n**{info.message}**")
-        summary = state.run.summary
+        summary = self._read(state, lambda: state.summary, None)
         if summary:
             lines.append(f"\nHeld-out: student ppl **{summary['ppl_student']:.2f}** vs teacher "
                          f"{summary['ppl_teacher']:.2f} (ratio {summary['ppl_ratio']:.3f}), KL {summary['kl']:.4f}, "
                          f"top-1 agreement {summary['agreement']:.3f}")
         self.stats.object = "\n".join(lines)
-        tail = state.log_tail()
+        tail = self._read(state, state.log_tail, "")
         self.log.object = f"```\n{tail}\n```" if tail else ""
         shown = (info.name, len(state.events))
         if shown != self._shown:
@@ -211,6 +213,15 @@ class RunPanel(Viewer):
             losses = loss_curves(state.events, title=f"Training losses — {info.name}")
             evals = eval_curves(state.events, title=f"Evaluations — {info.name}")
             self.loss_pane.object, self.eval_pane.object = responsive(losses, 420), responsive(evals, 520)
+
+    def _read(self, state, read, default):
+        """``read()``, or ``default`` with the reason in the message when a file of the run cannot be shown (one
+        linking outside the folder, or no longer readable)."""
+        try:
+            return read()
+        except (OSError, ValueError) as err:
+            self.message = f"**{state.path.name}:** {err}"
+            return default
 
     @param.depends("selected", watch=True)
     def _selection_changed(self) -> None:

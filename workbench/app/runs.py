@@ -1,13 +1,19 @@
 """Run folders inside the runs root: discovery, status and live numbers, read incrementally from each folder's
 typed events (workbench.distill.events.read_typed with a byte offset), its LOCK, exit record and summary. The step
-total is the config's (the sum of ``StageConfig.steps``), as the run counts it.
+total is the config's (the sum of ``StageConfig.steps``), as the run counts it. Every file is read through
+workbench.app.paths.inside_run: one linking outside its run folder is refused, never shown.
 
 Status of a run folder:
   starting  - a child started by this app is alive but has not taken the LOCK yet
-  running   - the LOCK names a live process (a run started here or from the command line)
+  running   - the LOCK names a live process verified as the run's writer (workbench.app.lock: started here, or a
+              ``distill`` of this folder that started before the LOCK was written)
+  locked    - the LOCK names a live process that cannot be verified (a reused pid, a LOCK written by hand, a run
+              from Python): shown as "locked by pid N, not started here"; Stop and Resume refuse it
   finished  - summary.json exists
   failed    - an "error" event ended the last attempt, or the child exited with an error status
   stopped   - none of the above (stopped on purpose, or killed): resume continues from the last checkpoint
+  not a run - a folder of the runs root that cannot be read as a run (no config.json, a config.json that is not a
+              run's, such as a saved student's, a file linking outside it); its row says why
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.app.paths import inside_root, inside_run
 from workbench.app.worker import EXIT_FILE, LAUNCH_FILE, LOG_FILE, Launcher
 from workbench.distill.config import RunConfig
-from workbench.distill.events import Error, Event, Resume, RunStart, Step, Unreadable, select
+from workbench.distill.events import Error, Event, Resume, RunStart, Step, Unreadable, read_typed, select
 from workbench.distill.run_dir import RunDir
+
+NOT_A_RUN = "not a run"
 
 STOP_SIGNALS = (-15, -9)  # exit statuses of a child stopped on purpose (SIGTERM, SIGKILL)
 
@@ -47,49 +56,64 @@ class RunState:
     """One run folder, its events read incrementally (only the new bytes at each ``update``)."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.run = RunDir(self.path)
         self.events: list[Event | Unreadable] = []
         self.offset = 0
         self._config: dict | None = None
 
+    def file(self, name: str) -> Path:
+        """``name`` in the run folder, checked not to link outside it (ValueError)."""
+        return inside_run(self.path, name)
+
     def update(self) -> list[Event | Unreadable]:
         """Read the events appended since the last call; returns them."""
-        new, self.offset = self.run.read_typed(self.offset)
+        new, self.offset = read_typed(self.file(self.run.events_path.name), self.offset)
         self.events.extend(new)
         return new
 
     @property
     def config(self) -> dict:
-        """The run config (config.json once the run wrote it, else the launch request), {} if neither exists."""
-        if self._config is None and self.run.config_path.is_file():
-            self._config = json.loads(self.run.config_path.read_text())["run"]
+        """The run config (config.json once the run wrote it, else the launch request), {} if neither exists; a
+        ValueError naming the file if it is not a run's (a saved student's config.json, malformed JSON)."""
+        config_file = self.file(self.run.config_path.name)
+        if self._config is None and config_file.is_file():
+            self._config = run_section(config_file, read_json(config_file).get("run"))
         if self._config is not None:
             return self._config
-        launch = self.path / LAUNCH_FILE
-        return json.loads(launch.read_text()) if launch.is_file() else {}
+        launch = self.file(LAUNCH_FILE)
+        return run_section(launch, read_json(launch)) if launch.is_file() else {}
+
+    @property
+    def summary(self) -> dict | None:
+        file = self.file(self.run.summary_path.name)
+        return read_json(file) if file.is_file() else None
 
     def run_config(self) -> RunConfig | None:
-        """``config`` as a RunConfig (None if the folder has neither file); ValueError if it does not read as one."""
+        """``config`` as a RunConfig (None if the folder has neither file); ValueError if it does not read as one a
+        run accepts (RunConfig.validate)."""
         config = self.config
         if not config:
             return None
         try:
-            return RunConfig.from_dict(config)
+            run_config = RunConfig.from_dict(config)
         except TypeError as err:
             raise ValueError(f"{self.path.name}: its config does not read as a RunConfig ({err})") from err
+        run_config.validate()
+        return run_config
 
     def exit_record(self) -> dict | None:
-        file = self.path / EXIT_FILE
-        return json.loads(file.read_text()) if file.is_file() else None
+        file = self.file(EXIT_FILE)
+        return read_json(file) if file.is_file() else None
 
     def status(self, launcher: Launcher) -> tuple[str, str]:
         """(status, message) from the folder; see the module docstring."""
-        if self.run.lock_owner() is not None:
-            return "running", ""
+        holder = launcher.holder(self.path)
+        if holder is not None:
+            return ("running", "") if holder.verified else ("locked", holder.refusal())
         if launcher.launching(self.path):
             return "starting", ""
-        if self.run.summary_path.is_file():
+        if self.file(self.run.summary_path.name).is_file():
             return "finished", ""
         attempt = select(self.events, RunStart, Resume, Error)
         if attempt and isinstance(attempt[-1], Error):
@@ -101,7 +125,7 @@ class RunState:
 
     def log_tail(self, lines: int = 12) -> str:
         """The last ``lines`` lines of the child's output (progress bars collapsed to their last state)."""
-        file = self.path / LOG_FILE
+        file = self.file(LOG_FILE)
         if not file.is_file():
             return ""
         with open(file, "rb") as f:
@@ -115,10 +139,7 @@ class RunState:
         events = select(self.events)
         info = RunInfo(name=self.path.name, status=status, message=message,
                        started=events[0].time if events else self.path.stat().st_mtime)
-        try:
-            config = self.run_config()
-        except ValueError as err:
-            config, info.message = None, info.message or str(err)
+        config = self.run_config()
         if config is not None:
             info.teacher, info.mixer = Path(config.teacher).name, config.mixer
             info.total_steps = sum(stage.steps for stage in config.stages)
@@ -138,8 +159,28 @@ class RunState:
         return info
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object from ``file``; a ValueError naming the file if it holds something else."""
+    try:
+        data = json.loads(file.read_text(errors="replace"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file.name} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{file.name} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def run_section(file: Path, section) -> dict:
+    """``section`` of ``file`` if it is a run config (a JSON object with a teacher); a ValueError otherwise."""
+    if not isinstance(section, dict) or "teacher" not in section:
+        raise ValueError(f"{file.name} is not a run config (no \"run\" section with a teacher: a saved model's "
+                         f"config?)")
+    return section
+
+
 class RunIndex:
-    """Every run folder directly inside ``root`` (a folder with config.json or a launch request)."""
+    """Every folder directly inside ``root`` but hidden ones: the runs (a folder with config.json or a launch
+    request) and, as rows that say why, the folders that cannot be read as runs."""
 
     def __init__(self, root: str | Path, launcher: Launcher | None = None):
         self.root = Path(root).resolve()
@@ -147,18 +188,31 @@ class RunIndex:
         self.states: dict[str, RunState] = {}
 
     def scan(self) -> list[RunInfo]:
-        """Discover folders, read their new events; newest first."""
-        found = []
-        if self.root.is_dir():
-            for path in self.root.iterdir():
-                if path.is_dir() and ((path / "config.json").is_file() or (path / LAUNCH_FILE).is_file()):
-                    found.append(path.name)
-        for name in set(self.states) - set(found):
+        """Discover folders, read their new events; newest first. A folder that is not a run gives a row whose
+        status is "not a run" and whose message says why; it never stops the others from showing."""
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
+        infos = []
+        for path in folders:
+            info = self._scan_one(path)
+            if info.status == NOT_A_RUN:
+                self.states.pop(path.name, None)
+            infos.append(info)
+        for name in set(self.states) - {path.name for path in folders}:
             del self.states[name]
-        for name in found:
-            self.states.setdefault(name, RunState(self.root / name)).update()
-        infos = [self.states[name].info(self.launcher) for name in found]
         return sorted(infos, key=lambda i: i.started, reverse=True)
+
+    def _scan_one(self, path: Path) -> RunInfo:
+        """The row of folder ``path``: its run's info, or a "not a run" row saying why."""
+        try:
+            run_path = inside_root(self.root, path)
+            if not ((run_path / "config.json").exists() or (run_path / LAUNCH_FILE).exists()):
+                raise ValueError("no config.json or launch.json: not a run folder")
+            state = self.states.setdefault(path.name, RunState(run_path))
+            state.update()
+            return state.info(self.launcher)
+        except (OSError, ValueError) as err:   # started 0: listed after every run
+            return RunInfo(name=path.name, status=NOT_A_RUN, message=str(err))
 
     def state(self, name: str) -> RunState | None:
         return self.states.get(name)

@@ -1,9 +1,11 @@
 """Training runs as child processes: ``python -m workbench distill --config ... --out ...`` (``--resume`` to go
 on), so training never runs inside a page callback and a slow run never freezes the page.
 
-Each child is the leader of its own process group; stopping a run terminates that group. The run's LOCK file
-(written by the child) names the writing process, so a run started from the command line, or by an earlier app
-process, can be stopped too. A new run reserves its folder with an atomic ``mkdir``: two runs never share one.
+Each child is the leader of its own process group; stopping a run terminates that group. A run the app did not
+start is stopped only when its LOCK's process is verified as the run's writer (workbench.app.lock: a ``distill``
+of that folder, started before the LOCK was written); an unverified LOCK is refused, never signalled. Resume
+refuses a folder with a file linking outside it (workbench.app.paths.check_run_files). A new run reserves its
+folder with an atomic ``mkdir``: two runs never share one.
 When a child started here exits, its status is written to ``RUN/exit.json`` (read by workbench.app.runs).
 """
 
@@ -17,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from workbench.app.paths import inside_root, run_folder
+from workbench.app.lock import LockHolder, lock_holder
+from workbench.app.paths import check_run_files, inside_root, inside_run, run_folder
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig
 from workbench.distill.run_dir import RunDir, pid_alive
@@ -42,7 +45,7 @@ class Launcher:
         with _LOCK:
             for path, proc in list(_CHILDREN.items()):
                 code = proc.poll()
-                if code is not None:
+                if code is not None:   # save_json replaces the name (a link put there is replaced, not followed)
                     save_json(path / EXIT_FILE, {"pid": proc.pid, "returncode": code, "time": time.time()})
                     del _CHILDREN[path]
 
@@ -52,8 +55,19 @@ class Launcher:
         with _LOCK:
             return Path(path).resolve() in _CHILDREN
 
+    def child_pid(self, path: Path) -> int | None:
+        """The pid of the live child started here for ``path``, if any."""
+        self.reap()
+        with _LOCK:
+            proc = _CHILDREN.get(Path(path).resolve())
+        return None if proc is None else proc.pid
+
+    def holder(self, path: Path) -> LockHolder | None:
+        """The live process named by the LOCK of ``path``, verified or not (workbench.app.lock)."""
+        return lock_holder(path, self.child_pid(path))
+
     def running(self, path: Path) -> bool:
-        return self.launching(path) or RunDir(path).lock_owner() is not None
+        return self.launching(path) or self.holder(path) is not None
 
     # ---- actions ---------------------------------------------------------------------------------------------
     def start(self, name: str, config: RunConfig, final_eval_tokens: int | None = None) -> Path:
@@ -76,8 +90,11 @@ class Launcher:
 
     def resume(self, path: str | Path) -> Path:
         """Continue a stopped run from its last checkpoint."""
-        out = inside_root(self.root, path)
+        out = check_run_files(inside_root(self.root, path))
         RunDir.open(out)
+        holder = self.holder(out)
+        if holder is not None and not holder.verified:
+            raise RuntimeError(f"run {out.name!r} is {holder.refusal()}")
         if self.running(out):
             raise RuntimeError(f"run {out.name!r} is running already")
         if RunDir(out).summary is not None:
@@ -86,19 +103,26 @@ class Launcher:
         return out
 
     def stop(self, path: str | Path, timeout: float = 15.0) -> bool:
-        """Terminate the run's process group (SIGTERM, then SIGKILL after ``timeout`` s); False if none ran."""
+        """Terminate the run's writer (SIGTERM, then SIGKILL after ``timeout`` s): the process group of a child
+        started here, or the process alone of a verified LOCK; False if none ran. A RuntimeError, signalling
+        nothing, for a LOCK whose process cannot be verified as the run's writer."""
         out = inside_root(self.root, path)
+        self.reap()
         with _LOCK:
             proc = _CHILDREN.get(out)
-        pid = proc.pid if proc is not None else RunDir(out).lock_owner()
-        if pid is None:
-            return False
-        self._signal(pid, signal.SIGTERM)
+        if proc is None:
+            holder = lock_holder(out)
+            if holder is None:
+                return False
+            if not holder.verified:
+                raise RuntimeError(f"run {out.name!r} is {holder.refusal()}")
+        pid = proc.pid if proc is not None else holder.pid
+        self._signal(pid, signal.SIGTERM, group=proc is not None)
         deadline = time.time() + timeout
         while time.time() < deadline and self._alive(pid, proc):
             time.sleep(0.05)
         if self._alive(pid, proc):
-            self._signal(pid, signal.SIGKILL)
+            self._signal(pid, signal.SIGKILL, group=proc is not None)
             if proc is not None:
                 proc.wait()
         self.reap()
@@ -106,8 +130,8 @@ class Launcher:
 
     # ---- pieces ----------------------------------------------------------------------------------------------
     def _spawn(self, out: Path, command: list[str]) -> None:
-        (out / EXIT_FILE).unlink(missing_ok=True)
-        with open(out / LOG_FILE, "ab") as log:
+        inside_run(out, EXIT_FILE).unlink(missing_ok=True)
+        with open(inside_run(out, LOG_FILE), "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "workbench", *command], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -115,10 +139,10 @@ class Launcher:
             _CHILDREN[out] = proc
 
     @staticmethod
-    def _signal(pid: int, sig: int) -> None:
-        """The whole group when ``pid`` leads one (children started here do), else the process alone."""
+    def _signal(pid: int, sig: int, group: bool) -> None:
+        """The whole group of a child started here (it leads one), else the process alone."""
         try:
-            if os.getpgid(pid) == pid:
+            if group:
                 os.killpg(pid, sig)
             else:
                 os.kill(pid, sig)
