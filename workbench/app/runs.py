@@ -97,9 +97,9 @@ class RunState:
             return None
         try:
             run_config = RunConfig.from_dict(config)
-        except TypeError as err:
+            run_config.validate()
+        except TypeError as err:   # a field of the wrong type, met by the constructor or a comparison in validate
             raise ValueError(f"{self.path.name}: its config does not read as a RunConfig ({err})") from err
-        run_config.validate()
         return run_config
 
     def exit_record(self) -> dict | None:
