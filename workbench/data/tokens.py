@@ -47,12 +47,14 @@ class PackedBlocks:
 
     def __init__(self, ids: np.ndarray, block_len: int, seed: int = 0):
         if block_len < 1:
-            raise ValueError("block_len must be at least 1")
+            raise ValueError(f"seq_len={block_len}: a sequence needs at least 1 token")
         self.ids, self.block_len, self.seed = ids, block_len, seed
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last epoch asked for
         self.num_blocks = (len(ids) - 1) // block_len
         if self.num_blocks < 1:
-            raise ValueError(f"corpus has {len(ids)} tokens: too few for one block of {block_len + 1}")
+            raise ValueError(f"the corpus has {len(ids)} tokens: too few for one sequence of seq_len={block_len} "
+                             f"tokens and its next-token target; use a seq_len below {max(len(ids) - 1, 1)} or a "
+                             f"larger corpus")
 
     def __len__(self) -> int:
         return self.num_blocks

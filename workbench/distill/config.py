@@ -9,13 +9,61 @@ run has built its student (``StageConfig.layers_of``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
+from workbench.students.registry import mixer_names
 from workbench.students.spec import split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
 TRAINABLE = ("mixers", "mixers+mlps", "all")
+SCHEDULES = ("cosine", "wsd")
+INITS = ("attention", "random")
+MAX_STEPS = 10_000_000  # most optimizer steps of one run: ~12 days at 0.1 s a step; a larger budget is a typo
+
+
+def _number(where: str, value, minimum: float | None = None, above: float | None = None,
+            maximum: float | None = None, integer: bool = False) -> None:
+    """Refuse ``value`` of ``where`` (a field or flag name) unless it is a finite number (an int if ``integer``)
+    within the bounds; the error names the field, the value and what is accepted."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or not math.isfinite(value):
+        raise ValueError(f"{where}={value!r}: must be {kind}")
+    bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+              f"<= {maximum}" if maximum is not None else ""]
+    if ((minimum is not None and value < minimum) or (above is not None and value <= above)
+            or (maximum is not None and value > maximum)):
+        raise ValueError(f"{where}={value!r}: must be {kind} {' and '.join(b for b in bounds if b)}")
+
+
+def _layer_list(where: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if (not isinstance(value, list) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value)
+            or len(set(value)) != len(value)):
+        raise ValueError(f"{where}={value!r}: must be a list of distinct layer indices >= 0, e.g. [0, 15]")
+
+
+def _text(where: str, value, choices: Sequence[str] | None = None, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value or (choices is not None and value not in choices):
+        accepted = f"one of {', '.join(choices)}" if choices is not None else "a non-empty string"
+        raise ValueError(f"{where}={value!r}: must be {accepted}")
+
+
+def _fields_of(cls, where: str, data) -> dict:
+    """``data`` as keyword arguments of dataclass ``cls``: a dict whose keys are all fields of it."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object of {cls.__name__} fields, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"accepted: {', '.join(names)}")
+    return dict(data)
 
 
 def parse_tokens(text: str | int) -> int:
@@ -64,11 +112,29 @@ class StageConfig:
     temperature: float = 1.0                  # KL temperature (loss scaled by T^2)
 
     def validate(self) -> None:
+        """Refuse a field outside what the run can train with (ValueError naming the field, its value and what is
+        accepted)."""
+        _text("stage name", self.name)
+        where = f"stage {self.name!r}:"
+        if not isinstance(self.losses, dict) or not self.losses:
+            raise ValueError(f"{where} losses={self.losses!r}: must map loss terms ({', '.join(LOSS_TERMS)}) to "
+                             f"weights")
         unknown = set(self.losses) - set(LOSS_TERMS)
         if unknown:
             raise ValueError(f"stage {self.name!r}: unknown loss terms {sorted(unknown)}; use {LOSS_TERMS}")
-        if self.train not in TRAINABLE:
-            raise ValueError(f"stage {self.name!r}: train={self.train!r}; use one of {TRAINABLE}")
+        for term, weight in self.losses.items():
+            _number(f"{where} losses[{term!r}]", weight, minimum=0)
+        _text(f"{where} train", self.train, TRAINABLE)
+        _text(f"{where} schedule", self.schedule, SCHEDULES)
+        _number(f"{where} tokens", self.tokens, minimum=1, integer=True)
+        _number(f"{where} batch_size", self.batch_size, minimum=1, integer=True)
+        _number(f"{where} seq_len", self.seq_len, minimum=1, integer=True)
+        _number(f"{where} lr", self.lr, above=0)
+        _number(f"{where} warmup", self.warmup, minimum=0, maximum=1)
+        _number(f"{where} min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1)
+        _number(f"{where} weight_decay", self.weight_decay, minimum=0)
+        _number(f"{where} temperature", self.temperature, above=0)
+        _layer_list(f"{where} layers", self.layers, optional=True)
         if self.tokens < self.batch_size * self.seq_len:
             raise ValueError(f"stage {self.name!r}: {self.tokens} tokens is less than one step "
                              f"({self.batch_size} x {self.seq_len})")
@@ -122,12 +188,38 @@ class RunConfig:
                                               # of replicating them (DDP), for models that do not fit one GPU
 
     def validate(self) -> None:
-        if not self.stages:
+        """Refuse a field outside what a run accepts, before anything is loaded (ValueError naming the field, its
+        value and what is accepted). Which layers exist is known only with the teacher (``replaced_layers``)."""
+        _text("teacher", self.teacher)
+        _text("mixer", self.mixer, mixer_names())
+        _text("init", self.init, INITS)
+        _text("corpus", self.corpus)
+        _text("eval_corpus", self.eval_corpus, optional=True)
+        _text("device", self.device)
+        _layer_list("keep_attention", self.keep_attention)
+        _layer_list("replace", self.replace, optional=True)
+        if not isinstance(self.mixer_config, dict):
+            raise ValueError(f"mixer_config={self.mixer_config!r}: must be a dict of the mixer config's fields")
+        _number("calibration_tokens", self.calibration_tokens, minimum=0, integer=True)
+        _number("seed", self.seed, minimum=0, integer=True)
+        _number("eval_every", self.eval_every, minimum=0, integer=True)
+        _number("eval_tokens", self.eval_tokens, minimum=1, integer=True)
+        _number("eval_window", self.eval_window, minimum=1, integer=True)
+        _number("checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
+        _number("grad_clip", self.grad_clip, above=0)
+        for name in ("autocast", "compile", "fsdp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
+        if not isinstance(self.stages, list) or not self.stages:
             raise ValueError("a run needs at least one stage")
         for stage in self.stages:
+            if not isinstance(stage, StageConfig):
+                raise ValueError(f"stages: {stage!r} is not a StageConfig")
             stage.validate()
-        if self.init not in ("attention", "random"):
-            raise ValueError(f"init must be 'attention' or 'random', got {self.init!r}")
+        steps = sum(stage.steps for stage in self.stages)
+        if steps > MAX_STEPS:
+            raise ValueError(f"the stages' token budgets make {steps:,} steps, more than the {MAX_STEPS:,} a run "
+                             f"accepts (tokens / (batch_size x seq_len) per stage); give a smaller token budget")
         if self.keep_attention and self.replace is not None:
             raise ValueError(f"give keep_attention ({self.keep_attention}) or replace ({self.replace}), not both: "
                              f"each one says the other")
@@ -151,8 +243,11 @@ class RunConfig:
     def from_dict(cls, data: dict) -> RunConfig:
         """A config as ``to_dict`` (config.json) holds it. Files written before keep_attention and replace were
         exclusive may hold both; replace won then, and wins here."""
-        data = dict(data)
-        data["stages"] = [StageConfig(**s) for s in data.get("stages", [])]
+        data = _fields_of(cls, "run config", data)
+        stages = data.get("stages", [])
+        if not isinstance(stages, list):
+            raise ValueError(f"stages={stages!r}: must be a list of stage objects")
+        data["stages"] = [StageConfig(**_fields_of(StageConfig, f"stages[{i}]", s)) for i, s in enumerate(stages)]
         if data.get("replace") is not None:
             data["keep_attention"] = []
         return cls(**data)

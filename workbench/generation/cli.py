@@ -21,6 +21,45 @@ def comma_ints(what: str = "integers like 1,16,64"):
 int_list = comma_ints()
 
 
+def check_flag(flag: str, value, ok: bool, accepted: str) -> None:
+    """Refuse a command-line value before any work starts: one line naming the flag, the value and what is
+    accepted (the commands print a ValueError as one line and exit with status 2)."""
+    if not ok:
+        raise ValueError(f"{flag} {value}: {accepted}")
+
+
+def check_counts(args, *flags: str, minimum: int = 1) -> None:
+    """``check_flag`` for integer flags (``--new``; lists like ``--batch`` too) that must be at least ``minimum``;
+    an unset optional flag (None) passes."""
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        values = value if isinstance(value, list) else [value]
+        check_flag(flag, ",".join(map(str, values)) if isinstance(value, list) else value,
+                   all(v is None or v >= minimum for v in values) and values != [],
+                   f"must be {'integers' if isinstance(value, list) else 'an integer'} >= {minimum}")
+
+
+def check_device(args, flag: str = "--device") -> None:
+    """Refuse ``args.device`` (and ``args.dtype`` where the command has it) that this machine cannot run, before
+    any model is loaded; ``flag`` names the device in the error."""
+    from workbench.device import resolve_device, resolve_dtype
+
+    device = args.device
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as err:  # torch.device's "Expected one of cpu, cuda, ..." and CUDA asked for but absent
+        raise ValueError(f"{flag} {device}: {str(err).splitlines()[0]}") from err
+    if getattr(args, "dtype", None) is not None:
+        try:
+            resolve_dtype(args.dtype, resolved)
+        except ValueError as err:
+            raise ValueError(f"--dtype {args.dtype}: {err}") from err
+
+
+def _check_models(flag: str, models: list[str]) -> None:
+    check_flag(flag, ",".join(models), bool(models), "give at least one model (comma-separated)")
+
+
 def name_list(text: str) -> list[str]:
     """An argparse type: "a, b," -> ["a", "b"]."""
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -36,6 +75,9 @@ def _write(path: str, report: dict) -> None:
 
 
 def cmd_bench_generate(args) -> int:
+    _check_models("--models", args.models)
+    check_counts(args, "--batch", "--context", "--new", "--prefill-chunk")
+    check_device(args)
     from workbench.generation.bench import bench_generate
     from workbench.generation.engine import DecodeOptions
 
@@ -53,6 +95,8 @@ def cmd_bench_generate(args) -> int:
 
 
 def cmd_bench_speculative(args) -> int:
+    check_counts(args, "--k", "--batch", "--context", "--new")
+    check_device(args)
     from workbench.generation.bench import bench_speculative
 
     report = bench_speculative(args.target, args.draft, args.k, batch=args.batch, context=args.context, new=args.new,
@@ -62,6 +106,10 @@ def cmd_bench_speculative(args) -> int:
 
 
 def cmd_bench_quality(args) -> int:
+    _check_models("--models", args.models)
+    check_counts(args, "--window", "--max-tokens", "--new")
+    check_counts(args, "--prompts", minimum=0)
+    check_device(args)
     from workbench.generation.bench import bench_quality
 
     report = bench_quality(args.models, teacher=args.teacher, window=args.window, max_tokens=args.max_tokens,

@@ -80,6 +80,15 @@ def _orders(text: str) -> list[int]:
 
 
 def cmd_laughing(args) -> int:
+    from workbench.generation.cli import check_counts, check_device, check_flag
+
+    check_flag("RUN_DIR", args.run_dir, (Path(args.run_dir) / "config.json").is_file(),
+               "must be a run folder (one holding config.json, made by `workbench distill`)")
+    check_counts(args, "--length", "--steps", "--hankel-size", "--workers", "--eval-tokens", "--window")
+    check_device(args)
+    if args.json:
+        check_flag("--json", args.json, Path(args.json).parent.is_dir() and not Path(args.json).is_dir(),
+                   "must be a file path in an existing folder")
     report = laughing_report(args.run_dir, args.orders, args.method, args.length, args.eval_tokens, args.window,
                              args.device, args.hankel_size, progress=True, steps=args.steps,
                              workers=args.workers)
