@@ -2,11 +2,15 @@
 
 ``atomic_write`` writes to a temporary file in the same folder, fsyncs it, renames it over the target and fsyncs the
 folder: a reader sees either the old file or the new one, never a torn one, even if the process is killed mid-write.
-Tensors go to safetensors (no pickle); small state (step, RNG, optimiser scalars) to JSON beside them.
+A kill leaves at most the temporary file (``.NAME.XXXX.tmp``), which ``remove_temp_files`` deletes on the next start.
+Tensors go to safetensors (no pickle); small state (step, RNG, optimiser scalars) to JSON beside them. ``sha256``
+is the checksum a checkpoint's state records for its tensors file, so a reader can tell a file changed after it was
+written (a flipped bit, a truncation, an edit) from the file the run wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+TEMP_PATTERN = ".*.tmp"  # the names atomic_write gives its temporary files
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -48,6 +54,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files interrupted ``atomic_write`` calls left in ``folder``; returns them. Only the
+    process that writes the folder (its lock holder) may call this: another writer's temp file may be in use."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(TEMP_PATTERN)) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def sha256(path: str | Path) -> str:
+    """The hex SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_json(path: str | Path, obj) -> Path:
     return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1)))
 
@@ -64,5 +89,4 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptCheckpoint(f"checkpoint {path} is corrupt or truncated ({err}); delete it to resume from the "
-                                f"previous checkpoint, or start the run again") from err
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt or truncated ({err})") from err

@@ -10,8 +10,10 @@ training loop. A run writes these event types, one dataclass each below with its
     step         one optimiser step: the losses, learning rate, gradient norm and throughput
     checkpoint   a checkpoint is complete (every checkpoint_every steps and at each stage end)
     stage_end    a stage's last step is done
-    error        the run stops on a non-finite loss; its last checkpoint stays the one to resume from
-    resume       a later process continues the run from its last checkpoint
+    error        the run stops: a non-finite loss or weights (naming the checkpoint left to resume from), or no
+                 checkpoint that verifies
+    resume       a later process continues the run from its last checkpoint that verifies (with a warning for
+                 each newer one it skipped, and for a checkpoint written before checksums)
     run_end      the held-out summary (the numbers of summary.json)
 
 Fields without a default are required. Every event also carries ``type``; ``time``, unix seconds; ``wall``, seconds
@@ -117,6 +119,11 @@ class Resume(Event):
     stage_idx: int                               # index of the stage it continues in (0-based)
     stage_step: int                              # steps already taken in that stage
     world_size: int = 1                          # processes of this attempt (logs before data parallelism: 1)
+    checkpoint: str | None = None                # the checkpoint loaded, e.g. "step-000000123" (None: older logs)
+    verified: bool | None = None                 # checked against its recorded checksums (False: written before
+                                                 #   checkpoints recorded them; None: older logs)
+    warnings: list[str] = field(default_factory=list)  # one line each: newer checkpoints skipped and why, an
+                                                 #   unverified checkpoint (what the run printed)
 
 
 @dataclass(kw_only=True)
@@ -199,12 +206,15 @@ class StageEnd(Event):
 
 @dataclass(kw_only=True)
 class Error(Event):
-    """The run stopped: a non-finite loss. Its last checkpoint stays the one to resume from."""
+    """The run stopped: a non-finite loss or non-finite weights (``checkpoint`` names the checkpoint left to resume
+    from), or no checkpoint of the run verifies."""
 
     type: ClassVar[str] = "error"
     message: str                                 # what happened and what to do
     step: int | None = None                      # global steps taken before the failing one
     stage: str | None = None                     # the stage's name
+    checkpoint: str | None = None                # the last good checkpoint left, e.g. "step-000000120" (None: none,
+                                                 #   or a log written before this field)
     terms: dict[str, float] = field(default_factory=dict)  # the unweighted loss terms of the failing step,
                                                  #   written under their own names ("kl", "ce", ...)
 

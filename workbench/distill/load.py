@@ -7,7 +7,9 @@ Laughing Hyena command) gets a run's trained model, and the build a run itself u
 The rebuild: the run's teacher in float32; ``random``, ``numpy`` and ``torch`` seeded with the run's seed right before
 the student is built (``build_run_student``, as the run does), so parameters drawn at random come out the same; the
 replaced layers from the run config (``RunConfig.replaced_layers``); then the newest checkpoint's tensors
-("param/NAME"), which must be exactly the parameters the run's stages train: a name the student does not have, or a
+("param/NAME", verified against the checksums the checkpoint recorded; a checkpoint that fails falls back to the
+newest older one that verifies, with one line on stderr per checkpoint skipped), which must be exactly the
+parameters the run's stages train: a name the student does not have, or a
 trained parameter the checkpoint lacks, is an error. Everything is built in float32 (the dtype of checkpoints); only
 then is the student cast to the ``dtype`` asked for.
 """
@@ -15,6 +17,7 @@ then is the student cast to the ``dtype`` asked for.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +92,9 @@ def load_run_student(path: str | Path, device: str | torch.device | None = "auto
     config.validate()
     if teacher is None:
         teacher = load_teacher(config.teacher, device=device, dtype="float32", progress=False)
-    checkpoint = run_dir.latest_checkpoint(teacher.device)
+    checkpoint = run_dir.load_checkpoint(teacher.device)
+    for line in checkpoint.notes if checkpoint is not None else []:
+        print(f"workbench: {run_dir.path}: {line}", file=sys.stderr, flush=True)
     if checkpoint is None and not untrained:
         raise FileNotFoundError(f"run folder {run_dir.path} has no checkpoint yet (checkpoints/latest.json): nothing "
                                 f"trained to load")
@@ -100,9 +105,8 @@ def load_run_student(path: str | Path, device: str | torch.device | None = "auto
     student = build_run_student(config, teacher, calibration)
     step = 0
     if checkpoint is not None:
-        tensors, state = checkpoint
         trained = trained_names(student, anatomy.decoder_layers(student), student_mixers(student), config.stages)
-        load_trained(student, tensors, trained, run_dir.path)
-        step = state["global_step"]
+        load_trained(student, checkpoint.tensors, trained, run_dir.path)
+        step = checkpoint.state["global_step"]
     student = student.to(resolve_dtype(dtype, teacher.device)).eval().requires_grad_(False)
     return RunStudent(teacher, student, config, step)

@@ -11,7 +11,10 @@ Each step of a stage (``Run._run_stage``):
   5. every ``eval_every`` steps evaluates on the valid split ("eval" event), every ``checkpoint_every`` steps and at
      each stage end writes an atomic checkpoint.
 A NaN or inf loss stops the run with an "error" event (seen when the step's numbers are read, after its update, which
-is never saved); the last good checkpoint stays the one to resume from.
+is never saved). A checkpoint is good when its weights are finite (checked before it is written) and the step that
+starts from them has a finite loss: on a non-finite loss, the checkpoint of the weights that gave it is set aside
+(``RunDir.set_aside_diverged``) and the previous one stays the one to resume from; the error names it, or says that
+none exists. Resuming repeats the same steps at the same learning rate, so the advice is a new run with a lower one.
 
 Launched by torchrun with N processes (workbench.distill.distributed), the same run is data-parallel: the stage's
 batch_size is the global batch, each rank computes the losses on its slice of rows, the per-rank means are
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from workbench.analysis.compare import compare
 from workbench.data import PackedBlocks, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed
+from workbench.distill.checkpoint import CorruptCheckpoint
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
 from workbench.distill.run_dir import RunDir
@@ -46,7 +51,12 @@ from workbench.teachers import anatomy, load_teacher
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The run diverged: a non-finite loss, or non-finite weights about to be checkpointed."""
+
+
+def note(message: str) -> None:
+    """One line for the user on stderr (what a run did on their behalf: a fallback, a cleanup)."""
+    print(f"workbench distill: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -129,6 +139,9 @@ class Run:
             if run_dir.writer:
                 run_dir = self.prepare()
                 run_dir.acquire()
+                stale = run_dir.remove_temp_files()
+                if stale:
+                    note(f"removed {len(stale)} temporary file(s) of interrupted writes from {run_dir.path}")
             distributed.barrier()  # the other ranks read the folder (checkpoints) only once rank 0 holds it
             try:
                 return self._execute(run_dir, device)
@@ -164,14 +177,22 @@ class Run:
         """Where the run starts, and the saved AdamW state ("NAME/FIELD" -> tensor; None for a new run): the
         newest checkpoint's position, its trained parameters copied into the student ("resume" event), or the
         beginning."""
-        ckpt = run_dir.latest_checkpoint(self.device)
+        try:
+            ckpt = run_dir.load_checkpoint(self.device, repair=run_dir.writer)
+        except CorruptCheckpoint as err:
+            run_dir.log("error", message=str(err))
+            raise
         if ckpt is None:
             return Position(), None
-        tensors, state = ckpt
+        tensors, state = ckpt.tensors, ckpt.state
         load_trained(self.student, tensors, saved, run_dir.path)
         position = Position(state["stage_idx"], state["stage_step"], state["global_step"])
+        if run_dir.writer:
+            for line in ckpt.notes:
+                note(line)
         run_dir.log("resume", step=position.global_step, stage_idx=position.stage_idx,
-                    stage_step=position.stage_step, world_size=distributed.world_size())
+                    stage_step=position.stage_step, world_size=distributed.world_size(), checkpoint=ckpt.name,
+                    verified=ckpt.verified, warnings=ckpt.notes)
         return position, {k[len("opt/"):]: v for k, v in tensors.items() if k.startswith("opt/")}
 
     def _run_stage(self, run_dir: RunDir, s_idx: int, start: int, global_step: int,
@@ -212,7 +233,7 @@ class Run:
             if cfg.eval_every and (global_step % cfg.eval_every == 0 or last):
                 self._evaluate(run_dir, global_step, stage.name)
             if global_step % cfg.checkpoint_every == 0 or last:
-                self._checkpoint(run_dir, saved, opt, train_params,
+                self._checkpoint(run_dir, stage, saved, opt, train_params,
                                  stage_idx=s_idx + 1 if last else s_idx, stage_step=0 if last else step + 1,
                                  global_step=global_step)
         run_dir.log("stage_end", stage=stage.name, stage_idx=s_idx, step=global_step)
@@ -247,11 +268,7 @@ class Run:
                               *(tensors.terms[k].detach().float() for k in names)]).tolist()
         loss, grad_norm, terms = values[0], values[1], dict(zip(names, values[2:]))
         if not math.isfinite(loss):
-            run_dir.log("error", step=global_step, stage=stage.name,
-                        message=f"non-finite loss {loss} at step {global_step}; the last checkpoint is kept - lower "
-                                f"the learning rate and resume", **terms)
-            raise NonFiniteLoss(f"stage {stage.name!r}: loss became {loss} at step {global_step}; run folder "
-                                f"{self.out} keeps its last good checkpoint")
+            self._diverged(run_dir, stage, global_step, f"non-finite loss {loss} at step {global_step + 1}", terms)
         seconds = time.time() - t0
         tokens = stage.batch_size * stage.seq_len  # the global batch: every rank's rows
         event = {"step": global_step + 1, "stage": stage.name, "stage_idx": s_idx, "stage_step": step + 1,
@@ -281,7 +298,26 @@ class Run:
         run_dir.log("eval", step=step, stage=stage, split="valid", **metrics)
         return metrics
 
-    def _checkpoint(self, run_dir: RunDir, saved: list[str], opt, train_params, **position) -> None:
+    def _diverged(self, run_dir: RunDir, stage: StageConfig, global_step: int, cause: str,
+                  terms: dict[str, float]) -> None:
+        """Stop the run: the weights after ``global_step`` steps are bad (``cause``: they gave a non-finite loss, or
+        are non-finite). Their checkpoint, if written, is set aside; the "error" event and the exception name the
+        checkpoint left to resume from, or say that none exists, and give advice that works."""
+        kept = run_dir.set_aside_diverged(global_step)
+        if kept is None:
+            where = f"run folder {self.out} keeps no last good checkpoint (none was written before the divergence)"
+        else:
+            where = f"run folder {self.out} keeps its last good checkpoint, {kept} (step {int(kept[len('step-'):])})"
+        advice = ("resuming would repeat the same steps at the same learning rate: lower the learning rate (--lr, or "
+                  "the stages' lr in --config) and start a new run with another --out")
+        run_dir.log("error", step=global_step, stage=stage.name, checkpoint=kept,
+                    message=f"{cause}; {where}; {advice}", **terms)
+        raise NonFiniteLoss(f"stage {stage.name!r}: {cause}; {where}; {advice}")
+
+    def _checkpoint(self, run_dir: RunDir, stage: StageConfig, saved: list[str], opt, train_params,
+                    **position) -> None:
+        """Write the trained parameters and AdamW state at ``position``; weights that are not finite are never
+        written (the run stops as diverged)."""
         if self.sharded is not None:
             tensors = distributed.gather_sharded(self.sharded, saved, opt)
         else:
@@ -292,6 +328,10 @@ class Run:
                 for key, value in opt.state.get(p, {}).items():
                     if torch.is_tensor(value):
                         tensors[f"opt/{index[id(p)]}/{key}"] = value
+        floating = [t for t in tensors.values() if t.is_floating_point()]
+        if floating and not torch.stack([torch.isfinite(t).all() for t in floating]).all().item():
+            self._diverged(run_dir, stage, position["global_step"],
+                           f"non-finite weights after step {position['global_step']}", {})
         run_dir.save_checkpoint(position["global_step"], tensors, position)
         run_dir.log("checkpoint", step=position["global_step"])
 

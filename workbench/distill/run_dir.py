@@ -1,9 +1,11 @@
-"""A run folder: everything one distillation run writes, and all that readers need.
+"""A run folder: everything one distillation run writes, and all that readers need (docs/run-folders.md).
 
     RUN/config.json          the run's full configuration (written once, atomically)
     RUN/events.jsonl         the append-only event stream (workbench.distill.events)
-    RUN/checkpoints/step-000000123.safetensors + .json   tensors + small state, each written atomically
+    RUN/checkpoints/step-000000123.safetensors + .json   tensors + small state, each written atomically; the state
+                                                         records the tensors file's size and SHA-256 ("files")
     RUN/checkpoints/latest.json                          points at the newest complete checkpoint (written last)
+    RUN/checkpoints/diverged-step-*                      a checkpoint whose weights gave a non-finite loss, set aside
     RUN/summary.json         final numbers (written atomically at the end)
     RUN/LOCK                 held by the process that writes the run (pid inside); two writers never share a folder
 
@@ -11,18 +13,30 @@ A multi-process run has one writer, rank 0; the other ranks open the folder with
 config and checkpoints, and their ``log``, ``save_checkpoint`` and ``write_summary`` calls do nothing.
 
 A checkpoint is complete only once ``latest.json`` names it, so a kill at any moment leaves the previous checkpoint
-as the one to resume from.
+as the one to resume from; the temporary files of a killed write are deleted by the next writer
+(``remove_temp_files``). ``load_checkpoint`` verifies what it loads against the recorded checksums and falls back
+to the newest older checkpoint that verifies, saying which it skipped and why; with ``repair`` (the writer, on
+resume) it also sets the skipped ones aside and points ``latest.json`` at the one loaded. Checkpoints written before
+checksums existed load unverified, and say so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from workbench.distill.checkpoint import CorruptCheckpoint, load_tensors, save_json, save_tensors
+from workbench.distill.checkpoint import (
+    CorruptCheckpoint,
+    load_tensors,
+    remove_temp_files,
+    save_json,
+    save_tensors,
+    sha256,
+)
 from workbench.distill.events import Event, EventLog, Unreadable, read_events, read_typed, validate
 
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted once a newer one is in place
@@ -30,6 +44,38 @@ KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted once a newer one 
 
 class RunLocked(RuntimeError):
     pass
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint as ``RunDir.load_checkpoint`` read it."""
+
+    tensors: dict[str, torch.Tensor]             # "param/NAME" and "opt/NAME/FIELD" tensors
+    state: dict                                  # its small state (step, stage_idx, stage_step, global_step, ...)
+    name: str                                    # its stem, e.g. "step-000000123"
+    verified: bool                               # checked against its recorded checksums (False: written before
+                                                 #   checkpoints recorded them)
+    skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification: one line each
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per thing a user should know about this load: fallbacks, and an unverified checkpoint."""
+        lines = list(self.skipped)
+        if self.skipped:
+            lines.append(f"falling back to checkpoint {self.name} (step {self.step})")
+        if not self.verified:
+            lines.append(f"checkpoint {self.name} was written before checkpoints recorded checksums: loaded "
+                         f"unverified")
+        return lines
+
+
+def _checkpoint_step(stem: str) -> int:
+    """The step of a checkpoint stem "step-000000123"."""
+    return int(stem[len("step-"):])
 
 
 def pid_alive(pid: int) -> bool:
@@ -128,30 +174,148 @@ class RunDir:
         return read_typed(self.events_path, offset)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
+    @property
+    def pointer_path(self) -> Path:
+        return self.checkpoint_dir / "latest.json"
+
+    def checkpoint_names(self) -> list[str]:
+        """Stems of the checkpoints with a state file, oldest first (complete or not: see ``latest.json``)."""
+        return sorted(p.stem for p in self.checkpoint_dir.glob("step-*.json"))
+
+    def latest_name(self) -> str | None:
+        """The checkpoint ``latest.json`` names (None: no checkpoint yet); CorruptCheckpoint if it names none."""
+        if not self.pointer_path.is_file():
+            return None
+        try:
+            name = json.loads(self.pointer_path.read_text())["name"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise CorruptCheckpoint(f"{self.pointer_path} names no checkpoint ({err!r})") from None
+        if not isinstance(name, str) or not name.startswith("step-") or not name[len("step-"):].isdigit():
+            raise CorruptCheckpoint(f"{self.pointer_path} names {name!r}, not a checkpoint (step-NNNNNNNNN)")
+        return name
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files interrupted atomic writes left in the folder (the writer, on starting)."""
+        if not self.writer:
+            return []
+        return remove_temp_files(self.path) + remove_temp_files(self.checkpoint_dir)
+
     def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict) -> Path:
-        """Write tensors and state for ``step``; only then point ``latest.json`` at them; prune old ones."""
+        """Write tensors, then the state with the tensors file's size and checksum; only then point ``latest.json``
+        at them; prune old ones (and any left from a discarded attempt beyond ``step``)."""
         stem = self.checkpoint_dir / f"step-{step:09d}"
         if not self.writer:
             return stem
-        save_tensors(stem.with_suffix(".safetensors"), tensors)
-        save_json(stem.with_suffix(".json"), {"step": step, **state})
-        save_json(self.checkpoint_dir / "latest.json", {"step": step, "name": stem.name})
-        for old in sorted(self.checkpoint_dir.glob("step-*.json"))[:-KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".safetensors").unlink(missing_ok=True)
+        weights = save_tensors(stem.with_suffix(".safetensors"), tensors)
+        files = {weights.name: {"bytes": weights.stat().st_size, "sha256": sha256(weights)}}
+        save_json(stem.with_suffix(".json"), {"step": step, **state, "files": files})
+        save_json(self.pointer_path, {"step": step, "name": stem.name})
+        older = [n for n in self.checkpoint_names() if n < stem.name]
+        # beyond this step: files of an earlier attempt, killed before latest.json named them
+        stems = {p.name.split(".")[0] for p in self.checkpoint_dir.glob("step-*")}
+        beyond = [n for n in stems if n > stem.name]
+        for old in older[:len(older) - (KEEP_CHECKPOINTS - 1)] + sorted(beyond):
+            self._remove_checkpoint(old)
         return stem
 
-    def latest_checkpoint(self, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict] | None:
-        """(tensors, state) of the newest complete checkpoint, or None if the run has none yet."""
-        pointer = self.checkpoint_dir / "latest.json"
-        if not pointer.is_file():
-            return None
-        name = json.loads(pointer.read_text())["name"]
+    def _remove_checkpoint(self, name: str) -> None:
         stem = self.checkpoint_dir / name
-        if not stem.with_suffix(".json").is_file():
-            raise CorruptCheckpoint(f"{pointer} names {name} but its state file is missing")
-        state = json.loads(stem.with_suffix(".json").read_text())
-        return load_tensors(stem.with_suffix(".safetensors"), device), state
+        stem.with_suffix(".json").unlink(missing_ok=True)
+        stem.with_suffix(".safetensors").unlink(missing_ok=True)
+
+    def _set_aside(self, name: str, prefix: str) -> None:
+        """Rename checkpoint ``name``'s files to ``PREFIX-NAME.*``, out of the checkpoints readers consider."""
+        for suffix in (".json", ".safetensors"):
+            path = (self.checkpoint_dir / name).with_suffix(suffix)
+            if path.exists():
+                os.replace(path, path.with_name(f"{prefix}-{path.name}"))
+
+    def _point_at(self, name: str | None) -> None:
+        if name is None:
+            self.pointer_path.unlink(missing_ok=True)
+        else:
+            save_json(self.pointer_path, {"step": _checkpoint_step(name), "name": name})
+
+    def _read_checkpoint(self, name: str, device) -> tuple[dict[str, torch.Tensor], dict, bool]:
+        """(tensors, state without its checksums, verified) of checkpoint ``name``; CorruptCheckpoint saying what
+        is wrong if a file is missing, truncated, or differs from its recorded checksum."""
+        stem = self.checkpoint_dir / name
+        try:
+            state = json.loads(stem.with_suffix(".json").read_text())
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"checkpoint {name}: its state file {stem.with_suffix('.json').name} is "
+                                    f"missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptCheckpoint(f"checkpoint {name}: its state file is not valid JSON ({err})") from None
+        files = state.pop("files", None)
+        for file, recorded in (files or {}).items():
+            path = self.checkpoint_dir / file
+            if not path.is_file():
+                raise CorruptCheckpoint(f"checkpoint {name}: {file} is missing")
+            size = path.stat().st_size
+            if size != recorded["bytes"]:
+                raise CorruptCheckpoint(f"checkpoint {name}: {file} is truncated or altered ({size} bytes, "
+                                        f"{recorded['bytes']} written)")
+            if sha256(path) != recorded["sha256"]:
+                raise CorruptCheckpoint(f"checkpoint {name}: {file} does not match its recorded SHA-256 (altered "
+                                        f"after it was written)")
+        try:
+            tensors = load_tensors(stem.with_suffix(".safetensors"), device)
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"checkpoint {name}: {stem.name}.safetensors is missing") from None
+        return tensors, state, files is not None
+
+    def load_checkpoint(self, device: str | torch.device = "cpu", repair: bool = False) -> LoadedCheckpoint | None:
+        """The newest complete checkpoint that verifies, or None if the run has none yet (no ``latest.json``).
+
+        The one ``latest.json`` names is tried first, then older ones, newest first; those that fail verification
+        are listed in ``skipped``. ``repair`` (the writer only): set the skipped ones aside (renamed
+        ``corrupt-step-*``) and point ``latest.json`` at the one loaded. CorruptCheckpoint if none verifies."""
+        if not self.pointer_path.is_file():
+            return None
+        skipped: list[str] = []
+        try:
+            latest = self.latest_name()
+        except CorruptCheckpoint as err:       # the pointer itself damaged: every checkpoint is a candidate
+            skipped.append(str(err))
+            latest = None
+        candidates = [n for n in reversed(self.checkpoint_names()) if latest is None or n <= latest]
+        if latest is not None and latest not in candidates:
+            skipped.append(f"checkpoint {latest}, which {self.pointer_path.name} names, does not exist")
+        for name in candidates:
+            try:
+                tensors, state, verified = self._read_checkpoint(name, device)
+            except CorruptCheckpoint as err:
+                skipped.append(str(err))
+                continue
+            loaded = LoadedCheckpoint(tensors, state, name, verified, skipped)
+            if repair and self.writer and name != latest:
+                for bad in candidates[:candidates.index(name)]:
+                    self._set_aside(bad, "corrupt")
+                self._point_at(name)
+            return loaded
+        raise CorruptCheckpoint(f"run folder {self.path} has no intact checkpoint: {'; '.join(skipped)}; move "
+                                f"{self.checkpoint_dir} away to resume this run from step 0, or start a new run "
+                                f"with another --out")
+
+    def latest_checkpoint(self, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict] | None:
+        """(tensors, state) of the newest complete checkpoint that verifies, or None if the run has none yet."""
+        loaded = self.load_checkpoint(device)
+        return None if loaded is None else (loaded.tensors, loaded.state)
+
+    def set_aside_diverged(self, step: int) -> str | None:
+        """Checkpoint ``step`` gave a non-finite loss: if ``latest.json`` names it, rename it ``diverged-step-*``
+        and point ``latest.json`` at the newest older one. Returns the checkpoint left to resume from (None:
+        none)."""
+        latest = self.latest_name()
+        if latest is None or not self.writer:
+            return latest
+        if _checkpoint_step(latest) != step:
+            return latest
+        older = [n for n in self.checkpoint_names() if n < latest]
+        self._set_aside(latest, "diverged")
+        self._point_at(older[-1] if older else None)
+        return older[-1] if older else None
 
     # ---- summary ---------------------------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
