@@ -191,3 +191,26 @@ def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attentio
     assert default_lr("mamba-in-llama", 0) == 1e-4
     assert default_lr("mamba-in-llama", 8) == 1e-3
     assert default_lr("mohawk", 0) == default_lr("kd", 0) == 1e-3
+
+
+def test_a_folder_holding_another_runs_config_is_refused(tiny_teacher_dir, tmp_path):
+    """Run(config, out) on a folder of a run with another config is refused before anything is loaded or written;
+    the same config continues the run there (what Run.resume does)."""
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 64, batch_size=2, seq_len=64)]
+    first = Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False)
+    first.prepare()
+    before = (tmp_path / "run" / "config.json").read_text()
+    other = tiny_config(tiny_teacher_dir, stages, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"another config \(differs in grad_clip\).*Run.resume"):
+        Run(other, tmp_path / "run", progress=False).prepare()
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    assert Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False).prepare().path.exists()
+
+
+def test_a_seq_len_past_the_teachers_positions_is_refused(tiny_teacher_dir, tmp_path):
+    """The tiny teacher has 512 positions: a stage of 513-token sequences stops before its first step, naming the
+    stage, the value and the limit."""
+    stages = [StageConfig("long", losses={"kl": 1.0}, tokens=2 * 513, batch_size=2, seq_len=513)]
+    with pytest.raises(ValueError, match=r"stage 'long' seq_len 513 .*512"):
+        Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False).execute()
+    assert not list(iter_events(tmp_path / "run" / "events.jsonl", "step"))

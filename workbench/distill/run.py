@@ -100,6 +100,8 @@ class Run:
         with distributed.main_first():
             self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", target),
                                         progress=self.progress)
+            for stage in cfg.stages:
+                self.teacher.check_seq_len(stage.seq_len, name=f"stage {stage.name!r} seq_len")
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
@@ -129,8 +131,12 @@ class Run:
         """The run folder with this run's config.json (created if new): what ``resume`` starts from."""
         run_dir = RunDir(self.out)
         if not run_dir.config_path.exists():
-            run_dir = RunDir.create(self.out, {"run": self.config.to_dict(),
-                                               "final_eval_tokens": self.final_eval_tokens})
+            return RunDir.create(self.out, {"run": self.config.to_dict(), "final_eval_tokens": self.final_eval_tokens})
+        stored = RunConfig.from_dict(run_dir.config["run"]).to_dict()
+        changed = sorted(k for k, v in self.config.to_dict().items() if stored.get(k) != v)
+        if changed:
+            raise ValueError(f"{self.out} holds a run with another config (differs in {', '.join(changed)}): continue "
+                             f"it with Run.resume({str(self.out)!r}), or give this config another folder")
         return run_dir
 
     def execute(self) -> dict:
