@@ -214,3 +214,12 @@ def test_a_seq_len_past_the_teachers_positions_is_refused(tiny_teacher_dir, tmp_
     with pytest.raises(ValueError, match=r"stage 'long' seq_len 513 .*512"):
         Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False).execute()
     assert not list(iter_events(tmp_path / "run" / "events.jsonl", "step"))
+
+
+def test_keeping_every_layer_is_refused_before_anything_is_evaluated(tiny_teacher_dir, tmp_path):
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 64, batch_size=2, seq_len=64)]
+    config = RunConfig(teacher=tiny_teacher_dir, mixer="mamba2", keep_attention=[0, 1, 2, 3], stages=stages,
+                       device="cpu", eval_every=1)
+    with pytest.raises(ValueError, match=r"keep_attention \[0, 1, 2, 3\] keeps every layer .*0\.\.3"):
+        Run(config, tmp_path / "run", progress=False).execute()
+    assert not list(iter_events(tmp_path / "run" / "events.jsonl", "eval"))

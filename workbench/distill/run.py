@@ -102,6 +102,9 @@ class Run:
                                         progress=self.progress)
             for stage in cfg.stages:
                 self.teacher.check_seq_len(stage.seq_len, name=f"stage {stage.name!r} seq_len")
+            if not cfg.replaced_layers(self.teacher.num_layers):
+                raise ValueError(f"keep_attention {cfg.keep_attention} keeps every layer of the teacher (0.."
+                                 f"{self.teacher.num_layers - 1}): nothing would be distilled; leave out at least one")
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
