@@ -206,7 +206,7 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
 
 def _distill_config(args, given: set[str]):
     """The RunConfig of a new run from --config or the recipe flags, every flag checked before anything loads."""
-    from workbench.distill.config import MAX_STEPS, RunConfig, parse_tokens
+    from workbench.distill.config import RunConfig, parse_tokens
     from workbench.distill.recipes import RECIPES, default_lr, recipe
     from workbench.students.registry import mixer_names
 
@@ -235,9 +235,6 @@ def _distill_config(args, given: set[str]):
             tokens = parse_tokens(args.tokens)
         except ValueError as err:
             raise ValueError(f"--tokens {args.tokens}: {err}") from err
-        steps = tokens // (args.batch_size * args.seq_len)
-        check_flag("--tokens", args.tokens, steps <= MAX_STEPS, f"{steps:,} steps of --batch-size {args.batch_size} "
-                   f"x --seq-len {args.seq_len} tokens, more than the {MAX_STEPS:,} a run accepts")
         lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from workbench.students.registry import mixer_names
-from workbench.students.spec import split_layers
+from workbench.students.spec import INITS, split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
 TRAINABLE = ("mixers", "mixers+mlps", "all")
 SCHEDULES = ("cosine", "wsd")
-INITS = ("attention", "random")
 MAX_STEPS = 10_000_000  # most optimizer steps of one run: ~12 days at 0.1 s a step; a larger budget is a typo
 
 
