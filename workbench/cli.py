@@ -161,18 +161,6 @@ def _flags(dests) -> str:
     return ", ".join(f"--{d.replace('_', '-')}" for d in sorted(dests))
 
 
-def _is_run_folder(path: Path) -> bool:
-    """Whether ``path`` holds a run (a config.json of ``workbench distill``: a JSON object with "run")."""
-    file = path / "config.json"
-    if not file.is_file():
-        return False
-    try:
-        data = json.loads(file.read_bytes())
-    except ValueError:  # not JSON (or not UTF-8): some other program's config.json
-        return False
-    return isinstance(data, dict) and isinstance(data.get("run"), dict)
-
-
 def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file: str | None = None) -> bool:
     """Check that a new run may be written to ``out``: absent or empty, a run folder with ``overwrite`` (only
     checked here: ``cmd_distill`` deletes it once everything else is checked), or a folder the app prepared (its
@@ -185,7 +173,7 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
         raise FileExistsError(f"{flag} {out} is {'a link' if out.is_symlink() else 'a file'}; give a folder path")
     if not out.is_dir():
         return False
-    if _is_run_folder(out):
+    if RunDir.holds_run(out):
         if not overwrite:
             raise FileExistsError(f"{flag} {out} already holds a run: continue it with `workbench distill --resume "
                                   f"{out}`, replace it with --overwrite, or choose another {flag}")

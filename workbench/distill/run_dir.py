@@ -113,6 +113,19 @@ class RunDir:
         save_json(run.config_path, config)
         return run
 
+    @staticmethod
+    def holds_run(path: str | Path) -> bool:
+        """Whether ``path`` holds a run: a config.json of ``workbench distill`` (a JSON object with "run"), not some
+        other program's (a saved student's, say)."""
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            return False
+        try:
+            data = json.loads(file.read_bytes())
+        except ValueError:  # not JSON (or not UTF-8)
+            return False
+        return isinstance(data, dict) and isinstance(data.get("run"), dict)
+
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
         run = cls(path)

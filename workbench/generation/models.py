@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from workbench.device import resolve_device, resolve_dtype
+from workbench.distill.run_dir import RunDir
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -28,11 +28,6 @@ class LoadedModel:
     name: str                # the spec as given
     kind: str                # "run", "student", "model" or "teacher"
     teacher: str | None = None  # the teacher a run or student came from, where known
-
-
-def _is_run_folder(path: Path) -> bool:
-    config = path / "config.json"
-    return config.is_file() and "run" in json.loads(config.read_text())
 
 
 def _tokenizer_of(path: Path):
@@ -60,7 +55,7 @@ def load_model(spec: str, device: str | torch.device | None = "auto", dtype: str
     from workbench.teachers import load_teacher
 
     path = Path(spec).expanduser()
-    if path.is_dir() and _is_run_folder(path):
+    if path.is_dir() and RunDir.holds_run(path):
         return _load_run(path, device, dtype)
     if path.is_dir() and (path / "config.json").is_file():
         device = resolve_device(device)

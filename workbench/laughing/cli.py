@@ -80,9 +80,10 @@ def _orders(text: str) -> list[int]:
 
 
 def cmd_laughing(args) -> int:
+    from workbench.distill.run_dir import RunDir
     from workbench.generation.cli import check_counts, check_device, check_flag
 
-    check_flag("RUN_DIR", args.run_dir, (Path(args.run_dir) / "config.json").is_file(),
+    check_flag("RUN_DIR", args.run_dir, RunDir.holds_run(args.run_dir),
                "must be a run folder (one holding config.json, made by `workbench distill`)")
     check_counts(args, "--length", "--steps", "--hankel-size", "--workers", "--eval-tokens", "--window")
     check_device(args)
