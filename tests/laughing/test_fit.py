@@ -125,11 +125,31 @@ def test_batched_fit_equals_reference_on_a_hyena_filter(method, L):
 
 
 def test_modal_fit_is_batched_over_channels():
+    """A chunk of channels fits as each channel alone, and a channel's fit does not depend on its neighbours.
+
+    Not bit for bit: a chunk of 6 and a chunk of 1 round differently (the batched LAPACK / BLAS calls), and Adam's
+    normalised steps turn that 1e-16 into up to ~1e-7 of a tap within a few steps on coordinates whose gradient is
+    pure rounding (the angle of a real pole), before M3's least squares settles the fit again. So the bound is 1e-6
+    of each filter's norm; a coupling through the loss or the step sizes moves a fit by the order of the learning
+    rate (5e-3)."""
     torch.manual_seed(2)
-    h = Hyena(D_MODEL, 6, HyenaConfig(max_len=128, filter_width=16)).filter(128).detach()
+    h = Hyena(D_MODEL, 6, HyenaConfig(max_len=128, filter_width=16)).filter(128).detach().double()
+    torch.manual_seed(3)
+    other = 1e3 * Hyena(D_MODEL, 6, HyenaConfig(max_len=128, filter_width=16)).filter(128).detach().double()
     together = distill_filter(h, 4, "modal", steps=30, chunk=6)
     alone = distill_filter(h, 4, "modal", steps=30, chunk=1)
-    torch.testing.assert_close(together.impulse_response(128), alone.impulse_response(128), rtol=1e-7, atol=1e-9)
+    neighbours = distill_filter(torch.cat([h[:3], other[3:]]), 4, "modal", steps=30, chunk=6)
+
+    def relative_gap(a, b):                         # (C,) ‖ĥ_a - ĥ_b‖ / ‖h‖ over the first C = min(channels) channels
+        C = min(len(a.poles), len(b.poles))
+        return (a.impulse_response(128)[:C] - b.impulse_response(128)[:C]).norm(dim=-1) / h[:C].norm(dim=-1)
+
+    assert relative_gap(together, alone).max() < 1e-6
+    torch.testing.assert_close(together.errors["rel_l2"], alone.errors["rel_l2"], rtol=1e-6, atol=0)
+    first_three = distill_filter(h[:3], 4, "modal", steps=30, chunk=3)
+    assert relative_gap(first_three, together).max() < 1e-6
+    assert relative_gap(first_three, neighbours).max() < 1e-6
+    assert (together.poles[3:] - neighbours.poles[3:]).abs().max() > 1e-3   # the neighbours did change
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

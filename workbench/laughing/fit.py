@@ -337,7 +337,8 @@ def _descend(taps: torch.Tensor, p0: torch.Tensor, r0: torch.Tensor, steps: int,
              max_radius: float) -> torch.Tensor:
     """M2 on one batch, on the tensors' device: taps (C, n) float64, start poles / residues (C, d) complex128 ->
     the poles after ``steps`` Adam steps (C, d) complex128 (not yet pulled inside). Each channel's loss term depends
-    on its own parameters only and Adam is elementwise, so the result does not depend on the batch."""
+    on its own parameters only and Adam is elementwise, so the batch changes a channel's result only through rounding
+    (which Adam's normalised steps can grow to ~1e-7 of a tap on coordinates whose gradient is pure rounding)."""
     n = taps.shape[1]
     p_start = _pull_inside(p0, min(max_radius, 1 - 1e-9))
     p_start = torch.where(p_start.abs() < 1e-6, torch.full_like(p_start, 1e-6), p_start)     # |λ| > 0 for log
