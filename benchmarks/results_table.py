@@ -11,7 +11,8 @@ docs/results.md quotes.
 
 MFU counts 2·N FLOPs per token for the teacher's forward and 6·N for the student's forward and backward (N the
 parameter count; attention's and the scans' own FLOPs are left out, so this slightly understates the work), over
-the GPU's dense bf16 peak.
+the GPU's dense bf16 peak: ``workbench.distill.throughput`` (``kd_flops_per_token``, ``peak_flops``), the count
+``workbench distill`` records per stage. A row's MFU counts every stage as training every parameter.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from workbench.device import device_name
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.events import Step, iter_typed
 from workbench.distill.recipes import recipe
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, from the vendors' data sheets
+from workbench.distill.throughput import kd_flops_per_token, peak_flops
+from workbench.distill.throughput import mfu as utilisation
 
 
 @dataclass
@@ -82,10 +83,7 @@ def throughput(run_dir: Path) -> dict:
 
 
 def mfu(tokens_per_s: float, n_student: int, n_teacher: int, device_name: str) -> float | None:
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
-    if peak is None:
-        return None
-    return tokens_per_s * (6 * n_student + 2 * n_teacher) / (peak * 1e12)
+    return utilisation(tokens_per_s, kd_flops_per_token(n_student, n_teacher), peak_flops(device_name))
 
 
 def main() -> None:

@@ -1,5 +1,54 @@
+"""Fixtures shared by the tests, and two collection rules:
+
+- Tests marked ``gpu`` need a CUDA device. ``pytest -m gpu`` selects them; where torch sees no CUDA device they are
+  skipped, all with the one reason GPU_SKIP_REASON.
+- A test module that cannot be imported because an optional package is missing (OPTIONAL_IMPORTS: the app's Panel,
+  the plots' plotly, the notebooks' IPython; GPU machines often have none of them) is skipped as a whole, naming the
+  package, instead of stopping the collection of every other module with an error.
+"""
+
 import pytest
 import torch
+
+GPU_SKIP_REASON = "needs a CUDA device (marked gpu)"
+OPTIONAL_IMPORTS = {"panel": "pip install -e '.[app]'", "plotly": "pip install plotly",
+                    "IPython": "pip install -e '.[notebooks]'"}   # top-level module -> how to install it
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+def _missing_optional(error: BaseException | None) -> str | None:
+    """The optional package whose absence made an import fail, or None when the failure is anything else."""
+    if isinstance(error, ModuleNotFoundError) and error.name is not None:
+        top = error.name.partition(".")[0]
+        return top if top in OPTIONAL_IMPORTS else None
+    return None
+
+
+class ModuleNeedingOptionalImports(pytest.Module):
+    """A test module that is skipped, not an error, when its import fails for want of an OPTIONAL_IMPORTS package."""
+
+    def collect(self):
+        try:
+            _ = self.obj                     # imports the module; pytest wraps an ImportError in a CollectError
+        except self.CollectError as err:
+            missing = _missing_optional(err.__cause__)
+            if missing is None:
+                raise
+            pytest.skip(f"needs {missing}, which is not installed ({OPTIONAL_IMPORTS[missing]})",
+                        allow_module_level=True)
+        return super().collect()
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    return ModuleNeedingOptionalImports.from_parent(parent, path=module_path)
 
 
 @pytest.fixture(scope="session")

@@ -264,6 +264,7 @@ def cmd_distill(args) -> int:
     from workbench.distill import distributed
     from workbench.distill.run import Run
     from workbench.distill.run_dir import RunDir
+    from workbench.distill.throughput import WARMUP_STEPS, format_stages
 
     given = options_given(args.argv)
     if args.nproc > 1 and distributed.launched_world_size() > 1:
@@ -299,6 +300,9 @@ def cmd_distill(args) -> int:
         raise
     if distributed.launched_rank() == 0:
         print(json.dumps(summary, indent=1))
+        if summary.get("stages"):
+            print(f"\nthroughput per stage (median after the first {WARMUP_STEPS} steps; MFU: docs/results.md, "
+                  f"\"FLOPs per token\")\n{format_stages(summary['stages'])}")
     return 0
 
 

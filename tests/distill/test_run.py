@@ -89,6 +89,25 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
     assert summary["ppl_ratio"] == pytest.approx(summary["ppl_student"] / summary["ppl_teacher"])
     tensors, state = run.latest_checkpoint()
     assert state["global_step"] == 12 and any(k.startswith("opt/") for k in tensors)
+    # each stage's throughput and memory, in its stage_end event and in summary.json: the median rate of its steps
+    # after the warm-up ones (4 steps: the 4th alone), FLOPs per token of what it trains, no MFU and the process's
+    # RSS on a CPU
+    (start,) = iter_events(run.events_path, "run_start")
+    n_student, n_teacher = start["student_parameters"], start["teacher_parameters"]
+    ends = list(iter_events(run.events_path, "stage_end"))
+    assert [e["stage"] for e in ends] == ["matrix", "hidden", "kd"]
+    for i, end in enumerate(ends):
+        assert end["steps_timed"] == 1 and end["tokens_per_s"] == steps[4 * i + 3]["tokens_per_s"]
+        assert end["mfu"] is None and end["peak_flops"] is None and end["peak_rss_gb"] > 0
+        assert "peak_gpu_mem_gb" not in end
+    assert ends[2]["flops_per_token"] == 6 * n_student + 2 * n_teacher                       # every parameter trained
+    trained_mixers = (ends[0]["flops_per_token"] - 4 * n_student - 2 * n_teacher) / 2       # the mixers alone
+    assert ends[1]["flops_per_token"] == ends[0]["flops_per_token"] and 0 < trained_mixers < n_student
+    assert [s["stage"] for s in summary["stages"]] == ["matrix", "hidden", "kd"]
+    for entry, end in zip(summary["stages"], ends):
+        assert (entry["batch_size"], entry["seq_len"], entry["steps"]) == (2, 32, 4)
+        assert {k: entry[k] for k in ("tokens_per_s", "flops_per_token", "peak_rss_gb", "mfu")} == \
+               {k: end[k] for k in ("tokens_per_s", "flops_per_token", "peak_rss_gb", "mfu")}
     # the matrix stage moved the mixers towards the attention matrices
     first, last = steps[0]["loss_matrix"], steps[3]["loss_matrix"]
     assert last < first

@@ -101,6 +101,5 @@ def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)

@@ -234,7 +234,6 @@ def test_bench_quality_cli(models, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_decode_equals_eager(models):
     ids = PROMPT.to(torch.device("cuda"))
     graph_against_eager(models, ids, compile=False)

@@ -13,6 +13,13 @@ from workbench.students import build_student
 
 PROMPT = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))  # (B, L) prompts of both rows
 
+# Decoding paths that differ only in rounding (a captured CUDA graph, inductor's fused kernels, another kernel order)
+# give logits within ~1e-7 of each other (float32, these models' logits are O(0.1)); their greedy tokens must be equal
+# wherever no choice is a near-tie. The eager GPU logits are within ~5e-5 of float64 ones (the Triton SSD prefill
+# multiplies in TF32, u = 2^-11), so a float64 gap above this between the two largest logits of every choice leaves
+# the eager choices a gap 500 times the paths' differences. (The smallest gap here is 1.8e-4, the hybrid's.)
+MIN_GREEDY_MARGIN = 1e-4
+
 
 def tiny_generation_models() -> dict:
     """A tiny random Llama teacher and its students: all Mamba-2, all Hyena, Mamba-2 keeping attention in layers 0
@@ -48,12 +55,26 @@ def untouched(model) -> bool:
     return not patched and kinds <= {"LlamaAttention", "MixerAttention"}
 
 
+@torch.no_grad()
+def float64_choices(model, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Teacher-forced through a float64 copy of ``model`` on the CPU: the greedy choice at each position of ``tokens``
+    (B, L_new) after ``prompt`` (B, L), and the smallest gap between the two largest logits of those choices."""
+    exact = copy.deepcopy(model).cpu().double()
+    logits = exact(torch.cat([prompt, tokens], dim=1).cpu()).logits[:, prompt.shape[1] - 1:-1]  # (B, L_new, V)
+    top2 = logits.topk(2, dim=-1).values
+    return logits.argmax(-1), (top2[..., 0] - top2[..., 1]).min().item()
+
+
 def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool) -> None:
     """On ids' CUDA device: for the teacher, the Mamba-2 student and the hybrid, greedy decoding through the CUDA graph
-    (``compile``: with torch.compile'd steps) gives the eager tokens and leaves the model as it was."""
+    (``compile``: with torch.compile'd steps) gives the eager tokens and leaves the model as it was. The eager tokens
+    are float64's greedy choices, none of them a near-tie (MIN_GREEDY_MARGIN), so exact equality is the right test."""
     for name in ("teacher", "mamba2", "hybrid"):
         model = copy.deepcopy(models[name]).to(ids.device)
         eager = generate(model, ids, 12, cuda_graph=False)
+        choices, margin = float64_choices(models[name], ids, eager.tokens)
+        assert torch.equal(choices, eager.tokens.cpu()), f"{name}: eager greedy on the GPU is not float64's greedy"
+        assert margin > MIN_GREEDY_MARGIN, f"{name}: a near-tie ({margin:.2g}); choose a prompt without one"
         graphed = generate(model, ids, 12, cuda_graph=True, compile=compile)
         assert graphed.cuda_graph and not eager.cuda_graph, name
         if compile:

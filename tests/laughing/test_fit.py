@@ -152,11 +152,19 @@ def test_modal_fit_is_batched_over_channels():
     assert (together.poles[3:] - neighbours.poles[3:]).abs().max() > 1e-3   # the neighbours did change
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("method", ["balanced", "prony", "modal"])
 def test_fit_on_cuda_equals_cpu(method):
+    """The closed-form steps run on the CPU for either device; the modal method's Adam steps (M2) and the errors run on
+    the device, in float64. CUDA rounds the same float64 sums in other orders (~1e-16 apart), and Adam's normalised
+    steps can turn that into ~1e-7 of a tap on coordinates whose gradient is pure rounding before M3's least squares
+    settles the fit: each channel's fit within 1e-6 of its filter's norm (a real difference moves it by the order of
+    the learning rate, 5e-3). Each relative error then differs by at most that gap (‖h - ĥ_a‖ - ‖h - ĥ_b‖ is at most
+    ‖ĥ_a - ĥ_b‖), plus float64 rounding."""
     h = damped_modes(L=1024)
     on_cpu = distill_filter(h, 4, method, steps=20, device="cpu")
     on_cuda = distill_filter(h, 4, method, steps=20, device="cuda")
     assert on_cuda.poles.device.type == "cpu"
-    torch.testing.assert_close(on_cuda.impulse_response(1024), on_cpu.impulse_response(1024), rtol=1e-6, atol=1e-8)
+    gap = (on_cuda.impulse_response(1024) - on_cpu.impulse_response(1024)).norm(dim=-1) / h.norm(dim=-1)   # (C,)
+    assert gap.max() < 1e-6, gap
+    assert ((on_cuda.errors["rel_l2"] - on_cpu.errors["rel_l2"]).abs() <= gap + 1e-12).all()

@@ -2,7 +2,8 @@
 
 For every student mixer at odd lengths: prefill's y equals forward, every tensor of its state equals the stepped
 state's, and decoding on with ``step`` from either state gives the same outputs. Below the mixers, the scans' final
-states equal their sequential references' (float32, gradients included) on every backend available here.
+states equal their float64 sequential references' (float32 inputs, gradients included) on every backend available
+here, within the rounding error of each backend's arithmetic (tests.helpers.precision).
 """
 
 import pytest
@@ -10,9 +11,26 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers.mixer_checks import assert_rel_close, perturbed, step_outputs
+from tests.helpers.precision import (
+    FP32_UNIT,
+    SAME_PRECISION_FACTOR,
+    TF32_UNIT,
+    assert_error_like,
+    float32_matmul,
+)
+from tests.helpers.ssd_checks import (
+    FP32_FACTOR,
+    KERNEL_CHUNK,
+    KERNEL_H,
+    KERNEL_N,
+    KERNEL_P,
+    TF32_FACTOR,
+    assert_backend_close,
+    expected,
+    projections,
+)
 from workbench.ops import backend
 from workbench.ops.selective_scan import selective_scan_ref
-from workbench.ops.ssd import ssd_scan_ref
 from workbench.students.adapter import clone_state
 from workbench.students.base import Mixer
 from workbench.students.hyena import Hyena, HyenaConfig
@@ -120,9 +138,9 @@ def test_prefilled_state_is_independent_of_the_prompt_tensors():
         _assert_states_close(again, copy, 0, type(mixer).__name__)
 
 
-# ----- the scans' final states, against the sequential references (float32) -----
+# ----- the scans' final states, against the sequential references (float32 inputs) -----
 
-def _ssd_inputs(B, L, H, P, G, N, variant, device="cpu"):
+def _ssd_inputs(B, L, H, P, G, N, variant, device):
     x = torch.randn(B, L, H, P, device=device)
     Bm, C = torch.randn(B, L, G, N, device=device), torch.randn(B, L, G, N, device=device)
     h0 = torch.randn(B, H, P, N, device=device)
@@ -130,14 +148,13 @@ def _ssd_inputs(B, L, H, P, G, N, variant, device="cpu"):
         dt, A = F.softplus(torch.randn(B, L, H, device=device) - 1), -torch.rand(H, device=device) * 4 - 0.1
     else:
         dt, A = None, -F.softplus(torch.randn(B, L, H, device=device))
-    return [None if t is None else t.requires_grad_() for t in (x, dt, A, Bm, C, h0)]
+    return x, dt, A, Bm, C, h0
 
 
-def _values_and_grads(outputs, leaves):
-    """The outputs and the gradients of a fixed random projection of them w.r.t. the leaves."""
-    gen = torch.Generator(device=outputs[0].device).manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype)).sum() for t in outputs)
-    return [*outputs, *torch.autograd.grad(loss, leaves)]
+def _values_and_grads(outputs, leaves, projections):
+    """The outputs and the gradients of Σ projection · output w.r.t. the leaves."""
+    loss = sum((t * g.to(t.dtype)).sum() for t, g in zip(outputs, projections, strict=True))
+    return [t.detach() for t in outputs] + list(torch.autograd.grad(loss, leaves))
 
 
 def _available(op, device):
@@ -149,44 +166,53 @@ def _available(op, device):
 @pytest.mark.parametrize("variant", ["mamba2", "discrete"])
 @pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
 def test_ssd_final_state_matches_ref(L, variant, with_h0, device):
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    x, dt, A, B, C, h0 = _ssd_inputs(2, L, 4, 3, 2, 5, variant, device)
-    h0 = h0 if with_h0 else None
-    leaves = [t for t in (x, dt, A, B, C, h0) if t is not None]
-    expected = _values_and_grads(ssd_scan_ref(x, dt, A, B, C, 16, h0, return_final_state=True), leaves)
-    for b in _available("ssd", device):
-        y, h = b.fn(x, dt, A, B, C, 16, h0, return_final_state=True)
-        assert h.shape == (2, 4, 3, 5) and h.dtype == torch.float32, b.name
-        rtol = 5e-3 if b.name == "triton" else 1e-4  # the Triton kernel multiplies in TF32
-        for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
-            assert_rel_close(got, want, rtol, f"{b.name} output/grad {i}")
+    """Every SSD backend here (on CUDA: mamba-ssm's Triton kernel and the chunked path) against the float64
+    sequential reference, computed once: y, the final state and every gradient, each within the rounding error that
+    its summands allow for the backend's arithmetic (tests.helpers.ssd_checks: TF32 for Triton, float32 for the
+    chunked path, with PyTorch's matrix products held to float32 whatever the process set)."""
+    x, dt, A, B, C, h0 = _ssd_inputs(2, L, KERNEL_H, KERNEL_P, 2, KERNEL_N, variant, device)
+    args = (x, dt, A, B, C, h0 if with_h0 else None)
+    g_y, g_h = projections(args)
+    want = expected(args, g_y, g_h)
+    with float32_matmul():
+        for b in _available("ssd", device):
+            unit, factor = (TF32_UNIT, TF32_FACTOR) if b.name == "triton" else (FP32_UNIT, FP32_FACTOR)
+            y, h = assert_backend_close(b.fn, args, KERNEL_CHUNK, want, g_y, g_h, unit, factor, b.name)[:2]
+            assert h.shape == (2, KERNEL_H, KERNEL_P, KERNEL_N) and y.shape == x.shape, b.name
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("groups", [None, 2], ids=["shared-BC", "G2"])
 @pytest.mark.parametrize("L", LENGTHS, ids=lambda L: f"L{L}")
 def test_selective_scan_last_state_matches_ref(L, groups, device):
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+    """Every selective-scan backend here against the float64 sequential reference: each as accurate as the float32
+    sequential reference (within SAME_PRECISION_FACTOR of its largest error), outputs and gradients."""
     Bsz, E, N = 2, 4, 3
     bc = (Bsz, L, N) if groups is None else (Bsz, L, groups, N)
     kw = dict(device=device)
     inputs = dict(u=torch.randn(Bsz, L, E, **kw), delta=torch.randn(Bsz, L, E, **kw) - 1,
                   A=-torch.rand(E, N, **kw) * 4 - 0.1, B=torch.randn(bc, **kw), C=torch.randn(bc, **kw),
                   D=torch.randn(E, **kw), z=torch.randn(Bsz, L, E, **kw), delta_bias=torch.randn(E, **kw) * 0.1)
-    leaves = [t.requires_grad_() for t in inputs.values()]
+    projections = (torch.randn(Bsz, L, E, **kw), torch.randn(Bsz, E, N, **kw))
     call = dict(delta_softplus=True, return_last_state=True, chunk_size=16)
-    expected = _values_and_grads(selective_scan_ref(**inputs, **call), leaves)
-    for b in _available("selective_scan", device):
-        y, h = b.fn(**inputs, **call)
-        assert h.shape == (Bsz, E, N) and h.dtype == torch.float32, b.name
-        if b.name == "cuda":  # mamba-ssm's kernel does not backpropagate into the last state: values only
-            assert_rel_close(y, expected[0], 1e-4, "cuda y")
-            assert_rel_close(h, expected[1], 1e-4, "cuda last state")
-            continue
-        for i, (got, want) in enumerate(zip(_values_and_grads((y, h), leaves), expected, strict=True)):
-            assert_rel_close(got, want, 1e-4, f"{b.name} output/grad {i}")
+    names = ["y", "last_state"] + [f"d_{k}" for k in inputs]
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in inputs.values()]
+        return _values_and_grads(fn(**dict(zip(inputs, leaves, strict=True)), **call), leaves, projections)
+
+    expected = run(selective_scan_ref, torch.float64)
+    same_precision = run(selective_scan_ref, torch.float32)
+    with float32_matmul():
+        for b in _available("selective_scan", device):
+            if b.name == "cuda":  # mamba-ssm's kernel does not backpropagate into the last state: values only
+                with torch.no_grad():
+                    got = list(b.fn(**inputs, **call))
+            else:
+                got = run(b.fn, torch.float32)
+            assert got[1].shape == (Bsz, E, N) and got[1].dtype == torch.float32, b.name
+            for name, *tensors in zip(names, got, same_precision, expected, strict=False):
+                assert_error_like(*tensors, FP32_UNIT, SAME_PRECISION_FACTOR, f"{b.name} {name}")
 
 
 @pytest.mark.parametrize("split", [(1, 6), (7, 13), (20, 43)], ids=lambda s: f"{s[0]}+{s[1]}")

@@ -9,12 +9,12 @@ training loop. A run writes these event types, one dataclass each below with its
     stage_start  a stage begins (again after a resume at the very start of a stage)
     step         one optimiser step: the losses, learning rate, gradient norm and throughput
     checkpoint   a checkpoint is complete (every checkpoint_every steps and at each stage end)
-    stage_end    a stage's last step is done
-    error        the run stops: a non-finite loss or weights (naming the checkpoint left to resume from), or no
-                 checkpoint that verifies
+    stage_end    a stage's last step is done: its tokens/s, MFU and peak memory
+    error        the run stops: a non-finite loss or weights (naming the checkpoint left to resume from), no
+                 checkpoint that verifies, or a batch that does not fit the GPU (with the largest that does)
     resume       a later process continues the run from its last checkpoint that verifies (with a warning for
                  each newer one it skipped, and for a checkpoint written before checksums)
-    run_end      the held-out summary (the numbers of summary.json)
+    run_end      the held-out summary and each stage's throughput (the numbers of summary.json)
 
 Fields without a default are required. Every event also carries ``type``; ``time``, unix seconds; ``wall``, seconds
 since this writer opened the log (a resumed run restarts it); and ``v``, the format version (``FORMAT_VERSION``).
@@ -156,7 +156,9 @@ class Step(Event):
     grad_norm: float | None = None               # global gradient norm before clipping
     tokens: int | None = None                    # tokens in the global batch (batch_size x seq_len)
     tokens_per_s: float | None = None            # training throughput of this step, tokens per wall second
-    gpu_mem_gb: float | None = None              # peak CUDA memory allocated so far, GiB (CUDA runs only)
+    gpu_mem_gb: float | None = None              # peak CUDA memory allocated so far in the stage (since its first
+                                                 #   step in this process; logs before per-stage peaks: in the
+                                                 #   process), GiB (CUDA runs only)
 
     @classmethod
     def term_of(cls, key: str) -> str | None:
@@ -202,12 +204,27 @@ class StageEnd(Event):
     stage: str                                   # the stage's name
     stage_idx: int                               # its index in the run config (0-based)
     step: int                                    # global steps taken at its end
+    # throughput and memory of the stage's steps in this process (workbench.distill.throughput; None in logs from
+    # before these fields)
+    tokens_per_s: float | None = None            # median tokens per wall second of its steps after the first
+                                                 #   WARMUP_STEPS (all of them in a shorter stage), global batch
+    steps_timed: int | None = None               # steps that median covers
+    flops_per_token: int | None = None           # FLOPs a token costs (throughput.kd_flops_per_token: 2·N_teacher
+                                                 #   + 4·N_student + 2·N_trained)
+    mfu: float | None = None                     # tokens_per_s · flops_per_token / (peak_flops · processes); None
+                                                 #   without a known peak (CPU, a GPU not in the table)
+    peak_flops: float | None = None              # dense bf16 peak FLOP/s of one device, from its data sheet
+    device_name: str | None = None               # the device rank 0 trained on ("NVIDIA H200", the CPU's name)
+    peak_gpu_mem_gb: float | None = None         # peak CUDA memory allocated during the stage, GiB (CUDA only)
+    peak_rss_gb: float | None = None             # peak resident memory of the process since it started, GiB (CPU
+                                                 #   runs only: the OS keeps no per-stage peak)
 
 
 @dataclass(kw_only=True)
 class Error(Event):
     """The run stopped: a non-finite loss or non-finite weights (``checkpoint`` names the checkpoint left to resume
-    from), or no checkpoint of the run verifies."""
+    from), no checkpoint of the run verifies, or a stage's batch does not fit the GPU (the ``*_gb`` fields and
+    ``largest_batch_size``)."""
 
     type: ClassVar[str] = "error"
     message: str                                 # what happened and what to do
@@ -217,6 +234,10 @@ class Error(Event):
                                                  #   or a log written before this field)
     terms: dict[str, float] = field(default_factory=dict)  # the unweighted loss terms of the failing step,
                                                  #   written under their own names ("kl", "ce", ...)
+    # a batch that does not fit the GPU (throughput.BatchTooLarge, at a stage's first step)
+    needed_gb: float | None = None               # memory a step of the batch asked needs, estimated, GiB
+    gpu_total_gb: float | None = None            # the GPU's memory, GiB
+    largest_batch_size: int | None = None        # the largest batch (rows) that fits (0: not one row)
 
     @classmethod
     def term_of(cls, key: str) -> str | None:
@@ -244,6 +265,8 @@ class RunEnd(Event):
     agreement: float                             # fraction of tokens with the same top-1 prediction
     tokens: int                                  # tokens scored
     train_tokens: int                            # training tokens over all stages
+    stages: list[dict[str, Any]] | None = None   # per stage: batch_size, seq_len, steps and the measured fields of
+                                                 #   its stage_end (throughput.stage_summary; None: older logs)
 
 
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in (RunStart, Resume, StageStart, Step, Eval, Checkpoint,

@@ -30,6 +30,7 @@ import contextlib
 import math
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,10 @@ from tqdm.auto import tqdm
 from workbench.analysis.compare import compare
 from workbench.data import PackedBlocks, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
-from workbench.distill import distributed
+from workbench.distill import distributed, throughput
 from workbench.distill.checkpoint import CorruptCheckpoint
 from workbench.distill.config import RunConfig, StageConfig
+from workbench.distill.events import StageEnd, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
 from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
@@ -220,7 +222,7 @@ class Run:
         model = self.sharded  # what runs a step: the FSDP root, a DDP replica, or None (the plain student)
         if distributed.world_size() > 1 and model is None:
             model = distributed.wrap_ddp(self.student, find_unused=bool(set(stage.losses) & LAYERWISE))
-        opt = torch.optim.AdamW(train_params, lr=stage.lr, betas=(0.9, 0.95), weight_decay=stage.weight_decay)
+        opt = self.make_optimizer(stage, train_params)
         if opt_state:
             self._load_optimizer(opt, train_params, opt_state)
         if start == 0:
@@ -234,7 +236,8 @@ class Run:
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = blocks.batch(global_step, stage.batch_size)[rows[0]:rows[1]].to(self.device)   # (B, L + 1)
-            tensors = self._train_step(stage, model, opt, train_params, batch)
+            with self._first_step(run_dir, stage, global_step, opt, train_params, batch, first=step == start):
+                tensors = self._train_step(stage, model, opt, train_params, batch)
             loss = self._log_step(run_dir, stage, s_idx, step, global_step, lr, tensors, t0)
             bar.set_postfix(loss=f"{loss:.4f}")
             global_step += 1
@@ -245,8 +248,17 @@ class Run:
                 self._checkpoint(run_dir, stage, saved, opt, train_params,
                                  stage_idx=s_idx + 1 if last else s_idx, stage_step=0 if last else step + 1,
                                  global_step=global_step)
-        run_dir.log("stage_end", stage=stage.name, stage_idx=s_idx, step=global_step)
+        flops = throughput.stage_flops_per_token(self.student, self.teacher.model, train_params)
+        run_dir.log("stage_end", stage=stage.name, stage_idx=s_idx, step=global_step,
+                    **self._meter.stats(flops, distributed.world_size()))
         return global_step
+
+    def make_optimizer(self, stage: StageConfig, train_params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
+        """AdamW over ``train_params`` at the stage's lr and weight decay; on a CUDA device the fused kernel (one
+        launch for every tensor, no host synchronisation), except for parameters sharded by FSDP."""
+        fused = self.device.type == "cuda" and self.sharded is None
+        return torch.optim.AdamW(train_params, lr=stage.lr, betas=(0.9, 0.95), weight_decay=stage.weight_decay,
+                                 fused=fused or None)
 
     def _train_step(self, stage: StageConfig, model, opt, train_params, batch: torch.Tensor) -> StepTensors:
         """Loss terms of ``batch`` (this rank's rows), backward, clip, AdamW step; nothing leaves the device."""
@@ -280,6 +292,7 @@ class Run:
             self._diverged(run_dir, stage, global_step, f"non-finite loss {loss} at step {global_step + 1}", terms)
         seconds = time.time() - t0
         tokens = stage.batch_size * stage.seq_len  # the global batch: every rank's rows
+        self._meter.add(tokens / seconds)
         event = {"step": global_step + 1, "stage": stage.name, "stage_idx": s_idx, "stage_step": step + 1,
                  "loss": loss, **{f"loss_{k}": v for k, v in terms.items()}, "lr": lr, "grad_norm": grad_norm,
                  "tokens": tokens, "tokens_per_s": tokens / seconds}
@@ -287,6 +300,58 @@ class Run:
             event["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         run_dir.log("step", **event)
         return loss
+
+    @contextlib.contextmanager
+    def _first_step(self, run_dir: RunDir, stage: StageConfig, global_step: int, opt, train_params,
+                    batch: torch.Tensor, first: bool):
+        """Around a step of ``stage``. Its ``first`` in this process starts the stage's meter (tokens/s and peak
+        memory count from here, ``throughput.StageMeter``), and there a CUDA out-of-memory error stops the run at
+        once with what the batch needs and the largest batch that fits (``_batch_too_large``), not a traceback."""
+        if not first:
+            yield
+            return
+        self._meter = throughput.StageMeter.start(self.device)
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError as err:
+            traceback.clear_frames(err.__traceback__)  # the failed step's frames let go of its tensors
+            self._batch_too_large(run_dir, stage, global_step, opt, train_params, batch)
+
+    def _batch_too_large(self, run_dir: RunDir, stage: StageConfig, global_step: int, opt, train_params,
+                         batch: torch.Tensor) -> None:
+        """The first step of ``stage`` on ``batch`` (this rank's rows) ran out of CUDA memory: measure steps of 1
+        and 2 rows (forward and backward of the stage's loss, gradients dropped, weights unchanged), fit the
+        memory a step needs against its rows (``throughput.batch_fit``), write an "error" event and raise
+        ``BatchTooLarge`` with the memory needed and the largest batch that fits. A run of several processes is
+        not probed (its steps take every rank): the error says so and names the flags."""
+        opt.zero_grad(set_to_none=True)
+        for p in train_params:
+            p.grad = None
+        memory = throughput.CudaMemory(self.device)
+        memory.release()
+        world = distributed.world_size()
+        if world > 1:
+            message = throughput.unprobed_message(stage.name, stage.batch_size, len(batch), stage.seq_len, world,
+                                                  memory)
+            run_dir.log("error", step=global_step, stage=stage.name, message=message,
+                        gpu_total_gb=memory.total() / 2**30)
+            raise throughput.BatchTooLarge(message) from None
+
+        def probe(rows: int) -> None:
+            terms = stage_losses(stage, self.teacher, self.student, self.blocks, self.mixers, batch[:rows],
+                                 self.autocast)
+            sum(stage.losses[k] * v for k, v in terms.items()).backward()
+            opt.zero_grad(set_to_none=True)
+            for p in train_params:
+                p.grad = None
+
+        held = throughput.held_bytes(opt, train_params)
+        fit = throughput.batch_fit(probe, len(batch), stage.seq_len, memory, held)
+        message = fit.message(stage.name)
+        run_dir.log("error", step=global_step, stage=stage.name, message=message,
+                    needed_gb=None if fit.needed is None else fit.needed / 2**30, gpu_total_gb=fit.total / 2**30,
+                    largest_batch_size=fit.largest)
+        raise throughput.BatchTooLarge(message) from None
 
     # ---- pieces ----------------------------------------------------------------------------------------------
     def _compare(self, ids, window: int, max_tokens: int | None) -> dict:
@@ -363,7 +428,9 @@ class Run:
         summary = {"teacher": self.config.teacher, "mixer": self.config.mixer, "replaced": sorted(self.mixers),
                    "steps": global_step, "split": "heldout", **metrics,
                    "ppl_ratio": metrics["ppl_student"] / metrics["ppl_teacher"],
-                   "train_tokens": sum(s.steps * s.batch_size * s.seq_len for s in self.config.stages)}
+                   "train_tokens": sum(s.steps * s.batch_size * s.seq_len for s in self.config.stages),
+                   # each stage's throughput and memory, from its stage_end (an earlier process's, after a resume)
+                   "stages": throughput.stage_summary(self.config.stages, select(run_dir.read_typed()[0], StageEnd))}
         run_dir.log("run_end", **summary)
         run_dir.write_summary(summary)
         return summary

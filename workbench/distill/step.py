@@ -2,7 +2,10 @@
 that feed each student block the teacher's input, and the compilation of the layers around attention.
 
 The terms (``workbench.distill.losses``), computed for the student against the frozen teacher:
-  kl / ce      - the student's logits (end-to-end);
+  kl / ce      - the student's logits (end-to-end); computed by the fused LM head + losses (``workbench.ops.fused_kl``,
+                 from both models' last hidden states, chunk by chunk, never a (B, L, V) logits tensor) when
+                 ``workbench.teachers.wrapper.fusable`` says they reproduce both models' logits, else from the
+                 logits themselves (a family whose logit transform is unknown, an FSDP-sharded teacher or head);
   matrix       - MOHAWK stage 1: each chosen mixer's mixing matrix on the teacher's attention input vs the teacher's
                  attention probabilities;
   attn_mse     - each chosen mixer's output on the teacher's attention input vs the teacher's attention output;
@@ -20,9 +23,11 @@ import torch
 
 from workbench.distill import losses as L
 from workbench.distill.config import StageConfig
+from workbench.ops.fused_kl import logit_losses
+from workbench.students.adapter import student_mixers
 from workbench.students.base import Mixer
 from workbench.teachers import anatomy
-from workbench.teachers.wrapper import first_output
+from workbench.teachers.wrapper import first_output, fusable, logit_transform, output_head
 
 LAYERWISE = {"matrix", "hidden", "attn_mse"}  # terms that leave parts of the student outside the loss graph
 
@@ -55,14 +60,21 @@ def trained_names(student: torch.nn.Module, blocks: list[torch.nn.Module], mixer
 
 def compile_layers(model: torch.nn.Module) -> list[str]:
     """``torch.compile`` (inductor, in place: parameter names unchanged) the MLP and the norms of every decoder layer
-    of ``model`` (``anatomy.around_attention``): the element-wise chains around their matmuls become a few fused
-    kernels. The layers themselves and their attention or mixer stay eager, so the forward hooks of the layer-wise
-    losses (``teacher_inputs``, the teacher's captures) keep working. Returns the names of the compiled modules."""
+    of ``model`` (``anatomy.around_attention``) and the ``forward`` of every student mixer: the element-wise chains
+    around their matmuls (a mixer's projections, short conv, gate, norm and dtype casts) become a few fused kernels;
+    a scan kernel inside a mixer (mamba-ssm's Triton SSD) is left out of the graph (``torch.compiler.disable``). The
+    layers themselves and the teacher's attention stay eager, so the forward hooks of the layer-wise losses
+    (``teacher_inputs``, the teacher's captures) keep working; a mixer's other methods (``mixing_matrix``, ``step``)
+    stay eager too. Returns the names of the compiled modules."""
     names = []
+    mixers = student_mixers(model)
     for i, layer in enumerate(anatomy.decoder_layers(model)):
         for name, child in anatomy.around_attention(layer):
             child.compile(dynamic=False)
             names.append(f"{i}.{name}")
+        if i in mixers:
+            mixers[i].compile(dynamic=False)
+            names.append(f"{i}.mixer")
     return names
 
 
@@ -100,12 +112,27 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
     if missing and layerwise:
         raise ValueError(f"stage {stage.name!r}: layers {missing} are not replaced by mixers "
                          f"(replaced: {sorted(mixers)})")
+    fused = bool(terms & {"kl", "ce"}) and fusable(teacher, student)  # logit terms without (B, L, V) logits
     cap = teacher.capture(x, layers=layers if layerwise else [], blocks="hidden" in terms,
                           attention=bool(terms & {"matrix", "attn_mse"}), attn_probs="matrix" in terms,
-                          logits="kl" in terms)
+                          logits="kl" in terms and not fused, final_hidden="kl" in terms and fused)
     out: dict[str, torch.Tensor] = {}
     with autocast():
-        if terms & {"kl", "ce"}:
+        if terms & {"kl", "ce"} and fused:
+            # Fused LM head + losses (workbench.ops.fused_kl), chunked over tokens: neither the student's nor the
+            # teacher's (B·L, V) logits are ever built; the same values and gradients as the logits path below.
+            # Under FSDP2 this runs inside the sharded root's forward, where the student's head weight is whole
+            # (``fusable`` sends a sharded one, a DTensor, to the logits path).
+            hidden = student.base_model(input_ids=x, use_cache=False).last_hidden_state        # (B, L, D)
+            scale, softcap = logit_transform(student)
+            out.update(logit_losses(
+                hidden.flatten(0, 1), output_head(student),
+                cap.final_hidden.flatten(0, 1) if "kl" in terms else None, output_head(teacher.model),
+                y.flatten(), temperature=stage.temperature, terms=[t for t in ("kl", "ce") if t in terms],
+                logit_scale=scale, softcap=softcap))
+        elif terms & {"kl", "ce"}:
+            # The logits path: for models whose logits the fused losses cannot reproduce (``fusable``: a family
+            # without a row in LOGIT_TRANSFORMS, a sharded teacher or head).
             logits = student(input_ids=x, use_cache=False).logits
             if "kl" in terms:
                 out["kl"] = L.kl_divergence(logits, cap.logits, temperature=stage.temperature)
@@ -124,8 +151,10 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
             out["attn_mse"] = torch.stack([L.attention_output_mse(mixers[i](cap.attn_in[i].float()), cap.attn_out[i])
                                            for i in layers]).mean()
         if "hidden" in terms:
-            got: dict[int, torch.Tensor] = {}
-            with teacher_inputs(blocks, {i: cap.block_in[i].float() for i in layers}, got):
-                student(input_ids=x, use_cache=False)
-            out["hidden"] = torch.stack([L.hidden_alignment(got[i], cap.block_out[i]) for i in layers]).mean()
+            # Each chosen block alone on the teacher's input to it: the term reads nothing else of the student, so
+            # its other layers and its LM head do not run (a whole forward under ``teacher_inputs`` gives the same
+            # term at the cost of the whole student). A replaced block reads only its hidden states: the mixer
+            # takes no mask or positions, and the MLP and norms around it none either.
+            out["hidden"] = torch.stack([L.hidden_alignment(first_output(blocks[i](cap.block_in[i].float())),
+                                                            cap.block_out[i]) for i in layers]).mean()
     return out

@@ -184,6 +184,7 @@ def _channels_first(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.movedim(1, -1).contiguous()
 
 
+@torch.compiler.disable
 def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                         z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                         initial_state: Tensor | None = None, return_last_state: bool = False, chunk_size: int = 64):

@@ -181,6 +181,7 @@ def _triton_kernel():
     return _mamba_ssm.try_import(TRITON_MODULE, "mamba_chunk_scan_combined")
 
 
+@torch.compiler.disable
 def ssd_scan_triton(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 64,
                     initial_state: Tensor | None = None, return_final_state: bool = False):
     """``ssd_scan`` through mamba-ssm's fused Triton kernel (CUDA; chunk_size a power of two).

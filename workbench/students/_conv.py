@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.ops.causal_conv import causal_conv1d
+
 
 class CausalConv1d(nn.Module):
     """Depthwise causal conv over (B, L, C) with ``step`` for one token. C channels, W taps."""
@@ -43,8 +45,7 @@ class CausalConv1d(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
-        x = F.pad(x.transpose(1, 2), (self.width - 1, 0))  # (B, C, W-1+L): zeros before the first token
-        return F.conv1d(x, self.weight, self.bias, groups=self.channels).transpose(1, 2)
+        return causal_conv1d(x, self.weight[:, 0], self.bias)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The ring buffer before the first token: (B, C, W) zeros."""
@@ -64,10 +65,10 @@ class CausalConv1d(nn.Module):
         L, W = x.shape[1], self.width
         p = int(position)
         oldest_first = (p + torch.arange(W, device=buffer.device)) % W            # slots of positions p-W .. p-1
-        seq = torch.cat([buffer.index_select(2, oldest_first).to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, W+L)
-        y = F.conv1d(seq[..., 1:], self.weight, self.bias, groups=self.channels)  # positions p .. p+L-1
-        buffer.copy_(seq[..., -W:].roll((p + L) % W, dims=-1))                   # positions p+L-W .. p+L-1
-        return y.transpose(1, 2)
+        seq = torch.cat([buffer.index_select(2, oldest_first).transpose(1, 2).to(x.dtype), x], dim=1)  # (B, W+L, C)
+        y = causal_conv1d(seq[:, 1:], self.weight[:, 0], self.bias)[:, W - 1:]   # positions p .. p+L-1
+        buffer.copy_(seq[:, -W:].transpose(1, 2).roll((p + L) % W, dims=-1))    # positions p+L-W .. p+L-1
+        return y
 
     def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
         """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""

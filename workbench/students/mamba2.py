@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.ops.aligned_linear import AlignedLinear, aligned_linear
+from workbench.ops.causal_conv import causal_conv1d
 from workbench.ops.ssd import segment_sum, ssd_scan
 from workbench.students._conv import CausalConv1d
 from workbench.students._ssm import GatedOutput, ScanMixer, at_least_fp32, inverse_softplus_dt
@@ -123,7 +125,7 @@ class Mamba2(ScanMixer):
         self.d_model = c.d_model
         H, N, G, E = c.n_heads, c.d_state, c.n_groups, c.d_inner
         self.conv_channels = E + 2 * G * N
-        self.in_proj = nn.Linear(c.d_model, E + self.conv_channels + H, bias=c.bias)  # [z, x, B, C, dt]
+        self.in_proj = AlignedLinear(c.d_model, E + self.conv_channels + H, bias=c.bias)  # [z, x, B, C, dt]
         self.conv = CausalConv1d(self.conv_channels, c.d_conv, bias=c.conv_bias)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(H, c.dt_min, c.dt_max, c.dt_init_floor))
         if not c.discrete:
@@ -185,7 +187,35 @@ class Mamba2(ScanMixer):
         return inp.u, y, inp.z
 
     def mixing_matrix(self, x: Tensor) -> Tensor:
-        """M (B, H, L, L) with mix_io's y = M u per head: (C_l·B_s)·∏_{s<k≤l} a_k·scale_s + D on the diagonal."""
+        """M (B, H, L, L) with mix_io's y = M u per head: (C_l·B_s)·∏_{s<k≤l} a_k·scale_s + D on the diagonal.
+
+        Only what M reads is computed: in_proj's B, C and dt rows (its last rows; z and x, over half of its output,
+        are never made), the conv of the B and C channels alone, and the scores C_l·B_s once per group, which the
+        R = H/G heads of the group read through a broadcast instead of a copy per head."""
+        c = self.config
+        H, G, N, E = c.n_heads, c.n_groups, c.d_state, c.d_inner
+        Bsz, L, _ = x.shape
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[2 * E:]
+        BC, dt = aligned_linear(x, self.in_proj.weight[2 * E:], bias).split([2 * G * N, H], dim=-1)  # 1. rows B, C, dt
+        conv_bias = None if self.conv.bias is None else self.conv.bias[E:]
+        BC = causal_conv1d(BC, self.conv.weight[E:, 0], conv_bias)                   # 2. channels B, C
+        if c.conv_activation:
+            BC = F.silu(BC)
+        B, C = BC.unflatten(-1, (2 * G, N)).split(G, dim=-2)                         # 3. (B, L, G, N) each
+        delta, A = self._decay(dt)                                                   # 4.
+        log_a = A if delta is None else delta * A                                    # (B, L, H)
+        decay = segment_sum(log_a.transpose(1, 2)).exp()                            # (B, H, L, L)
+        if delta is not None:
+            decay = decay * delta.transpose(1, 2)[:, :, None, :]                     # scale by Δ_s (source)
+        dtype = decay.dtype
+        scores = torch.einsum("blgn,bsgn->bgls", C.to(dtype), B.to(dtype))           # (B, G, L, L)
+        M = decay.view(Bsz, G, H // G, L, L) * scores[:, :, None]                    # (B, G, R, L, L)
+        eye = torch.eye(L, device=x.device, dtype=dtype)
+        return M.flatten(1, 2) + self.D.to(dtype)[:, None, None] * eye
+
+    def mixing_matrix_ref(self, x: Tensor) -> Tensor:
+        """``mixing_matrix`` from the whole of steps 1-4 (``ssm_inputs``) with the scores repeated to every head: the
+        reference."""
         c = self.config
         inp = self.ssm_inputs(x)
         L = x.shape[1]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from workbench.ops import fused_kl
 from workbench.teachers import anatomy
 
 
@@ -24,6 +25,7 @@ class Capture:
     B batch, L length, D model width, H query heads, V vocabulary."""
 
     logits: torch.Tensor | None = None                               # (B, L, V)
+    final_hidden: torch.Tensor | None = None  # (B, L, D) the base model's last hidden state (after its final norm)
     block_in: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, L, D) residual stream entering layer i
     block_out: dict[int, torch.Tensor] = field(default_factory=dict) # (B, L, D) residual stream leaving layer i
     attn_in: dict[int, torch.Tensor] = field(default_factory=dict)   # (B, L, D) input of the attention module (normed)
@@ -34,6 +36,54 @@ class Capture:
 def first_output(output):
     """Modules return a tensor or a tuple whose first item is the hidden state."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def output_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head of a causal LM, ``model.get_output_embeddings()``: weight (V, D) (the input embedding's when tied)
+    and bias (V,) or None."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__}.get_output_embeddings() is {type(head).__name__}, not an nn.Linear: "
+                        f"its logits cannot be computed from its final hidden state with a weight and a bias")
+    return head.weight, head.bias
+
+
+def _plain_logits(config) -> tuple[float, float | None]:
+    return 1.0, None
+
+
+# model_type -> (config -> (scale, softcap)): the families whose causal LM computes its logits from its base model's
+# last hidden state h as softcap(scale · lm_head(h)), softcap(z) = cap · tanh(z / cap) (read off each family's
+# forward in transformers; tests/ops/test_fused_kl.py checks every row against the model). A family not listed here
+# (MiniCPM, Falcon-H1, HyperCLOVA X ... scale their logits or hidden states in ways of their own) has no row.
+LOGIT_TRANSFORMS = {
+    **dict.fromkeys(["llama", "mistral", "mixtral", "qwen2", "qwen3", "phi", "phi3", "gpt2", "gpt_neox", "gemma",
+                     "olmo", "olmo2", "stablelm", "starcoder2", "gptj", "opt"], _plain_logits),
+    "gemma2": lambda config: (1.0, config.final_logit_softcapping),      # Gemma-2: tanh soft-capping (30 by default)
+    "gemma3_text": lambda config: (1.0, config.final_logit_softcapping),  # Gemma-3: the same field, None by default
+    "cohere": lambda config: (float(config.logit_scale), None),          # Command-R: logits · logit_scale
+    "granite": lambda config: (1.0 / config.logits_scaling, None),       # Granite: logits / logits_scaling
+}
+
+
+def logit_transform(model: nn.Module) -> tuple[float, float | None] | None:
+    """(scale, softcap) with which ``model`` turns its LM head's output into logits (``LOGIT_TRANSFORMS``), or None
+    for a family without a row there: its logits must come from the model's own forward. Keyed by the model's own
+    config, not its text config: a multimodal wrapper of a listed decoder is a model of another kind."""
+    config = model.config
+    rule = LOGIT_TRANSFORMS.get(config.model_type)
+    return rule(config) if rule is not None else None
+
+
+def fusable(teacher: Teacher, student: nn.Module) -> bool:
+    """Whether the fused logit losses (``workbench.ops.fused_kl``) reproduce the logits of ``teacher`` and
+    ``student``: both of a family in ``LOGIT_TRANSFORMS`` with the same transform, the teacher unsharded (its base
+    model runs alone) and the student's head weight whole. Under FSDP2 the student's head is whole inside the forward
+    of the sharded root that holds it (where a step runs), a DTensor elsewhere; a sharded teacher is a DTensor
+    everywhere outside its own forward. When this is False the losses come from the models' logits."""
+    transform = logit_transform(student)
+    return (transform is not None and transform == logit_transform(teacher.model)
+            and fused_kl.plain(*teacher.model.parameters()) and fused_kl.plain(*output_head(student)))
 
 
 class Teacher:
@@ -125,9 +175,18 @@ class Teacher:
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 layers: list[int] | None = None, blocks: bool = True, attention: bool = True,
-                attn_probs: bool = False, logits: bool = True) -> Capture:
+                attn_probs: bool = False, logits: bool = True, final_hidden: bool = False) -> Capture:
         """One forward pass that records, for each layer in ``layers`` (default: all), the block input/output
-        (``blocks``), the attention module's input/output (``attention``) and its probabilities (``attn_probs``)."""
+        (``blocks``), the attention module's input/output (``attention``) and its probabilities (``attn_probs``).
+
+        ``final_hidden``: run the base model alone (``model.base_model``: the decoder up to and with its final norm)
+        and keep its last hidden state (B, L, D) instead of the logits, so the LM head never runs over all tokens
+        (``output_head`` gives its weights; ``workbench.ops.fused_kl`` computes the losses chunk by chunk)."""
+        if final_hidden and logits:
+            raise ValueError("capture: ask for logits or for final_hidden, not both (pass logits=False)")
+        if final_hidden and not fused_kl.plain(*self.model.parameters()):
+            raise ValueError("capture(final_hidden=True) needs an unsharded teacher: the base model alone cannot "
+                             "gather the parameters FSDP shards at the causal LM's root; ask for logits instead")
         layers = list(range(self.num_layers)) if layers is None else list(layers)
         for i in layers:
             if not 0 <= i < self.num_layers:
@@ -158,10 +217,13 @@ class Teacher:
         mode = self.attention_implementation("eager") if attn_probs else contextlib.nullcontext()
         try:
             with mode:
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                run = self.model.base_model if final_hidden else self.model
+                out = run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
             for h in handles:
                 h.remove()
         if logits:
             cap.logits = out.logits
+        if final_hidden:
+            cap.final_hidden = out.last_hidden_state
         return cap
