@@ -415,11 +415,13 @@ class Run:
             distributed.load_sharded_optimizer(self.sharded, opt, opt_state)
             return
         index = {id(p): n for n, p in self.student.named_parameters()}
+        on_device = any(group.get("fused") or group.get("capturable") for group in opt.param_groups)
         for p in train_params:
             name = index[id(p)]
             state = {k.rpartition("/")[2]: v for k, v in opt_state.items() if k.rpartition("/")[0] == name}
-            if state:
-                opt.state[p] = {k: (v.cpu() if k == "step" else v.to(p.device)) for k, v in state.items()}
+            if state:   # the step count lives on the host, except for the fused kernel, which reads it on the device
+                opt.state[p] = {k: (v.to(p.device, torch.float32) if on_device else v.cpu()) if k == "step"
+                                else v.to(p.device) for k, v in state.items()}
 
     def _finish(self, run_dir: RunDir, global_step: int) -> dict:
         with distributed.main_first():

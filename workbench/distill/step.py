@@ -9,8 +9,8 @@ The terms (``workbench.distill.losses``), computed for the student against the f
   matrix       - MOHAWK stage 1: each chosen mixer's mixing matrix on the teacher's attention input vs the teacher's
                  attention probabilities;
   attn_mse     - each chosen mixer's output on the teacher's attention input vs the teacher's attention output;
-  hidden       - MOHAWK stage 2: each chosen block fed the teacher's block input vs the teacher's block output (all
-                 chosen layers in one student pass: each block's input is swapped for the teacher's).
+  hidden       - MOHAWK stage 2: each chosen block fed the teacher's block input vs the teacher's block output (each
+                 chosen block runs alone; the rest of the student does not run).
 The chosen layers are the stage's (``StageConfig.layers_of``): all replaced layers unless the stage names some.
 Shapes: B batch, L length, H heads.
 """

@@ -217,7 +217,10 @@ class Teacher:
         mode = self.attention_implementation("eager") if attn_probs else contextlib.nullcontext()
         try:
             with mode:
-                run = self.model.base_model if final_hidden else self.model
+                # the base model alone (no LM head over every token) unless the logits are asked for; a sharded
+                # teacher runs whole, its root gathers the parameters FSDP shards there
+                alone = final_hidden or (not logits and fused_kl.plain(*self.model.parameters()))
+                run = self.model.base_model if alone else self.model
                 out = run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
             for h in handles:
