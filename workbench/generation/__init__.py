@@ -9,11 +9,20 @@ greedy speculative decoding, teacher pseudo-labels, and benchmarks of speed and 
 - ``bench``: the benchmarks behind ``workbench bench``; ``cli``: that command.
 """
 
-from workbench.generation.engine import DecodeOptions, GenerationResult, generate, prefill
-from workbench.generation.models import LoadedModel, load_model
-from workbench.generation.pseudo import PseudoLabelConfig, generate_corpus
-from workbench.generation.session import Session
-from workbench.generation.speculative import SpeculativeResult, speculative_generate
+import importlib
 
-__all__ = ["DecodeOptions", "GenerationResult", "generate", "prefill", "Session", "LoadedModel", "load_model",
-           "PseudoLabelConfig", "generate_corpus", "SpeculativeResult", "speculative_generate"]
+# name -> the module of this package that defines it, imported on first use (PEP 562): the ``workbench bench``
+# command's --help and the command-line checks in ``cli`` load no model library
+_NAMES = {
+    "DecodeOptions": "engine", "GenerationResult": "engine", "generate": "engine", "prefill": "engine",
+    "Session": "session", "LoadedModel": "models", "load_model": "models",
+    "PseudoLabelConfig": "pseudo", "generate_corpus": "pseudo",
+    "SpeculativeResult": "speculative", "speculative_generate": "speculative",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)

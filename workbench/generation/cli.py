@@ -56,6 +56,25 @@ def check_device(args, flag: str = "--device") -> None:
             raise ValueError(f"--dtype {args.dtype}: {err}") from err
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' own progress bars ("Loading weights: ...") out of the command's output; the hub's download
+    bars stay as they were. The commands call it once their flags are checked, before the first model loads (it
+    imports transformers)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads = not are_progress_bars_disabled()
+    logging.disable_progress_bar()  # transformers' switch, which turns the hub's bars off too
+    if downloads:
+        enable_progress_bars()
+
+
+def example(*commands: str) -> str:
+    """A subcommand's epilog: the example ``commands`` its --help ends with (the ``workbench`` parser prints epilogs
+    as written)."""
+    return "example" + ("s" if len(commands) > 1 else "") + ":\n" + "\n".join(f"  {c}" for c in commands)
+
+
 def _check_models(flag: str, models: list[str]) -> None:
     check_flag(flag, ",".join(models), bool(models), "give at least one model (comma-separated)")
 
@@ -78,6 +97,7 @@ def cmd_bench_generate(args) -> int:
     _check_models("--models", args.models)
     check_counts(args, "--batch", "--context", "--new", "--prefill-chunk")
     check_device(args)
+    quiet_transformers()
     from workbench.generation.bench import bench_generate
     from workbench.generation.engine import DecodeOptions
 
@@ -97,6 +117,7 @@ def cmd_bench_generate(args) -> int:
 def cmd_bench_speculative(args) -> int:
     check_counts(args, "--k", "--batch", "--context", "--new")
     check_device(args)
+    quiet_transformers()
     from workbench.generation.bench import bench_speculative
 
     report = bench_speculative(args.target, args.draft, args.k, batch=args.batch, context=args.context, new=args.new,
@@ -110,6 +131,7 @@ def cmd_bench_quality(args) -> int:
     check_counts(args, "--window", "--max-tokens", "--new")
     check_counts(args, "--prompts", minimum=0)
     check_device(args)
+    quiet_transformers()
     from workbench.generation.bench import bench_quality
 
     report = bench_quality(args.models, teacher=args.teacher, window=args.window, max_tokens=args.max_tokens,
@@ -123,52 +145,63 @@ def cmd_bench_quality(args) -> int:
 
 
 def add_subcommand(sub) -> None:
-    p = sub.add_parser("bench", help="generation benchmarks: speed and quality side by side")
+    p = sub.add_parser("bench", help="generation benchmarks: speed and quality side by side",
+                       epilog=example("workbench bench generate --models smollm2-135m,runs/a --json bench.json",
+                                      "workbench bench quality --models runs/a --json quality.json"))
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
     models_help = ("comma-separated: registry names, model/student folders, run folders, .gguf files or hub ids; "
                    "NAME@hf runs transformers' generate() as the baseline")
+    device_help = "cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+    dtype_help = "float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)"
 
     q = bsub.add_parser("generate",
-                        help="decode tokens/s, time to first token, latency, memory and the bandwidth floor")
+                        help="decode tokens/s, time to first token, latency, memory and the bandwidth floor",
+                        epilog=example("workbench bench generate --models smollm2-135m,runs/a --batch 1,16 "
+                                       "--context 512,2048 --json bench.json --plot bench.html"))
     q.add_argument("--models", type=name_list, required=True, help=models_help)
     q.add_argument("--batch", type=int_list, default=[1], help="batch sizes, e.g. 1,16,64")
     q.add_argument("--context", type=int_list, default=[512], help="prompt lengths, e.g. 512,2048,8192,32768")
-    q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
+    q.add_argument("--new", type=int, default=128, help="new tokens per sequence")
     q.add_argument("--hf-baseline", action="store_true", help="also run every model through transformers generate()")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
     q.add_argument("--compile", action="store_true",
                    help="fuse the engine's decode step with torch.compile (compilation reported as compile_s)")
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
-                   help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context")
-    q.add_argument("--json", required=True, metavar="OUT.json")
-    q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure")
-    q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
-    q.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+                   help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
+                        "(default: the whole prompt at once)")
+    q.add_argument("--json", required=True, metavar="OUT.json", help="file the report is written to")
+    q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure (default: none)")
+    q.add_argument("--device", default="auto", help=device_help)
+    q.add_argument("--dtype", default="auto", help=dtype_help)
     q.set_defaults(func=cmd_bench_generate)
 
     q = bsub.add_parser("speculative", help="speculative decoding against plain greedy: tokens/s, speed-up, "
-                                            "acceptance rate, identical tokens")
+                                            "acceptance rate, identical tokens",
+                        epilog=example("workbench bench speculative --target smollm2-135m --draft runs/a --k 2,4 "
+                                       "--json speculative.json"))
     q.add_argument("--target", required=True, help="the model whose greedy output is produced (as in --models)")
     q.add_argument("--draft", required=True, help="the model that proposes tokens (same vocabulary)")
     q.add_argument("--k", type=int_list, default=[2, 4, 8], help="draft tokens per round, e.g. 2,4,8")
-    q.add_argument("--batch", type=int, default=1)
+    q.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     q.add_argument("--context", type=int, default=512, help="prompt length")
-    q.add_argument("--new", type=int, default=128, help="new tokens per sequence (default 128)")
+    q.add_argument("--new", type=int, default=128, help="new tokens per sequence")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
                    help="CUDA-graph decode steps of the plain greedy baseline")
-    q.add_argument("--json", required=True, metavar="OUT.json")
-    q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
-    q.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    q.add_argument("--json", required=True, metavar="OUT.json", help="file the report is written to")
+    q.add_argument("--device", default="auto", help=device_help)
+    q.add_argument("--dtype", default="auto", help=dtype_help)
     q.set_defaults(func=cmd_bench_speculative)
 
-    q = bsub.add_parser("quality", help="held-out ppl, KL and top-1 agreement by position, continuations side by side")
+    q = bsub.add_parser("quality", help="held-out ppl, KL and top-1 agreement by position, continuations side by side",
+                        epilog=example("workbench bench quality --models runs/a,runs/b --max-tokens 4096 "
+                                       "--json quality.json"))
     q.add_argument("--models", type=name_list, required=True, help=models_help)
     q.add_argument("--teacher", help="the reference (default: the teacher the first model names)")
-    q.add_argument("--window", type=int, default=512)
+    q.add_argument("--window", type=int, default=512, help="tokens predicted per evaluation window")
     q.add_argument("--max-tokens", type=int, default=8192, help="held-out tokens to score")
     q.add_argument("--prompts", type=int, default=3, help="prompts continued side by side")
     q.add_argument("--new", type=int, default=32, help="new tokens per continuation")
-    q.add_argument("--json", required=True, metavar="OUT.json")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--dtype", default="auto")
+    q.add_argument("--json", required=True, metavar="OUT.json", help="file the report is written to")
+    q.add_argument("--device", default="auto", help=device_help)
+    q.add_argument("--dtype", default="auto", help=dtype_help)
     q.set_defaults(func=cmd_bench_quality)

@@ -10,21 +10,25 @@ turned into small modal state-space models, so generation costs O(d) per token.
 Convention everywhere (workbench.laughing.modal): h_0 = h0 (feed-through), h_t = Re Σ_{n≤d} R_n λ_n^{t-1}, t ≥ 1.
 """
 
-from workbench.laughing.fit import distill_filter, distill_orders, filter_errors
-from workbench.laughing.hankel import error_floor, hankel_singular_values, minimal_order
-from workbench.laughing.modal import ModalSSM
-from workbench.laughing.order import error_table, smallest_orders
-from workbench.laughing.student import (
-    LaughingConfig,
-    LaughingHyena,
-    LaughingMultiHyena,
-    distill_student,
-    fit_student,
-    laughing_mixer,
-    modal_filters,
-    student_filters,
-)
+import importlib
 
-__all__ = ["ModalSSM", "distill_filter", "distill_orders", "filter_errors", "hankel_singular_values", "minimal_order",
-           "error_floor", "distill_student", "fit_student", "student_filters", "modal_filters", "LaughingConfig",
-           "LaughingHyena", "LaughingMultiHyena", "laughing_mixer", "error_table", "smallest_orders"]
+# name -> the module of this package that defines it, imported on first use (PEP 562): the ``workbench laughing``
+# command's --help loads no model library. Importing workbench.laughing.student (the first use of any name here does)
+# registers the laughing-* mixers.
+_NAMES = {
+    "ModalSSM": "modal",
+    "distill_filter": "fit", "distill_orders": "fit", "filter_errors": "fit",
+    "hankel_singular_values": "hankel", "minimal_order": "hankel", "error_floor": "hankel",
+    "distill_student": "student", "fit_student": "student", "student_filters": "student", "modal_filters": "student",
+    "LaughingConfig": "student", "LaughingHyena": "student", "LaughingMultiHyena": "student",
+    "laughing_mixer": "student",
+    "error_table": "order", "smallest_orders": "order",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module(f"{__name__}.student")  # the laughing-* mixers are registered whichever name is used
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)

@@ -81,7 +81,7 @@ def _orders(text: str) -> list[int]:
 
 def cmd_laughing(args) -> int:
     from workbench.distill.run_dir import RunDir
-    from workbench.generation.cli import check_counts, check_device, check_flag
+    from workbench.generation.cli import check_counts, check_device, check_flag, quiet_transformers
 
     check_flag("RUN_DIR", args.run_dir, RunDir.holds_run(args.run_dir),
                "must be a run folder (one holding config.json, made by `workbench distill`)")
@@ -90,6 +90,7 @@ def cmd_laughing(args) -> int:
     if args.json:
         check_flag("--json", args.json, Path(args.json).parent.is_dir() and not Path(args.json).is_dir(),
                    "must be a file path in an existing folder")
+    quiet_transformers()
     report = laughing_report(args.run_dir, args.orders, args.method, args.length, args.eval_tokens, args.window,
                              args.device, args.hankel_size, progress=True, steps=args.steps,
                              workers=args.workers)
@@ -106,10 +107,14 @@ def cmd_laughing(args) -> int:
 
 
 def add_subcommand(sub) -> None:
-    p = sub.add_parser("laughing", help="distil a Hyena run's long filters into modal SSMs (Laughing Hyena)")
+    from workbench.generation.cli import example
+
+    p = sub.add_parser("laughing", help="distil a Hyena run's long filters into modal SSMs (Laughing Hyena)",
+                       epilog=example("workbench laughing runs/hyena --orders 8,16,32 --json runs/hyena/laughing.json"))
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder whose student is Hyena or MultiHyena")
     p.add_argument("--orders", type=_orders, default=[4, 8, 16, 32, 64], help="modal orders, e.g. 4,8,16,32,64")
-    p.add_argument("--method", default="modal", choices=["modal", "balanced", "prony"])
+    p.add_argument("--method", default="modal", choices=["modal", "balanced", "prony"],
+                   help="modal: the paper's gradient fit; balanced: balanced truncation; prony: linear prediction")
     p.add_argument("--length", type=int, default=None, help="filter taps to fit (default: the mixer's max_len)")
     p.add_argument("--steps", type=int, default=300, help="gradient steps of the modal method")
     p.add_argument("--hankel-size", type=int, default=256,
@@ -119,5 +124,5 @@ def add_subcommand(sub) -> None:
     p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ppl / KL")
     p.add_argument("--window", type=int, default=256, help="evaluation window")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: runs the models and the fits")
-    p.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
+    p.add_argument("--json", metavar="OUT.json", help="write the table as JSON (default: print the summary only)")
     p.set_defaults(func=cmd_laughing)

@@ -53,7 +53,8 @@ def mixer_class(name: str) -> tuple[type[Mixer], dict]:
     """(class, config fields fixed by the name) for a registered or preset mixer name."""
     base, preset = PRESETS.get(name, (name, {}))
     if base not in MIXERS:
-        hint = " (the laughing-* mixers are registered by importing workbench.laughing)" if "laughing" in name else ""
+        hint = (" (the laughing-* mixers are registered by importing workbench.laughing.student)"
+                if "laughing" in name else "")
         raise ValueError(f"unknown mixer {name!r}: choose one of {mixer_names()}{hint}, "
                          f"or add yours with workbench.students.register_mixer(name, cls)")
     return MIXERS[base], dict(preset)
