@@ -1,12 +1,17 @@
 """workbench.live: the figures hold exactly the values of the events read so far, reads are incremental (a
-partial last line waits for the next poll), and run_with_live_curves returns the run's summary with complete curves."""
+partial last line waits for the next poll), and run_with_live_curves shows one figure, displayed once under a
+display id and replaced in place by every redraw, and returns the run's summary with complete curves."""
 
 import json
 
+import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from workbench import live
 from workbench.distill.events import EventLog
+from workbench.viz.curves import ema
+from workbench.viz.notebook import PLOTLY_MIMETYPE
 
 
 def _steps(log: EventLog, stage: str, first: int, n: int) -> list[dict]:
@@ -69,34 +74,62 @@ class _FakeRun:
         return {"steps": self.steps}
 
 
-def test_run_with_live_curves_returns_summary_and_shows_final_figures(tmp_path, monkeypatch):
-    shown, updates = [], []
+class _Display:
+    """Stands in for IPython's display: records what is displayed (with its arguments) and every update."""
 
-    class Handle:
-        def update(self, fig):
-            updates.append(fig)
+    def __init__(self):
+        self.shown, self.updates = [], []
 
-    def fake_display(fig, display_id):
-        shown.append(fig)
+    def __call__(self, obj, raw=False, display_id=None):
+        self.shown.append((obj, raw, display_id))
+        updates = self.updates
+
+        class Handle:
+            def update(self, obj, raw=False):
+                updates.append((obj, raw))
+
         return Handle()
 
-    monkeypatch.setattr(live, "display", fake_display)
+    def figures(self) -> list[go.Figure]:
+        """Every update as the figure its bundle holds."""
+        return [go.Figure(bundle[PLOTLY_MIMETYPE]) for bundle, _ in self.updates]
+
+
+def test_run_with_live_curves_returns_summary_and_updates_one_figure(tmp_path, monkeypatch):
+    shown = _Display()
+    monkeypatch.setattr(live, "display", shown)
     summary = live.run_with_live_curves(_FakeRun(tmp_path, steps=6), every=0.01)
     assert summary == {"steps": 6}
-    assert len(shown) == 2                                     # loss and eval figures, displayed once
-    final_loss, final_eval = updates[-2:]                      # the last redraw has every event
-    assert list(_trace(final_loss, "kd · loss").x) == [1, 2, 3, 4, 5, 6]
-    assert list(_trace(final_eval, "student").y) == [3.0]
+    (bundle, raw, display_id), = shown.shown                   # one figure, displayed once
+    assert raw is True and display_id is True                  # a raw bundle: the display id is honoured
+    assert {PLOTLY_MIMETYPE, "text/html"} <= set(bundle)
+    assert shown.updates and all(raw for _, raw in shown.updates)
+    final = shown.figures()[-1]                                # the last redraw has every event
+    assert list(_trace(final, "kd · loss").x) == [1, 2, 3, 4, 5, 6]
+    assert list(_trace(final, "student").y) == [3.0]
+    assert "plotly-graph-div" in shown.updates[-1][0]["text/html"]
 
 
 def test_run_errors_reach_the_caller_after_the_final_redraw(tmp_path, monkeypatch):
-    updates = []
-
-    class Handle:
-        def update(self, fig):
-            updates.append(fig)
-
-    monkeypatch.setattr(live, "display", lambda fig, display_id: Handle())
+    shown = _Display()
+    monkeypatch.setattr(live, "display", shown)
     with pytest.raises(RuntimeError, match="diverged"):
         live.run_with_live_curves(_FakeRun(tmp_path, steps=3, fail=True), every=0.01)
-    assert list(_trace(updates[-2], "kd · loss").x) == [1, 2, 3]
+    assert len(shown.shown) == 1
+    assert list(_trace(shown.figures()[-1], "kd · loss").x) == [1, 2, 3]
+
+
+def test_refresh_redraws_only_when_events_arrived(tmp_path, monkeypatch):
+    shown = _Display()
+    monkeypatch.setattr(live, "display", shown)
+    log = EventLog(tmp_path / "events.jsonl", fsync=False)
+    curves = live.LiveCurves(tmp_path, smoothing=0.5)
+    curves.refresh()
+    assert shown.updates == []                                 # not shown yet: nothing to update
+    curves.show()
+    assert curves.refresh() == 0 and shown.updates == []       # nothing new: no redraw
+    _steps(log, "kd", 1, 4)
+    assert curves.refresh() == 4 and len(shown.updates) == 1
+    assert curves.refresh(force=True) == 0 and len(shown.updates) == 2
+    fig = shown.figures()[-1]
+    np.testing.assert_allclose(_trace(fig, "kd · loss").y, ema([1.0 / s for s in range(1, 5)], 0.5))

@@ -1,16 +1,17 @@
-"""Live loss curves for notebooks: a small reader of a run folder's event stream that redraws as the run writes.
+"""Live training curves for notebooks: a small reader of a run folder's event stream that redraws as the run writes.
 
     live = LiveCurves(run_dir)          # reads RUN/events.jsonl from byte 0, then only what was appended since
     live.poll()                         # -> number of new events (typed: workbench.distill.events.read_typed)
-    live.loss_figure(), live.eval_figure()   # plotly figures of everything read so far (workbench.viz.curves)
+    live.figure()                       # the whole run so far in one plotly figure (curves.training_figure)
 
     summary = run_with_live_curves(run)  # execute a workbench.distill.run.Run in a background thread while the
-                                         # cell's figures refresh; ends showing the final, complete figures
+                                         # cell's figure refreshes; ends showing the final, complete figure
 
-The figures are shown through IPython display handles (``display(fig, display_id=True)`` then ``handle.update``): the
-same output is replaced in place, which works in Jupyter, VS Code and in executed notebooks without any widget
-package (plotly's FigureWidget needs ``anywidget``, which the workbench does not install). The last update holds the
-final figures, so an executed notebook keeps static, complete curves.
+The cell holds one output, replaced in place. Plotly's own display ignores IPython's display ids (a figure shows
+itself through ``_ipython_display_``, so every redraw would add a figure), so the figure's mimebundle
+(``workbench.viz.notebook.figure_bundle``: plotly JSON for JupyterLab and VS Code, HTML for nbconvert's export) is
+displayed raw under a display id and each redraw updates that id. This needs no widget package, and in an executed
+notebook (nbclient, ``jupyter nbconvert --execute``) the one output holds the last redraw: the complete curves.
 
 Like every reader, this only reads ``events.jsonl``; it never reaches into the training loop.
 """
@@ -25,17 +26,20 @@ from IPython.display import display
 
 from workbench.distill.events import Event, Unreadable, read_typed
 from workbench.viz import curves
+from workbench.viz.notebook import figure_bundle
 
 
 class LiveCurves:
-    """Events of the run folder ``run_dir``, read incrementally, and the loss / evaluation figures drawn from them."""
+    """Events of the run folder ``run_dir``, read incrementally, and the figure drawn from them (``smoothing``: EMA
+    weight of losses and gradient norm, 0 for none)."""
 
-    def __init__(self, run_dir: str | Path, title: str | None = None):
+    def __init__(self, run_dir: str | Path, title: str | None = None, smoothing: float = 0.0):
         self.path = Path(run_dir) / "events.jsonl"
-        self.title = title or f"Training losses: {Path(run_dir).name}"
+        self.title = title or f"Training: {Path(run_dir).name}"
+        self.smoothing = smoothing
         self.events: list[Event | Unreadable] = []
         self.offset = 0           # byte offset in events.jsonl up to which events have been read
-        self._handles: list = []
+        self._handle = None       # the display handle of the shown figure (None: not shown)
 
     def poll(self) -> int:
         """Read the events appended since the last poll; returns how many there were."""
@@ -43,33 +47,34 @@ class LiveCurves:
         self.events.extend(new)
         return len(new)
 
+    def figure(self) -> go.Figure:
+        """Progress, losses, learning rate, gradient norm and evaluations of everything read so far."""
+        return curves.training_figure(self.events, title=self.title, smoothing=self.smoothing)
+
     def loss_figure(self) -> go.Figure:
-        return curves.loss_curves(self.events, title=self.title)
+        return curves.loss_curves(self.events, title=self.title, smoothing=self.smoothing)
 
     def eval_figure(self) -> go.Figure:
         return curves.eval_curves(self.events, title="Valid-split evaluation during the run")
 
-    def figures(self) -> list[go.Figure]:
-        return [self.loss_figure(), self.eval_figure()]
-
     def show(self) -> None:
-        """Display the current figures in the running cell (and remember where, for ``refresh``)."""
-        self._handles = [display(fig, display_id=True) for fig in self.figures()]
+        """Display the current figure in the running cell (and remember where, for ``refresh``)."""
+        self._handle = display(figure_bundle(self.figure()), raw=True, display_id=True)
 
     def refresh(self, force: bool = False) -> int:
-        """Poll, and redraw the shown figures if anything new arrived (or ``force``). Returns the new events."""
+        """Poll, and redraw the shown figure in place if anything new arrived (or ``force``). Returns the number of
+        new events."""
         count = self.poll()
-        if (count or force) and self._handles:
-            for handle, fig in zip(self._handles, self.figures()):
-                handle.update(fig)
+        if (count or force) and self._handle is not None:
+            self._handle.update(figure_bundle(self.figure()), raw=True)
         return count
 
 
-def run_with_live_curves(run, every: float = 2.0, title: str | None = None) -> dict:
-    """Execute ``run`` (a ``workbench.distill.run.Run``) in a background thread, redrawing its loss and evaluation
-    curves every ``every`` seconds until it ends, then once more with every event. Returns the run's summary; an
+def run_with_live_curves(run, every: float = 2.0, title: str | None = None, smoothing: float = 0.0) -> dict:
+    """Execute ``run`` (a ``workbench.distill.run.Run``) in a background thread, redrawing its figure (one output,
+    in place) every ``every`` seconds until it ends, then once more with every event. Returns the run's summary; an
     exception raised by the run is raised here after the final redraw."""
-    live = LiveCurves(run.out, title)
+    live = LiveCurves(run.out, title, smoothing)
     live.poll()
     live.show()
     outcome: dict = {}

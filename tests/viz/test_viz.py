@@ -11,7 +11,7 @@ import transformers as tf
 from workbench.students import build_student, student_mixers
 from workbench.students.hyena import Hyena
 from workbench.teachers.wrapper import Teacher
-from workbench.viz import curves, matrices, spectra
+from workbench.viz import curves, generation, matrices, spectra
 
 L = 12
 
@@ -97,6 +97,44 @@ def test_downsampling_keeps_block_means(llama_run):
     # uneven size: padding does not dilute the last block
     z, f = matrices.block_average(np.ones((7, 7)), max_size=3)
     assert f == 3 and z.shape == (3, 3) and np.allclose(z, 1.0)
+
+
+def test_comparison_shares_one_colour_scale(llama_run):
+    cap, mats = llama_run
+    attention = matrices.matrix_errors(cap.attn_probs, mats)
+    other = attention * 3 + 0.5                                   # larger errors: must not get their own scale
+    fig = matrices.frobenius_comparison({"attention init": attention, "random init": other}, layers=[0, 1])
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis"]
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == pytest.approx(other.max().item())
+    for trace, errors in zip(fig.data, (attention, other)):
+        np.testing.assert_allclose(np.asarray(trace.z, dtype=float), errors.double().numpy(), rtol=1e-6)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[0].startswith("attention init") and f"{other.mean().item():.4g}" in titles[1]
+    assert fig.layout.width is None                               # as wide as its container
+    with pytest.raises(ValueError, match="matrix_errors"):
+        matrices.frobenius_comparison({}, layers=[0, 1])
+
+
+def test_wide_figures_take_the_container_width(llama_run):
+    cap, mats = llama_run
+    fig = matrices.attention_vs_mixing(cap.attn_probs[0][0, 0], mats[0][0, 0])
+    assert fig.layout.width is None and fig.layout.height
+    assert spectra.filter_figure(torch.randn(3, 16)).layout.width is None
+
+
+def test_generation_speed_axis_has_ticks_within_one_decade():
+    settings = [{"model": f"runs/{m}", "engine": "hf", "batch": 1, "context": c, "status": "ok",
+                 "decode_tokens_per_s": rate, "peak_memory_bytes": None}
+                for m, rates in (("teacher", (48.0, 41.0)), ("hybrid", (27.0, 22.0)))
+                for c, rate in zip((16, 64), rates)]
+    fig = generation.generation_figure(settings)
+    ticks = list(fig.layout.yaxis.tickvals)
+    assert len([t for t in ticks if 22 <= t <= 48]) >= 2 and fig.layout.yaxis.type == "log"
+    assert list(fig.data[0].y) == [27.0, 22.0] and fig.data[0].name == "hybrid [hf] batch 1"
+    assert fig.layout.width is None
+    (note,) = fig.layout.annotations[2:]                          # after the two panel titles: over the empty panel
+    assert note.text.startswith("no GPU memory") and note.xref == "paper"
+    assert fig.layout.xaxis2.domain[0] < note.x < fig.layout.xaxis2.domain[1]
 
 
 def test_frobenius_heatmap_shows_matrix_errors(llama_run):

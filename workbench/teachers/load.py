@@ -14,6 +14,7 @@ the folder, after checking it against its manifest (sizes and SHA-256), and rebu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -116,6 +117,22 @@ def _resolve_hub_id(hub_id: str) -> tuple[str, dict]:
         raise TeacherNotFound(f"could not download {hub_id!r} from the hub: {err}. {hint}") from err
 
 
+@contextlib.contextmanager
+def loading_bars(shown: bool):
+    """While active, transformers' own "Loading weights" bar is off unless ``shown`` (as it was again afterwards):
+    ``progress=False`` keeps a notebook's or a run's output free of it."""
+    from transformers.utils import logging
+
+    if shown or not logging.is_progress_bar_enabled():
+        yield
+        return
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
+
+
 def load_teacher(name_or_path: str | os.PathLike = "smollm2-135m", device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = "auto", attn: str = "sdpa", progress: bool = True) -> Teacher:
     """Load a frozen teacher (eval mode, no gradients) with its tokenizer.
@@ -134,8 +151,9 @@ def load_teacher(name_or_path: str | os.PathLike = "smollm2-135m", device: str |
     check_tokenizer(source)
     config = AutoConfig.from_pretrained(source)
     attn = supported_attention(config, attn)
-    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn,
-                                                 **kwargs)
+    with loading_bars(progress):
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn,
+                                                     **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Teacher(model.to(device), tokenizer, name=str(name_or_path), source=source)
 

@@ -4,4 +4,12 @@
 singular values), ``curves`` (training losses and evaluations from a run's events), ``generation`` (a generation
 benchmark's speed and memory): pure functions, data in and a figure out, no I/O. The notebooks' live redrawing of a
 run's curves (a thread, IPython display handles) is ``workbench.live``, beside ``workbench.tutorial``.
+
+``notebook`` decides how a figure shows in a Jupyter kernel: interactive where the notebook is open, and kept when an
+executed notebook is exported to HTML. Importing this package there makes that plotly's default renderer.
+``axes`` holds the tick choices the figures share.
 """
+
+from workbench.viz.notebook import use_in_notebooks
+
+use_in_notebooks()

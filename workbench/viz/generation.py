@@ -10,6 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.viz.axes import log_ticks
+
 COLOURS = px.colors.qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
@@ -40,10 +42,14 @@ def generation_figure(settings: list[dict]) -> go.Figure:
                 fig.add_trace(go.Scatter(x=x, y=memory, mode="lines+markers", name=name, legendgroup=name,
                                          line=line, showlegend=False), row=1, col=2)
     if not any(s["status"] == "ok" and s["peak_memory_bytes"] is not None for s in settings):
-        fig.add_annotation(text="no GPU memory figures: the benchmark ran on a CPU", xref="x2 domain",
-                           yref="y2 domain", x=0.5, y=0.5, showarrow=False)
+        # in paper coordinates: plotly.js places "x2 domain" on the first panel while the second has no trace
+        fig.add_annotation(text="no GPU memory figures:<br>the benchmark ran on a CPU", xref="paper", yref="paper",
+                           x=sum(fig.layout.xaxis2.domain) / 2, xanchor="center", y=0.5, showarrow=False)
     contexts = sorted({s["context"] for s in settings})
     fig.update_xaxes(type="log", title_text="context (tokens)", tickvals=contexts, ticktext=[str(c) for c in contexts])
-    fig.update_yaxes(type="log", dtick=1, row=1, col=1)  # labels at powers of ten only
-    fig.update_layout(title="Generation: throughput and memory against context", height=480, width=1100)
+    for col, label in ((1, "decode tokens/s (log)"), (2, "peak GPU memory, GiB (log)")):
+        ticks = log_ticks(y for trace in fig.select_traces(row=1, col=col) for y in trace.y)
+        labels = dict(tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]) if ticks else {}
+        fig.update_yaxes(type="log", title_text=label, row=1, col=col, **labels)   # labels however narrow the range
+    fig.update_layout(title="Generation: throughput and memory against context", height=480)  # width: the container's
     return fig

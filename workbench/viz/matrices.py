@@ -27,6 +27,7 @@ VIEWS = {
 }
 DIVERGING = "RdBu_r"     # signed data: blue < 0 < red, white at zero
 SEQUENTIAL = "Viridis"   # non-negative data and log magnitudes
+PANEL_GAP = 0.13         # paper width between two matrix panels: a colour bar and the next panel's tick labels
 
 
 def _numpy(m) -> np.ndarray:
@@ -85,8 +86,11 @@ def _signed(z: np.ndarray) -> bool:
 
 
 def _colour_axis(z: np.ndarray, title: str, x: float, signed: bool) -> dict:
+    """A colour axis for the heatmap ``z`` whose colour bar stands at paper x ``x`` (right of its panel), titled on
+    top so that it stays narrow: the gap to the next panel holds it at any figure width."""
     axis = dict(colorscale=DIVERGING if signed else SEQUENTIAL,
-                colorbar=dict(title=dict(text=title, side="right"), x=x, len=0.8, thickness=12))
+                colorbar=dict(title=dict(text=title, side="top"), x=x, xanchor="left", len=0.75, thickness=10,
+                              ticks="outside", ticklen=3))
     if signed:
         bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
         axis.update(cmid=0.0, cmin=-bound, cmax=bound)  # zero is white, the scale symmetric around it
@@ -100,7 +104,8 @@ def attention_vs_mixing(attn, mixing, view: str = "raw", title: str = "Teacher a
 
     Rows are query positions t (top to bottom), columns key positions s; the causal upper triangle is blank. Signed
     panels use a diverging scale centred on zero. Matrices bigger than ``max_size`` are block-averaged (the axes keep
-    token positions: each cell sits at its block's centre)."""
+    token positions: each cell sits at its block's centre). The figure takes the width of its container (a
+    notebook's output, a dashboard pane); each panel stays square."""
     a, m = _numpy(attn), _numpy(mixing)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape != m.shape:
         raise ValueError(f"attention and mixing matrix must be the same square (L, L) shape, got {a.shape} and "
@@ -116,7 +121,7 @@ def attention_vs_mixing(attn, mixing, view: str = "raw", title: str = "Teacher a
     subtitles = [f"Teacher attention ({label})<br><sup>softmax: each row sums to 1</sup>",
                  f"Student mixing matrix ({label})<br><sup>rows need not sum to 1</sup>",
                  f"Student − teacher ({'log ratio' if view == 'log' else label})<br><sup>&nbsp;</sup>"]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=subtitles, horizontal_spacing=0.11)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=subtitles, horizontal_spacing=PANEL_GAP)
     pos = _positions(A.shape[0], f)
     layout = {}
     for col, (z, name) in enumerate(zip((A, M, D), names), start=1):
@@ -135,7 +140,7 @@ def attention_vs_mixing(attn, mixing, view: str = "raw", title: str = "Teacher a
     L = a.shape[0]
     fig.update_layout(title=dict(text=f"{title}<br><sup>L = {L} tokens, view: {label}{note}; "
                                       f"blank: causal mask (s > t)</sup>"),
-                      width=1250, height=480, margin=dict(t=110, l=70, r=40, b=60),
+                      height=480, margin=dict(t=110, l=70, r=40, b=60),   # no width: as wide as its container
                       plot_bgcolor="rgb(235,235,235)", **layout)
     fig.update_annotations(font_size=13)
     return fig
@@ -161,21 +166,59 @@ def matrix_errors(teacher_probs: dict[int, torch.Tensor], student_mats: dict[int
     return torch.stack(rows) if rows else torch.zeros(0, 0)
 
 
-def frobenius_heatmap(errors, layers: list[int], title: str = "MOHAWK stage 1: matrix orientation error") -> go.Figure:
-    """Heatmap of ‖A - M‖_F per (layer, head): ``errors`` (n_layers, H) from ``matrix_errors``, rows labelled by
-    ``layers`` (the teacher's layer indices)."""
+ERROR_LABEL = "‖A − M‖<sub>F</sub>"   # colour-bar title of the Frobenius-error heatmaps
+
+
+def _errors(errors, layers: list[int]) -> np.ndarray:
+    """``errors`` as a float64 (len(layers), H) array, or a ValueError naming the shape expected."""
     z = _numpy(errors)
     if z.ndim != 2 or z.shape[0] != len(layers):
         raise ValueError(f"errors must be (len(layers), heads) = ({len(layers)}, H), got {z.shape}")
+    return z
+
+
+def _error_heatmap(z: np.ndarray, layers: list[int], **colour) -> go.Heatmap:
+    """The heatmap trace of one (n_layers, H) error matrix; ``colour``: its colour settings (a scale or an axis)."""
+    return go.Heatmap(z=z, x=list(range(z.shape[1])), y=[int(i) for i in layers],
+                      texttemplate="%{z:.4g}" if z.size <= 400 else None,
+                      hovertemplate="layer %{y}, head %{x}<br>‖A − M‖_F = %{z:.4g}<extra></extra>", **colour)
+
+
+def frobenius_heatmap(errors, layers: list[int], title: str = "MOHAWK stage 1: matrix orientation error") -> go.Figure:
+    """Heatmap of ‖A - M‖_F per (layer, head): ``errors`` (n_layers, H) from ``matrix_errors``, rows labelled by
+    ``layers`` (the teacher's layer indices). To compare several, use ``frobenius_comparison`` (one colour scale)."""
+    z = _errors(errors, layers)
     heads = list(range(z.shape[1]))
-    fig = go.Figure(go.Heatmap(
-        z=z, x=heads, y=[int(i) for i in layers], colorscale=SEQUENTIAL,
-        texttemplate="%{z:.4g}" if z.size <= 400 else None,
-        colorbar=dict(title=dict(text="‖A − M‖<sub>F</sub>", side="right")),
-        hovertemplate="layer %{y}, head %{x}<br>‖A − M‖_F = %{z:.4g}<extra></extra>"))
+    fig = go.Figure(_error_heatmap(z, layers, colorscale=SEQUENTIAL,
+                                   colorbar=dict(title=dict(text=ERROR_LABEL, side="right"))))
     fig.update_xaxes(title_text="head", type="category")
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
     fig.update_layout(title=dict(text=f"{title}<br><sup>Frobenius norm of student mixing − teacher attention, "
                                       f"batch mean</sup>"),
                       width=max(420, 60 * len(heads) + 220), height=max(320, 40 * len(layers) + 180))
+    return fig
+
+
+def frobenius_comparison(errors: dict[str, object], layers: list[int],
+                         title: str = "Matrix orientation error ‖A − M‖_F") -> go.Figure:
+    """Side-by-side heatmaps of ‖A - M‖_F per (layer, head), one per entry of ``errors`` (name -> (n_layers, H)
+    from ``matrix_errors``, e.g. two initialisations), on ONE colour scale from 0 to the largest error of any of
+    them, so equal colours mean equal errors across panels. Each panel's title gives its mean."""
+    if not errors:
+        raise ValueError("errors is empty: give {name: matrix_errors(...)} for each model to compare")
+    zs = {name: _errors(e, layers) for name, e in errors.items()}
+    top = max(float(np.nanmax(z)) for z in zs.values())
+    fig = make_subplots(rows=1, cols=len(zs), horizontal_spacing=0.06, shared_yaxes=True,
+                        subplot_titles=[f"{name}<br><sup>mean {float(np.nanmean(z)):.4g}</sup>"
+                                        for name, z in zs.items()])
+    for col, (name, z) in enumerate(zs.items(), start=1):
+        fig.add_trace(_error_heatmap(z, layers, coloraxis="coloraxis", name=name), row=1, col=col)
+        fig.update_xaxes(title_text="head", type="category", row=1, col=col)
+        fig.update_yaxes(type="category", autorange="reversed", row=1, col=col)
+    fig.update_yaxes(title_text="layer", row=1, col=1)
+    fig.update_layout(title=dict(text=f"{title}<br><sup>one colour scale for all panels: 0 to {top:.4g}; Frobenius "
+                                      f"norm of student mixing − teacher attention, batch mean</sup>"),
+                      coloraxis=dict(colorscale=SEQUENTIAL, cmin=0.0, cmax=top,
+                                     colorbar=dict(title=dict(text=ERROR_LABEL, side="right"))),
+                      height=max(340, 40 * len(layers) + 200), margin=dict(t=120))   # width: the container's
     return fig

@@ -71,7 +71,7 @@ def filter_figure(h, channels=None, title: str = "Long-convolution filters") -> 
     fig.update_yaxes(title_text="|H(e<sup>iω</sup>)| (dB)", row=1, col=2)
     fig.update_layout(title=dict(text=f"{title}<br><sup>{h.shape[0]} channels, L = {h.shape[1]} taps; "
                                       f"showing {len(chosen)}</sup>"),
-                      width=1100, height=450, legend=dict(title=dict(text="channel")))
+                      height=450, legend=dict(title=dict(text="channel")))   # no width: the container's
     return fig
 
 
