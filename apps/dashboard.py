@@ -5,6 +5,7 @@ own widgets. A browser on another machine gets a refusal page unless WORKBENCH_A
 
 import os
 
+import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers the Student tab lists)
 from workbench.app.dashboard import ALLOW_REMOTE_ENV, script_app, session_client
 
 app = script_app(os.environ.get("WORKBENCH_RUNS_ROOT", "runs"), session_client(),

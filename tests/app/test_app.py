@@ -7,8 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from workbench.app import Dashboard
 from workbench.app.paths import inside_root, run_folder, teacher_source
@@ -16,21 +14,6 @@ from workbench.app.runs import RunIndex
 from workbench.cli import main
 from workbench.distill.events import Resume, Step, select
 from workbench.distill.run_dir import RunDir
-from workbench.teachers.load import resolve_source
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher_dir(tmp_path_factory):
-    """A 2-layer Llama (width 64, 4 heads) with the default teacher's tokenizer, saved as a local model folder."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source("smollm2-135m", progress=False)[0])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny_teacher")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def wait_for(condition, timeout=90.0, every=0.2):

@@ -19,7 +19,7 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_app(args) -> int:
-    from workbench.generation.cli import check_flag
+    from workbench.generation.cli import check_flag, quiet_transformers
 
     check_flag("--port", args.port, 0 <= args.port <= 65535, "must be a port number from 0 to 65535")
     check_flag("--runs-root", args.runs_root, not Path(args.runs_root).exists() or Path(args.runs_root).is_dir(),
@@ -27,8 +27,10 @@ def cmd_app(args) -> int:
     if not is_loopback(args.host) and not args.allow_remote:
         raise ValueError(f"--host {args.host} serves the dashboard beyond this machine; add --allow-remote if you "
                          f"mean it")
+    quiet_transformers()
     import panel as pn
 
+    import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers the Student tab offers)
     from workbench.app.dashboard import TITLE, create_app
 
     root = Path(args.runs_root).resolve()
@@ -44,10 +46,13 @@ def cmd_app(args) -> int:
 
 
 def add_subcommand(sub) -> None:
-    p = sub.add_parser("app", help="the Panel dashboard: teachers, students, live runs, inspection")
-    p.add_argument("--port", type=int, default=5006, help="port to serve on (default 5006)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    from workbench.generation.cli import example
+
+    p = sub.add_parser("app", help="the Panel dashboard: teachers, students, live runs, inspection",
+                       epilog=example("workbench app", "workbench app --port 8080 --runs-root ~/runs --show"))
+    p.add_argument("--port", type=int, default=5006, help="port to serve on")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)")
     p.add_argument("--allow-remote", action="store_true", help="allow --host to be a non-loopback interface")
-    p.add_argument("--runs-root", default="runs", help="folder holding the run folders (default ./runs)")
+    p.add_argument("--runs-root", default="runs", help="folder holding the run folders")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=cmd_app)

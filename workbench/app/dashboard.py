@@ -1,7 +1,9 @@
 """The assembled dashboard: Teacher / Student / Runs / Inspect tabs in a template.
 
 ``create_app`` is a factory: every browser session gets its own widgets and state (two tabs share nothing but the
-process-wide teacher cache and the run folders themselves).
+process-wide teacher cache and the run folders themselves). The Teacher and Student tabs' choices and the open tab
+live in the page's URL (``Dashboard.remember``), so a reload, or the URL sent to a colleague, keeps them; runs live
+in their folders.
 
 ``script_app`` is what ``panel serve apps/dashboard.py`` serves. That command binds every interface unless given
 ``--address 127.0.0.1``, and the page starts processes and reads run folders with no authentication, so a session
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import panel as pn
 import param
@@ -26,6 +29,20 @@ from workbench.app.teacher_panel import TeacherPanel
 
 TITLE = "workbench · distillation dashboard"
 ALLOW_REMOTE_ENV = "WORKBENCH_ALLOW_REMOTE"   # "1": apps/dashboard.py serves browsers of other machines too
+# what the URL keeps: part of the page -> {its parameter: the query parameter}
+URL_PARAMETERS = {"teacher": {"source": "teacher", "device": "device"},
+                  "student": {"mixer": "mixer", "init": "init", "keep_attention": "keep"},
+                  "tabs": {"active": "tab"}}
+
+
+def apply_each(target: param.Parameterized, values: dict[str, Any]) -> None:
+    """Set each of ``values`` on ``target`` that it accepts: a URL value that no longer fits (a device this machine
+    lacks, a mixer since renamed) leaves that choice at its default and the others still apply."""
+    for name, value in values.items():
+        try:
+            setattr(target, name, value)
+        except (ValueError, TypeError):
+            continue
 
 
 class Dashboard(Viewer):
@@ -42,6 +59,14 @@ class Dashboard(Viewer):
         self.tabs = pn.Tabs(("Teacher", self.teacher), ("Student", self.student), ("Runs", self.runs),
                             ("Inspect", self.inspect), dynamic=False, sizing_mode="stretch_width")
 
+    def remember(self, location) -> None:
+        """Keep the choices of ``URL_PARAMETERS`` in ``location`` (``pn.state.location``: the page's URL) and take
+        those it already holds; then show the teacher as loaded if this app process holds it already."""
+        for part, names in URL_PARAMETERS.items():
+            target = getattr(self, part)
+            location.sync(target, names, on_error=lambda values, target=target: apply_each(target, values))
+        self.teacher.restore()
+
     def __panel__(self):
         return self.tabs
 
@@ -52,6 +77,7 @@ def create_app(runs_root: str | Path = "runs", poll_ms: int = 1000) -> pn.templa
     dashboard = Dashboard(runs_root)
     if pn.state.curdoc is not None:
         dashboard.runs.start_polling(poll_ms)
+        dashboard.remember(pn.state.location)
     template = pn.template.FastListTemplate(
         title=TITLE, main=[dashboard], header_background="#2f4f6f", accent_base_color="#4c78a8",
         sidebar=[pn.pane.Markdown(f"**Runs root**\n\n`{dashboard.runs_root}`\n\nRuns started here or with "

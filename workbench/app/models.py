@@ -30,6 +30,17 @@ def get_teacher(source: str, device: str = "auto") -> Teacher:
         return _TEACHERS[key]
 
 
+def cached_teacher(source: str, device: str = "auto") -> Teacher | None:
+    """The teacher ``source`` if this process has loaded it already, else None (nothing is loaded; a source that
+    ``teacher_source`` refuses is not held either)."""
+    try:
+        key = (teacher_source(source), device)
+    except ValueError:
+        return None
+    with _LOCK:
+        return _TEACHERS.get(key)
+
+
 def make_student(teacher: Teacher, mixer: str, keep_attention: list[int], init: str, mixer_config: dict | None = None):
     """A float32 student on the teacher's device with ``mixer`` in every layer not in ``keep_attention``."""
     student = build_student(teacher.model, mixer=mixer, keep_attention=keep_attention, init=init,

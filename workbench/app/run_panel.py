@@ -1,18 +1,27 @@
-"""The Runs tab: recipe and budget, start / stop / resume, every run of the runs root with its status, and the
-selected run's live loss curves (per stage and term), evaluations, tokens/s, ETA and GPU memory.
+"""The Runs tab: the student it will train (from the Teacher and Student tabs), recipe and budget, start / stop /
+resume, every run of the runs root in a sortable table (live step, loss and tokens/s; final held-out ratio, KL,
+agreement and wall time), the selected run's live loss curves (per stage and term), evaluations, tokens/s, ETA and
+GPU memory, and the runs ticked in the table compared: loss and evaluation curves overlaid by step or by training
+tokens, final quality against tokens, and their final numbers (workbench.viz.compare).
 
 A periodic callback (``start_polling``) calls ``refresh``, which reads only the bytes appended to each run's
-events since the last call. Runs are child processes (workbench.app.worker): nothing here trains."""
+events since the last call. Runs are child processes (workbench.app.worker): nothing here trains.
+
+Numbers typed into the form are checked as they are typed: one out of range (or not a number) stays in its field,
+the error under the form names it, and Start refuses until it is fixed; the run keeps the last valid value until
+then, so nothing is silently reverted or clamped."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models.widgets.tables import NumberFormatter
 from panel.viewable import Viewer
 
 from workbench.app.paths import teacher_source
@@ -20,11 +29,32 @@ from workbench.app.runs import RunIndex, RunInfo, format_seconds
 from workbench.app.student_panel import StudentPanel
 from workbench.app.teacher_panel import DEVICES, TeacherPanel
 from workbench.app.worker import Launcher
+from workbench.device import resolve_device
 from workbench.distill.config import RunConfig, StageConfig, parse_tokens
 from workbench.distill.recipes import RECIPES, recipe
+from workbench.viz.compare import AXES, RunEvents, compare_table, eval_overlay, loss_overlay, quality_vs_tokens, run_row
 from workbench.viz.curves import eval_curves, loss_curves
 
-COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "stage", "loss", "tokens/s", "note"]
+COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "total steps", "stage", "loss", "tokens/s",
+           "held-out ratio", "KL", "agreement", "wall s", "note"]
+FINAL = ("held-out ratio", "KL", "agreement", "wall s")  # columns taken from workbench.viz.compare.run_row
+
+
+def number(fmt: str) -> NumberFormatter:
+    """A table cell format (numbro ``fmt``) that shows a missing number as blank."""
+    return NumberFormatter(format=fmt, nan_format="", null_format="")
+
+
+FORMATS = {"loss": number("0.0000"), "tokens/s": number("0,0"), "held-out ratio": number("0.000"),
+           "KL": number("0.0000"), "agreement": number("0.000"), "wall s": number("0,0.0"), "MFU": number("0.0%"),
+           "student ppl": number("0.00"), "teacher ppl": number("0.00"), "peak memory GiB": number("0.00"),
+           "train tokens": number("0,0")}
+# the numeric fields of the form: parameter, label, width (px), css class
+NUMBER_FIELDS = [("batch_size", "Batch size", 100, "batch-size"), ("seq_len", "Sequence length", 120, "seq-len"),
+                 ("lr", "Learning rate", 120, "lr"), ("eval_every", "Eval every (steps)", 140, "eval-every"),
+                 ("eval_tokens", "Eval tokens", 120, "eval-tokens"),
+                 ("final_eval_tokens", "Final eval tokens", 140, "final-eval-tokens"),
+                 ("checkpoint_every", "Checkpoint every", 130, "checkpoint-every")]
 
 
 def new_run_name() -> str:
@@ -38,6 +68,20 @@ def responsive(fig, height: int):
     return fig
 
 
+def field_problem(parameter: param.Parameter, label: str, value) -> str:
+    """Why ``value`` typed into the field ``label`` cannot be ``parameter``'s value ("" if it can)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return f"**{label}**: enter a number"
+    if isinstance(parameter, param.Integer) and not float(value).is_integer():
+        return f"**{label}** must be a whole number (got {value})"
+    low, high = parameter.bounds or (None, None)
+    if low is not None and value < low:
+        return f"**{label}** must be at least {low} (got {value})"
+    if high is not None and value > high:
+        return f"**{label}** must be at most {high} (got {value})"
+    return ""
+
+
 class RunPanel(Viewer):
     recipe = param.Selector(default="kd", objects=sorted(RECIPES), doc="the run's stages (workbench.distill.recipes)")
     tokens = param.String(default="64k", doc="training token budget with k/M/B suffixes")
@@ -48,11 +92,16 @@ class RunPanel(Viewer):
     eval_tokens = param.Integer(default=2048, bounds=(64, None), doc="valid-split tokens per in-run evaluation")
     final_eval_tokens = param.Integer(default=4097, bounds=(0, None), doc="held-out tokens for the summary (0: all)")
     checkpoint_every = param.Integer(default=50, bounds=(1, None))
-    device = param.Selector(default="auto", objects=DEVICES)
+    device = param.Selector(default="auto", objects=DEVICES, doc="devices of this machine (cuda only where present)")
     compile = param.Boolean(default=False, doc="torch.compile the MLPs and norms (RunConfig.compile; GPU runs)")
     run_name = param.String(default="", doc="folder of the new run inside the runs root")
     selected = param.String(default="", doc="the run whose curves are shown")
+    compared = param.List(default=[], item_type=str, doc="the runs ticked in the table, compared below it")
+    compare_x = param.Selector(default="step", objects=list(AXES), doc="x axis of the compared curves")
+    view = param.Integer(default=0, bounds=(0, 1), doc="what is shown under the table: 0 the selected run, "
+                         "1 the comparison of the ticked runs")
     runs = param.List(default=[], doc="RunInfo of every run, newest first")
+    errors = param.Dict(default={}, doc="form field -> why the number typed there is refused")
     message = param.String(default="")
 
     def __init__(self, runs_root: str | Path, teacher: TeacherPanel, student: StudentPanel, **params):
@@ -63,12 +112,27 @@ class RunPanel(Viewer):
         if not self.run_name:
             self.run_name = new_run_name()
         self._shown: tuple[str, int] = ("", -1)   # (run, event count) drawn in the figures
+        self._compared_shown: tuple = ()          # (x axis, (run, event count)...) drawn in the comparison
+        self._final: dict[str, tuple[int, dict]] = {}  # run -> (event count, its run_row)
         self._table_rows: list[tuple] = []
+        self._syncing_table = False
+        self.fields = {name: self._number_field(name, label, width, css) for name, label, width, css in NUMBER_FIELDS}
         self.loss_pane = pn.pane.Plotly(responsive(loss_curves([]), 420), sizing_mode="stretch_width",
                                         css_classes=["loss-curves"])
         self.eval_pane = pn.pane.Plotly(responsive(eval_curves([]), 520), sizing_mode="stretch_width")
         self.table = pn.widgets.Tabulator(pd.DataFrame(columns=COLUMNS), disabled=True, show_index=False,
-                                          sizing_mode="stretch_width", height=200, css_classes=["runs-table"])
+                                          selectable="checkbox", formatters=FORMATS, sizing_mode="stretch_width",
+                                          pagination="local", page_size=12, css_classes=["runs-table"])
+        self.table.param.watch(self._ticked, "selection")
+        self.table.on_click(self._clicked)
+        # the comparison: shown in ``compare_body`` once a run is ticked (before that, only the hint)
+        self.compare_losses = pn.pane.Plotly(None, sizing_mode="stretch_width", css_classes=["compare-losses"])
+        self.compare_evals = pn.pane.Plotly(None, sizing_mode="stretch_width", css_classes=["compare-evals"])
+        self.compare_quality = pn.pane.Plotly(None, sizing_mode="stretch_width", css_classes=["compare-quality"])
+        self.compare_rows = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, formatters=FORMATS,
+                                                 sizing_mode="stretch_width", css_classes=["compare-rows"])
+        self.compare_hint = pn.pane.Markdown("", css_classes=["compare-hint"], sizing_mode="stretch_width")
+        self.compare_body = pn.Column(sizing_mode="stretch_width")
         self._select = pn.widgets.Select(label="Run", options=[], width=320, css_classes=["run-select"])
         self._select.link(self, value="selected", bidirectional=True)
         self.start_button = pn.widgets.Button(label="Start run", color="primary", width=140)
@@ -83,7 +147,25 @@ class RunPanel(Viewer):
         self._callback = None
         self.refresh()
 
-    # ---- configuration ---------------------------------------------------------------------------------------
+    # ---- the form --------------------------------------------------------------------------------------------
+    def _number_field(self, name: str, label: str, width: int, css: str):
+        """A number input for parameter ``name`` with no bounds of its own (a browser clamps silently): what is
+        typed is checked by ``field_problem`` and either taken or reported in ``errors``."""
+        kind = pn.widgets.IntInput if isinstance(self.param[name], param.Integer) else pn.widgets.FloatInput
+        widget = kind(label=label, value=getattr(self, name), width=width, css_classes=[css])
+        widget.param.watch(lambda event: self._typed(name, label, event.new), "value")
+        self.param.watch(lambda event: setattr(widget, "value", event.new), name)
+        return widget
+
+    def _typed(self, name: str, label: str, value) -> None:
+        problem = field_problem(self.param[name], label, value)
+        errors = {k: v for k, v in self.errors.items() if k != name}
+        if problem:
+            errors[name] = problem
+        else:
+            setattr(self, name, int(value) if isinstance(self.param[name], param.Integer) else float(value))
+        self.errors = errors
+
     def recipe_stages(self) -> list[StageConfig]:
         """The recipe's stages for this tab's budget."""
         return recipe(self.recipe, tokens=parse_tokens(self.tokens), seq_len=self.seq_len,
@@ -96,6 +178,8 @@ class RunPanel(Viewer):
 
     def run_config(self) -> RunConfig:
         """The RunConfig the page describes: the Teacher and Student tabs' choices and this tab's recipe/budget."""
+        if self.errors:
+            raise ValueError("fix the form first: " + "; ".join(self.errors.values()))
         if self.teacher.teacher is None:
             raise ValueError("load a teacher first (Teacher tab)")
         if not self.student.replaced:
@@ -151,6 +235,30 @@ class RunPanel(Viewer):
             self.message = f"**Error:** {err}"
         self.refresh()
 
+    # ---- the table: ticking compares, clicking selects -------------------------------------------------------
+    def _ticked(self, event) -> None:
+        if self._syncing_table:
+            return
+        names = list(self.table.value["run"]) if len(self.table.value) else []
+        self.compared = [names[i] for i in sorted(event.new) if i < len(names)]
+
+    def _clicked(self, event) -> None:
+        """A click on a row's cells (not its tick box) shows that run."""
+        if event.column in COLUMNS and event.row is not None and event.row < len(self.table.value):
+            self.selected = str(self.table.value["run"].iloc[event.row])
+            self.view = 0
+
+    def _tick_rows(self) -> None:
+        """The table's ticks from ``compared`` (the rows move as runs are added)."""
+        names = list(self.table.value["run"]) if len(self.table.value) else []
+        ticks = [i for i, name in enumerate(names) if name in self.compared]
+        if ticks != self.table.selection:
+            self._syncing_table = True
+            try:
+                self.table.selection = ticks
+            finally:
+                self._syncing_table = False
+
     # ---- live view -------------------------------------------------------------------------------------------
     def start_polling(self, period_ms: int = 1000) -> None:
         """Refresh from the run folders every ``period_ms`` (in a served session)."""
@@ -164,17 +272,41 @@ class RunPanel(Viewer):
         self._select.options = names
         if self.selected not in names:
             self.selected = names[0] if names else ""
+        kept = [name for name in self.compared if name in names]
+        if kept != self.compared:
+            self.compared = kept
         rows = [self._row(info) for info in self.runs]
         if rows != self._table_rows:
             self._table_rows = rows
-            self.table.value = pd.DataFrame(rows, columns=COLUMNS)
+            self._syncing_table = True
+            try:
+                self.table.value = pd.DataFrame(rows, columns=COLUMNS)
+            finally:
+                self._syncing_table = False
+            self._tick_rows()
         self._show_selected()
+        self._show_compared()
 
-    @staticmethod
-    def _row(info: RunInfo) -> tuple:
-        return (info.name, info.status, info.teacher, info.mixer, info.replaced,
-                f"{info.step}/{info.total_steps}", info.stage, "" if info.loss is None else f"{info.loss:.4f}",
-                "" if info.tokens_per_s is None else f"{info.tokens_per_s:,.0f}", info.message)
+    def final_numbers(self, name: str) -> dict:
+        """``workbench.viz.compare.run_row`` of run ``name`` from the events read so far ({} for a folder that is
+        not a run); recomputed only when new events arrived."""
+        state = self.index.state(name)
+        if state is None:
+            return {}
+        count, row = self._final.get(name, (-1, {}))
+        if count != len(state.events):
+            row = run_row(RunEvents(name, state.events))
+            self._final[name] = (len(state.events), row)
+        return row
+
+    def _row(self, info: RunInfo) -> tuple:
+        """A run's table row: live step, loss and recent tokens/s; once finished, the run's own tokens/s (its
+        stages' summary, as the comparison shows it) and its held-out numbers."""
+        final = self.final_numbers(info.name)
+        rate = final["tokens/s"] if final.get("status") == "finished" else info.tokens_per_s
+        return (info.name, info.status, info.teacher, info.mixer, info.replaced, info.step, info.total_steps,
+                info.stage, math.nan if info.loss is None else info.loss, math.nan if rate is None else rate,
+                *(final.get(column, math.nan) for column in FINAL), info.message)
 
     def selected_info(self) -> RunInfo | None:
         return next((info for info in self.runs if info.name == self.selected), None)
@@ -214,6 +346,32 @@ class RunPanel(Viewer):
             evals = eval_curves(state.events, title=f"Evaluations — {info.name}")
             self.loss_pane.object, self.eval_pane.object = responsive(losses, 420), responsive(evals, 520)
 
+    def compared_runs(self) -> list[RunEvents]:
+        """The ticked runs with the events read so far, in the table's order."""
+        return [RunEvents(name, self.index.states[name].events) for name in self.compared
+                if name in self.index.states]
+
+    def _show_compared(self) -> None:
+        """Redraw the comparison when the ticked runs, the axis or their events changed."""
+        runs = self.compared_runs()
+        shown = (self.compare_x, *((run.name, len(run.events)) for run in runs))
+        if shown == self._compared_shown:
+            return
+        self._compared_shown = shown
+        if not runs:
+            self.compare_hint.object = "*Tick runs in the table above (the box at the start of each row) to " \
+                                       "overlay their curves here; click a row to show that run alone.*"
+            self.compare_body.objects = []
+            return
+        self.compare_hint.object = f"Comparing **{', '.join(run.name for run in runs)}**."
+        self.compare_losses.object = responsive(loss_overlay(runs, self.compare_x), 420)
+        self.compare_evals.object = responsive(eval_overlay(runs, self.compare_x), 640)
+        self.compare_quality.object = responsive(quality_vs_tokens(runs), 380)
+        self.compare_rows.value = compare_table(runs)
+        if not self.compare_body.objects:
+            self.compare_body.objects = [self.compare_rows, self.compare_losses, self.compare_evals,
+                                         self.compare_quality]
+
     def _read(self, state, read, default):
         """``read()``, or ``default`` with the reason in the message when a file of the run cannot be shown (one
         linking outside the folder, or no longer readable)."""
@@ -227,6 +385,11 @@ class RunPanel(Viewer):
     def _selection_changed(self) -> None:
         self._show_selected()
 
+    @param.depends("compared", "compare_x", watch=True)
+    def _comparison_changed(self) -> None:
+        self._tick_rows()
+        self._show_compared()
+
     # ---- view ------------------------------------------------------------------------------------------------
     @param.depends("tokens", "batch_size", "seq_len", "recipe")
     def _budget(self):
@@ -236,7 +399,29 @@ class RunPanel(Viewer):
                     f"(recipe {self.recipe})")
         except ValueError as err:
             text = f"**{err}**"
-        return pn.pane.Markdown(text)
+        return pn.pane.Markdown(text, css_classes=["budget"])
+
+    @param.depends("errors")
+    def _errors(self):
+        text = "\n".join(f"- {problem}" for problem in self.errors.values())
+        return pn.pane.Markdown(text, css_classes=["form-errors"], styles={"color": "#b00020"},
+                                visible=bool(self.errors))
+
+    def student_spec(self) -> str:
+        """What Start would train, in one line: teacher, mixer, init, replaced and kept layers, device."""
+        student, teacher = self.student, self.teacher
+        device = f"{self.device} (here: {resolve_device('auto').type})" if self.device == "auto" else self.device
+        if teacher.teacher is None:
+            return f"**Student:** load a teacher first (Teacher tab); mixer **{student.mixer}**, {student.init} init."
+        replaced = student.replaced
+        layers = ", ".join(str(i) for i in replaced) if replaced else "none (choose layers in the Student tab)"
+        return (f"**Student:** {teacher.source} with **{student.mixer}** ({student.init} init) in layer"
+                f"{'s' if len(replaced) != 1 else ''} **{layers}**, attention kept in "
+                f"{len(student.keep_attention)} of {student.num_layers} · device {device} · change it in the "
+                f"Student tab")
+
+    def _spec(self, *values):
+        return pn.pane.Markdown(self.student_spec(), css_classes=["student-spec"], sizing_mode="stretch_width")
 
     @param.depends("message")
     def _message(self):
@@ -247,27 +432,38 @@ class RunPanel(Viewer):
         def field(widget, parameter, label, width, css):
             return widget.from_param(parameter, name=label, width=width, css_classes=[css])
 
-        p = self.param
+        def wrap(*objects):
+            return pn.FlexBox(*objects, flex_wrap="wrap", gap="0 4px", sizing_mode="stretch_width")
+
+        p, s = self.param, self.student.param
+        spec = pn.bind(self._spec, s.mixer, s.init, s.keep_attention, s.num_layers, self.teacher.param.teacher,
+                       p.device)
         settings = pn.Column(
-            pn.Row(field(w.Select, p.recipe, "Recipe", 170, "recipe"),
-                   field(w.TextInput, p.tokens, "Token budget", 120, "budget-tokens"),
-                   field(w.IntInput, p.batch_size, "Batch size", 100, "batch-size"),
-                   field(w.IntInput, p.seq_len, "Sequence length", 120, "seq-len"),
-                   field(w.FloatInput, p.lr, "Learning rate", 120, "lr"),
-                   field(w.Select, p.device, "Device", 100, "device"),
-                   field(w.Checkbox, p.compile, "torch.compile", 120, "compile")),
-            pn.Row(field(w.IntInput, p.eval_every, "Eval every (steps)", 140, "eval-every"),
-                   field(w.IntInput, p.eval_tokens, "Eval tokens", 120, "eval-tokens"),
-                   field(w.IntInput, p.final_eval_tokens, "Final eval tokens", 140, "final-eval-tokens"),
-                   field(w.IntInput, p.checkpoint_every, "Checkpoint every", 130, "checkpoint-every"),
-                   field(w.TextInput, p.run_name, "Run name", 220, "run-name")),
-            self._budget,
-            pn.Row(self.start_button, self._message))
-        return pn.Column(
-            "## New run", settings,
-            "## Runs", self.table,
-            pn.Row(self._select, pn.Column(pn.Spacer(height=18), pn.Row(self.stop_button, self.resume_button)),
-                   pn.Column(pn.Spacer(height=28), self.progress)),
+            spec,
+            wrap(field(w.Select, p.recipe, "Recipe", 170, "recipe"),
+                 field(w.TextInput, p.tokens, "Token budget", 120, "budget-tokens"),
+                 *(self.fields[name] for name in ("batch_size", "seq_len", "lr")),
+                 field(w.Select, p.device, "Device", 100, "device"),
+                 pn.Column(pn.Spacer(height=18), field(w.Checkbox, p.compile, "torch.compile", 120, "compile"))),
+            wrap(*(self.fields[name] for name in ("eval_every", "eval_tokens", "final_eval_tokens",
+                                                   "checkpoint_every")),
+                 field(w.TextInput, p.run_name, "Run name", 220, "run-name")),
+            self._errors, self._budget,
+            wrap(self.start_button, self._message),
+            sizing_mode="stretch_width")
+        selected_view = pn.Column(
+            wrap(self._select, pn.Column(pn.Spacer(height=18), pn.Row(self.stop_button, self.resume_button)),
+                 pn.Column(pn.Spacer(height=28), self.progress)),
             self.stats, self.loss_pane, self.eval_pane,
             pn.Card(self.log, title="Process output", collapsed=True, sizing_mode="stretch_width"),
             sizing_mode="stretch_width")
+        compare_view = pn.Column(
+            wrap(w.RadioButtonGroup.from_param(p.compare_x, name="x axis", css_classes=["compare-x"],
+                                               options={"by step": "step", "by training tokens": "tokens"}),
+                 self.compare_hint),
+            self.compare_body,
+            sizing_mode="stretch_width")
+        views = pn.Tabs(("Selected run", selected_view), ("Compare ticked runs", compare_view), active=self.view,
+                        dynamic=False, sizing_mode="stretch_width", css_classes=["run-views"])
+        views.link(self, active="view", bidirectional=True)
+        return pn.Column("## New run", settings, "## Runs", self.table, views, sizing_mode="stretch_width")

@@ -1,5 +1,8 @@
 """The Student tab: mixer type, a clickable strip of the teacher's layers choosing which keep attention, the
-initialisation, and the parameter counts of the student built from those choices."""
+initialisation, and the parameter counts of the student built from those choices.
+
+Layers chosen before any teacher is loaded (a reloaded page takes them from its URL) are kept for the first teacher
+loaded if they fit it; any other teacher change starts again from the default (every layer but the middle two)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ class StudentPanel(Viewer):
     def __init__(self, teacher: TeacherPanel, **params):
         super().__init__(**params)
         self.teacher = teacher
+        self._wanted: list[int] | None = None   # layers to keep, chosen while no teacher was loaded
+        self._resetting = False                 # the panel itself is setting keep_attention
+        self.param.watch(self._kept_changed, "keep_attention")
         self._strip = pn.widgets.CheckButtonGroup(label="layers", options=[], value=[], color="primary",
                                                   variant="outline", css_classes=["layer-strip"],
                                                   sizing_mode="stretch_width", stylesheets=[STRIP_CSS])
@@ -46,18 +52,33 @@ class StudentPanel(Viewer):
         self._teacher_changed()
 
     # ---- layers ----------------------------------------------------------------------------------------------
-    def _default_kept(self) -> list[int]:
-        """Every layer but the middle two (a hybrid that distils in minutes on a CPU)."""
-        n = self.num_layers
+    def _default_kept(self, n: int | None = None) -> list[int]:
+        """Every layer of ``n`` (default: the loaded teacher's) but the middle two (a hybrid that distils in minutes
+        on a CPU)."""
+        n = self.num_layers if n is None else n
         return split_layers(n, replace=[n // 2 - 1, n // 2])[1] if n > 2 else []
 
     def _set_kept(self, layers) -> None:
         self.keep_attention = sorted(int(i) for i in layers)
 
+    def _kept_changed(self, event) -> None:
+        if not self.num_layers and not self._resetting:
+            self._wanted = list(event.new)
+
     def _teacher_changed(self, *events) -> None:
-        self.num_layers = self.teacher.teacher.num_layers if self.teacher.teacher is not None else 0
-        self._strip.options = {str(i): i for i in range(self.num_layers)}
-        self._set_kept(self._default_kept())
+        """A new teacher: its layers on the strip, and the layers kept from the URL if they fit it, else the
+        default; both set at once, so nothing sees the old teacher's layers with the new teacher's count."""
+        n = self.teacher.teacher.num_layers if self.teacher.teacher is not None else 0
+        wanted = self._wanted if n else None
+        fits = wanted is not None and all(0 <= i < n for i in wanted)
+        if n:
+            self._wanted = None
+        self._resetting = True
+        try:
+            self.param.update(num_layers=n, keep_attention=sorted(wanted) if fits else self._default_kept(n))
+            self._strip.options = {str(i): i for i in range(n)}
+        finally:
+            self._resetting = False
         self.student, self.counts = None, {}
 
     @property

@@ -1,4 +1,5 @@
-"""The Teacher tab: choose a teacher (registry name or local model folder), load it, see its shape."""
+"""The Teacher tab: choose a teacher (registry name or local model folder), load it, see its shape. Devices offered
+are the ones this machine has (no cuda without CUDA)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import asyncio
 
 import panel as pn
 import param
+import torch
 from panel.viewable import Viewer
 
-from workbench.app.models import get_teacher
+from workbench.app.models import cached_teacher, get_teacher
 from workbench.teachers import Teacher
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
-DEVICES = ["auto", "cpu", "cuda"]
+
+def available_devices() -> list[str]:
+    """"auto", "cpu", and "cuda" (with "cuda:N" for each GPU when there are several) where CUDA is present."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = (["cuda"] + ([f"cuda:{i}" for i in range(count)] if count > 1 else [])) if count else []
+    return ["auto", "cpu", *gpus]
+
+
+DEVICES = available_devices()
 
 
 class TeacherPanel(Viewer):
@@ -26,14 +36,22 @@ class TeacherPanel(Viewer):
         super().__init__(**params)
         self._source = pn.widgets.AutocompleteInput.from_param(
             self.param.source, name="Teacher (registry name or local model folder)", options=sorted(REGISTRY),
-            restrict=False, min_characters=0, case_sensitive=False, sizing_mode="stretch_width")
-        self._device = pn.widgets.Select.from_param(self.param.device, name="Device", width=120)
+            restrict=False, min_characters=0, case_sensitive=False, sizing_mode="stretch_width",
+            css_classes=["teacher-source"])
+        self._device = pn.widgets.Select.from_param(self.param.device, name="Device", width=120,
+                                                    css_classes=["teacher-device"])
         self.load_button = pn.widgets.Button(label="Load teacher", color="primary", width=160)
         self.load_button.on_click(self._on_load)
         self._registry = pn.pane.Markdown(
             "\n".join(f"- **{spec.name}** — {spec.description}" for spec in REGISTRY.values()))
 
     # ---- actions ---------------------------------------------------------------------------------------------
+    def restore(self) -> Teacher | None:
+        """Show the chosen teacher as loaded if this app process already holds it (a page reloaded with its
+        choices in the URL): nothing is loaded here; None if it is not held."""
+        teacher = cached_teacher(self.source, self.device)
+        return None if teacher is None else self._loaded(teacher)
+
     def load(self) -> Teacher:
         """Load (or fetch from the process cache) the chosen teacher, in the calling thread."""
         return self._loaded(get_teacher(self.source, self.device))

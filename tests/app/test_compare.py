@@ -1,0 +1,137 @@
+"""Runs compared (workbench.viz.compare): the table's final numbers, training tokens, wall time and throughput, the
+overlaid curves by step and by tokens with resume markers, and final quality against tokens. A run folder written by
+an older version (tests/fixtures/run-7a05f7d: stopped by an error, resumed, finished) is read from disk; the rest
+are event lists built here."""
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("plotly")
+
+from workbench.distill.events import Eval, Resume, RunEnd, RunStart, Step  # noqa: E402
+from workbench.viz.compare import (  # noqa: E402
+    TABLE_COLUMNS,
+    RunEvents,
+    compare_runs,
+    compare_table,
+    eval_overlay,
+    loss_overlay,
+    quality_vs_tokens,
+    read_run,
+    wall_seconds,
+)
+from workbench.viz.curves import tokens_by_step  # noqa: E402
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-7a05f7d"
+CONFIG = {"teacher": "t", "mixer": "mamba2", "stages": [{"name": "kd", "tokens": 96, "batch_size": 1, "seq_len": 32}]}
+
+
+def lines(folder: Path) -> list[dict]:
+    """The event lines of a run folder, parsed here without the library (the test's own reading)."""
+    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_end(ratio: float, train_tokens: int, stages=None, mixer="mamba2", replaced=(1,)) -> RunEnd:
+    return RunEnd(teacher="t", mixer=mixer, replaced=list(replaced), steps=3, split="heldout", ppl_student=2 * ratio,
+                  ppl_teacher=2.0, ppl_ratio=ratio, kl=0.1 * ratio, agreement=1 / (1 + ratio), tokens=64,
+                  train_tokens=train_tokens, stages=stages)
+
+
+def test_a_resumed_run_from_its_folder():
+    raw = lines(FIXTURE)
+    summary = json.loads((FIXTURE / "summary.json").read_text())
+    comparison = compare_runs([FIXTURE], x="tokens")
+    assert list(comparison.table.columns) == list(TABLE_COLUMNS)
+    row = comparison.table.iloc[0]
+    assert row["run"] == FIXTURE.name and row["status"] == "finished" and row["mixer"] == summary["mixer"]
+    for column, key in [("held-out ratio", "ppl_ratio"), ("KL", "kl"), ("agreement", "agreement"),
+                        ("student ppl", "ppl_student"), ("teacher ppl", "ppl_teacher"), ("train tokens",
+                                                                                          "train_tokens")]:
+        assert row[column] == pytest.approx(summary[key]), column
+    # two processes: the first ended with its error line, the second with run_end; the clock restarted between
+    ends_of_processes = [line["wall"] for line in raw if line["type"] == "error"] + [raw[-1]["wall"]]
+    assert row["wall s"] == pytest.approx(sum(ends_of_processes))
+    # an old log without per-stage throughput: the median step rate after the first three steps
+    rates = [line["tokens_per_s"] for line in raw if line["type"] == "step"]
+    assert row["tokens/s"] == pytest.approx(statistics.median(rates[3:]))
+    assert math.isnan(row["MFU"])
+    # the resume marker sits at the tokens trained before the resume, on every figure that has a time axis
+    resume = next(line for line in raw if line["type"] == "resume")
+    tokens_before = sum(line["tokens"] for line in raw if line["type"] == "step" and line["step"] <= resume["step"])
+    for fig in (comparison.losses, comparison.evals):
+        assert any(shape.x0 == tokens_before for shape in fig.layout.shapes)
+        assert any("resumed" in (note.text or "") for note in fig.layout.annotations)
+    # in-run evaluations: the ratio of each eval line, at the tokens of its step
+    evals = [line for line in raw if line["type"] == "eval"]
+    ratio = next(trace for trace in comparison.evals.data if trace.yaxis == "y")
+    assert list(ratio.y) == pytest.approx([e["ppl_student"] / e["ppl_teacher"] for e in evals])
+    assert comparison.quality.data[0].x == (summary["train_tokens"],)
+
+
+def test_tokens_count_a_step_logged_on_both_sides_of_a_resume_once():
+    events = [Step(step=1, stage="kd", loss=3.0, tokens=32), Step(step=2, stage="kd", loss=2.0, tokens=32),
+              Resume(step=1, stage_idx=0, stage_step=1), Step(step=2, stage="kd", loss=2.5, tokens=32),
+              Step(step=3, stage="kd", loss=2.0, tokens=64)]
+    assert tokens_by_step(events) == {0: 0, 1: 32, 2: 64, 3: 128}
+    fig = loss_overlay([RunEvents("r", events)], x="tokens")
+    assert list(fig.data[0].x) == [32, 64, 128] and list(fig.data[0].y) == [3.0, 2.5, 2.0]   # the later step 2
+    assert [shape.x0 for shape in fig.layout.shapes] == [32]                 # resumed after step 1: 32 tokens
+    assert [shape.x0 for shape in loss_overlay([RunEvents("r", events)]).layout.shapes] == [1.5]   # after step 1
+    # steps of older logs carry no tokens: the run config's batch x length of their stage
+    old = [RunStart(config=CONFIG, replaced=[1]), Step(step=1, stage="kd", loss=3.0), Step(step=2, stage="kd", loss=2.)]
+    assert tokens_by_step(old) == {0: 0, 1: 32, 2: 64}
+
+
+def test_wall_time_sums_the_processes_and_throughput_weighs_stages_by_their_time():
+    events = [Step(step=1, stage="a", loss=1.0, tokens=64, wall=4.0), Step(step=2, stage="a", loss=1.0, wall=9.0),
+              Resume(step=2, stage_idx=1, stage_step=0, wall=0.5), Step(step=3, stage="b", loss=1.0, wall=3.0)]
+    assert wall_seconds(events) == 9.0 + 3.0
+    assert wall_seconds([]) is None
+    stages = [{"stage": "a", "steps": 2, "batch_size": 2, "seq_len": 32, "tokens_per_s": 100.0, "mfu": 0.1,
+               "peak_rss_gb": 1.5, "device_name": "cpu"},
+              {"stage": "b", "steps": 1, "batch_size": 1, "seq_len": 32, "tokens_per_s": 50.0, "mfu": 0.3,
+               "peak_rss_gb": 2.5, "device_name": "cpu"}]
+    row = compare_table([RunEvents("r", [*events, run_end(1.2, 160, stages)])]).iloc[0]
+    seconds = [128 / 100.0, 32 / 50.0]                       # each stage's tokens at its rate
+    assert row["tokens/s"] == pytest.approx(160 / sum(seconds))
+    assert row["MFU"] == pytest.approx((0.1 * seconds[0] + 0.3 * seconds[1]) / sum(seconds))
+    assert row["peak memory GiB"] == 2.5 and row["device"] == "cpu" and row["wall s"] == 12.0
+
+
+def test_unfinished_runs_have_curves_but_no_final_numbers():
+    evals = [Eval(step=0, ppl_student=8.0, ppl_teacher=2.0, kl=1.0, agreement=0.2),
+             Eval(step=2, ppl_student=4.0, ppl_teacher=2.0, kl=0.5, agreement=0.4)]
+    steps = [Step(step=s, stage="kd", loss=3.0 - s, tokens=32) for s in (1, 2)]
+    live = RunEvents("live", [RunStart(config=CONFIG, replaced=[1]), *steps, *evals])
+    row = compare_table([live]).iloc[0]
+    assert row["status"] == "unfinished" and row["steps"] == 2 and row["train tokens"] == 64
+    assert all(math.isnan(row[c]) for c in ("held-out ratio", "KL", "agreement", "MFU"))
+    fig = eval_overlay([live], x="tokens")
+    by_axis = {trace.yaxis: trace for trace in fig.data}
+    assert list(by_axis["y"].x) == [0, 64] and list(by_axis["y"].y) == [4.0, 2.0]
+    assert list(by_axis["y2"].y) == [1.0, 0.5] and list(by_axis["y3"].y) == [0.2, 0.4]
+    assert quality_vs_tokens([live]).data == ()                # nothing finished: an empty figure that says so
+    assert "no finished run" in quality_vs_tokens([live]).layout.annotations[0].text
+
+
+def test_quality_against_tokens_joins_runs_of_one_student_design():
+    runs = [RunEvents("big", [run_end(1.5, 4000)]), RunEvents("small", [run_end(2.5, 1000)]),
+            RunEvents("other", [run_end(1.9, 2000, mixer="hyena")]), RunEvents("mid", [run_end(2.0, 2000)])]
+    fig = quality_vs_tokens(runs)
+    curves = {trace.name: trace for trace in fig.data}
+    assert set(curves) == {"mamba2 · 1", "hyena · 1"}
+    assert list(curves["mamba2 · 1"].x) == [1000, 2000, 4000] and list(curves["mamba2 · 1"].y) == [2.5, 2.0, 1.5]
+    assert list(curves["mamba2 · 1"].text) == ["small", "mid", "big"]
+
+
+def test_bad_requests_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="x must be one of"):
+        loss_overlay([], x="time")
+    with pytest.raises(FileNotFoundError, match="no events.jsonl"):
+        read_run(tmp_path)
+    assert "no step events" in loss_overlay([]).layout.annotations[0].text
