@@ -50,7 +50,7 @@ def converted_folder(gguf_path: str | Path, progress: bool = True) -> Path:
     if folder.exists():
         print(f"[workbench] rebuilding teacher cache: {problem}")
     t0 = time.time()
-    with cache.building(folder, key) as tmp:
+    with cache.building(folder, key) as tmp, loading_bars(progress):
         _convert_gguf(gguf_path, tmp)
     if progress:
         print(f"[workbench] converted {gguf_path.name} -> {folder} in {time.time() - t0:.1f}s")
