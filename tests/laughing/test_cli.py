@@ -75,3 +75,22 @@ def test_speed_benchmark_runs_on_a_tiny_setting(tiny_hyena_run, tmp_path):
                      (600, "distilled")]:                  # the modal recurrence has no max_len
         r = rows[T, model]
         assert r["tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["per_token_ms_p50"] > 0
+
+
+@pytest.mark.parametrize("orders, expected", [("4,8,16", [4, 8, 16]), ("32,", [32])])
+def test_orders_read_as_a_comma_list(orders, expected):
+    from workbench.cli import build_parser
+
+    assert build_parser().parse_args(["laughing", "RUN", "--orders", orders]).orders == expected
+
+
+@pytest.mark.parametrize("orders, says", [("4,x", "expected comma-separated orders like 4,8,16"),
+                                          ("0,8", "orders must be positive integers"),
+                                          (",", "orders must be positive integers")])
+def test_orders_refused_before_any_work(orders, says, capsys):
+    from workbench.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["laughing", "RUN", "--orders", orders])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--orders" in err and says in err, err

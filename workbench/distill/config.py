@@ -161,7 +161,7 @@ class StageConfig:
 @dataclass
 class RunConfig:
     teacher: str = "smollm2-135m"             # registry name, local folder, .gguf or hub id
-    mixer: str = "mamba2"                     # student mixer (workbench.students.build.MIXERS)
+    mixer: str = "mamba2"                     # student mixer (workbench.students.registry.MIXERS)
     keep_attention: list[int] = field(default_factory=list)  # teacher layers that stay attention (hybrid)
     replace: list[int] | None = None          # or instead: the layers to replace; None = every layer not in
                                               #   keep_attention (give one of the two)

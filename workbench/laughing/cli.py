@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from workbench.generation.cli import comma_ints
+
 
 def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: int | None = None,
                     eval_tokens: int | None = 4096, window: int = 256, device: str = "cpu",
@@ -70,10 +72,8 @@ def laughing_report(run_dir: str | Path, orders, method: str = "modal", length: 
 
 
 def _orders(text: str) -> list[int]:
-    try:
-        orders = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"orders must be integers separated by commas, got {text!r}") from err
+    """The argparse type of ``--orders``: "4,8,16" -> [4, 8, 16], every order a positive integer."""
+    orders = comma_ints("orders like 4,8,16")(text)
     if not orders or min(orders) < 1:
         raise argparse.ArgumentTypeError(f"orders must be positive integers, got {text!r}")
     return orders

@@ -1,4 +1,4 @@
-"""Causal depthwise 1-D convolution with an O(1) recurrent step on a ring buffer (shared by the SSM mixers).
+"""Causal depthwise 1-D convolution with an O(1) recurrent step on a ring buffer (the short convolution of every mixer).
 
     y[t, c] = bias[c] + Σ_{k=0..W-1} weight[c, 0, k] · x[t - (W-1) + k, c]        (x before position 0 is zero)
 

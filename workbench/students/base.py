@@ -1,4 +1,4 @@
-"""The face every student mixer shows (Hyena, MultiHyena, Mamba, Mamba-2, and attention kept in a hybrid).
+"""The face every student mixer shows (Hyena, MultiHyena, Mamba, Mamba-2, and the Laughing Hyena mixers).
 
 A mixer replaces one attention block's token mixing: (B, L, D) -> (B, L, D). Beside the parallel ``forward`` it
 offers a recurrent ``step`` with O(1) work and memory per token, and its materialised token-mixing matrix, so the UI
