@@ -176,8 +176,8 @@ def test_cuda_probes_fit_real_allocations_and_the_largest_batch_fits():
     """Real allocations and real out-of-memory errors: the process may take 1 GiB more than it holds; a step of B
     rows allocates B·64 MiB twice (an activation and its result). The fit finds 128 MiB per row, the batch asked
     does not fit, the largest batch the fit names does."""
-    device = torch.device("cuda")
-    memory = tp.CudaMemory(device)
+    memory = tp.CudaMemory(torch.device("cuda"))   # a bare "cuda", as resolve_device gives it
+    device = memory.device
     memory.release()
     fraction = torch.cuda.get_per_process_memory_fraction(device)
     total = torch.cuda.mem_get_info(device)[1]

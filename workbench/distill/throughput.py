@@ -236,7 +236,8 @@ class CudaMemory:
     """``DeviceMemory`` of a CUDA device, through the caching allocator's counters."""
 
     def __init__(self, device: torch.device):
-        self.device = device
+        # an index always: some counters (the per-process memory fraction) refuse a bare "cuda"
+        self.device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
 
     def release(self) -> None:
         gc.collect()
