@@ -15,9 +15,11 @@ fi
 # what runs instead, without the style check; other arguments (-x, -k ...) are passed on.
 named=0
 for arg in "$@"; do [ -e "${arg%%::*}" ] && named=1; done
+# Notebook 03 is left to tests/test_notebooks.py, which executes it once (failing on any cell's error) and checks its
+# live figure and HTML export; nbval would run it a second time.
 if [ "$named" = 0 ]; then
   .venv/bin/ruff check .
-  set -- tests notebooks "$@"
+  set -- tests notebooks --ignore=notebooks/03_mohawk.ipynb "$@"
 fi
 # The notebooks' distillation runs (and their checkpoints, ~2 GB each at the default teacher's size) go to a
 # temporary folder removed afterwards, unless WORKBENCH_RUNS names a folder to keep them in.

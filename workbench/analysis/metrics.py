@@ -8,7 +8,8 @@ losses (``workbench.distill.losses``) build on these; evaluations (``workbench.a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from workbench.ops.fused_kl import DEFAULT_CHUNK_TOKENS, logits_kl
 
 
 def full_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -26,7 +27,7 @@ def masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
-                  temperature: float = 1.0, chunk_tokens: int = 4096) -> torch.Tensor:
+                  temperature: float = 1.0, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
     """Forward KL(teacher ‖ student) of next-token distributions, exact over the full vocabulary, mean per token.
 
     Computed over chunks of ``chunk_tokens`` tokens in float32 so that memory stays bounded for large vocabularies;
@@ -34,15 +35,8 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher logits "
                          f"{tuple(teacher_logits.shape)}")
-    m = full_mask(student_logits, mask).flatten()                         # (B·L,)
-    s, t = student_logits.flatten(0, 1), teacher_logits.flatten(0, 1)     # (B·L, V)
-    total = student_logits.new_zeros((), dtype=torch.float32)
-    for i in range(0, s.shape[0], chunk_tokens):
-        log_p_s = F.log_softmax(s[i:i + chunk_tokens].float() / temperature, dim=-1)
-        log_p_t = F.log_softmax(t[i:i + chunk_tokens].float() / temperature, dim=-1)
-        per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)        # (chunk,)
-        total = total + (per_token * m[i:i + chunk_tokens]).sum()
-    return total / m.sum().clamp_min(1.0) * temperature**2
+    m = full_mask(student_logits, mask).flatten()                                          # (B·L,)
+    return logits_kl(student_logits.flatten(0, 1), teacher_logits.flatten(0, 1), m, temperature, chunk_tokens)
 
 
 def top1_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from workbench.students.registry import mixer_names
-from workbench.students.spec import INITS, split_layers
+from workbench.students.spec import INITS, check_one_of, split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
 TRAINABLE = ("mixers", "mixers+mlps", "all")
@@ -219,9 +219,7 @@ class RunConfig:
         if steps > MAX_STEPS:
             raise ValueError(f"the stages' token budgets make {steps:,} steps, more than the {MAX_STEPS:,} a run "
                              f"accepts (tokens / (batch_size x seq_len) per stage); give a smaller token budget")
-        if self.keep_attention and self.replace is not None:
-            raise ValueError(f"give keep_attention ({self.keep_attention}) or replace ({self.replace}), not both: "
-                             f"each one says the other")
+        check_one_of(self.keep_attention, self.replace)
 
     def replaced_layers(self, num_layers: int) -> list[int]:
         """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer."""

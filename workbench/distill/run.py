@@ -43,7 +43,7 @@ from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
 from workbench.distill.checkpoint import CorruptCheckpoint
 from workbench.distill.config import RunConfig, StageConfig
-from workbench.distill.events import StageEnd, select
+from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
 from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
@@ -294,7 +294,7 @@ class Run:
         tokens = stage.batch_size * stage.seq_len  # the global batch: every rank's rows
         self._meter.add(tokens / seconds)
         event = {"step": global_step + 1, "stage": stage.name, "stage_idx": s_idx, "stage_step": step + 1,
-                 "loss": loss, **{f"loss_{k}": v for k, v in terms.items()}, "lr": lr, "grad_norm": grad_norm,
+                 "loss": loss, **{Step.term_key(k): v for k, v in terms.items()}, "lr": lr, "grad_norm": grad_norm,
                  "tokens": tokens, "tokens_per_s": tokens / seconds}
         if self.device.type == "cuda":
             event["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30

@@ -255,6 +255,22 @@ def fused_logit_losses(student_hidden: torch.Tensor, student_head: Head, teacher
     return dict(zip(terms, losses))
 
 
+# ---- the KL of two logits tensors ---------------------------------------------------------------------------------
+def logits_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+              temperature: float = 1.0, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """KL(teacher ‖ student) of materialised logits (N, V), exact over the vocabulary, mean over the tokens ``mask``
+    (N,) counts, times T² (Hinton et al.: gradients keep their size across temperatures). Float32 log-softmaxes over
+    chunks of ``chunk_tokens`` tokens, so memory beyond the logits stays at a few (chunk, V) buffers. The one copy of
+    this loop: ``workbench.analysis.metrics.kl_divergence`` and the reference below call it."""
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for i in range(0, student_logits.shape[0], chunk_tokens):
+        log_p_s = F.log_softmax(student_logits[i:i + chunk_tokens].float() / temperature, dim=-1)   # (chunk, V)
+        log_p_t = F.log_softmax(teacher_logits[i:i + chunk_tokens].float() / temperature, dim=-1)   # (chunk, V)
+        per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)                                   # (chunk,)
+        total = total + (per_token * mask[i:i + chunk_tokens]).sum()
+    return total / mask.sum().clamp_min(1.0) * temperature**2
+
+
 # ---- the reference --------------------------------------------------------------------------------------------
 def fused_logit_losses_ref(student_hidden: torch.Tensor, student_head: Head, teacher_hidden: torch.Tensor | None,
                            teacher_head: Head | None, targets: torch.Tensor | None = None,
@@ -263,9 +279,9 @@ def fused_logit_losses_ref(student_hidden: torch.Tensor, student_head: Head, tea
                            softcap: float | None = None) -> dict[str, torch.Tensor]:
     """``fused_logit_losses`` the unfused way: both (N, V) logits materialised (the student's through ``F.linear``
     under the ambient autocast, the teacher's without gradient and outside autocast, each transformed as Hugging Face
-    does), then the losses of ``workbench.analysis.metrics.kl_divergence`` and ``workbench.distill.losses
-    .cross_entropy`` (float32 log-softmax, mean over counted tokens, KL times T²), written out again here because ops
-    sit below those packages. ``chunk_tokens``: the KL's chunks, as in kl_divergence."""
+    does), then the losses of ``workbench.analysis.metrics.kl_divergence`` (``logits_kl`` above) and
+    ``workbench.distill.losses.cross_entropy`` (float32 log-softmax, mean over counted tokens, KL times T²).
+    ``chunk_tokens``: the KL's chunks."""
     terms = _check(student_hidden, student_head, teacher_hidden, teacher_head, targets, mask, temperature, terms,
                    chunk_tokens, softcap)
     m = torch.ones(student_hidden.shape[0], device=student_hidden.device) if mask is None else mask.float()   # (N,)
@@ -277,13 +293,7 @@ def fused_logit_losses_ref(student_hidden: torch.Tensor, student_head: Head, tea
             dtype = torch.promote_types(teacher_hidden.dtype, t_weight.dtype)
             t = _transform(F.linear(teacher_hidden.to(dtype), t_weight.to(dtype),
                                     t_bias.to(dtype) if t_bias is not None else None), logit_scale, softcap)
-        total = s.new_zeros((), dtype=torch.float32)
-        for i in range(0, s.shape[0], chunk_tokens):
-            log_p_s = F.log_softmax(s[i:i + chunk_tokens].float() / temperature, dim=-1)
-            log_p_t = F.log_softmax(t[i:i + chunk_tokens].float() / temperature, dim=-1)
-            per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)                   # (chunk,)
-            total = total + (per_token * m[i:i + chunk_tokens]).sum()
-        out["kl"] = total / m.sum().clamp_min(1.0) * temperature**2
+        out["kl"] = logits_kl(s, t, m, temperature, chunk_tokens)
     if "ce" in terms:
         per_token = F.cross_entropy(s.float(), targets, reduction="none", ignore_index=IGNORE_INDEX)       # (N,)
         out["ce"] = (per_token * m).sum() / m.sum().clamp_min(1.0)

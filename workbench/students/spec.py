@@ -34,13 +34,18 @@ def _check(name: str, layers: Sequence[int], n: int) -> list[int]:
     return sorted(layers)
 
 
+def check_one_of(keep_attention: Sequence[int] | None, replace: Sequence[int] | None) -> None:
+    """Refuse ``keep_attention`` and ``replace`` given together: each one says the other."""
+    if keep_attention and replace is not None:
+        raise ValueError(f"give either keep_attention ({list(keep_attention)}) or replace ({list(replace)}), not "
+                         f"both: each one says the other")
+
+
 def split_layers(num_layers: int, keep_attention: Sequence[int] | None = None,
                  replace: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
     """(replaced, kept) layer indices of a ``num_layers``-layer teacher, from either the layers that keep attention
     or the layers to replace (not both); neither given: every layer is replaced."""
-    if keep_attention and replace is not None:
-        raise ValueError(f"give either keep_attention ({list(keep_attention)}) or replace ({list(replace)}), not "
-                         f"both: each one says the other")
+    check_one_of(keep_attention, replace)
     if replace is not None:
         replaced = _check("replace", replace, num_layers)
         return replaced, [i for i in range(num_layers) if i not in replaced]
