@@ -5,6 +5,7 @@ head, tied weights) is exactly the teacher's, so a student runs, trains, saves a
     student = build_student(teacher_model, "mamba2", keep_attention=[5, 11])   # layers 5 and 11 stay attention
     student.save_pretrained(path)
     student = load_student(path)                                                # same structure, same weights
+    student = AutoModelForCausalLM.from_pretrained(path)                        # the same, once workbench is imported
 
 The swap itself is ``workbench.students.adapter.MixerAttention``; the mixer names are
 ``workbench.students.registry``; which layers are swapped is ``workbench.students.spec.split_layers``; loading a
@@ -26,6 +27,7 @@ from transformers import PreTrainedModel
 
 from workbench.students.adapter import MixerAttention, student_mixers
 from workbench.students.calibrate import calibrate_output_scale
+from workbench.students.hf import as_student_config
 from workbench.students.registry import mixer_class, resolve_config
 from workbench.students.spec import INITS, SPEC_KEY, StudentSpec, split_layers
 from workbench.teachers import anatomy
@@ -73,7 +75,8 @@ def _random_like(attn: AttentionWeights) -> AttentionWeights:
 
 def install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpec:
     """Swap the attention of ``spec.layers`` in ``model`` (in place) for mixers; returns the spec with the
-    resolved mixer config, also stored in ``model.config``."""
+    resolved mixer config, also stored in ``model.config``, which becomes a student config (saved with the student
+    model type, ``workbench.students.hf``)."""
     cls, preset = mixer_class(spec.mixer)
     conflicts = {k: v for k, v in overrides.items() if k in preset and v != preset[k]}
     if conflicts:
@@ -89,7 +92,7 @@ def install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpec
     # stored as config.json will give it back (tuples become lists), so a saved and a built spec compare equal
     resolved = json.loads(json.dumps(asdict(config))) if config is not None else {}
     spec = dataclasses.replace(spec, mixer_config=resolved)
-    setattr(model.config, SPEC_KEY, spec.to_dict())
+    setattr(as_student_config(model.config), SPEC_KEY, spec.to_dict())
     return spec
 
 
