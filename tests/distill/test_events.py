@@ -169,7 +169,7 @@ def test_tensors_round_trip_and_corruption_is_detected(tmp_path):
 
 
 def test_run_dir_checkpoints_resume_and_prune(tmp_path):
-    run = RunDir.create(tmp_path / "run", {"lr": 1e-3})
+    run = RunDir.create(tmp_path / "run", {"run": {"lr": 1e-3}})
     assert run.latest_checkpoint() is None
     for step in (10, 20, 30):
         run.save_checkpoint(step, {"w": torch.full((2,), float(step))}, {"rng": [1, 2]})
@@ -178,14 +178,14 @@ def test_run_dir_checkpoints_resume_and_prune(tmp_path):
     names = sorted(p.name for p in run.checkpoint_dir.glob("step-*.safetensors"))
     assert names == ["step-000000020.safetensors", "step-000000030.safetensors"]
     with pytest.raises(FileExistsError, match="resume"):
-        RunDir.create(tmp_path / "run", {"lr": 1e-3})
+        RunDir.create(tmp_path / "run", {"run": {"lr": 1e-3}})
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         RunDir.open(tmp_path / "nothing")
-    assert json.loads(run.config_path.read_text()) == {"lr": 1e-3}
+    assert json.loads(run.config_path.read_text()) == {"run": {"lr": 1e-3}}
 
 
 def test_run_dir_lock_refuses_second_live_writer(tmp_path):
-    run = RunDir.create(tmp_path / "run", {})
+    run = RunDir.create(tmp_path / "run", {"run": {}})
     assert run.lock_owner() is None
     run.acquire()
     assert run.lock_owner() == os.getpid()

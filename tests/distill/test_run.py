@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from workbench.distill import run as run_module
 from workbench.distill.config import RunConfig, StageConfig, layer_group, parse_tokens
 from workbench.distill.events import iter_events
 from workbench.distill.run import NonFiniteLoss, Run
@@ -226,19 +227,48 @@ def test_a_folder_holding_another_runs_config_is_refused(tiny_teacher_dir, tmp_p
     assert Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False).prepare().path.exists()
 
 
-def test_a_seq_len_past_the_teachers_positions_is_refused(tiny_teacher_dir, tmp_path):
-    """The tiny teacher has 512 positions: a stage of 513-token sequences stops before its first step, naming the
-    stage, the value and the limit."""
+def weights_never_load(monkeypatch) -> None:
+    """Make loading the teacher's weights fail the test: a refusal must come from its config alone."""
+    monkeypatch.setattr(run_module, "load_teacher", lambda *a, **k: pytest.fail("the teacher's weights loaded"))
+
+
+def test_a_seq_len_past_the_teachers_positions_is_refused(tiny_teacher_dir, tmp_path, monkeypatch):
+    """The tiny teacher has 512 positions: a stage of 513-token sequences stops before the teacher's weights load,
+    naming the stage, the value and the limit."""
+    weights_never_load(monkeypatch)
     stages = [StageConfig("long", losses={"kl": 1.0}, tokens=2 * 513, batch_size=2, seq_len=513)]
     with pytest.raises(ValueError, match=r"stage 'long' seq_len 513 .*512"):
         Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False).execute()
     assert not list(iter_events(tmp_path / "run" / "events.jsonl", "step"))
 
 
-def test_keeping_every_layer_is_refused_before_anything_is_evaluated(tiny_teacher_dir, tmp_path):
+def test_keeping_every_layer_is_refused_before_anything_is_evaluated(tiny_teacher_dir, tmp_path, monkeypatch):
+    weights_never_load(monkeypatch)
     stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 64, batch_size=2, seq_len=64)]
     config = RunConfig(teacher=tiny_teacher_dir, mixer="mamba2", keep_attention=[0, 1, 2, 3], stages=stages,
                        device="cpu", eval_every=1)
     with pytest.raises(ValueError, match=r"keep_attention \[0, 1, 2, 3\] keeps every layer .*0\.\.3"):
         Run(config, tmp_path / "run", progress=False).execute()
     assert not list(iter_events(tmp_path / "run" / "events.jsonl", "eval"))
+
+
+def test_a_run_never_writes_into_a_folder_of_other_files_nor_onto_a_file(tiny_teacher_dir, tmp_path):
+    """The Python API refuses what the CLI refuses: a folder of the user's files stays as it was, a file is not
+    taken for a folder; an empty folder, or one the dashboard prepared, is used."""
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 64, batch_size=2, seq_len=64)]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "draft.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holding other files \\(draft.txt\\)"):
+        Run(tiny_config(tiny_teacher_dir, stages), notes, progress=False).prepare()
+    assert sorted(p.name for p in notes.iterdir()) == ["draft.txt"]
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file"):
+        Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "file.txt", progress=False).prepare()
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "worker.log").write_text("")
+    for folder in (tmp_path / "empty", prepared):
+        folder.mkdir(exist_ok=True)
+        run_dir = Run(tiny_config(tiny_teacher_dir, stages), folder, progress=False).prepare()
+        assert (run_dir.path / "config.json").exists()

@@ -23,11 +23,7 @@ from workbench.app.lock import LockHolder, lock_holder
 from workbench.app.paths import check_run_files, inside_root, inside_run, run_folder
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig
-from workbench.distill.run_dir import RunDir, pid_alive
-
-LAUNCH_FILE = "launch.json"   # the config handed to the child (it writes config.json itself)
-LOG_FILE = "worker.log"       # the child's stdout and stderr
-EXIT_FILE = "exit.json"       # {"pid", "returncode", "time"} once a child started by this app has exited
+from workbench.distill.run_dir import EXIT_FILE, LAUNCH_FILE, LOG_FILE, RunDir, pid_alive
 
 _CHILDREN: dict[Path, subprocess.Popen] = {}  # run folder -> child, for every session of this app process
 _LOCK = threading.Lock()

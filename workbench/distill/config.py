@@ -221,6 +221,19 @@ class RunConfig:
                              f"accepts (tokens / (batch_size x seq_len) per stage); give a smaller token budget")
         check_one_of(self.keep_attention, self.replace)
 
+    def check_teacher(self, teacher_config, teacher: str | None = None) -> None:
+        """Refuse, from the teacher's decoder config alone (``workbench.teachers.teacher_config``: before its weights
+        load), a stage longer than its positions and a ``keep_attention`` that keeps every one of its layers."""
+        from workbench.teachers.anatomy import check_positions
+
+        name = f"teacher {teacher or self.teacher!r}"
+        for stage in self.stages:
+            check_positions(teacher_config, stage.seq_len, name=f"stage {stage.name!r} seq_len", model=name)
+        num_layers = int(teacher_config.num_hidden_layers)
+        if not self.replaced_layers(num_layers):
+            raise ValueError(f"keep_attention {self.keep_attention} keeps every layer of the {name} (0.."
+                             f"{num_layers - 1}): nothing would be distilled; leave out at least one")
+
     def replaced_layers(self, num_layers: int) -> list[int]:
         """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer."""
         return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)[0]

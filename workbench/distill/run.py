@@ -49,7 +49,7 @@ from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
 from workbench.distill.step import LAYERWISE, compile_layers, stage_losses, trainable_parameters, trained_names
 from workbench.students import student_mixers
-from workbench.teachers import anatomy, load_teacher
+from workbench.teachers import anatomy, load_teacher, teacher_config
 
 
 class NonFiniteLoss(RuntimeError):
@@ -100,13 +100,9 @@ class Run:
         target = resolve_device(device)
         build_on = torch.device("cpu") if shards else target
         with distributed.main_first():
+            cfg.check_teacher(teacher_config(cfg.teacher, progress=self.progress))   # before the weights load
             self.teacher = load_teacher(cfg.teacher, device=build_on, dtype=resolve_dtype("auto", target),
                                         progress=self.progress)
-            for stage in cfg.stages:
-                self.teacher.check_seq_len(stage.seq_len, name=f"stage {stage.name!r} seq_len")
-            if not cfg.replaced_layers(self.teacher.num_layers):
-                raise ValueError(f"keep_attention {cfg.keep_attention} keeps every layer of the teacher (0.."
-                                 f"{self.teacher.num_layers - 1}): nothing would be distilled; leave out at least one")
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)

@@ -40,6 +40,11 @@ from workbench.distill.checkpoint import (
 from workbench.distill.events import Event, EventLog, Unreadable, read_events, read_typed, validate
 
 KEEP_CHECKPOINTS = 2  # older complete checkpoints are deleted once a newer one is in place
+# Files the dashboard writes into a run folder before the run it starts creates config.json (workbench.app.worker):
+LAUNCH_FILE = "launch.json"   # the config handed to the child (it writes config.json itself)
+LOG_FILE = "worker.log"       # the child's stdout and stderr
+EXIT_FILE = "exit.json"       # {"pid", "returncode", "time"} once a child started by the app has exited
+PREPARED_FILES = (LAUNCH_FILE, LOG_FILE, EXIT_FILE)
 
 
 class RunLocked(RuntimeError):
@@ -73,6 +78,21 @@ class LoadedCheckpoint:
         return lines
 
 
+def _run_config(file: Path) -> dict | None:
+    """The JSON object in ``file`` if it is a run's config.json (it holds a "run" object), else None (another
+    program's config.json, such as a saved model's, or no JSON at all); FileNotFoundError if there is no file."""
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError:  # not JSON (or not UTF-8)
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("run"), dict) else None
+
+
+def _not_a_run(path: Path) -> ValueError:
+    return ValueError(f"{path} is not a run folder: its config.json was not written by `workbench distill` (no "
+                      f"\"run\" object; a saved model's?)")
+
+
 def _checkpoint_step(stem: str) -> int:
     """The step of a checkpoint stem "step-000000123"."""
     return int(stem[len("step-"):])
@@ -104,11 +124,21 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, config: dict) -> RunDir:
-        """A new run folder with ``config``; refuses a folder that already holds a run (resume it instead)."""
+        """A new run folder with ``config``, at a path that is new or an empty folder (or one holding only the
+        dashboard's ``PREPARED_FILES``). Refuses a file or link, a folder that already holds a run (resume it
+        instead) and a folder of other files, which are never written into."""
         run = cls(path)
+        if run.path.is_symlink() or (run.path.exists() and not run.path.is_dir()):
+            raise FileExistsError(f"{run.path} is {'a link' if run.path.is_symlink() else 'a file'}; a run needs a "
+                                  f"folder path (new or empty)")
         if run.config_path.exists():
             raise FileExistsError(f"{run.path} already holds a run; resume it (--resume {run.path}) "
                                   f"or choose another --out")
+        others = sorted(p.name for p in run.path.iterdir() if p.name not in PREPARED_FILES) if run.path.is_dir() else []
+        if others:
+            raise FileExistsError(f"{run.path} is a folder holding other files ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}): a run needs a new or empty folder; choose "
+                                  f"another")
         run.path.mkdir(parents=True, exist_ok=True)
         save_json(run.config_path, config)
         return run
@@ -118,24 +148,26 @@ class RunDir:
         """Whether ``path`` holds a run: a config.json of ``workbench distill`` (a JSON object with "run"), not some
         other program's (a saved student's, say)."""
         file = Path(path) / "config.json"
-        if not file.is_file():
-            return False
-        try:
-            data = json.loads(file.read_bytes())
-        except ValueError:  # not JSON (or not UTF-8)
-            return False
-        return isinstance(data, dict) and isinstance(data.get("run"), dict)
+        return file.is_file() and _run_config(file) is not None
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
+        """An existing run folder; FileNotFoundError without a config.json, ValueError if its config.json is not a
+        run's (a saved model's folder)."""
         run = cls(path)
         if not run.config_path.is_file():
             raise FileNotFoundError(f"{run.path} is not a run folder (no config.json)")
+        if not cls.holds_run(run.path):
+            raise _not_a_run(run.path)
         return run
 
     @property
     def config(self) -> dict:
-        return json.loads(self.config_path.read_text())
+        """The run's config.json; ValueError if the file is not a run's (a saved model's config.json)."""
+        data = _run_config(self.config_path)
+        if data is None:
+            raise _not_a_run(self.path)
+        return data
 
     # ---- exclusive writer ------------------------------------------------------------------------------------
     def lock_owner(self) -> int | None:
