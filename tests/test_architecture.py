@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("viz",),                            # figures
     ("generation",),                     # the decode engine, speculative decoding, benchmarks
     ("laughing",),                       # Laughing Hyena: filters to modal state-space models
+    ("evaluation",),                     # lm-evaluation-harness on any model, the shipped offline tasks
     ("app",),                            # the Panel dashboard
     ("cli", "tutorial", "live", "doctor", "__main__", "__init__"),  # commands, notebook helpers, the package face
 )

@@ -17,11 +17,13 @@ import workbench.generation.bench  # noqa: F401
 from workbench.cli import main
 from workbench.data import PackedBlocks, load_corpus
 from workbench.distill.config import RunConfig, StageConfig
+from workbench.distill.load import load_run_student
 from workbench.distill.run import Run
 from workbench.teachers import load as teacher_load
 
 RUN = "run"          # a run folder (config.json of a default RunConfig) made in every case's folder
 NOTES = "notes"      # a folder of the user's files
+SAVED = "saved-student"  # a saved model's folder: a config.json, but not a run's
 FILE = "file.txt"    # a plain file, where a folder is asked for
 EMPTY, BINARY, LATIN1, ONE_LINE = "empty.txt", "binary.txt", "latin1.txt", "one-line.txt"
 CONFIG = {"unknown": {"stages_per_day": 3}, "wrong-type": {"eval_every": "10"},
@@ -36,6 +38,8 @@ def _inputs(folder: Path) -> None:
     (folder / RUN / "config.json").write_text(json.dumps({"run": RunConfig().to_dict(), "final_eval_tokens": None}))
     (folder / NOTES).mkdir()
     (folder / NOTES / "thesis.md").write_text("mine")
+    (folder / SAVED).mkdir()
+    (folder / SAVED / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
     (folder / FILE).write_text("a file\nof two lines")
     (folder / EMPTY).write_text("  \n")
     (folder / BINARY).write_bytes(b"text\x00\x01\x02 and more text\n\nsecond paragraph")
@@ -90,19 +94,34 @@ CLI = [
     ("distill-config-and-recipe-flag", D + ["--config", "zero-seq.json", "--lr", "1e-3"], "--lr"),
     # distill: run folders
     ("distill-out-existing-run", ["distill", "--out", RUN], f"--resume {RUN}"),
-    ("distill-out-user-folder", ["distill", "--out", NOTES, "--overwrite"], f"--out {NOTES}"),
+    ("distill-out-user-folder", ["distill", "--out", NOTES], f"--out {NOTES}"),
+    ("distill-out-user-folder-overwrite", ["distill", "--out", NOTES, "--overwrite"], f"--out {NOTES}"),
     ("distill-out-file", ["distill", "--out", FILE], f"--out {FILE}"),
     ("distill-resume-with-lr", ["distill", "--resume", RUN, "--lr", "1e-3"], "--lr"),
     ("distill-resume-with-tokens-out", ["distill", "--resume", RUN, "--tokens", "4k", "--out", "x"], "--out, --tokens"),
     ("distill-resume-with-default-seq-len", ["distill", "--resume", RUN, "--seq-len", "512"], "--seq-len"),
     ("distill-resume-with-overwrite", ["distill", "--resume", RUN, "--overwrite"], "--overwrite"),
     ("distill-resume-not-a-run", ["distill", "--resume", NOTES], NOTES),
+    ("distill-resume-saved-student", ["distill", "--resume", SAVED], f"{SAVED} is not a run folder"),
+    ("distill-out-saved-student", ["distill", "--out", SAVED, "--overwrite"], f"--out {SAVED}"),
     # eval
     ("eval-window-0", ["eval", "--window", "0"], "--window 0"),
     ("eval-batch-size-0", ["eval", "--batch-size", "0"], "--batch-size 0"),
     ("eval-corpus-binary", ["eval", "--corpus", BINARY], f"--corpus {BINARY}"),
     ("eval-corpus-missing", ["eval", "--corpus", "nowhere"], "nowhere"),
     ("eval-device", ["eval", "--device", "gpu"], "--device gpu"),
+    ("eval-unknown-task", ["eval", "--tasks", "wb_clozee"], "--tasks wb_clozee"),
+    ("eval-no-task", ["eval", "--tasks", ","], "--tasks ,"),
+    ("eval-tasks-with-window", ["eval", "--tasks", "wb_cloze", "--window", "512"], "--window"),
+    ("eval-limit-without-tasks", ["eval", "--limit", "5"], "--limit"),
+    ("eval-limit-0", ["eval", "--tasks", "wb_cloze", "--limit", "0"], "--limit 0"),
+    ("eval-negative-fewshot", ["eval", "--tasks", "wb_cloze", "--num-fewshot=-1"], "--num-fewshot -1"),
+    ("eval-run-without-checkpoint", ["eval", "--model", RUN, "--tasks", "wb_cloze"], f"--model {RUN}"),
+    ("eval-ppl-run-without-checkpoint", ["eval", "--model", RUN], f"--model {RUN}"),
+    ("eval-model-user-folder", ["eval", "--model", NOTES, "--tasks", "wb_cloze"], f"--model {NOTES}"),
+    ("eval-json-folder", ["eval", "--tasks", "wb_cloze", "--json", NOTES], f"--json {NOTES}"),
+    ("eval-compare-missing", ["eval", "--compare", "nowhere.json"], "--compare nowhere.json"),
+    ("eval-compare-not-results", ["eval", "--compare", "list.json"], "--compare list.json"),
     # teacher info
     ("teacher-info-device", ["teacher", "info", "smollm2-135m", "--device", "tpu9"], "--device tpu9"),
     ("teacher-info-dtype", ["teacher", "info", "smollm2-135m", "--dtype", "float8"], "--dtype float8"),
@@ -203,6 +222,9 @@ PYTHON = [
     ("from-dict-stage-key", lambda d: RunConfig.from_dict({"stages": [{"steps": 10}]}), "'steps'"),
     ("from-dict-not-a-dict", lambda d: RunConfig.from_dict([]), "run config"),
     ("run-negative-clip", lambda d: Run(RunConfig(grad_clip=-1.0), d / "new-run"), "grad_clip=-1.0"),
+    ("run-out-saved-student", lambda d: Run(RunConfig(), d / SAVED).prepare(), f"{SAVED} is not a run folder"),
+    ("run-resume-saved-student", lambda d: Run.resume(d / SAVED), f"{SAVED} is not a run folder"),
+    ("load-run-student-saved-student", lambda d: load_run_student(d / SAVED), f"{SAVED} is not a run folder"),
     ("corpus-empty", lambda d: load_corpus(str(d / EMPTY), "train"), EMPTY),
     ("corpus-binary", lambda d: load_corpus(str(d / BINARY), "train"), BINARY),
     ("corpus-latin1", lambda d: load_corpus(str(d / LATIN1), "heldout"), LATIN1),

@@ -34,6 +34,23 @@ def test_an_unknown_mixer_is_refused_within_two_seconds_and_makes_no_folder(tmp_
     assert seconds < SECONDS
 
 
+@pytest.mark.parametrize("args, named", [
+    (["distill", "--seq-len", "0", "--out", "X"], "--seq-len 0"),
+    (["distill", "--tokens", "999999999999999", "--out", "X"], "--tokens 999999999999999"),
+    (["distill", "--eval-every", "-1", "--out", "X"], "--eval-every -1"),
+    (["distill", "--config", "bad.json", "--out", "X"], "mixer='nope'"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_bad_distill_flags_and_configs_are_refused_before_torch_loads(args, named, tmp_path):
+    """A flag's own checks and a run config's checks need no model library: each refusal is one line naming the
+    input, within two seconds, and no folder is made."""
+    (tmp_path / "bad.json").write_text('{"mixer": "nope"}')
+    result, seconds = _workbench(args, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
+    assert not (tmp_path / "X").exists()
+    assert seconds < SECONDS
+
+
 @pytest.mark.parametrize("args", [["--help"], ["distill", "--help"], ["bench", "generate", "--help"],
                                   ["laughing", "--help"], ["app", "--help"], ["eval", "--window", "x"]],
                          ids=" ".join)

@@ -113,6 +113,26 @@ def _evaluate(model_name: str, corpus: str, split: str, window: int, batch_size:
     return teacher, result, load_s, time.time() - t0
 
 
+def _evaluate_folder(path: str, corpus: str, split: str, window: int, batch_size: int, device, dtype):
+    """``_evaluate`` for a run folder or a saved student folder (the model of ``load_model``, wrapped as a Teacher so
+    that the perplexity and the printout are the teacher's)."""
+    import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers, so Laughing students load)
+    from workbench.analysis.perplexity import perplexity
+    from workbench.data import load_corpus, token_ids
+    from workbench.generation.models import load_model
+    from workbench.teachers import Teacher
+
+    quiet_transformers()
+    t0 = time.time()
+    loaded = load_model(path, device=device, dtype=dtype)
+    model = Teacher(loaded.model, loaded.tokenizer, name=path, source=path)
+    load_s = time.time() - t0
+    ids = token_ids(load_corpus(corpus, split), model.tokenizer)
+    t0 = time.time()
+    result = perplexity(model, ids, window=window, batch_size=batch_size, desc=f"{corpus}/{split} ppl")
+    return model, result, load_s, time.time() - t0
+
+
 def _check_corpus(flag: str, name: str | None, splits: tuple[str, ...]) -> None:
     """Refuse a local corpus that cannot be read or give ``splits`` (naming ``flag``) before any model is loaded."""
     from workbench.data.corpus import check_corpus
@@ -125,15 +145,116 @@ def _check_corpus(flag: str, name: str | None, splits: tuple[str, ...]) -> None:
         raise ValueError(f"{flag} {name}: {err}") from err
 
 
+# `eval` flags of one mode only: perplexity (no --tasks) and lm-evaluation-harness tasks (--tasks); each mode refuses
+# the other's flags instead of ignoring them. The perplexity flags default to None so that a given one is seen.
+PERPLEXITY_DEFAULTS = {"corpus": "sotu", "split": "heldout", "window": 1024}
+TASK_FLAGS = ("num_fewshot", "limit", "samples")
+
+
+def _check_source(spec: str):
+    """The kind of model ``--model`` names (harness.check_source: files only, no model library), errors said of
+    --model."""
+    from workbench.evaluation.harness import check_source
+
+    try:
+        return check_source(spec)
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"--model {spec}: {err}") from err
+
+
+def _compared(args) -> list[dict]:
+    """The results files --compare names, read and checked."""
+    from workbench.evaluation.harness import load_results
+
+    if args.compare is None:
+        return []
+    files = [f.strip() for f in args.compare.split(",") if f.strip()]
+    check_flag("--compare", args.compare, bool(files), "give results files of `workbench eval --tasks`, "
+               "comma-separated")
+    try:
+        return [load_results(f) for f in files]
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"--compare {args.compare}: {err}") from err
+
+
+def _print_tasks() -> int:
+    from workbench.evaluation import tasks
+
+    print(f"{'task':<16} {'scoring':<14} {'chance':<7} {'data':<8} description")
+    for row in tasks.SHIPPED:
+        data = "ok" if tasks.data_path(row).is_file() else "missing"
+        print(f"{row.name:<16} {row.scoring:<14} {row.chance:<7.3g} {data:<8} {row.description}")
+    print("\nany lm_eval task whose data is available locally runs too (`lm-eval ls tasks` lists them)")
+    return 0
+
+
+def _eval_tasks(args) -> int:
+    """``eval --tasks``: lm-evaluation-harness tasks on one model, a results JSON, and the side-by-side table when
+    --compare names earlier results."""
+    from workbench.evaluation import harness
+
+    if args.tasks.strip() == "list":
+        return _print_tasks()
+    names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    check_flag("--tasks", args.tasks, bool(names), "give task names, comma-separated (`--tasks list` shows the "
+               "shipped ones)")
+    extra = [f"--{k}" for k in PERPLEXITY_DEFAULTS if getattr(args, k) is not None]
+    check_flag("--tasks", args.tasks, not extra, f"runs lm-evaluation-harness tasks and takes no {', '.join(extra)} "
+               f"(perplexity flags); drop them")
+    check_counts(args, "--batch-size", "--limit")
+    check_counts(args, "--num-fewshot", minimum=0)
+    check_flag("--json", args.json, args.json is None or not Path(args.json).is_dir(), "is a folder; give a file path")
+    try:
+        harness.check_tasks(names)
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"--tasks {args.tasks}: {err}") from err
+    _check_source(args.model)
+    compared = _compared(args)
+    check_device(args)
+    manager = harness.task_manager(names)
+    try:
+        harness.load_tasks(names, manager)  # data read (or refused) before the model loads
+    except ValueError as err:
+        raise ValueError(f"--tasks {args.tasks}: {err}") from err
+    quiet_transformers()
+    t0 = time.time()
+    model = harness.load_lm(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    load_s = time.time() - t0
+    print(f"{args.model}: {model.description['kind']}, {model.description['parameters'] / 1e6:.1f}M parameters, "
+          f"{model.description['dtype']} on {model.description['device']}, loaded in {load_s:.1f}s", flush=True)
+    result = harness.evaluate(model, names, num_fewshot=args.num_fewshot, limit=args.limit, samples=args.samples,
+                              manager=manager)
+    result["load_seconds"] = round(load_s, 2)
+    print("\n" + harness.format_table([*compared, result]))
+    if args.json:
+        print(f"wrote {harness.save(result, args.json)}")
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.tasks is not None:
+        return _eval_tasks(args)
+    given = [f"--{k.replace('_', '-')}" for k in TASK_FLAGS if getattr(args, k) not in (None, False)]
+    if given:
+        raise ValueError(f"{given[0]} applies to --tasks only (lm-evaluation-harness tasks); add --tasks T1,T2 or "
+                         f"drop {given[0]}")
+    if args.compare is not None:
+        from workbench.evaluation.harness import format_table
+
+        print(format_table(_compared(args)))
+        return 0
     from workbench.device import device_name
 
+    for key, value in PERPLEXITY_DEFAULTS.items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     check_counts(args, "--window", "--batch-size")
+    source = _check_source(args.model)
     check_device(args)
     _check_corpus("--corpus", args.corpus, (args.split,))
 
-    teacher, result, load_s, eval_s = _evaluate(args.model, args.corpus, args.split, args.window, args.batch_size,
-                                                args.device, args.dtype)
+    evaluate = _evaluate if source.kind == "teacher" else _evaluate_folder
+    teacher, result, load_s, eval_s = evaluate(args.model, args.corpus, args.split, args.window, args.batch_size,
+                                               args.device, args.dtype)
     out = {"model": args.model, "ppl": result.ppl, "tokens": result.tokens, "window": result.window,
            "corpus": args.corpus, "split": args.split, "nll": result.nll, "windows": result.windows,
            "device": str(teacher.device), "device_name": device_name(teacher.device),
@@ -206,8 +327,7 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
     checked here: ``cmd_distill`` deletes it once everything else is checked), or a folder the app prepared (its
     launch file ``config_file`` and the app's log). A folder holding anything else is refused, with or without
     ``overwrite``: the user's files are never deleted. Returns whether ``out`` holds an old run to replace."""
-    from workbench.app.worker import EXIT_FILE, LAUNCH_FILE, LOG_FILE
-    from workbench.distill.run_dir import RunDir, RunLocked
+    from workbench.distill.run_dir import LAUNCH_FILE, PREPARED_FILES, RunDir, RunLocked
 
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FileExistsError(f"{flag} {out} is {'a link' if out.is_symlink() else 'a file'}; give a folder path")
@@ -221,10 +341,9 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
         if owner is not None:
             raise RunLocked(f"{flag} {out} is being written by process {owner}; stop it before --overwrite")
         return True
-    prepared = {LAUNCH_FILE, LOG_FILE, EXIT_FILE}
     launch = Path(config_file).resolve() if config_file else None
     others = sorted(p.name for p in out.iterdir()
-                    if not (p.name in prepared and (p.name != LAUNCH_FILE or p.resolve() == launch)))
+                    if not (p.name in PREPARED_FILES and (p.name != LAUNCH_FILE or p.resolve() == launch)))
     if others:
         raise FileExistsError(f"{flag} {out} is a folder holding other files ({', '.join(others[:3])}"
                               f"{', ...' if len(others) > 3 else ''}), not a run; choose a new or empty folder "
@@ -240,10 +359,8 @@ def _check_names(args) -> None:
 
 
 def _distill_config(args, given: set[str]):
-    """The RunConfig of a new run from --config or the recipe flags, every flag checked before anything loads."""
-    from workbench.distill.config import RunConfig, parse_tokens
-    from workbench.distill.recipes import default_lr, recipe
-
+    """The RunConfig of a new run from --config or the recipe flags, every flag checked before anything loads: the
+    flags' own checks come before torch is imported (the config's module imports the mixers), the rest after."""
     check_counts(args, "--final-eval-tokens", "--nproc")
     if args.config:
         extra = given & set(RECIPE_OPTIONS)
@@ -251,11 +368,6 @@ def _distill_config(args, given: set[str]):
                    f"write them into the file)")
         file = Path(args.config)
         check_flag("--config", args.config, file.is_file(), "no such file (a RunConfig as JSON)")
-        try:
-            config = RunConfig.from_dict(json.loads(file.read_bytes()))
-            config.validate()
-        except ValueError as err:  # JSON, UTF-8 and field errors alike, said of the file
-            raise ValueError(f"--config {args.config}: {err}") from err
     else:
         keep = args.keep_attention or []
         check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
@@ -263,6 +375,17 @@ def _distill_config(args, given: set[str]):
         check_counts(args, "--seq-len", "--batch-size", "--eval-tokens", "--eval-window", "--checkpoint-every")
         check_counts(args, "--eval-every", minimum=0)
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
+
+    from workbench.distill.config import RunConfig, parse_tokens  # no torch: the mixers are checked by MIXER_NAMES
+    from workbench.distill.recipes import default_lr, recipe
+
+    if args.config:
+        try:
+            config = RunConfig.from_dict(json.loads(file.read_bytes()))
+            config.validate(mixers=MIXER_NAMES)
+        except ValueError as err:  # JSON, UTF-8 and field errors alike, said of the file
+            raise ValueError(f"--config {args.config}: {err}") from err
+    else:
         try:
             tokens = parse_tokens(args.tokens)
         except ValueError as err:
@@ -274,17 +397,18 @@ def _distill_config(args, given: set[str]):
                            eval_every=args.eval_every, eval_tokens=args.eval_tokens, eval_window=args.eval_window,
                            checkpoint_every=args.checkpoint_every)
         try:
-            config.validate()
+            config.validate(mixers=MIXER_NAMES)
         except ValueError as err:
             raise ValueError(f"--recipe {args.recipe} with --tokens {args.tokens}, --batch-size {args.batch_size}, "
                              f"--seq-len {args.seq_len}: {err}") from err
-    check_device(argparse.Namespace(device=config.device),
-                 "--device" if not args.config else f"--config {args.config}: device")
     # the run trains on the corpus's train split and evaluates on the held-out split of the evaluation corpus
     _check_corpus("--corpus" if not args.config else f"--config {args.config}: corpus", config.corpus,
                   ("train",) if config.eval_corpus else ("train", "heldout"))
     _check_corpus("--eval-corpus" if not args.config else f"--config {args.config}: eval_corpus",
                   config.eval_corpus, ("heldout",))
+    check_device(  # imports torch: last
+        argparse.Namespace(device=config.device),
+        "--device" if not args.config else f"--config {args.config}: device")
     config.fsdp = config.fsdp or args.fsdp
     config.compile = config.compile or args.compile
     return config
@@ -318,7 +442,12 @@ def cmd_distill(args) -> int:
     elif not args.config:
         _check_names(args)
 
-    import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers, which --mixer accepts)
+    if not args.resume:   # checked before the run's modules load (a flag's own checks come before torch)
+        config = _distill_config(args, given)
+        out = Path(args.out)
+        replace = _new_run_folder(out, args.overwrite, config_file=args.config)
+
+    import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers a resumed run may hold)
     from workbench.distill import distributed
     from workbench.distill.run import Run
     from workbench.distill.run_dir import RunDir
@@ -326,14 +455,11 @@ def cmd_distill(args) -> int:
 
     if args.nproc > 1 and distributed.launched_world_size() > 1:
         raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
-    out = None
     if args.resume:
+        out = None
         run = Run.resume(args.resume, progress=True)
         run.config.fsdp = run.config.fsdp or args.fsdp
     else:
-        config = _distill_config(args, given)
-        out = Path(args.out)
-        replace = _new_run_folder(out, args.overwrite, config_file=args.config)
         created = not out.exists() or replace
         if replace:
             shutil.rmtree(out)
@@ -450,14 +576,37 @@ def build_parser() -> argparse.ArgumentParser:
     q = tsub.add_parser("list", help="registered teachers", epilog=example("workbench teacher list"))
     q.set_defaults(func=cmd_teacher_list)
 
-    p = sub.add_parser("eval", help="held-out perplexity of a model over fixed windows",
-                       epilog=example(f"workbench eval --model {DEFAULT_TEACHER} --window 512 --json runs/eval.json"))
-    p.add_argument("--model", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
-    p.add_argument("--corpus", default="sotu", help="'sotu', a local text file/folder, or hf:NAME[:CONFIG]")
-    p.add_argument("--split", default="heldout", choices=["train", "valid", "heldout", "all"],
-                   help="which part of the corpus")
-    p.add_argument("--window", type=int, default=1024, help="tokens predicted per window")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p = sub.add_parser("eval", help="held-out perplexity of a model, or lm-evaluation-harness tasks (--tasks)",
+                       description="Without --tasks: the perplexity of a model over fixed windows of a corpus. With "
+                       "--tasks: lm-evaluation-harness tasks (the shipped offline ones, `--tasks list`, or any "
+                       "lm_eval task whose data is available locally), a results JSON per model, and with --compare "
+                       "the scores beside earlier results and the retention (s - chance) / (t - chance) against the "
+                       "first.",
+                       epilog=example(f"workbench eval --model {DEFAULT_TEACHER} --window 512 --json runs/eval.json",
+                                      f"workbench eval --model {DEFAULT_TEACHER} --tasks wb_cloze,wb_cloze_gen "
+                                      f"--limit 50 --json runs/teacher-tasks.json",
+                                      "workbench eval --model runs/a --tasks wb_cloze,wb_cloze_gen --limit 50 "
+                                      "--json runs/a/tasks.json --compare runs/teacher-tasks.json",
+                                      "workbench eval --tasks list",
+                                      "workbench eval --compare runs/teacher-tasks.json,runs/a/tasks.json"))
+    p.add_argument("--model", default=DEFAULT_TEACHER, help="registry name, .gguf file, model folder, saved student "
+                   "folder, run folder (its latest checkpoint) or hub id")
+    p.add_argument("--corpus", default=None, help="'sotu', a local text file/folder, or hf:NAME[:CONFIG] "
+                   "(default: sotu)")
+    p.add_argument("--split", default=None, choices=["train", "valid", "heldout", "all"],
+                   help="which part of the corpus (default: heldout)")
+    p.add_argument("--window", type=int, default=None, help="tokens predicted per window (default: 1024)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows (perplexity) or requests (--tasks) per "
+                   "forward pass")
+    p.add_argument("--tasks", metavar="T1,T2", default=None, help="lm-evaluation-harness tasks, comma-separated; "
+                   "'list' shows the shipped ones (default: none, perplexity)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="examples before each question, with --tasks "
+                   "(default: each task's own; 0 for the shipped ones)")
+    p.add_argument("--limit", type=int, default=None, help="documents per task, with --tasks (default: all)")
+    p.add_argument("--samples", action="store_true", help="with --tasks: keep each document's scores in the JSON")
+    p.add_argument("--compare", metavar="A.json,B.json", default=None, help="results files of earlier `--tasks` "
+                   "runs to show beside this one, the first as the reference (a teacher); alone: just the table "
+                   "(default: none)")
     p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON (default: print only)")
     _device_arg(p)
     p.set_defaults(func=cmd_eval)

@@ -5,20 +5,45 @@ stream, atomic checkpoints and a summary to a run folder), and the readers' view
     summary = distill(RunConfig(mixer="mamba2", keep_attention=[0, 15], stages=recipe("kd", tokens=1_000_000)),
                       "runs/a")
     run = load_run_student("runs/a")        # its teacher, trained student, config and step
+
+The names below are imported on first use (PEP 562 ``__getattr__``), so that a run config can be read and checked
+(``workbench.distill.config``) without loading torch: the ``workbench`` command refuses bad flags that way.
 """
 
+from __future__ import annotations
+
+import importlib
 import sys
 import types
 from pathlib import Path
 
-from workbench.distill.config import RunConfig, StageConfig, parse_tokens
-from workbench.distill.load import RunStudent, load_run_student
-from workbench.distill.recipes import RECIPES, recipe
-from workbench.distill.run import Run
+_NAMES = {  # name -> the module that defines it
+    "RunConfig": "workbench.distill.config",
+    "StageConfig": "workbench.distill.config",
+    "parse_tokens": "workbench.distill.config",
+    "RunStudent": "workbench.distill.load",
+    "load_run_student": "workbench.distill.load",
+    "RECIPES": "workbench.distill.recipes",
+    "recipe": "workbench.distill.recipes",
+    "Run": "workbench.distill.run",
+}
 
 
-def distill(config: RunConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run ``config`` into the run folder ``out`` (resuming the run already there) and return its summary."""
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_NAMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES})
+
+
+def distill(config, out: str | Path, progress: bool = True) -> dict:
+    """Run ``config`` (a ``RunConfig``) into the run folder ``out`` (resuming the run already there) and return its
+    summary."""
+    from workbench.distill.run import Run
+
     return Run(config, out, progress=progress).execute()
 
 
@@ -27,11 +52,10 @@ class _DistillPackage(types.ModuleType):
     then gives the entry point while ``workbench.distill.run`` and ``import workbench.distill.events`` keep working
     (a function bound to the same name at the top level would hide the package)."""
 
-    def __call__(self, config: RunConfig, out: str | Path, progress: bool = True) -> dict:
+    def __call__(self, config, out: str | Path, progress: bool = True) -> dict:
         return distill(config, out, progress=progress)
 
 
 sys.modules[__name__].__class__ = _DistillPackage
 
-__all__ = ["RunConfig", "StageConfig", "parse_tokens", "RECIPES", "recipe", "Run", "distill", "RunStudent",
-           "load_run_student"]
+__all__ = [*_NAMES, "distill"]

@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from workbench.students.registry import mixer_names
 from workbench.students.spec import INITS, check_one_of, split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
@@ -186,11 +185,17 @@ class RunConfig:
     fsdp: bool = False                        # multi-process runs: shard the teacher and the student (FSDP2) instead
                                               # of replicating them (DDP), for models that do not fit one GPU
 
-    def validate(self) -> None:
+    def validate(self, mixers: Sequence[str] | None = None) -> None:
         """Refuse a field outside what a run accepts, before anything is loaded (ValueError naming the field, its
-        value and what is accepted). Which layers exist is known only with the teacher (``replaced_layers``)."""
+        value and what is accepted). Which layers exist is known only with the teacher (``replaced_layers``).
+        ``mixers``: the mixer names accepted, default the registry's (which imports the mixers, and so torch; the
+        ``workbench`` command passes its own list to answer before torch loads)."""
+        if mixers is None:
+            from workbench.students.registry import mixer_names
+
+            mixers = mixer_names()
         _text("teacher", self.teacher)
-        _text("mixer", self.mixer, mixer_names())
+        _text("mixer", self.mixer, mixers)
         _text("init", self.init, INITS)
         _text("corpus", self.corpus)
         _text("eval_corpus", self.eval_corpus, optional=True)

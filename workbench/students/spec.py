@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
-
 SPEC_KEY = "workbench_student"  # the config attribute (and config.json key) holding the StudentSpec
 INITS = ("attention", "random")
 
@@ -90,6 +88,8 @@ class StudentSpec:
 
 def student_spec(model_or_config) -> StudentSpec | None:
     """The spec of a student (model or config), None for a plain teacher."""
+    from torch import nn  # here, so that the module (read by run configs) loads without torch
+
     config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
     spec = getattr(config, SPEC_KEY, None)
     return StudentSpec.from_dict(spec) if spec is not None else None

@@ -1,0 +1,16 @@
+"""Evaluation beyond perplexity: lm-evaluation-harness on teachers, students and run folders, with tasks shipped
+as local data (no network), results saved per model and teacher/student retention side by side.
+
+    from workbench.evaluation import harness, tasks
+    teacher = harness.evaluate(harness.load_lm("smollm2-135m"), ["wb_cloze", "wb_cloze_gen"], limit=50)
+    student = harness.evaluate(harness.load_lm("runs/a"), ["wb_cloze", "wb_cloze_gen"], limit=50)
+    print(harness.format_table([teacher, student]))        # scores side by side, retention of the student
+
+- ``tasks``: the table of shipped tasks (name -> data file, chance level, scoring, lm_eval config), and the
+  command that rebuilds their data (``python -m workbench.evaluation.tasks build``)
+- ``harness``: any model as an lm_eval LM (lm_eval's own HFLM), running tasks, the results JSON, retention
+- ``cloze`` (task 1), and the builders of the other shipped tasks: one module per task family
+
+``workbench eval --model M --tasks T1,T2 --json out.json`` is the command. lm_eval is the optional extra ``eval``
+(``pip install -e '.[eval]'``); nothing here imports it before a task runs.
+"""
