@@ -14,7 +14,7 @@ from workbench.data import load_corpus
 from workbench.evaluation import choice, harness, tasks
 from workbench.teachers.load import resolve_source
 
-LIMIT = 3
+LIMIT = 2
 
 
 @pytest.fixture(scope="module")
