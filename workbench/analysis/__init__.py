@@ -8,6 +8,7 @@
 - ``perplexity``: the windowing convention and perplexity of any causal LM
 - ``compare``: student vs teacher on the same windows
 - ``attention``: how far back each attention head looks; ``hybrids``: untrained hybrids by attention share and init
+- ``mixing``: the students' mixing matrices in float32 (for figures), whatever dtype the models run in
 """
 
 from workbench.analysis.attention import attention_reach

@@ -16,6 +16,7 @@ import torch
 from panel.viewable import Viewer
 
 from workbench.analysis.compare import compare
+from workbench.analysis.mixing import mixing_matrix
 from workbench.app.models import student_from_run
 from workbench.app.paths import check_run_files
 from workbench.app.run_panel import RunPanel, responsive
@@ -171,7 +172,7 @@ class InspectPanel(Viewer):
                                    logits=False)
         attn = cap.attn_probs[self.layer][0].float()                                  # (H, L, L)
         mixer = self.mixers[self.layer]
-        mixing = mixer.mixing_matrix(cap.attn_in[self.layer].float())[0]              # (H', L, L)
+        mixing = mixing_matrix(mixer, cap.attn_in[self.layer])[0]                     # (H', L, L) float32
         heads = min(attn.shape[0], mixing.shape[0])
         self.param.head.bounds = (0, heads - 1)
         self.head = min(self.head, heads - 1)
