@@ -193,3 +193,43 @@ def test_notebook_03_html_export_keeps_its_figures(notebook_03):
     check_export(nb, page)
     if CHROMIUM:
         check_drawn_in_browser(page, len(exported_plots(page.read_text(encoding="utf-8"))))
+
+
+# ---- the notebook runner (benchmarks/notebooks.py) ---------------------------------------------------------------
+def _runner():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "notebooks.py"
+    spec = importlib.util.spec_from_file_location("notebook_runner", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    return runner
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources], metadata={
+        "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}), path)
+    return path
+
+
+def test_runner_rows_say_what_failed(tmp_path):
+    """A notebook passes only when every cell ran and every figure holds data; rows name the failing cell and the
+    cells of empty figures, and the results file lists the rows by notebook."""
+    runner = _runner()
+    figure = "import plotly.graph_objects as go\n"
+    good = runner.run_notebook(_notebook(tmp_path / "good.ipynb", figure + "go.Figure(go.Scatter(y=[1, 2]))",
+                                         "x = 1"), timeout=120, executed=tmp_path / "done")
+    assert good["passed"] and good["figures"] == 1 and good["error"] is None and good["cells"] == 2
+    assert (tmp_path / "done" / "good.ipynb").is_file()
+    empty = runner.run_notebook(_notebook(tmp_path / "empty.ipynb", figure + "go.Figure(go.Scatter(y=[1]))",
+                                          "go.Figure()"), timeout=120, executed=None)
+    assert not empty["passed"] and empty["figures"] == 2 and empty["empty_figure_cells"] == [1]
+    broken = runner.run_notebook(_notebook(tmp_path / "broken.ipynb", "x = 1", "1 / 0", "y = 2"), timeout=120,
+                                 executed=None)
+    assert not broken["passed"] and broken["error"]["cell"] == 1
+    assert broken["error"]["message"].startswith("ZeroDivisionError")
+    out = tmp_path / "results.json"
+    runner.write(out, {"mode": "smoke"}, {"good": good, "broken": broken})
+    runner.write(out, {"mode": "smoke"}, {**{r["notebook"]: r for r in json.loads(out.read_text())["notebooks"]},
+                                          "empty": empty})
+    assert [r["notebook"] for r in json.loads(out.read_text())["notebooks"]] == ["broken", "empty", "good"]

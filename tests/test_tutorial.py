@@ -99,13 +99,20 @@ def test_attention_readings_and_generation_in_bf16(bf16_teacher, capture):
 
 
 def test_budgets_fit_the_notebooks():
-    """Every notebook has a smoke and a full preset; a full preset's replaced layers exist in the default teacher
-    (30 layers) and its run is sized in whole steps."""
+    """Every notebook has a smoke and a full preset, and those that train a longer one; a full preset's replaced layers
+    exist in the default teacher (30 layers) and its run is at least one step."""
     for name in tutorial.FULL:
         smoke, full = tutorial.budget(name, smoke_mode=True), tutorial.budget(name, smoke_mode=False)
         assert smoke.smoke and not full.smoke
         assert all(0 <= i < 30 for i in full.layers)
         assert full.tokens >= full.batch_size * full.seq_len
+        if name in tutorial.LONG:
+            long = tutorial.budget(name, smoke_mode=False, long=True)
+            assert long.tokens > full.tokens and long.layers == full.layers
+            assert tutorial.budget(name, smoke_mode=True, long=True) == smoke     # smoke mode wins
+        else:
+            with pytest.raises(ValueError, match="no longer budget"):
+                tutorial.budget(name, smoke_mode=False, long=True)
     with pytest.raises(KeyError, match="presets"):
         tutorial.budget("08_missing")
     assert dataclasses.replace(tutorial.budget("03_mohawk", smoke_mode=True), layers=[1]).layers == [1]

@@ -63,24 +63,37 @@ SMOKE = dict(text_tokens=48, layers=[10, 20], tokens=4 * 2 * 64, steps_per_stage
              eval_every=2, eval_tokens=128, eval_window=64, final_eval_tokens=128, shares=(1.0, 0.5),
              orders=(2, 4, 8, 16), filter_len=256, fit_steps=60, new_tokens=8, prompt_lengths=(16, 64))
 
+# The full presets (a GPU), sized for a tutorial: each notebook runs in a few minutes on one H200 (the times measured
+# there are in each notebook's first cell; `python benchmarks/notebooks.py` measures them again). Training notebooks
+# take 32 x 512 tokens per step, which keeps a GPU busier than 8 x 512 for the same number of tokens.
+TRAIN = dict(text_tokens=256, batch_size=32, eval_every=25)
 FULL: dict[str, dict] = {
     "01_tour": dict(text_tokens=256),
     "02_build_student": dict(text_tokens=256, layers=[4, 10, 16, 22]),
-    "03_mohawk": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=20_000_000),
-    "04_mamba_in_the_llama": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=20_000_000,
-                                  eval_tokens=4096),
-    "05_scavenging_hyena": dict(text_tokens=256, layers=list(range(30)), tokens=20_000_000),
-    "06_laughing_hyena": dict(text_tokens=256, layers=list(range(30)), tokens=2_000_000),
-    "07_compare": dict(text_tokens=256, layers=list(range(1, 30, 2)), tokens=2_000_000),
+    "03_mohawk": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=3_000_000),
+    "04_mamba_in_the_llama": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=4_000_000, eval_tokens=4096),
+    "05_scavenging_hyena": dict(TRAIN, layers=list(range(30)), tokens=4_000_000),
+    "06_laughing_hyena": dict(text_tokens=256, layers=list(range(30))),
+    "07_compare": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=2_000_000),
 }
 
+# The longer budgets of the training notebooks (``budget(name, long=True)``: their ``LONG_BUDGET`` variable), the
+# full presets before they were sized for a tutorial: 20M training tokens at 8 x 512 per step, 19-20 minutes of
+# training each on one H200. Still about 0.1-1% of the papers' budgets (MOHAWK 3B tokens, Mamba in the Llama 20B).
+LONG: dict[str, dict] = {name: dict(tokens=20_000_000, batch_size=8, eval_every=50)
+                         for name in ("03_mohawk", "04_mamba_in_the_llama", "05_scavenging_hyena", "07_compare")}
 
-def budget(notebook: str, smoke_mode: bool | None = None) -> Budget:
-    """The preset of ``notebook`` (e.g. "03_mohawk"): its smoke budget in smoke mode, else its full budget."""
+
+def budget(notebook: str, smoke_mode: bool | None = None, long: bool = False) -> Budget:
+    """The preset of ``notebook`` (e.g. "03_mohawk"): its smoke budget in smoke mode, else its full budget, or with
+    ``long`` its longer budget (notebooks that train; smoke mode ignores ``long``)."""
     if notebook not in FULL:
         raise KeyError(f"no preset for {notebook!r}; presets: {sorted(FULL)}")
+    if long and notebook not in LONG:
+        raise ValueError(f"{notebook} has no longer budget (it trains nothing); those that do: {sorted(LONG)}")
     on = smoke() if smoke_mode is None else smoke_mode
-    return Budget(notebook=notebook, smoke=on, **(SMOKE if on else FULL[notebook]))
+    settings = SMOKE if on else {**FULL[notebook], **(LONG[notebook] if long else {})}
+    return Budget(notebook=notebook, smoke=on, **settings)
 
 
 def run_folder(name: str) -> Path:
