@@ -1,15 +1,18 @@
 """workbench.live: the figures hold exactly the values of the events read so far, reads are incremental (a
 partial last line waits for the next poll), and run_with_live_curves shows one figure, displayed once under a
-display id and replaced in place by every redraw, and returns the run's summary with complete curves."""
+display id and replaced in place by every redraw, and returns the run's summary with complete curves; interrupting
+it stops the run at a step boundary, checkpointed and resumable, with no training thread left behind."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 
 from workbench import live
-from workbench.distill.events import EventLog
+from workbench.distill.events import EventLog, Step, iter_events
 from workbench.viz.curves import ema
 from workbench.viz.notebook import PLOTLY_MIMETYPE
 
@@ -133,3 +136,85 @@ def test_refresh_redraws_only_when_events_arrived(tmp_path, monkeypatch):
     assert curves.refresh(force=True) == 0 and len(shown.updates) == 2
     fig = shown.figures()[-1]
     np.testing.assert_allclose(_trace(fig, "kd · loss").y, ema([1.0 / s for s in range(1, 5)], 0.5))
+
+
+class _SlowRun(_FakeRun):
+    """A run that takes ``seconds`` and ignores stop requests."""
+
+    def __init__(self, out, seconds):
+        super().__init__(out, steps=2)
+        self.seconds, self.stop_requests = seconds, 0
+
+    def request_stop(self):
+        self.stop_requests += 1
+
+    def execute(self) -> dict:
+        time.sleep(self.seconds)
+        return super().execute()
+
+
+def _interrupt_after(monkeypatch, steps: int) -> list[bool]:
+    """Make the polling loop's refresh raise one KeyboardInterrupt (the notebook's interrupt) once it has read
+    ``steps`` step events; returns a list that gets one entry when it has."""
+    refresh = live.LiveCurves.refresh
+    raised = []
+
+    def refresh_then_interrupt(self, force=False):
+        count = refresh(self, force)
+        if not raised and sum(isinstance(e, Step) for e in self.events) >= steps:
+            raised.append(True)
+            raise KeyboardInterrupt
+        return count
+
+    monkeypatch.setattr(live.LiveCurves, "refresh", refresh_then_interrupt)
+    return raised
+
+
+def test_interrupting_the_cell_stops_the_run_at_a_step_boundary_and_it_resumes(tiny_teacher_dir, tmp_path,
+                                                                               monkeypatch, one_thread):
+    from workbench.distill.config import RunConfig, StageConfig
+    from workbench.distill.run import Run
+
+    shown = _Display()
+    monkeypatch.setattr(live, "display", shown)
+    total = 30
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=total * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
+    config = RunConfig(teacher=tiny_teacher_dir, mixer="mamba2", keep_attention=[0], stages=stages, eval_every=0,
+                       checkpoint_every=1000, device="cpu")             # no checkpoint but the stop's before the end
+    log_step = Run._log_step
+
+    def paced_log_step(self, *args):                                    # steps no faster than the polling sees them
+        time.sleep(0.02)
+        return log_step(self, *args)
+
+    monkeypatch.setattr(Run, "_log_step", paced_log_step)
+    raised = _interrupt_after(monkeypatch, steps=2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        live.run_with_live_curves(Run(config, out, progress=False, final_eval_tokens=300), every=0.01)
+    assert raised
+    assert not [t for t in threading.enumerate() if t.name == f"run {out.name}"]   # the training thread ended
+    events = list(iter_events(out / "events.jsonl"))
+    taken = [e["step"] for e in events if e["type"] == "step"]
+    assert 2 <= len(taken) < total and taken == list(range(1, len(taken) + 1))
+    assert (events[-1]["type"], events[-1]["step"]) == ("checkpoint", taken[-1])  # every step taken is saved
+    assert not any(e["type"] in ("error", "run_end") for e in events)
+    assert list(_trace(shown.figures()[-1], "kd · loss_kl").x) == taken            # the last redraw has them all
+    assert not (out / "LOCK").exists()
+    summary = Run.resume(out, progress=False).execute()
+    events = list(iter_events(out / "events.jsonl"))
+    assert [e["step"] for e in events if e["type"] == "resume"] == [taken[-1]]
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, total + 1))   # none lost, none twice
+    assert summary["steps"] == total
+
+
+def test_a_run_that_does_not_stop_in_time_is_named_in_the_interrupt(tmp_path, monkeypatch):
+    shown = _Display()
+    monkeypatch.setattr(live, "display", shown)
+    log = EventLog(tmp_path / "events.jsonl", fsync=False)
+    _steps(log, "kd", 1, 1)
+    _interrupt_after(monkeypatch, steps=1)
+    run = _SlowRun(tmp_path, seconds=1.0)
+    with pytest.raises(KeyboardInterrupt, match=r"did not stop within 0.05 s"):
+        live.run_with_live_curves(run, every=0.01, stop_timeout=0.05)
+    assert run.stop_requests == 1

@@ -7,13 +7,18 @@
     summary = run_with_live_curves(run)  # execute a workbench.distill.run.Run in a background thread while the
                                          # cell's figure refreshes; ends showing the final, complete figure
 
+Interrupting the cell (Jupyter's interrupt: a KeyboardInterrupt in the notebook's thread) stops the run too: it is
+asked to stop (``Run.request_stop``), finishes its step, checkpoints and ends (``Run.resume`` continues it); the
+figure is redrawn a last time and the KeyboardInterrupt reaches the cell. No training thread is left behind.
+
 The cell holds one output, replaced in place. Plotly's own display ignores IPython's display ids (a figure shows
 itself through ``_ipython_display_``, so every redraw would add a figure), so the figure's mimebundle
 (``workbench.viz.notebook.figure_bundle``: plotly JSON for JupyterLab and VS Code, HTML for nbconvert's export) is
 displayed raw under a display id and each redraw updates that id. This needs no widget package, and in an executed
 notebook (nbclient, ``jupyter nbconvert --execute``) the one output holds the last redraw: the complete curves.
 
-Like every reader, this only reads ``events.jsonl``; it never reaches into the training loop.
+Like every reader, this only reads ``events.jsonl``; apart from that stop request it never reaches into the
+training loop.
 """
 
 from __future__ import annotations
@@ -70,10 +75,16 @@ class LiveCurves:
         return count
 
 
-def run_with_live_curves(run, every: float = 2.0, title: str | None = None, smoothing: float = 0.0) -> dict:
+def run_with_live_curves(run, every: float = 2.0, title: str | None = None, smoothing: float = 0.0,
+                         stop_timeout: float = 120.0) -> dict:
     """Execute ``run`` (a ``workbench.distill.run.Run``) in a background thread, redrawing its figure (one output,
     in place) every ``every`` seconds until it ends, then once more with every event. Returns the run's summary; an
-    exception raised by the run is raised here after the final redraw."""
+    exception raised by the run is raised here after the final redraw.
+
+    A KeyboardInterrupt while it waits (the notebook's interrupt) asks the run to stop (``run.request_stop()``:
+    it checkpoints at its next step boundary and ends, resumable), waits up to ``stop_timeout`` seconds for the
+    thread to end, redraws, and raises the KeyboardInterrupt again; if the thread has not ended by then, the
+    KeyboardInterrupt raised says so (the run still stops at its next step boundary)."""
     live = LiveCurves(run.out, title, smoothing)
     live.poll()
     live.show()
@@ -87,9 +98,19 @@ def run_with_live_curves(run, every: float = 2.0, title: str | None = None, smoo
 
     worker = threading.Thread(target=target, name=f"run {Path(run.out).name}", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(every)
-        live.refresh()
+    try:
+        while worker.is_alive():
+            worker.join(every)
+            live.refresh()
+    except KeyboardInterrupt as interrupt:
+        run.request_stop()
+        worker.join(stop_timeout)
+        live.refresh(force=True)
+        if worker.is_alive():
+            raise KeyboardInterrupt(f"the run in {run.out} did not stop within {stop_timeout:g} s; it stops at its "
+                                    "next step boundary, in the background (its folder stays locked until "
+                                    "then)") from interrupt
+        raise
     live.refresh(force=True)
     if "error" in outcome:
         raise outcome["error"]

@@ -16,6 +16,11 @@ starts from them has a finite loss: on a non-finite loss, the checkpoint of the 
 (``RunDir.set_aside_diverged``) and the previous one stays the one to resume from; the error names it, or says that
 none exists. Resuming repeats the same steps at the same learning rate, so the advice is a new run with a lower one.
 
+Stopping on request (``Run.request_stop``, from another thread: a notebook's interrupt, ``workbench.live``): the
+step in progress finishes (with its evaluation and checkpoint when due), then, before the next step, the steps not
+yet in a checkpoint are checkpointed (so the run's events end with that "checkpoint") and ``execute`` raises
+``RunStopped``, releasing the folder. ``Run.resume`` continues from there like after any stop, losing no step.
+
 Launched by torchrun with N processes (workbench.distill.distributed), the same run is data-parallel: the stage's
 batch_size is the global batch, each rank computes the losses on its slice of rows, the per-rank means are
 combined into per-token means over the whole batch (DDP, or FSDP2 with ``fsdp``, averages the gradients of losses
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -54,6 +60,11 @@ from workbench.teachers import anatomy, load_teacher, teacher_config
 
 class NonFiniteLoss(RuntimeError):
     """The run diverged: a non-finite loss, or non-finite weights about to be checkpointed."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on request (``Run.request_stop``) at a step boundary, its steps checkpointed: ``Run.resume``
+    continues it."""
 
 
 def note(message: str) -> None:
@@ -85,12 +96,20 @@ class Run:
         config.validate()
         self.config, self.out, self.progress = config, Path(out), progress
         self.final_eval_tokens = final_eval_tokens  # held-out tokens for the summary (None = the whole split)
+        self._stop = threading.Event()              # set by request_stop; read by the step loop
+        self._saved_step: int | None = None         # global step of the newest checkpoint this process holds
 
     @classmethod
     def resume(cls, out: str | Path, progress: bool = True) -> Run:
         run_dir = RunDir.open(out)
         cfg = run_dir.config
         return cls(RunConfig.from_dict(cfg["run"]), out, progress, cfg.get("final_eval_tokens"))
+
+    def request_stop(self) -> None:
+        """Ask the run executing in another thread to stop at its next step boundary: ``execute`` then checkpoints
+        the steps not yet saved and raises ``RunStopped`` (module docstring). One process only (a run of several
+        processes would need every rank to stop at the same step)."""
+        self._stop.set()
 
     # ---- setup -----------------------------------------------------------------------------------------------
     def _setup(self, device: str):
@@ -190,10 +209,12 @@ class Run:
             run_dir.log("error", message=str(err))
             raise
         if ckpt is None:
+            self._saved_step = None
             return Position(), None
         tensors, state = ckpt.tensors, ckpt.state
         load_trained(self.student, tensors, saved, run_dir.path)
         position = Position(state["stage_idx"], state["stage_step"], state["global_step"])
+        self._saved_step = position.global_step
         if run_dir.writer:
             for line in ckpt.notes:
                 note(line)
@@ -227,6 +248,9 @@ class Run:
         bar = tqdm(range(start, stage.steps), desc=f"stage {s_idx + 1}/{len(cfg.stages)} {stage.name}",
                    disable=not (self.progress and run_dir.writer), unit="step", initial=start, total=stage.steps)
         for step in bar:
+            if self._stop.is_set():
+                bar.close()
+                self._stop_here(run_dir, stage, saved, opt, train_params, Position(s_idx, step, global_step))
             t0 = time.time()
             lr = lr_at(step, stage.steps, stage.lr, stage.schedule, stage.warmup, stage.min_lr_ratio)
             for group in opt.param_groups:
@@ -404,6 +428,22 @@ class Run:
                            f"non-finite weights after step {position['global_step']}", {})
         run_dir.save_checkpoint(position["global_step"], tensors, position)
         run_dir.log("checkpoint", step=position["global_step"])
+        self._saved_step = position["global_step"]
+
+    def _stop_here(self, run_dir: RunDir, stage: StageConfig, saved: list[str], opt, train_params,
+                   position: Position) -> None:
+        """Stop on request before the step at ``position``: checkpoint the steps taken since the newest checkpoint
+        (none when there are none), then raise ``RunStopped``. The request is used up, so ``execute`` can run again
+        and continue."""
+        if position.global_step > 0 and position.global_step != self._saved_step:
+            self._checkpoint(run_dir, stage, saved, opt, train_params, stage_idx=position.stage_idx,
+                             stage_step=position.stage_step, global_step=position.global_step)
+        self._stop.clear()
+        message = (f"stopped on request after step {position.global_step}; continue with "
+                   f"Run.resume({str(self.out)!r}) or `workbench distill --resume {self.out}`")
+        if run_dir.writer:
+            note(message)
+        raise RunStopped(message)
 
     def _load_optimizer(self, opt, train_params, opt_state: dict[str, torch.Tensor]) -> None:
         """Put saved AdamW moments back on their parameters (keys 'NAME/exp_avg', 'NAME/exp_avg_sq', 'NAME/step')."""

@@ -120,7 +120,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--hankel-size", type=int, default=256,
                    help="Hankel matrix size of the error floor (capped: a weaker but valid floor, much faster)")
     p.add_argument("--workers", type=int, default=None,
-                   help="CPU threads for the closed-form fits and the floors (default: torch's thread count)")
+                   help="CPU threads for the closed-form fits and the floors (default: torch's thread count, at "
+                        "most the CPUs this process may use)")
     p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ppl / KL")
     p.add_argument("--window", type=int, default=256, help="evaluation window")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: runs the models and the fits")

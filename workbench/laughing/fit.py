@@ -9,14 +9,17 @@ matrices (torch loops over the matrices, and eig goes through MAGMA on the host)
 than the host. It is batched over chunks of ``chunk`` channels (every step one batched torch operation over the
 chunk: eigh / SVD, pinv, eig, least squares), and the chunks run in parallel on a thread pool of ``workers`` threads
 (``workbench.laughing.pool``: torch releases the GIL; one intra-op thread per task, so the result does not depend on
-``workers``). The gradient refinement of the modal method (M2, Adam on the impulse-response error: exponentials
-and one batched complex matrix product per step, no factorisations) runs on ``device`` (CUDA when given) over all
-channels at once (up to DEVICE_ELEMENTS complex numbers per batch); its start point is moved there and its result
-back. Without ``device``, a filter on an accelerator refines there and a CPU filter refines on the thread pool like
-the other steps. The result is complex128
-on the CPU (export with ``ssm.to(torch.complex64)``). ``workbench.laughing.reference`` fits one channel at a time
-with numpy / scipy: the reference the tests hold the batched fits to. h0 is always the filter's own lag-0 tap: the
-feed-through is matched exactly and the modes fit h_1 .. h_{L-1}.
+``workers``; by default no more workers than the CPUs the process may use, and torch's own intra-op threads are
+capped at ``workers`` for the whole fit). The gradient refinement of the modal method (M2, Adam on the
+impulse-response error: exponentials and one batched complex matrix product per step, no factorisations) runs on
+``device`` (CUDA when given) over all channels at once (up to DEVICE_ELEMENTS complex numbers per batch); its start
+point is moved there and its result back. Without ``device``, a filter on an accelerator refines there and a CPU
+filter refines on the thread pool like the other steps, in chunks of at least REFINE_CHUNK channels: a step costs
+about a millisecond of Python and dispatch that holds the GIL whatever the chunk, so one-channel tasks would queue
+on the GIL instead of running in parallel. The result is complex128 on the CPU (export with
+``ssm.to(torch.complex64)``). ``workbench.laughing.reference`` fits one channel at a time with numpy / scipy: the
+reference the tests hold the batched fits to. h0 is always the filter's own lag-0 tap: the feed-through is matched
+exactly and the modes fit h_1 .. h_{L-1}.
 
 Three methods, ``distill_filter(h, order, method)``; ``distill_orders(h, orders, method)`` fits several orders at
 once, every order's fit the same as alone, with ONE Hankel eigendecomposition per chunk for all orders (B1 / B5).
@@ -74,20 +77,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from workbench.laughing.hankel import as_filters
 from workbench.laughing.modal import ModalSSM
-from workbench.laughing.pool import chunk_slices, default_workers, map_chunks
+from workbench.laughing.pool import capped_threads, chunk_slices, default_workers, map_chunks
 
 METHODS = ("modal", "balanced", "prony")
 MAX_RADIUS = 1 - 1e-6   # poles are pulled inside this radius (a filter of finite length cannot ask for |λ| ≥ 1)
 CHUNK = 64              # at most this many channels per batched CPU call (memory C * L * d); fewer so that every
                         # worker of the thread pool gets a chunk
-DEVICE_ELEMENTS = 2 ** 25   # M2 on a device: channels per batch such that channels * (d * 2√n + n) stays
-                            # below this (the two-level impulse response's factors and product)
+REFINE_CHUNK = 32       # M2-M4 on the thread pool: at least this many channels per task (or all of them, and
+                        # at most CHUNK), so that a step's GIL-holding overhead is shared by many channels
+DEVICE_ELEMENTS = 2 ** 25   # M2 on a device, and the errors: channels per batch such that
+                            # channels * (d * 2√n + n) stays below this (the two-level impulse response's factors
+                            # and product)
 SPARE_RADIUS = 0.5      # where spare modes start when a method finds fewer than d
 RANK_RTOL = 1e-12       # Prony: singular values below this fraction of the largest count as zero
 FULL_HANKEL = 512       # balanced: exact FIR balanced truncation (an n x n SVD per channel) up to n taps, else B5
@@ -398,7 +404,8 @@ def distill_filter(h, order: int, method: str = "modal", **kwargs) -> ModalSSM:
 def distill_orders(h, orders: Sequence[int], method: str = "modal", *, init: str = "balanced", steps: int = 300,
                    lr: float = 5e-3, max_radius: float = MAX_RADIUS, hankel_size: int | None = None,
                    chunk: int | None = None, device: torch.device | str | None = None, workers: int | None = None,
-                   seconds: dict[int, float] | None = None) -> dict[int, ModalSSM]:
+                   seconds: dict[int, float] | None = None,
+                   after_order: Callable[[int], None] | None = None) -> dict[int, ModalSSM]:
     """Fit modal SSMs of several orders to each filter: h (L,) or (C, L) -> {order: ModalSSM} (each as
     ``distill_filter`` returns it: complex128 / float64 on the CPU, with ``errors``), every order's fit exactly the
     one ``distill_filter`` gives.
@@ -406,13 +413,15 @@ def distill_orders(h, orders: Sequence[int], method: str = "modal", *, init: str
     ``method``: "modal" (gradient fit from ``init`` = "balanced" or "prony", ``steps`` Adam steps at ``lr``),
     "balanced" or "prony" (module docstring); ``hankel_size`` forces step B5 with that Hankel size. The closed-form
     steps run in float64 on the CPU, ``chunk`` channels per batched call (default: CHUNK, or fewer so that every
-    worker gets a chunk) on a pool of ``workers`` threads (default ``torch.get_num_threads()``); "balanced" (and a
-    balanced start) computes ONE Hankel eigendecomposition per chunk for all orders (an order's leading singular
-    vectors are a prefix of the largest order's). The modal method's gradient steps run on ``device`` (default:
-    h's device when that is an accelerator, else the CPU pool) over all channels at once (batches of at most
-    DEVICE_ELEMENTS // (order * 2√n + n) channels), one order after another. Pass a dict as ``seconds`` to receive
+    worker gets a chunk) on a pool of ``workers`` threads (default ``pool.default_workers()``: torch's thread count,
+    at most the CPUs this process may use); torch's intra-op threads are capped at ``workers`` during the fit.
+    "balanced" (and a balanced start) computes ONE Hankel eigendecomposition per chunk for all orders (an order's
+    leading singular vectors are a prefix of the largest order's). The modal method's gradient steps run on
+    ``device`` over all channels at once (batches of at most DEVICE_ELEMENTS // (order * 2√n + n) channels), one
+    order after another; without ``device``, on h's device when that is an accelerator, else on the CPU pool
+    (``chunk`` channels per task; by default REFINE_CHUNK to CHUNK). Pass a dict as ``seconds`` to receive
     {order: wall-clock seconds}: the shared closed-form time split evenly over the orders plus that order's own
-    refinement and errors."""
+    refinement and errors; ``after_order(order)`` is called as each order's fits are done (a progress bar)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if init not in ("balanced", "prony"):
@@ -430,33 +439,40 @@ def distill_orders(h, orders: Sequence[int], method: str = "modal", *, init: str
         raise ValueError(f"a filter needs at least 2 taps to fit modes, got {h.shape[1]}")
     C, n = h.shape[0], h.shape[1] - 1
     workers = default_workers(workers)
-    chunk = chunk or max(1, min(CHUNK, -(-C // workers)))
+    spread = -(-C // workers)                                                 # channels per worker
+    closed_chunk = chunk or max(1, min(CHUNK, spread))
+    refine_chunk = chunk or min(CHUNK, max(REFINE_CHUNK, spread))
     taps = h[:, 1:]                                                           # (C, n)
     start = "balanced" if method == "balanced" else ("prony" if method == "prony" else init)
-    parts = map_chunks(lambda s: _closed_form(taps[s], orders, start, max_radius, hankel_size), C, chunk, workers)
-    shared = (time.perf_counter() - began) / len(orders)                      # P1-P4 / B1-B5 / M1, all orders
     fits = {}
-    for i, d in enumerate(orders):
-        began = time.perf_counter()
-        p0, r0 = _cat([part[i] for part in parts])                            # (C, d) each
-        if method != "modal":
-            poles, residues = p0, r0
-        elif device is None:                                                  # M2-M4 on the CPU pool
-            def refine(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-                moved = _descend(taps[s], p0[s], r0[s], steps, lr, max_radius)
-                return _settle(taps[s], moved, p0[s], r0[s], max_radius)
+    with capped_threads(workers):
+        parts = map_chunks(lambda s: _closed_form(taps[s], orders, start, max_radius, hankel_size), C,
+                           closed_chunk, workers)
+        shared = (time.perf_counter() - began) / len(orders)                  # P1-P4 / B1-B5 / M1, all orders
+        for i, d in enumerate(orders):
+            began = time.perf_counter()
+            batch = max(1, DEVICE_ELEMENTS // (d * 2 * (math.isqrt(n) + 1) + n))   # channels per device batch
+            p0, r0 = _cat([part[i] for part in parts])                        # (C, d) each
+            if method != "modal":
+                poles, residues = p0, r0
+            elif device is None:                                              # M2-M4 on the CPU pool
+                def refine(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                    moved = _descend(taps[s], p0[s], r0[s], steps, lr, max_radius)
+                    return _settle(taps[s], moved, p0[s], r0[s], max_radius)
 
-            poles, residues = _cat(map_chunks(refine, C, chunk, workers))
-        else:                                                                 # M2 on the device, M3-M4 on the pool
-            dev = torch.device(device)
-            batch = max(1, DEVICE_ELEMENTS // (d * 2 * (math.isqrt(n) + 1) + n))
-            moved = torch.cat([_descend(taps[s].to(dev), p0[s].to(dev), r0[s].to(dev), steps, lr,
-                                        max_radius).cpu() for s in chunk_slices(C, batch)])
-            poles, residues = _cat(map_chunks(lambda s: _settle(taps[s], moved[s], p0[s], r0[s], max_radius),
-                                              C, chunk, workers))
-        ssm = ModalSSM(poles, residues, h[:, 0].clone())
-        with torch.no_grad():
-            fits[d] = ssm.with_errors(filter_errors(h, ssm, device))
-        if seconds is not None:
-            seconds[d] = shared + time.perf_counter() - began
+                poles, residues = _cat(map_chunks(refine, C, refine_chunk, workers))
+            else:                                                             # M2 on the device, M3-M4 on the pool
+                dev = torch.device(device)
+                moved = torch.cat([_descend(taps[s].to(dev), p0[s].to(dev), r0[s].to(dev), steps, lr,
+                                            max_radius).cpu() for s in chunk_slices(C, batch)])
+                poles, residues = _cat(map_chunks(lambda s: _settle(taps[s], moved[s], p0[s], r0[s], max_radius),
+                                                  C, closed_chunk, workers))
+            ssm = ModalSSM(poles, residues, h[:, 0].clone())
+            with torch.no_grad():
+                errors = [filter_errors(h[s], ssm[s], device) for s in chunk_slices(C, batch)]
+            fits[d] = ssm.with_errors({k: torch.cat([e[k] for e in errors]) for k in errors[0]})
+            if seconds is not None:
+                seconds[d] = shared + time.perf_counter() - began
+            if after_order is not None:
+                after_order(d)
     return fits

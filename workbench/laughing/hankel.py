@@ -77,7 +77,8 @@ def hankel_singular_values(h, size: int | None = None, device: torch.device | st
     device, m = ``size`` or L // 2. Computed on ``device`` (default h's), ``chunk`` channels per batched call; the
     Hankel matrix is symmetric, so they are the |eigenvalues| of one batched ``eigvalsh`` (cheaper than svdvals).
     On the CPU the chunks run on a pool of ``workers`` threads (``workbench.laughing.pool``; default
-    ``torch.get_num_threads()``). Feed them to ``workbench.viz.spectra.hankel_figure``."""
+    ``pool.default_workers()``: torch's thread count, at most the CPUs this process may use). Feed them to
+    ``workbench.viz.spectra.hankel_figure``."""
     h = torch.as_tensor(h)
     home = h.device
     h = as_filters(h, device)

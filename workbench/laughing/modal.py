@@ -88,10 +88,11 @@ class ModalSSM:
         return ModalSSM(self.poles, self.residues, self.h0, errors)
 
     def __getitem__(self, channels) -> ModalSSM:
-        """The SSMs of some channels (an index list or a slice)."""
+        """The SSMs of some channels (an index list or a slice), with their ``errors`` when these are known."""
         if isinstance(channels, int):
             channels = [channels]
-        return ModalSSM(self.poles[channels], self.residues[channels], self.h0[channels])
+        errors = None if self.errors is None else {k: v[channels] for k, v in self.errors.items()}
+        return ModalSSM(self.poles[channels], self.residues[channels], self.h0[channels], errors)
 
     @staticmethod
     def cat(parts: list[ModalSSM]) -> ModalSSM:

@@ -8,7 +8,9 @@ Shapes: B batch, L length, D model width, C Hyena channels, M MultiHyena heads o
 
 Algorithm:
   1. For every Hyena-family mixer layer, read its long filters h = mixer.filter(length): (C, L) or (M, L).
-  2. Fit an order-d modal SSM per filter (``distill_filter``, float64), export it as complex64 / float32.
+  2. Fit an order-d modal SSM per filter (``fit_layers``: ``distill_orders`` over the stacked channels of the
+     layers, float64; the gradient steps on the student's device when that is an accelerator), export it as
+     complex64 / float32.
   3. Build the Laughing mixer with the same config plus ``order``, copy every weight except the implicit filter MLP
      (projections, short conv, skip), store the SSM as buffers; orders below the student-wide maximum are padded
      with inert modes (λ = 0, R = 0, same impulse response), so one config describes every layer (save/load).
@@ -36,14 +38,15 @@ student like any other.
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from workbench.laughing.fit import distill_filter
+from workbench.laughing.fit import distill_orders
 from workbench.laughing.modal import ModalSSM
 from workbench.students import SPEC_KEY, MixerAttention, register_mixer, student_mixers, student_spec
 from workbench.students.hyena import Hyena, HyenaConfig
@@ -187,13 +190,77 @@ def student_filters(student: nn.Module, length: int | None = None) -> dict[int, 
                 for i, m in _distillable(student).items()}
 
 
+def fit_device(student: nn.Module, device: torch.device | str | None = None) -> torch.device | None:
+    """Where a student's fits run their gradient steps (the modal method's M2): ``device`` when given, else the
+    device of the student's Hyena-family mixers when that is an accelerator (a student on CUDA fits on CUDA), else
+    None: the CPU thread pool (``distill_orders``)."""
+    if device is not None:
+        return torch.device(device)
+    home = next(iter(_distillable(student).values())).in_proj.weight.device
+    return None if home.type == "cpu" else home
+
+
+def layer_batches(filters: Mapping[int, torch.Tensor]) -> list[tuple[torch.Tensor, dict[int, slice]]]:
+    """Layer -> filters (C_i, L_i) as few batches of channels: the layers of each length, in their order,
+    concatenated along the channels, [(filters (Σ C_i, L), {layer: its rows})]."""
+    groups: dict[int, list[int]] = {}
+    for layer, h in filters.items():
+        groups.setdefault(h.shape[-1], []).append(layer)
+    batches = []
+    for layers in groups.values():
+        rows, start = {}, 0
+        for layer in layers:
+            rows[layer] = slice(start, start + filters[layer].shape[0])
+            start = rows[layer].stop
+        batches.append((torch.cat([filters[i] for i in layers]), rows))
+    return batches
+
+
+def fit_layers(filters: Mapping[int, torch.Tensor], orders: Sequence[int], method: str = "modal",
+               seconds: dict[int, dict[int, float]] | None = None,
+               after_order: Callable[[int, int], None] | None = None,
+               **fit_kwargs) -> dict[int, dict[int, ModalSSM]]:
+    """Every layer's filters fitted at every order: {order: {layer: ModalSSM}} (complex128, with ``errors``). The
+    layers of one length are fitted together, ONE ``distill_orders`` call over their stacked channels
+    (``layer_batches``): a student's layers share each order's gradient steps (one batch on a device instead of one
+    per layer) and the thread pool's chunks. A channel's fit depends on its own filter only, so each layer's fits are
+    those of ``distill_orders`` on its filters alone, up to rounding (``workbench.laughing.fit``, M2). Pass a dict
+    as ``seconds`` to receive {layer: {order: wall-clock seconds}} (a batch's seconds for an order shared among its
+    layers by channel count); ``after_order(order, layers)`` is called as a batch's fits of an order are done.
+    ``fit_kwargs`` go to ``distill_orders``."""
+    fits: dict[int, dict[int, ModalSSM]] = {}
+    for h, rows in layer_batches(filters):
+        took: dict[int, float] = {}
+        done = None if after_order is None else functools.partial(_report_order, after_order, layers=len(rows))
+        batch_fits = distill_orders(h, orders, method, seconds=took, after_order=done, **fit_kwargs)
+        for d, ssm in batch_fits.items():
+            for layer, part in rows.items():
+                fits.setdefault(d, {})[layer] = ssm[part]
+                if seconds is not None:
+                    share = (part.stop - part.start) / h.shape[0]
+                    seconds.setdefault(layer, {})[d] = took[d] * share
+    return {d: {layer: fits[d][layer] for layer in filters} for d in sorted(fits)}
+
+
+def _report_order(after_order: Callable[[int, int], None], order: int, layers: int) -> None:
+    after_order(order, layers)
+
+
 def fit_student(student: nn.Module, order: int | Mapping[int, int], method: str = "modal",
-                length: int | None = None, **fit_kwargs) -> dict[int, ModalSSM]:
+                length: int | None = None, device: torch.device | str | None = None,
+                **fit_kwargs) -> dict[int, ModalSSM]:
     """Steps 1-2: layer -> fitted ModalSSM (complex128, with ``errors``). ``order`` is one int or layer -> int;
-    ``fit_kwargs`` go to ``distill_filter`` (e.g. ``device="cuda"`` to fit there, batched over channels)."""
+    the layers of each order are fitted together (``fit_layers``). The modal method's gradient steps run on
+    ``device`` (default ``fit_device``: the student's device when that is an accelerator, else the CPU thread pool);
+    ``fit_kwargs`` go to ``distill_orders`` (``steps``, ``workers``, ...)."""
     filters = student_filters(student, length)
     orders = _orders(order, filters)
-    return {i: distill_filter(h, orders[i], method, **fit_kwargs) for i, h in filters.items()}
+    device = fit_device(student, device)
+    fits: dict[int, ModalSSM] = {}
+    for d in sorted(set(orders.values())):
+        layers = {i: h for i, h in filters.items() if orders[i] == d}
+        fits.update(fit_layers(layers, [d], method, device=device, **fit_kwargs)[d])
+    return {i: fits[i] for i in filters}
 
 
 def _orders(order, layers) -> dict[int, int]:
@@ -231,8 +298,9 @@ def distill_student(student: nn.Module, order: int | Mapping[int, int] | None = 
                     **fit_kwargs) -> nn.Module:
     """A copy of ``student`` with every Hyena / MultiHyena mixer replaced by its Laughing version (module
     docstring). Give ``order`` (one int, or layer -> order) to fit with ``method`` on the first ``length`` taps
-    (default max_len), or ``fits`` (layer -> ModalSSM, e.g. from ``fit_student``) to use fits already made. The
-    original is not modified."""
+    (default max_len), or ``fits`` (layer -> ModalSSM, e.g. from ``fit_student``) to use fits already made.
+    ``fit_kwargs`` go to ``fit_student``: ``device=`` (default: the student's device when that is an accelerator,
+    else the CPU thread pool), ``steps=``, ``workers=``, ... The original is not modified."""
     mixers = _distillable(student)
     if fits is None:
         if order is None:
