@@ -148,7 +148,7 @@ def _check_corpus(flag: str, name: str | None, splits: tuple[str, ...]) -> None:
 # `eval` flags of one mode only: perplexity (no --tasks) and lm-evaluation-harness tasks (--tasks); each mode refuses
 # the other's flags instead of ignoring them. The perplexity flags default to None so that a given one is seen.
 PERPLEXITY_DEFAULTS = {"corpus": "sotu", "split": "heldout", "window": 1024}
-TASK_FLAGS = ("num_fewshot", "limit", "samples")
+TASK_FLAGS = ("num_fewshot", "limit", "samples", "teacher")
 
 
 def _check_source(spec: str):
@@ -188,10 +188,27 @@ def _print_tasks() -> int:
     return 0
 
 
+def _score(spec: str, names: list[str], args, manager) -> dict:
+    """Load the model ``spec`` and run the tasks ``names`` on it (``harness.evaluate``), saying how it loaded."""
+    from workbench.evaluation import harness
+
+    t0 = time.time()
+    model = harness.load_lm(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    load_s = time.time() - t0
+    print(f"{spec}: {model.description['kind']}, {model.description['parameters'] / 1e6:.1f}M parameters, "
+          f"{model.description['dtype']} on {model.description['device']}, loaded in {load_s:.1f}s", flush=True)
+    result = harness.evaluate(model, names, num_fewshot=args.num_fewshot, limit=args.limit, samples=args.samples,
+                              manager=manager)
+    result["load_seconds"] = round(load_s, 2)
+    return result
+
+
 def _eval_tasks(args) -> int:
     """``eval --tasks``: lm-evaluation-harness tasks on one model, a results JSON, and the side-by-side table when
-    --compare names earlier results."""
-    from workbench.evaluation import harness
+    --compare names earlier results. A run folder's scores are saved into it (RUN/eval/tasks.json, unless --json
+    says where), and --teacher scores its teacher too (RUN/eval/teacher.json); the table then puts the run beside
+    its teacher's scores."""
+    from workbench.evaluation import harness, store
 
     if args.tasks.strip() == "list":
         return _print_tasks()
@@ -208,8 +225,18 @@ def _eval_tasks(args) -> int:
         harness.check_tasks(names)
     except (ValueError, FileNotFoundError) as err:
         raise type(err)(f"--tasks {args.tasks}: {err}") from err
-    _check_source(args.model)
+    source = _check_source(args.model)
+    run = source.path if source.kind == "run" else None
+    if args.teacher and run is None:
+        raise ValueError(f"--teacher scores the teacher of a run folder, and --model {args.model} is a "
+                         f"{source.kind}; give a run folder, or score the teacher with --model TEACHER --json FILE")
+    teacher = store.run_teacher(run) if args.teacher else None
     compared = _compared(args)
+    stored = store.teacher_results(run) if run is not None and not compared and not args.teacher else None
+    if stored is not None and not set(names) <= set(stored["tasks"]):
+        lacking = ",".join(n for n in names if n not in stored["tasks"])
+        print(f"the saved teacher scores lack {lacking}: add --teacher to score the teacher too", flush=True)
+        stored = None
     check_device(args)
     manager = harness.task_manager(names)
     try:
@@ -217,17 +244,16 @@ def _eval_tasks(args) -> int:
     except ValueError as err:
         raise ValueError(f"--tasks {args.tasks}: {err}") from err
     quiet_transformers()
-    t0 = time.time()
-    model = harness.load_lm(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-    load_s = time.time() - t0
-    print(f"{args.model}: {model.description['kind']}, {model.description['parameters'] / 1e6:.1f}M parameters, "
-          f"{model.description['dtype']} on {model.description['device']}, loaded in {load_s:.1f}s", flush=True)
-    result = harness.evaluate(model, names, num_fewshot=args.num_fewshot, limit=args.limit, samples=args.samples,
-                              manager=manager)
-    result["load_seconds"] = round(load_s, 2)
-    print("\n" + harness.format_table([*compared, result]))
+    result = _score(args.model, names, args, manager)
     if args.json:
         print(f"wrote {harness.save(result, args.json)}")
+    elif run is not None:
+        print(f"wrote {store.save_run_results(run, result)} (tasks scored before are kept)")
+    reference = [] if stored is None else [stored]
+    if teacher is not None:
+        reference = [_score(teacher, names, args, manager)]
+        print(f"wrote {store.save_run_results(run, reference[0], teacher=True)}")
+    print("\n" + harness.format_table([*reference, *compared, result]))
     return 0
 
 
@@ -581,14 +607,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "--tasks: lm-evaluation-harness tasks (the shipped offline ones, `--tasks list`, or any "
                        "lm_eval task whose data is available locally), a results JSON per model, and with --compare "
                        "the scores beside earlier results and the retention (s - chance) / (t - chance) against the "
-                       "first.",
+                       "first. A run folder's scores are kept in it (RUN/eval/tasks.json; --teacher adds its "
+                       "teacher's, RUN/eval/teacher.json), where notebooks and the dashboard's compare view read "
+                       "them.",
                        epilog=example(f"workbench eval --model {DEFAULT_TEACHER} --window 512 --json runs/eval.json",
                                       f"workbench eval --model {DEFAULT_TEACHER} --tasks wb_cloze,wb_cloze_gen "
                                       f"--limit 50 --json runs/teacher-tasks.json",
                                       "workbench eval --model runs/a --tasks wb_cloze,wb_cloze_gen --limit 50 "
-                                      "--json runs/a/tasks.json --compare runs/teacher-tasks.json",
+                                      "--teacher",
+                                      "workbench eval --model runs/b --tasks wb_cloze,wb_cloze_gen --limit 50 "
+                                      "--json runs/b-tasks.json --compare runs/teacher-tasks.json",
                                       "workbench eval --tasks list",
-                                      "workbench eval --compare runs/teacher-tasks.json,runs/a/tasks.json"))
+                                      "workbench eval --compare runs/a/eval/teacher.json,runs/a/eval/tasks.json"))
     p.add_argument("--model", default=DEFAULT_TEACHER, help="registry name, .gguf file, model folder, saved student "
                    "folder, run folder (its latest checkpoint) or hub id")
     p.add_argument("--corpus", default=None, help="'sotu', a local text file/folder, or hf:NAME[:CONFIG] "
@@ -607,7 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="A.json,B.json", default=None, help="results files of earlier `--tasks` "
                    "runs to show beside this one, the first as the reference (a teacher); alone: just the table "
                    "(default: none)")
-    p.add_argument("--json", metavar="OUT.json", help="also write the result as JSON (default: print only)")
+    p.add_argument("--teacher", action="store_true", help="with --tasks and a run folder: also score the run's "
+                   "teacher on the same tasks, saved as RUN/eval/teacher.json (the reference of retention)")
+    p.add_argument("--json", metavar="OUT.json", help="write the result as JSON to OUT.json (default: a run "
+                   "folder's into RUN/eval/tasks.json, merged with the tasks scored before; another model's is only "
+                   "printed)")
     _device_arg(p)
     p.set_defaults(func=cmd_eval)
 

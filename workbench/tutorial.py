@@ -57,11 +57,15 @@ class Budget:
     fit_steps: int = 300                  # 06: Adam steps of each modal fit
     new_tokens: int = 128                 # 07: tokens generated per timing
     prompt_lengths: tuple[int, ...] = (128, 512, 2048)  # 07: prompt lengths of the speed comparison
+    tasks: tuple[str, ...] = ("wb_cloze", "wb_cloze_gen", "wb_choice", "wb_choice_gen")  # 07: shipped eval tasks
+    task_limit: int | None = 100          # 07: documents scored per task (None: all)
+    task_batch_size: int = 16             # 07: requests per forward pass of the task scoring
 
 
 SMOKE = dict(text_tokens=48, layers=[10, 20], tokens=4 * 2 * 64, steps_per_stage=2, seq_len=64, batch_size=2,
              eval_every=2, eval_tokens=128, eval_window=64, final_eval_tokens=128, shares=(1.0, 0.5),
-             orders=(2, 4, 8, 16), filter_len=256, fit_steps=60, new_tokens=8, prompt_lengths=(16, 64))
+             orders=(2, 4, 8, 16), filter_len=256, fit_steps=60, new_tokens=8, prompt_lengths=(16, 64),
+             tasks=("wb_cloze", "wb_cloze_gen", "wb_choice"), task_limit=1, task_batch_size=1)
 
 # The full presets (a GPU), sized for a tutorial: each notebook runs in a few minutes on one H200 (the times measured
 # there are in each notebook's first cell; `python benchmarks/notebooks.py` measures them again). Training notebooks
@@ -74,7 +78,8 @@ FULL: dict[str, dict] = {
     "04_mamba_in_the_llama": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=4_000_000, eval_tokens=4096),
     "05_scavenging_hyena": dict(TRAIN, layers=list(range(30)), tokens=4_000_000),
     "06_laughing_hyena": dict(text_tokens=256, layers=list(range(30))),
-    "07_compare": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=2_000_000),
+    "07_compare": dict(TRAIN, layers=list(range(1, 30, 2)), tokens=2_000_000,
+                       tasks=("wb_cloze", "wb_cloze_gen", "wb_choice", "wb_choice_gen", "wb_needle"), task_limit=50),
 }
 
 # The longer budgets of the training notebooks (``budget(name, long=True)``: their ``LONG_BUDGET`` variable), the

@@ -1,7 +1,8 @@
 """Runs compared (workbench.viz.compare): the table's final numbers, training tokens, wall time and throughput, the
 overlaid curves by step and by tokens with resume markers, and final quality against tokens. A run folder written by
 an older version (tests/fixtures/run-7a05f7d: stopped by an error, resumed, finished) is read from disk; the rest
-are event lists built here."""
+are event lists built here. The dashboard's compare view adds the ticked runs' task scores (RUN/eval/, written here
+with workbench.evaluation.store) beside their teacher's, and the command that scores a run that has none."""
 
 import json
 import math
@@ -14,6 +15,8 @@ pytest.importorskip("pandas")
 pytest.importorskip("plotly")
 
 from workbench.distill.events import Eval, Resume, RunEnd, RunStart, Step  # noqa: E402
+from workbench.distill.run_dir import RunDir  # noqa: E402
+from workbench.evaluation import store  # noqa: E402
 from workbench.viz.compare import (  # noqa: E402
     TABLE_COLUMNS,
     RunEvents,
@@ -135,3 +138,62 @@ def test_bad_requests_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no events.jsonl"):
         read_run(tmp_path)
     assert "no step events" in loss_overlay([]).layout.annotations[0].text
+
+
+def scores(name: str, values: dict[str, float], limit: int = 2) -> dict:
+    """A results JSON of ``workbench eval --tasks`` with these scores (wb_cloze: chance 0; wb_choice: 0.25)."""
+    chance = {"wb_cloze": 0.0, "wb_choice": 0.25}
+    return {"model": {"name": name}, "settings": {"limit": limit},
+            "tasks": {task: {"score": s, "metric": "acc", "chance": chance[task], "n": limit,
+                             "scoring": "loglikelihood"} for task, s in values.items()}}
+
+
+def test_the_compare_view_shows_task_scores_beside_the_teacher(tmp_path):
+    pytest.importorskip("panel")
+    from workbench.app import Dashboard
+
+    root = tmp_path / "runs"
+    for name, teacher in [("a", "t"), ("b", "t"), ("c", "t"), ("d", "other")]:
+        config = {**CONFIG, "teacher": teacher}
+        run = RunDir.create(root / name, {"run": config})
+        run.log("run_start", config=config, replaced=[1])
+    store.save_run_results(root / "a", scores(str(root / "a"), {"wb_cloze": 0.5, "wb_choice": 0.4}))
+    store.save_run_results(root / "d", scores(str(root / "d"), {"wb_cloze": 0.9}))
+    runs = Dashboard(root).runs
+    names = list(runs.table.value["run"])
+    runs.table.selection = [names.index(n) for n in ("a", "b")]
+    assert runs.compare_tasks_hint in runs.compare_body.objects and runs.compare_tasks in runs.compare_body.objects
+    hint = runs.compare_tasks_hint.object
+    # no teacher scores yet: a's scores alone, and the commands that score the teacher and b
+    assert runs.compare_tasks.visible and {t.name for t in runs.compare_tasks.object.data} == {"a", "chance"}
+    assert f"`workbench eval --model {root / 'a'} --tasks wb_cloze,wb_choice --limit 2 --teacher`" in hint
+    assert f"**b** has no task scores yet: `workbench eval --model {root / 'b'} --tasks wb_cloze,wb_choice " \
+           f"--limit 2`" in hint
+    assert list(runs.compare_task_rows.value.columns) == ["task", "metric", "scoring", "chance", "n", "a"]
+    # the teacher scored beside run c: it serves a and b too; b scored later shows up at the next refresh
+    store.save_run_results(root / "c", scores("t", {"wb_cloze": 1.0, "wb_choice": 0.7}), teacher=True)
+    store.save_run_results(root / "b", scores(str(root / "b"), {"wb_cloze": 0.25, "wb_choice": 0.7}))
+    runs.refresh()
+    table = runs.compare_task_rows.value.set_index("task")
+    ticked = runs.compared                                     # in the table's order (newest first)
+    assert sorted(ticked) == ["a", "b"]
+    assert list(table.columns) == ["metric", "scoring", "chance", "n", "t (teacher)", *ticked,
+                                   *(f"retention {name}" for name in ticked)]
+    assert table.loc["wb_choice", "retention a"] == pytest.approx((0.4 - 0.25) / (0.7 - 0.25))
+    assert table.loc["wb_cloze", "retention b"] == pytest.approx(0.25)
+    assert {t.name for t in runs.compare_tasks.object.data} == {"t (teacher)", "a", "b", "chance"}
+    assert "no task scores" not in runs.compare_tasks_hint.object
+    # the first ticked run (in the table's order) sets the teacher; a run of another teacher is left out, said so
+    runs.table.selection = [names.index(n) for n in ("a", "d")]
+    kept, left_out = runs.compared
+    teachers = {"a": "t", "d": "other"}
+    assert f"**{left_out}** was distilled from another teacher ({teachers[left_out]})" in runs.compare_tasks_hint.object
+    assert kept in runs.compare_task_rows.value and left_out not in runs.compare_task_rows.value
+    # a results file linking out of its run folder is not read
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps(scores("x", {"wb_cloze": 1.0})))
+    (root / "b" / "eval" / "tasks.json").unlink()
+    (root / "b" / "eval" / "tasks.json").symlink_to(outside)
+    runs.table.selection = [names.index("b")]
+    assert "links outside the run folder" in runs.compare_tasks_hint.object
+    assert not runs.compare_tasks.visible and not runs.compare_task_rows.visible

@@ -2,7 +2,9 @@
 resume, every run of the runs root in a sortable table (live step, loss and tokens/s; final held-out ratio, KL,
 agreement and wall time), the selected run's live loss curves (per stage and term), evaluations, tokens/s, ETA and
 GPU memory, and the runs ticked in the table compared: loss and evaluation curves overlaid by step or by training
-tokens, final quality against tokens, and their final numbers (workbench.viz.compare).
+tokens, final quality against tokens, their final numbers (workbench.viz.compare), and their task scores beside
+their teacher's with each run's retention (``RUN/eval/``, workbench.evaluation.store; workbench.viz.evaluation), or
+the command that scores a run that has none.
 
 A periodic callback (``start_polling``) calls ``refresh``, which reads only the bytes appended to each run's
 events since the last call. Runs are child processes (workbench.app.worker): nothing here trains.
@@ -24,7 +26,7 @@ import param
 from bokeh.models.widgets.tables import NumberFormatter
 from panel.viewable import Viewer
 
-from workbench.app.paths import teacher_source
+from workbench.app.paths import inside_run, teacher_source
 from workbench.app.runs import RunIndex, RunInfo, format_seconds
 from workbench.app.student_panel import StudentPanel
 from workbench.app.teacher_panel import DEVICES, TeacherPanel
@@ -32,8 +34,10 @@ from workbench.app.worker import Launcher
 from workbench.device import resolve_device
 from workbench.distill.config import RunConfig, StageConfig, parse_tokens
 from workbench.distill.recipes import RECIPES, recipe
+from workbench.evaluation import store
 from workbench.viz.compare import AXES, RunEvents, compare_table, eval_overlay, loss_overlay, quality_vs_tokens, run_row
 from workbench.viz.curves import eval_curves, loss_curves
+from workbench.viz.evaluation import task_scores, task_table
 
 COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "total steps", "stage", "loss", "tokens/s",
            "held-out ratio", "KL", "agreement", "wall s", "note"]
@@ -132,6 +136,14 @@ class RunPanel(Viewer):
         self.compare_rows = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, formatters=FORMATS,
                                                  sizing_mode="stretch_width", css_classes=["compare-rows"])
         self.compare_hint = pn.pane.Markdown("", css_classes=["compare-hint"], sizing_mode="stretch_width")
+        self.compare_tasks_hint = pn.pane.Markdown("", css_classes=["compare-tasks-hint"],
+                                                   sizing_mode="stretch_width")
+        self.compare_tasks = pn.pane.Plotly(None, sizing_mode="stretch_width", css_classes=["compare-tasks"],
+                                            visible=False)
+        self.compare_task_rows = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False,
+                                                      sizing_mode="stretch_width", css_classes=["compare-task-rows"],
+                                                      visible=False)
+        self._tasks_shown: tuple = ()             # (ticked runs, results files' stamp) drawn in the task scores
         self.compare_body = pn.Column(sizing_mode="stretch_width")
         self._select = pn.widgets.Select(label="Run", options=[], width=320, css_classes=["run-select"])
         self._select.link(self, value="selected", bidirectional=True)
@@ -352,8 +364,10 @@ class RunPanel(Viewer):
                 if name in self.index.states]
 
     def _show_compared(self) -> None:
-        """Redraw the comparison when the ticked runs, the axis or their events changed."""
+        """Redraw the comparison when the ticked runs, the axis or their events changed, and the task scores when
+        the ticked runs or any results file changed."""
         runs = self.compared_runs()
+        self._show_task_scores([run.name for run in runs])
         shown = (self.compare_x, *((run.name, len(run.events)) for run in runs))
         if shown == self._compared_shown:
             return
@@ -370,7 +384,95 @@ class RunPanel(Viewer):
         self.compare_rows.value = compare_table(runs)
         if not self.compare_body.objects:
             self.compare_body.objects = [self.compare_rows, self.compare_losses, self.compare_evals,
-                                         self.compare_quality]
+                                         self.compare_quality, self.compare_tasks_hint, self.compare_tasks,
+                                         self.compare_task_rows]
+
+    def _scores(self, name: str, teacher: bool = False, others: list[Path] | None = None) -> dict | None:
+        """The task scores of run ``name`` (``store.run_results``), or with ``teacher`` its teacher's
+        (``store.teacher_results`` among the run folders ``others``); None if it has none. A results file that a
+        link leads out of the run folder is refused (ValueError), as is one that cannot be read."""
+        path = self.index.states[name].path
+        inside_run(path, str(store.results_file(".", teacher)))
+        return store.teacher_results(path, others or []) if teacher else store.run_results(path)
+
+    def _teacher_folders(self) -> list[Path]:
+        """The run folders whose teacher scores may be read: those whose ``eval/teacher.json`` stays inside them."""
+        folders = []
+        for state in self.index.states.values():
+            try:
+                inside_run(state.path, str(store.results_file(".", teacher=True)))
+            except ValueError:
+                continue   # it links out of its run folder: never read
+            folders.append(state.path)
+        return folders
+
+    def compared_task_scores(self, names: list[str]) -> tuple[dict[str, dict], str | None, list[str]]:
+        """The task scores of the ticked runs ``names``: (name -> results JSON, the teacher first when its scores
+        exist; the teacher's name in it, or None; hint lines). The teacher is the first scored run's, its scores that
+        run's ``eval/teacher.json`` or another run's of the same teacher (``store.teacher_results``); runs of another
+        teacher are left out, and each run without scores gets the command that scores it."""
+        scored, missing, lines = {}, [], []
+        for name in names:
+            try:
+                result = self._scores(name)
+            except (OSError, ValueError) as err:
+                lines.append(f"**{name}**: {err}")
+                continue
+            if result is None:
+                missing.append(name)
+            else:
+                scored[name] = result
+        results, teacher = {}, None
+        first = next(iter(scored), None)
+        tasks, limit = (list(scored[first]["tasks"]), scored[first]["settings"].get("limit")) if first else \
+            (list(store.DEFAULT_TASKS), None)
+        if first is not None:
+            path = self.index.states[first].path
+            spec = store.run_teacher(path)
+            try:
+                found = self._scores(first, teacher=True, others=self._teacher_folders())
+            except (OSError, ValueError) as err:
+                lines.append(f"**{first}** (its teacher's scores): {err}")
+                found = None
+            if found is None:
+                lines.append(f"No scores of the teacher **{spec}** yet (retention needs them): "
+                             f"`{store.eval_command(path, tasks, limit, teacher=True)}`")
+            else:
+                teacher = f"{Path(spec).name} (teacher)"
+                results[teacher] = found
+            for name, result in scored.items():
+                other = store.run_teacher(self.index.states[name].path)
+                if other == spec:
+                    results[name] = result
+                else:
+                    lines.append(f"**{name}** was distilled from another teacher ({other}): tick it without the "
+                                 f"runs of {spec} to see its scores")
+        for name in missing:
+            command = store.eval_command(self.index.states[name].path, tasks, limit, teacher=first is None)
+            lines.append(f"**{name}** has no task scores yet: `{command}`")
+        return results, teacher, lines
+
+    def _show_task_scores(self, names: list[str]) -> None:
+        """Redraw the task scores of the ticked runs when they or a results file changed."""
+        shown = (tuple(names), store.results_stamp(self.index.root))
+        if shown == self._tasks_shown:
+            return
+        self._tasks_shown = shown
+        try:
+            results, teacher, lines = self.compared_task_scores(names)
+        except (OSError, ValueError) as err:   # a run's config.json or results file changed under us
+            results, teacher, lines = {}, None, [f"**Error:** {err}"]
+        drawn = any(name != teacher for name in results)
+        head = "**Task scores** (lm-evaluation-harness, saved in each run's `eval/` folder by `workbench eval`)"
+        self.compare_tasks_hint.object = "\n\n".join([head, *lines])
+        self.compare_tasks.visible = self.compare_task_rows.visible = drawn
+        if drawn:
+            table = task_table(results, teacher)
+            self.compare_tasks.object = responsive(task_scores(results, teacher, title="Task scores"),
+                                                   600 if teacher is not None else 400)
+            self.compare_task_rows.formatters = {column: number("0.000") for column in table.columns
+                                                 if column not in ("task", "metric", "scoring", "n")}
+            self.compare_task_rows.value = table
 
     def _read(self, state, read, default):
         """``read()``, or ``default`` with the reason in the message when a file of the run cannot be shown (one

@@ -9,6 +9,8 @@ as local data (no network), results saved per model and teacher/student retentio
 - ``tasks``: the table of shipped tasks (name -> data file, chance level, scoring, lm_eval config), and the
   command that rebuilds their data (``python -m workbench.evaluation.tasks build``)
 - ``harness``: any model as an lm_eval LM (lm_eval's own HFLM), running tasks, the results JSON, retention
+- ``store``: a run folder's scores (``RUN/eval/tasks.json``) and its teacher's (``RUN/eval/teacher.json``), merged
+  task by task, where notebooks and the dashboard's compare view read them
 - ``cloze`` (task 1), and the builders of the other shipped tasks: one module per task family
 
 ``workbench eval --model M --tasks T1,T2 --json out.json`` is the command. lm_eval is the optional extra ``eval``
