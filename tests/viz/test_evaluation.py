@@ -1,14 +1,16 @@
-"""workbench.viz.evaluation: task scores side by side (the table's columns and retention, the bars, chance marks and
-retention panel of the figure, tasks a model lacks or scored with another metric); the needle heatmap plots the grid
-it is given (NaN cells blank, counts written), labels depths and lengths, keeps one 0-1 colour scale across the
-panels of several models, and refuses a grid whose shape does not match its depths and lengths."""
+"""workbench.evaluation.scores and workbench.viz.evaluation: task scores side by side (the table's columns and
+retention, the bars, chance marks and retention panel of the figure, tasks a model lacks or scored with another
+metric); the needle heatmap plots the grid it is given (NaN cells blank, counts written), labels depths and lengths,
+keeps one 0-1 colour scale across the panels of several models, and refuses a grid whose shape does not match its
+depths and lengths."""
 
 import math
 
 import numpy as np
 import pytest
 
-from workbench.viz.evaluation import length_label, needle_heatmap, needle_heatmaps, task_scores, task_table
+from workbench.evaluation.scores import task_rows, task_table
+from workbench.viz.evaluation import length_label, needle_heatmap, needle_heatmaps, task_scores
 
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 LENGTHS = [512, 1024, 2048, 4096, 8192]
@@ -72,7 +74,7 @@ SMALL = _result("s", {"wb_cloze": (0.2, "acc", 0.0, 4, "loglikelihood")})
 
 
 def test_the_table_puts_scores_and_retention_side_by_side():
-    table = task_table({"teacher": TEACHER, "hybrid": HYBRID, "small": SMALL}, teacher="teacher")
+    table = task_table(task_rows({"teacher": TEACHER, "hybrid": HYBRID, "small": SMALL}, teacher="teacher"))
     assert list(table.columns) == ["task", "metric", "scoring", "chance", "n", "teacher", "hybrid", "small",
                                    "retention hybrid", "retention small"]
     # shipped tasks in the order of the shipped table (both scorings of one file together), then the others
@@ -86,13 +88,13 @@ def test_the_table_puts_scores_and_retention_side_by_side():
     assert rows.loc["wb_choice", "metric"] == "acc_norm" and math.isnan(rows.loc["wb_choice", "hybrid"])
     assert math.isnan(rows.loc["mmlu_like", "chance"]) and math.isnan(rows.loc["mmlu_like", "retention hybrid"])
     assert list(rows["scoring"][["wb_cloze", "wb_choice_gen"]]) == ["log-likelihood", "generated"]
-    plain = task_table({"hybrid": HYBRID, "small": SMALL}, teacher=None)   # no teacher: no retention
+    plain = task_table(task_rows({"hybrid": HYBRID, "small": SMALL}, teacher=None))   # no teacher: no retention
     assert list(plain.columns) == ["task", "metric", "scoring", "chance", "n", "hybrid", "small"]
     assert plain.set_index("task").loc["wb_choice", "metric"] == "acc"
 
 
 def test_the_figure_draws_bars_chance_and_retention():
-    fig = task_scores({"teacher": TEACHER, "hybrid": HYBRID}, teacher="teacher")
+    fig = task_scores(task_rows({"teacher": TEACHER, "hybrid": HYBRID}, teacher="teacher"))
     bars = {(trace.name, trace.yaxis): trace for trace in fig.data if trace.type == "bar"}
     assert set(bars) == {("teacher", "y"), ("hybrid", "y"), ("hybrid", "y2")}
     order = ["wb_cloze", "wb_choice", "wb_choice_gen", "mmlu_like"]
@@ -107,12 +109,12 @@ def test_the_figure_draws_bars_chance_and_retention():
     assert segments == [(-0.42, 0.42, 0.0), (1 - 0.42, 1.42, 0.25), (2 - 0.42, 2.42, 0.25)]   # none without one
     hover = bars["hybrid", "y"].hovertext[2]
     assert "acc 0.350 (n=40)" in hover and "retention 0.50" in hover and "checkpoint step 120" in hover
-    one = task_scores({"hybrid": HYBRID}, teacher=None)   # no teacher: one panel, no retention
+    one = task_scores(task_rows({"hybrid": HYBRID}, teacher=None))   # no teacher: one panel, no retention
     assert {trace.yaxis for trace in one.data} == {"y"}
 
 
 def test_bad_results_are_refused():
     with pytest.raises(ValueError, match="teacher 'x' is not among the results"):
-        task_table({"teacher": TEACHER}, teacher="x")
+        task_rows({"teacher": TEACHER}, teacher="x")
     with pytest.raises(ValueError, match="at least one model"):
-        task_scores({}, teacher=None)
+        task_rows({}, teacher=None)

@@ -35,9 +35,10 @@ from workbench.device import resolve_device
 from workbench.distill.config import RunConfig, StageConfig, parse_tokens
 from workbench.distill.recipes import RECIPES, recipe
 from workbench.evaluation import store
+from workbench.evaluation.scores import task_rows, task_table
 from workbench.viz.compare import AXES, RunEvents, compare_table, eval_overlay, loss_overlay, quality_vs_tokens, run_row
 from workbench.viz.curves import eval_curves, loss_curves
-from workbench.viz.evaluation import task_scores, task_table
+from workbench.viz.evaluation import task_scores
 
 COLUMNS = ["run", "status", "teacher", "mixer", "replaced", "step", "total steps", "stage", "loss", "tokens/s",
            "held-out ratio", "KL", "agreement", "wall s", "note"]
@@ -467,8 +468,9 @@ class RunPanel(Viewer):
         self.compare_tasks_hint.object = "\n\n".join([head, *lines])
         self.compare_tasks.visible = self.compare_task_rows.visible = drawn
         if drawn:
-            table = task_table(results, teacher)
-            self.compare_tasks.object = responsive(task_scores(results, teacher, title="Task scores"),
+            scores = task_rows(results, teacher)
+            table = task_table(scores)
+            self.compare_tasks.object = responsive(task_scores(scores, title="Task scores"),
                                                    600 if teacher is not None else 400)
             self.compare_task_rows.formatters = {column: number("0.000") for column in table.columns
                                                  if column not in ("task", "metric", "scoring", "n")}

@@ -11,6 +11,8 @@ as local data (no network), results saved per model and teacher/student retentio
 - ``harness``: any model as an lm_eval LM (lm_eval's own HFLM), running tasks, the results JSON, retention
 - ``store``: a run folder's scores (``RUN/eval/tasks.json``) and its teacher's (``RUN/eval/teacher.json``), merged
   task by task, where notebooks and the dashboard's compare view read them
+- ``scores``: several models' results side by side per task, with each student's retention (rows for
+  ``workbench.viz.evaluation.task_scores``, and a table)
 - ``cloze`` (task 1), and the builders of the other shipped tasks: one module per task family
 
 ``workbench eval --model M --tasks T1,T2 --json out.json`` is the command. lm_eval is the optional extra ``eval``

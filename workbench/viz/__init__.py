@@ -8,8 +8,9 @@ run's curves (a thread, IPython display handles) is ``workbench.live``, beside `
 ``notebook`` decides how a figure shows in a Jupyter kernel: interactive where the notebook is open, and kept when an
 executed notebook is exported to HTML. Importing this package there makes that plotly's default renderer.
 ``axes`` holds the tick choices the figures share; ``compare`` overlays several runs' curves and tabulates their
-final numbers (the dashboard's compare view, for notebooks); ``evaluation`` draws the needle-in-a-haystack grid of
-depth x length (one model, or several on one colour scale).
+final numbers (the dashboard's compare view, for notebooks); ``evaluation`` draws task scores side by side (the
+rows of ``workbench.evaluation.scores``) and the needle-in-a-haystack grid of depth x length (one model, or several
+on one colour scale).
 """
 
 from workbench.viz.notebook import use_in_notebooks

@@ -2,17 +2,14 @@
 each student's retention), and the needle-in-a-haystack grid (exact match by needle depth and prompt length) as a
 heatmap, one panel per model on one colour scale.
 
-    results = {"teacher": teacher_json, "hybrid": student_json}      # results JSONs (workbench.evaluation.harness)
-    task_scores(results, teacher="teacher")      # grouped bars per task, chance marked; retention in a second panel
-    task_table(results, teacher="teacher")       # task, metric, scoring, chance, n, a score column per model, and
-                                                 # a retention column per student
+    scores = workbench.evaluation.scores.task_rows({"teacher": teacher_json, "hybrid": student_json}, "teacher")
+    task_scores(scores)      # grouped bars per task, chance marked; retention in a second panel
 
-Pure functions: results JSONs (``workbench.evaluation.harness.evaluate``, or the files of
-``workbench.evaluation.store``) in, a figure or a table out. A model's score counts for a task only when it was scored
-with the same metric as the teacher's (else it is missing). Retention is ``harness.retention``: (student - chance) /
-(teacher - chance). A needle grid is ``scores[depth][length]`` (NaN where a cell has no item, e.g. after a
-``--limit``) with the depths (fractions 0-1) and lengths (tokens) of its rows and columns, as
-``workbench.evaluation.needle.grid`` makes them from a results file's samples.
+Pure functions: rows in, a figure out. The rows (scores, retention, chance per task and model) are computed in
+``workbench.evaluation.scores`` from results JSONs; this module only draws them. A needle grid is
+``scores[depth][length]`` (NaN where a cell has no item, e.g. after a ``--limit``) with the depths (fractions 0-1)
+and lengths (tokens) of its rows and columns, as ``workbench.evaluation.needle.grid`` makes them from a results
+file's samples.
 """
 
 from __future__ import annotations
@@ -20,90 +17,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.evaluation import tasks as shipped_tasks
-from workbench.evaluation.harness import retention
 from workbench.viz.curves import COLOURS
 
 COLOURSCALE = "Viridis"   # 0 (never found) to 1 (always found)
 TEACHER_COLOUR = "#7f7f7f"  # the teacher's bars; students take workbench.viz.curves.COLOURS in order
-SCORING = {shipped_tasks.LOGLIKELIHOOD: "log-likelihood", shipped_tasks.GENERATE: "generated"}
 
 
 # ---- task scores side by side ------------------------------------------------------------------------------------
-def _task_order(results: Mapping[str, dict], teacher: str | None) -> list[str]:
-    """Every task of the results: the shipped ones in the order of their table (so that the two scorings of one data
-    file sit together), then the others in order of appearance, the teacher's first."""
-    models = ([results[teacher]] if teacher is not None else []) + list(results.values())
-    seen = list(dict.fromkeys(name for result in models for name in result["tasks"]))
-    shipped = [name for name in shipped_tasks.shipped() if name in seen]
-    return shipped + [name for name in seen if name not in shipped]
-
-
-def _check(results: Mapping[str, dict], teacher: str | None) -> None:
-    if not results:
-        raise ValueError("no results to show: pass at least one model's results (name -> results JSON)")
-    if teacher is not None and teacher not in results:
-        raise ValueError(f"teacher {teacher!r} is not among the results ({', '.join(results)}); pass one of them, "
-                         f"or teacher=None for scores without retention")
-
-
-def task_rows(results: Mapping[str, dict], teacher: str | None) -> list[dict]:
-    """One row per task: task, metric, scoring, chance, n (a number, or "n1 / n2 ..." per model where the models
-    scored different numbers of documents), ``scores`` (name -> score or None) and ``retention`` (student name ->
-    retention or None; empty without a teacher). The metric, scoring and chance are the teacher's, else those of the
-    first model that has the task."""
-    _check(results, teacher)
-    rows = []
-    for task in _task_order(results, teacher):
-        owner = results[teacher] if teacher is not None and task in results[teacher]["tasks"] else \
-            next(r for r in results.values() if task in r["tasks"])
-        ref = owner["tasks"][task]
-        entries = {name: r["tasks"].get(task) for name, r in results.items()}
-        scores = {name: e["score"] if e is not None and e.get("metric") == ref["metric"] else None
-                  for name, e in entries.items()}
-        counts = list(dict.fromkeys(e["n"] for e in entries.values() if e is not None))
-        base = scores.get(teacher) if teacher is not None else None
-        rows.append({"task": task, "metric": ref["metric"], "scoring": SCORING.get(ref.get("scoring"),
-                                                                                  ref.get("scoring") or ""),
-                     "chance": ref.get("chance"), "n": counts[0] if len(counts) == 1 else
-                     " / ".join("-" if e is None else str(e["n"]) for e in entries.values()),
-                     "scores": scores,
-                     "retention": {} if teacher is None else
-                     {name: None if s is None or base is None else retention(s, base, ref.get("chance"))
-                      for name, s in scores.items() if name != teacher}})
-    return rows
-
-
-def task_table(results: Mapping[str, dict], teacher: str | None) -> pd.DataFrame:
-    """The scores side by side (``task_rows``): columns task, metric, scoring, chance, n, one score column per model
-    (named after it) and, with a ``teacher``, a "retention NAME" column per student; NaN where a number is missing."""
-    rows = task_rows(results, teacher)
-    students = [name for name in results if name != teacher] if teacher is not None else []
-    columns = ["task", "metric", "scoring", "chance", "n", *results, *[f"retention {name}" for name in students]]
-    nan = float("nan")
-    return pd.DataFrame([[row["task"], row["metric"], row["scoring"],
-                          nan if row["chance"] is None else row["chance"], row["n"],
-                          *(nan if row["scores"][name] is None else row["scores"][name] for name in results),
-                          *(nan if row["retention"][name] is None else row["retention"][name] for name in students)]
-                         for row in rows], columns=columns)
-
-
-def _colours(results: Mapping[str, dict], teacher: str | None) -> dict[str, str]:
-    students = [name for name in results if name != teacher]
+def _colours(models: Sequence[str], teacher: str | None) -> dict[str, str]:
+    students = [name for name in models if name != teacher]
     return {**({teacher: TEACHER_COLOUR} if teacher is not None else {}),
             **{name: COLOURS[i % len(COLOURS)] for i, name in enumerate(students)}}
 
 
-def _hover(row: dict, name: str, entry: dict | None) -> str:
+def _hover(row: dict, name: str) -> str:
     lines = [f"<b>{name}</b>", f"{row['task']} ({row['scoring']})"]
     if row["scores"][name] is not None:
-        lines.append(f"{row['metric']} {row['scores'][name]:.3f} (n={entry['n']})")
-        if entry.get("step") is not None:
-            lines.append(f"checkpoint step {entry['step']}")
+        lines.append(f"{row['metric']} {row['scores'][name]:.3f} (n={row['counts'][name]})")
+        if row["steps"][name] is not None:
+            lines.append(f"checkpoint step {row['steps'][name]}")
     kept = row["retention"].get(name)
     if kept is not None:
         lines.append(f"retention {kept:.2f}")
@@ -112,14 +47,14 @@ def _hover(row: dict, name: str, entry: dict | None) -> str:
     return "<br>".join(lines)
 
 
-def task_scores(results: Mapping[str, dict], teacher: str | None,
-                title: str = "Task scores: teacher and students side by side") -> go.Figure:
-    """Grouped bars, one group per task (``task_rows``) and one bar per model (the teacher first, in grey), each
-    task's chance level a dashed black line across its group; with a ``teacher`` and students, a second panel of
-    each student's retention (1: the teacher's score, 0: chance). Hovering a bar shows its score, n, checkpoint step
-    and retention; a missing bar is a task the model was not scored on (or scored with another metric)."""
-    rows = task_rows(results, teacher)
-    colours = _colours(results, teacher)
+def task_scores(scores, title: str = "Task scores: teacher and students side by side") -> go.Figure:
+    """Grouped bars of ``scores`` (a ``workbench.evaluation.scores.TaskScores``), one group per task and one bar per
+    model (the teacher first, in grey), each task's chance level a dashed black line across its group; with a teacher
+    and students, a second panel of each student's retention (1: the teacher's score, 0: chance). Hovering a bar shows
+    its score, n, checkpoint step and retention; a missing bar is a task the model was not scored on (or scored with
+    another metric)."""
+    rows, teacher = scores.rows, scores.teacher
+    colours = _colours(scores.models, teacher)
     order = list(colours)
     students = order[1:] if teacher is not None else []
     panels = 2 if students else 1
@@ -128,7 +63,7 @@ def task_scores(results: Mapping[str, dict], teacher: str | None,
                         row_heights=[0.62, 0.38] if panels == 2 else None)
     x = list(range(len(rows)))
     for name in order:
-        hover = [_hover(row, name, results[name]["tasks"].get(row["task"])) for row in rows]
+        hover = [_hover(row, name) for row in rows]
         fig.add_trace(go.Bar(x=x, y=[row["scores"][name] for row in rows], name=name, legendgroup=name,
                              marker_color=colours[name], hovertext=hover, hoverinfo="text"), row=1, col=1)
         if name in students:
