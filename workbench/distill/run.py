@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.analysis.compare import compare
-from workbench.data import PackedBlocks, load_corpus, token_ids
+from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
 from workbench.distill.checkpoint import CorruptCheckpoint
@@ -125,7 +125,7 @@ class Run:
             evaluation = cfg.evaluation_corpus
             self.valid_ids = token_ids(load_corpus(evaluation, "valid" if evaluation == "sotu" else "heldout"),
                                        self.teacher.tokenizer)
-            self.train_ids = token_ids(load_corpus(cfg.corpus, "train"), self.teacher.tokenizer)
+            self.train_ids = token_ids(load_corpus(cfg.corpus, "train", cfg.corpus_weights), self.teacher.tokenizer)
         self.device = target if shards else self.teacher.device  # cuda -> the cuda:N the teacher is on
         calibration = calibration_ids(cfg, self.train_ids, self.teacher.device)
         self.student = build_run_student(cfg, self.teacher, calibration)
@@ -469,6 +469,17 @@ class Run:
                    "train_tokens": sum(s.steps * s.batch_size * s.seq_len for s in self.config.stages),
                    # each stage's throughput and memory, from its stage_end (an earlier process's, after a resume)
                    "stages": throughput.stage_summary(self.config.stages, select(run_dir.read_typed()[0], StageEnd))}
+        mix = self._mix_heldout()
         run_dir.log("run_end", **summary)
-        run_dir.write_summary(summary)
-        return summary
+        run_dir.write_summary({**summary, **mix})
+        return {**summary, **mix}
+
+    def _mix_heldout(self) -> dict:
+        """A run on a mix (workbench corpus build) also scores the mix's held-out slice: {"mix_heldout": metrics},
+        in summary.json beside the evaluation corpus's numbers; {} for any other corpus."""
+        if not is_mix(self.config.corpus):
+            return {}
+        held = token_ids(load_corpus(self.config.corpus, "heldout"), self.teacher.tokenizer)  # shards: no cache
+        metrics = self._compare(held, 1024 if len(held) > 2048 else 256, self.final_eval_tokens)
+        return {"mix_heldout": {"corpus": self.config.corpus, **metrics,
+                                "ppl_ratio": metrics["ppl_student"] / metrics["ppl_teacher"]}}
