@@ -178,6 +178,10 @@ def test_a_run_on_a_mix_trains_on_its_weighted_stream_and_scores_both_heldout_se
     mix = saved["mix_heldout"]
     assert mix["corpus"] == str(root / "mix") and mix["tokens"] == 64
     assert mix["ppl_ratio"] == pytest.approx(mix["ppl_student"] / mix["ppl_teacher"])
+    from workbench.distill.events import RunEnd, iter_typed
+
+    (end,) = iter_typed(tmp_path / "run" / "events.jsonl", RunEnd)          # the event carries it too
+    assert end.mix_heldout == mix
 
 
 def test_an_interrupted_build_resumes_and_a_rerun_keeps_everything(tmp_path, monkeypatch):

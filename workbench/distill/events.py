@@ -267,6 +267,8 @@ class RunEnd(Event):
     train_tokens: int                            # training tokens over all stages
     stages: list[dict[str, Any]] | None = None   # per stage: batch_size, seq_len, steps and the measured fields of
                                                  #   its stage_end (throughput.stage_summary; None: older logs)
+    mix_heldout: dict[str, Any] | None = None    # a run on a training mix (workbench corpus build): the same
+                                                 #   metrics on the mix's held-out slice (None: another corpus)
 
 
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in (RunStart, Resume, StageStart, Step, Eval, Checkpoint,

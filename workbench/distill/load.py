@@ -100,7 +100,7 @@ def load_run_student(path: str | Path, device: str | torch.device | None = "auto
                                 f"trained to load")
     calibration = None
     if checkpoint is None:  # with a checkpoint, every parameter calibration sets is a trained one, read from it
-        train_ids = token_ids(load_corpus(config.corpus, "train"), teacher.tokenizer)
+        train_ids = token_ids(load_corpus(config.corpus, "train", config.corpus_weights), teacher.tokenizer)
         calibration = calibration_ids(config, train_ids, teacher.device)
     student = build_run_student(config, teacher, calibration)
     step = 0

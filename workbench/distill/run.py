@@ -469,10 +469,10 @@ class Run:
                    "train_tokens": sum(s.steps * s.batch_size * s.seq_len for s in self.config.stages),
                    # each stage's throughput and memory, from its stage_end (an earlier process's, after a resume)
                    "stages": throughput.stage_summary(self.config.stages, select(run_dir.read_typed()[0], StageEnd))}
-        mix = self._mix_heldout()
+        summary.update(self._mix_heldout())
         run_dir.log("run_end", **summary)
-        run_dir.write_summary({**summary, **mix})
-        return {**summary, **mix}
+        run_dir.write_summary(summary)
+        return summary
 
     def _mix_heldout(self) -> dict:
         """A run on a mix (workbench corpus build) also scores the mix's held-out slice: {"mix_heldout": metrics},
