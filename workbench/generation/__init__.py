@@ -1,7 +1,8 @@
 """Fast generation for teachers, students and hybrids (one decode loop, optional CUDA graph and torch.compile),
 greedy speculative decoding, teacher pseudo-labels, and benchmarks of speed and quality side by side.
 
-- ``engine``: ``generate`` (``prefill`` + a decode loop), ``DecodeOptions``, ``GenerationResult``;
+- ``engine``: ``generate`` (``prefill`` + a decode loop), ``Decoder`` (many batches, one captured step),
+  ``DecodeOptions`` (``THROUGHPUT``), ``GenerationResult``;
 - ``session``: ``Session``, a model's attention cache and mixer states, with checkpoint and rollback;
 - ``graph``: the decode step in a CUDA graph; ``compile``: the decode step under torch.compile;
 - ``sampling``: the next token from logits; ``speculative``: ``speculative_generate``;
@@ -15,6 +16,7 @@ import importlib
 # command's --help and the command-line checks in ``cli`` load no model library
 _NAMES = {
     "DecodeOptions": "engine", "GenerationResult": "engine", "generate": "engine", "prefill": "engine",
+    "Decoder": "engine", "THROUGHPUT": "engine",
     "Session": "session", "LoadedModel": "models", "load_model": "models",
     "PseudoLabelConfig": "pseudo", "generate_corpus": "pseudo",
     "SpeculativeResult": "speculative", "speculative_generate": "speculative",

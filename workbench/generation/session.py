@@ -3,6 +3,7 @@
     session = Session(model, max_length=L + new, static=False)
     logits = session.forward(ids)          # (B, keep, V) of the last ``keep`` positions; moves on by L tokens
     session.checkpoint(); ...; session.rollback(length)
+    session.restart()                      # empty again, for the next prompt of the same batch
 
 The model is driven through its own Hugging Face forward (so positions, masks and rotary embeddings are its own).
 Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``StaticCache`` for a CUDA graph). Each
@@ -82,6 +83,14 @@ class Session:
         logits = self.model(input_ids=ids, **kwargs).logits[:, -keep:]
         self.length += ids.shape[1]
         return logits
+
+    def restart(self) -> None:
+        """Forget every token, to read a new prompt of the same batch: the cache is emptied in place (a static cache
+        keeps its tensors, so a step captured on it stays valid) and every mixer layer's next call is a prefill."""
+        self.cache.reset()
+        for m in self.mixers.values():
+            m.restart()
+        self.length = self.mark = 0
 
     def state_bytes(self) -> int:
         """Bytes held by the mixer layers' states (what a decode step reads of them)."""
