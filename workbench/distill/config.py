@@ -2,9 +2,12 @@
 
 Token budgets accept k/M/B suffixes through ``parse_tokens`` ("20M" -> 20_000_000). Which layers the student
 replaces is said once, by ``keep_attention`` or by ``replace`` (not both), and read through
-``RunConfig.replaced_layers(n)`` / ``kept_layers(n)`` (``workbench.students.split_layers``). A stage's layer-wise
-terms name their layers outright (``layers``) or as a group of the replaced ones (``layer_group``), resolved once the
-run has built its student (``StageConfig.layers_of``).
+``RunConfig.replaced_layers(n)`` / ``kept_layers(n)`` (``workbench.students.split_layers``). Or the layers that keep
+attention are chosen by measurement (``keep_attention_auto``, "auto:25%" or "auto:8":
+``workbench.students.spec.AutoKeep``): the run scores the teacher's layers once the teacher is loaded and writes the
+chosen ones into ``keep_attention`` (and the scores into config.json), so a resumed run and every reader see a plain
+layer list. A stage's layer-wise terms name their layers outright (``layers``) or as a group of the replaced ones
+(``layer_group``), resolved once the run has built its student (``StageConfig.layers_of``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from workbench.students.spec import INITS, check_one_of, split_layers
+from workbench.students.spec import INITS, AutoKeep, check_one_of, split_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
 TRAINABLE = ("mixers", "mixers+mlps", "all")
@@ -164,6 +167,11 @@ class RunConfig:
     keep_attention: list[int] = field(default_factory=list)  # teacher layers that stay attention (hybrid)
     replace: list[int] | None = None          # or instead: the layers to replace; None = every layer not in
                                               #   keep_attention (give one of the two)
+    keep_attention_auto: str | None = None    # or: "auto:25%" / "auto:8" (AutoKeep), the layers that keep attention
+                                              #   chosen by their measured replacement cost once the teacher loads;
+                                              #   the run then writes them into keep_attention (None: named layers)
+    layer_score_tokens: int = 4096            # keep_attention_auto: training tokens the layers are scored on
+                                              #   (after the calibration tokens); a few thousand rank them stably
     init: str = "attention"                   # attention (Mamba in the Llama init) | random
     mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
     calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
@@ -210,6 +218,16 @@ class RunConfig:
         _text("device", self.device)
         _layer_list("keep_attention", self.keep_attention)
         _layer_list("replace", self.replace, optional=True)
+        _text("keep_attention_auto", self.keep_attention_auto, optional=True)
+        if self.keep_attention_auto is not None:
+            try:
+                AutoKeep.parse(self.keep_attention_auto)
+            except ValueError as err:
+                raise ValueError(f"keep_attention_auto={self.keep_attention_auto!r}: {err}") from None
+            if self.replace is not None:
+                raise ValueError(f"give either keep_attention_auto ({self.keep_attention_auto!r}) or replace "
+                                 f"({self.replace}), not both: each one says which layers are replaced")
+        _number("layer_score_tokens", self.layer_score_tokens, minimum=2, integer=True)
         if not isinstance(self.mixer_config, dict):
             raise ValueError(f"mixer_config={self.mixer_config!r}: must be a dict of the mixer config's fields")
         _number("calibration_tokens", self.calibration_tokens, minimum=0, integer=True)
@@ -217,6 +235,9 @@ class RunConfig:
         _number("eval_every", self.eval_every, minimum=0, integer=True)
         _number("eval_tokens", self.eval_tokens, minimum=1, integer=True)
         _number("eval_window", self.eval_window, minimum=1, integer=True)
+        if self.keep_attention_auto is not None and self.layer_score_tokens < self.eval_window + 1:
+            raise ValueError(f"layer_score_tokens={self.layer_score_tokens}: the layers are scored on windows of "
+                             f"eval_window + 1 = {self.eval_window + 1} tokens; give at least that many")
         _number("checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
         _number("grad_clip", self.grad_clip, above=0)
         for name in ("autocast", "compile", "fsdp"):
@@ -243,17 +264,42 @@ class RunConfig:
         for stage in self.stages:
             check_positions(teacher_config, stage.seq_len, name=f"stage {stage.name!r} seq_len", model=name)
         num_layers = int(teacher_config.num_hidden_layers)
+        auto = self.auto_keep
+        if auto is not None:
+            count = auto.count_for(num_layers)
+            if self.keep_attention and len(split_layers(num_layers, keep_attention=self.keep_attention)[1]) != count:
+                raise ValueError(f"keep_attention {self.keep_attention} is not the {count} layers {auto} chooses of "
+                                 f"the {name}'s {num_layers}: this config was resolved for another teacher")
+            if not self.keep_attention:
+                return
         if not self.replaced_layers(num_layers):
             raise ValueError(f"keep_attention {self.keep_attention} keeps every layer of the {name} (0.."
                              f"{num_layers - 1}): nothing would be distilled; leave out at least one")
 
+    @property
+    def auto_keep(self) -> AutoKeep | None:
+        """The rule of ``keep_attention_auto`` (None: the layers are named)."""
+        return AutoKeep.parse(self.keep_attention_auto) if self.keep_attention_auto is not None else None
+
+    @property
+    def layers_chosen(self) -> bool:
+        """Whether the layers are known: named, or chosen by the run from ``keep_attention_auto`` already."""
+        return self.keep_attention_auto is None or bool(self.keep_attention)
+
+    def _split(self, num_layers: int) -> tuple[list[int], list[int]]:
+        if not self.layers_chosen:
+            raise ValueError(f"keep_attention_auto={self.keep_attention_auto!r}: the layers that keep attention are "
+                             f"chosen by the run once its teacher is loaded, and this config has not been through "
+                             f"a run yet (a run folder's config.json holds them once the run has started)")
+        return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)
+
     def replaced_layers(self, num_layers: int) -> list[int]:
         """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer."""
-        return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)[0]
+        return self._split(num_layers)[0]
 
     def kept_layers(self, num_layers: int) -> list[int]:
         """The layers of a ``num_layers``-layer teacher that keep attention."""
-        return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)[1]
+        return self._split(num_layers)[1]
 
     @property
     def evaluation_corpus(self) -> str:

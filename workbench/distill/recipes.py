@@ -10,6 +10,12 @@ stages that follow each paper's procedure. See docs/methods.md for the procedure
   alignment of one group of layers at a time), then logit KD.
 - ``kd``: plain end-to-end logit KD.
 
+``mamba-in-llama`` and ``kd`` take ``align`` (default 0: off): the weight of a mixer-output alignment term
+("attn_mse": each mixer's output on the teacher's attention input against the attention output it replaces, mean
+squared error per token, LoLCATs' attention transfer) added to their stage where only the mixers learn (the first
+stage of ``mamba-in-llama``, the one stage of ``kd``). Each step then also captures the teacher's attention inputs
+and outputs and runs every mixer once more on them; the term is logged per step as "loss_attn_mse".
+
 Recipes do not know the teacher: which layers are replaced is the run config's (``keep_attention`` / ``replace``),
 and a stage that works on part of them names it as a group (``StageConfig.layer_group``) that the run resolves once
 it has built its student. ``recipe`` refuses a dial its recipe does not have.
@@ -27,6 +33,13 @@ def _split(tokens: int, shares: list[float]) -> list[int]:
     return [max(1, int(tokens * s)) for s in shares]
 
 
+def _aligned(losses: dict[str, float], align: float) -> dict[str, float]:
+    """``losses`` with the mixer-output alignment term at weight ``align`` (none at 0)."""
+    if isinstance(align, bool) or not isinstance(align, int | float) or not align >= 0:
+        raise ValueError(f"align={align!r}: must be a weight >= 0 (0: no mixer-output alignment term)")
+    return {**losses, "attn_mse": float(align)} if align > 0 else losses
+
+
 def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
     t1, t2, t3 = _split(tokens, [80 / 3000, 160 / 3000, 2760 / 3000])
     common = dict(seq_len=seq_len, batch_size=batch_size)
@@ -35,10 +48,11 @@ def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-
             StageConfig("knowledge-distillation", "all", {"kl": 1.0}, t3, lr=lr / 10, **common)]
 
 
-def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
+def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
+                   align: float = 0.0) -> list[StageConfig]:
     t1, t2 = _split(tokens, [0.2, 0.8])
     common = dict(seq_len=seq_len, batch_size=batch_size)
-    return [StageConfig("mixers-only", "mixers", {"kl": 1.0, "ce": 0.1}, t1, lr=lr, **common),
+    return [StageConfig("mixers-only", "mixers", _aligned({"kl": 1.0, "ce": 0.1}, align), t1, lr=lr, **common),
             StageConfig("end-to-end", "all", {"kl": 1.0}, t2, lr=lr / 10, **common)]
 
 
@@ -56,9 +70,10 @@ def scavenging_hyena(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: f
                                  **common)]
 
 
-def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
-    return [StageConfig("knowledge-distillation", "mixers", {"kl": 1.0}, tokens, lr=lr, seq_len=seq_len,
-                        batch_size=batch_size)]
+def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
+       align: float = 0.0) -> list[StageConfig]:
+    return [StageConfig("knowledge-distillation", "mixers", _aligned({"kl": 1.0}, align), tokens, lr=lr,
+                        seq_len=seq_len, batch_size=batch_size)]
 
 
 RECIPES: dict[str, Callable[..., list[StageConfig]]] = {

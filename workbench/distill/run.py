@@ -16,6 +16,12 @@ starts from them has a finite loss: on a non-finite loss, the checkpoint of the 
 (``RunDir.set_aside_diverged``) and the previous one stays the one to resume from; the error names it, or says that
 none exists. Resuming repeats the same steps at the same learning rate, so the advice is a new run with a lower one.
 
+Layers chosen by measurement (``keep_attention_auto``, "auto:25%"): once the teacher and the training tokens are
+loaded, and before the student is built, the run scores every layer's replacement cost on ``layer_score_tokens``
+training tokens (``workbench.analysis.layer_scores``, on a student with a mixer in every layer), keeps the most
+costly ones as attention and writes them into config.json: the run config's ``keep_attention``, and the scores under
+"layer_selection". A resumed run reads them back and scores nothing (``Run._choose_layers``).
+
 Stopping on request (``Run.request_stop``, from another thread: a notebook's interrupt, ``workbench.live``): the
 step in progress finishes (with its evaluation and checkpoint when due), then, before the next step, the steps not
 yet in a checkpoint are checkpointed (so the run's events end with that "checkpoint") and ``execute`` raises
@@ -32,6 +38,7 @@ events, checkpoints (full, unsharded tensors: a run resumes on any number of pro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import threading
@@ -44,10 +51,11 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.analysis.compare import compare
+from workbench.analysis.layer_scores import greedy_restore, replacement_costs
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
-from workbench.distill.checkpoint import CorruptCheckpoint
+from workbench.distill.checkpoint import CorruptCheckpoint, save_json
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
@@ -112,7 +120,9 @@ class Run:
         self._stop.set()
 
     # ---- setup -----------------------------------------------------------------------------------------------
-    def _setup(self, device: str):
+    def _setup(self, device: str, run_dir: RunDir | None = None):
+        """Load the teacher and the tokens, choose the layers of ``keep_attention_auto`` if not chosen yet (written
+        into ``run_dir``'s config.json when given), build the student."""
         cfg = self.config
         # fsdp over several processes: teacher and student are built on the CPU, then sharded onto the devices
         shards = cfg.fsdp and distributed.world_size() > 1
@@ -128,6 +138,8 @@ class Run:
             self.train_ids = token_ids(load_corpus(cfg.corpus, "train", cfg.corpus_weights), self.teacher.tokenizer)
         self.device = target if shards else self.teacher.device  # cuda -> the cuda:N the teacher is on
         calibration = calibration_ids(cfg, self.train_ids, self.teacher.device)
+        if not cfg.layers_chosen:
+            self._choose_layers(run_dir, calibration)
         self.student = build_run_student(cfg, self.teacher, calibration)
         self.student.train()
         self.mixers = student_mixers(self.student)
@@ -136,6 +148,41 @@ class Run:
             compile_layers(self.student)
             compile_layers(self.teacher.model)
         self.sharded = None  # the FSDP2 root holding the student, once sharded (fsdp runs of several processes)
+
+    def _choose_layers(self, run_dir: RunDir | None, calibration: torch.Tensor | None) -> None:
+        """Resolve ``keep_attention_auto`` into ``keep_attention``: rank 0 scores the layers (``score_layers``) and
+        writes the choice and the scores into ``run_dir``'s config.json; the other ranks then read the choice from
+        there, so every rank builds the same student."""
+        cfg = self.config
+        with distributed.main_first():
+            if not distributed.is_main():
+                cfg.keep_attention = RunConfig.from_dict(RunDir.open(self.out).config["run"]).keep_attention
+                return
+            selection = self.score_layers(calibration)
+            cfg.keep_attention = selection["kept"]
+            note(f"{selection['rule']}: layers {selection['kept']} keep attention (the most costly to replace, "
+                 f"scored on {selection['tokens']} tokens)")
+            if run_dir is not None and run_dir.writer:
+                save_json(run_dir.config_path, {**run_dir.config, "run": cfg.to_dict(), "layer_selection": selection})
+
+    def score_layers(self, calibration: torch.Tensor | None) -> dict:
+        """The layers ``keep_attention_auto`` keeps, with the scores they were chosen by: {"rule", "kept", and the
+        fields of ``workbench.analysis.layer_scores.LayerScores``}. Scored on a student with a mixer in every layer,
+        built and calibrated as the run builds its own, on the ``layer_score_tokens`` training tokens after the
+        calibration ones, in windows of ``eval_window`` tokens."""
+        cfg = self.config
+        auto = cfg.auto_keep
+        count = auto.count_for(self.teacher.num_layers)
+        every_layer = dataclasses.replace(cfg, keep_attention=[], keep_attention_auto=None, replace=None)
+        student = build_run_student(every_layer, self.teacher, calibration)
+        start = 0 if calibration is None else calibration.shape[1]
+        ids = self.train_ids[start:start + cfg.layer_score_tokens]
+        options = dict(window=cfg.eval_window, autocast=self.autocast)
+        if auto.method == "auto-greedy":
+            scores = greedy_restore(self.teacher, student, ids, rounds=count, **options)
+        else:
+            scores = replacement_costs(self.teacher, student, ids, **options)
+        return {"rule": str(auto), "kept": scores.kept(count), **scores.as_dict()}
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.autocast:
@@ -152,7 +199,10 @@ class Run:
         run_dir = RunDir(self.out)
         if not run_dir.config_path.exists():
             return RunDir.create(self.out, {"run": self.config.to_dict(), "final_eval_tokens": self.final_eval_tokens})
-        stored = RunConfig.from_dict(run_dir.config["run"]).to_dict()
+        stored = RunConfig.from_dict(run_dir.config["run"])
+        if not self.config.layers_chosen and stored.keep_attention_auto == self.config.keep_attention_auto:
+            self.config.keep_attention = list(stored.keep_attention)  # the layers the run chose (none yet: [])
+        stored = stored.to_dict()
         changed = sorted(k for k, v in self.config.to_dict().items() if stored.get(k) != v)
         if changed:
             raise ValueError(f"{self.out} holds a run with another config (differs in {', '.join(changed)}): continue "
@@ -177,7 +227,7 @@ class Run:
 
     def _execute(self, run_dir: RunDir, device: str) -> dict:
         cfg = self.config
-        self._setup(device)
+        self._setup(device, run_dir)
         world = distributed.world_size()
         saved = self._saved_names()
         position, opt_state = self._resume_point(run_dir, saved)

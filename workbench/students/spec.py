@@ -7,6 +7,10 @@ one into the other, and the only place that checks a layer list.
     replaced, kept = split_layers(30, keep_attention=[0, 15])    # every layer but 0 and 15 becomes a mixer
     replaced, kept = split_layers(30, replace=[10, 20])           # layers 10 and 20 become mixers
 
+The layers that keep attention may also be chosen by measurement instead of named (``AutoKeep``: "auto:25%" or
+"auto:8" keeps the layers whose replacement costs the most, ``workbench.analysis.layer_scores``); the run resolves
+such a rule into a layer list once its teacher is loaded, and from then on the list is what it records.
+
 The spec (``StudentSpec``) is stored in the student's config under ``workbench_student``, so ``load_student``
 rebuilds the swapped structure; its canonical field is ``layers`` (the replaced ones) with ``num_layers``, and it
 also writes the derived ``keep_attention`` for readers of config.json.
@@ -14,6 +18,7 @@ also writes the derived ``keep_attention`` for readers of config.json.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +54,61 @@ def split_layers(num_layers: int, keep_attention: Sequence[int] | None = None,
         return replaced, [i for i in range(num_layers) if i not in replaced]
     kept = _check("keep_attention", keep_attention or [], num_layers)
     return [i for i in range(num_layers) if i not in kept], kept
+
+
+AUTO_METHODS = ("auto", "auto-greedy")  # the rule's prefix: the method that scores the layers
+
+
+@dataclass(frozen=True)
+class AutoKeep:
+    """A rule that chooses how many layers keep attention, and by which measurement, before the teacher is known:
+    "auto:25%" (a share of the teacher's layers) or "auto:8" (a count). ``method`` "auto" keeps the layers whose
+    replacement cost alone is largest; "auto-greedy" restores attention one layer at a time in an all-mixer student,
+    each time where it lowers the KL most (``workbench.analysis.layer_scores``)."""
+
+    method: str                   # one of AUTO_METHODS
+    count: int | None = None      # layers that keep attention; or
+    share: float | None = None    # the share of the teacher's layers (0 < share < 1) that keep attention
+
+    @classmethod
+    def parse(cls, text: str) -> AutoKeep:
+        """"auto:25%" -> AutoKeep("auto", share=0.25); "auto-greedy:8" -> AutoKeep("auto-greedy", count=8)."""
+        usage = "give auto:N (N layers keep attention) or auto:P% (P percent of the teacher's layers), e.g. auto:25%"
+        method, colon, amount = str(text).partition(":")
+        if method not in AUTO_METHODS or not colon:
+            raise ValueError(f"{text!r} is not a layer-choice rule: {usage} (or auto-greedy:... for the greedy "
+                             f"choice)")
+        if amount.endswith("%"):
+            try:
+                percent = float(amount[:-1])
+            except ValueError:
+                raise ValueError(f"{text!r}: {amount!r} is not a percentage; {usage}") from None
+            if not 0 < percent < 100:
+                raise ValueError(f"{text!r}: the share must be above 0% and below 100% (every layer kept leaves "
+                                 f"nothing to distil)")
+            return cls(method, share=percent / 100)
+        if not amount.isdigit() or int(amount) < 1:
+            raise ValueError(f"{text!r}: {amount!r} is not a count of layers >= 1 nor a percentage; {usage}")
+        return cls(method, count=int(amount))
+
+    def __str__(self) -> str:
+        amount = f"{self.share * 100:g}%" if self.share is not None else str(self.count)
+        return f"{self.method}:{amount}"
+
+    def count_for(self, num_layers: int) -> int:
+        """How many of a ``num_layers``-layer teacher's layers keep attention: the count, or the share of the layers
+        rounded half up; ValueError unless it is at least one and leaves at least one layer to replace."""
+        if self.count is not None:
+            k = self.count
+        else:
+            k = math.floor(self.share * num_layers + 0.5)
+            if k == 0:
+                raise ValueError(f"{self}: {self.share * 100:g}% of the teacher's {num_layers} layers rounds to no "
+                                 f"layer; give a larger share or a count (auto:1)")
+        if k >= num_layers:
+            raise ValueError(f"{self} keeps {k} layers but the teacher has {num_layers}: at most {num_layers - 1} "
+                             f"may keep attention (at least one layer must become a mixer)")
+        return k
 
 
 @dataclass

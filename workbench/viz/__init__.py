@@ -10,7 +10,8 @@ executed notebook is exported to HTML. Importing this package there makes that p
 ``axes`` holds the tick choices the figures share; ``compare`` overlays several runs' curves and tabulates their
 final numbers (the dashboard's compare view, for notebooks); ``evaluation`` draws task scores side by side (the
 rows of ``workbench.evaluation.scores``) and the needle-in-a-haystack grid of depth x length (one model, or several
-on one colour scale).
+on one colour scale); ``layers`` draws the per-layer scores a measured choice of attention layers was made by;
+``quality`` the held-out ratio against training tokens per teacher parameter, with published students beside.
 """
 
 from workbench.viz.notebook import use_in_notebooks

@@ -1,0 +1,328 @@
+"""Quality against training budget: rows of students, each distilled at several token budgets up to one token per
+teacher parameter, the held-out perplexity ratio of every run written as JSON and drawn against tokens per teacher
+parameter beside the published students (``workbench.viz.quality``).
+
+    python benchmarks/quality_curve.py --out runs/curve --json docs/results/curve.json --figure curve.html
+    python benchmarks/quality_curve.py --rows mil-25,mil-25-auto --budgets 8M,30M --corpus corpora/mix --nproc 2 \\
+        --out runs/curve --json curve.json --resume
+
+Rows (``ROWS``; the students and recipes of ``benchmarks/results_table.py``'s ``Row``, its ``row_config`` builds each
+run):
+  mil-50, mil-25, mil-12, mil-0   Mamba-2, mamba-in-llama, 50 / 25 / 12.5 / 0% attention spread evenly
+  mil-25-auto, mil-12-auto        the same number of attention layers, chosen by their measured replacement cost
+                                  (``--keep-attention auto:K``, K the even spread's count)
+  mil-25-align                    mil-25 with the mixer-output alignment term (recipe dial align) in its first stage
+  mohawk-0                        discrete Mamba-2, MOHAWK's three stages, no attention
+  mohawk-0-stages23, -stage3      its stage ablation (stages 2+3, stage 3 alone; the budget kept)
+  hyena-0                         Hyena, Scavenging Hyena, no attention; then the Laughing Hyena distillery on the
+                                  trained student (``workbench laughing``, order ``--laughing-order``): the change in
+                                  perplexity when every long filter becomes a modal recurrence
+The rows marked ablation (mil-25-align, mohawk-0-stages23, mohawk-0-stage3) run at ``--ablation-budget`` only.
+
+Each (row, budget, seed) is one run folder, ``OUT/ROW/BUDGET-sSEED``, resumable by row and budget: a folder holding
+``record.json`` is finished and read back; a folder holding a run that has not finished is continued with
+``--resume`` (without it the script stops and says so, rather than guess); any other is a new run. A folder holding
+a run of another config (other --lr, --batch-size, --corpus, ...) stops the script: give such a sweep its own
+--out. ``--nproc N`` runs each one data-parallel on N GPUs (``workbench distill --resume`` under torchrun). The JSON
+(``--json``) holds one record per run (fields below), written after every run; the figure (``--figure``, .html or
+.json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
+that the folders under --out hold (run folders copied back from GPU machines, checkpoints left out) and lists the
+runs still missing under "missing".
+
+A record: row, budget, seed, run (the folder), teacher, device_name, world_size, mixer, recipe, stages, choice,
+attention_share, keep_attention (the layers that kept attention), keep_attention_auto, layer_selection (the scores
+an auto choice was made by), replaced, dials, corpus, train_tokens, teacher_parameters, tokens_per_parameter,
+ppl_ratio, ppl_student, ppl_teacher, kl, agreement, mix_heldout_ratio (a run on a mix: the ratio on the mix's
+held-out slice), tokens_per_s and mfu (over the whole run: every stage's median rate, weighted by its time),
+train_seconds (the stages' tokens over their rates), gpu_mem_gb (the largest stage peak), batch, seq_len, lr (each
+stage's), target, laughing (hyena-0: order, ppl_before, ppl_after, ppl_change), command, wall_seconds (of the
+invocation that finished the run: of a resumed run, its last part only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workbench.distill.checkpoint import save_json
+from workbench.distill.config import RunConfig, parse_tokens
+from workbench.distill.events import RunStart, iter_typed
+from workbench.distill.run_dir import RunDir
+
+
+def _results_table():
+    """benchmarks/results_table.py (benchmarks/ is a folder of scripts, not a package): its rows and run configs."""
+    spec = importlib.util.spec_from_file_location("results_table", Path(__file__).with_name("results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+table = _results_table()
+Row, row_config, kept_layers = table.Row, table.row_config, table.kept_layers
+
+RECORD = "record.json"      # in a run folder: the finished run's record
+LAUGHING = "laughing-{order}.json"  # in a run folder: the Laughing Hyena report of its student at an order
+DEFAULT_BUDGETS = "8M,30M,70M,135M"
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    row: Row                            # mixer, recipe, attention share and choice (results_table.Row)
+    ablation_only: bool = False         # run at the ablation budget only
+    laughing_order: int | None = None   # distil the trained student's long filters at this order afterwards
+
+
+ROWS: dict[str, CurveRow] = {r.row.name: r for r in (
+    CurveRow(Row("mil-50", "mamba2", "mamba-in-llama", 0.5, target=1.05)),
+    CurveRow(Row("mil-25", "mamba2", "mamba-in-llama", 0.25, target=1.10)),
+    CurveRow(Row("mil-25-auto", "mamba2", "mamba-in-llama", 0.25, choice="auto")),
+    CurveRow(Row("mil-12", "mamba2", "mamba-in-llama", 0.125)),
+    CurveRow(Row("mil-12-auto", "mamba2", "mamba-in-llama", 0.125, choice="auto")),
+    CurveRow(Row("mil-0", "mamba2", "mamba-in-llama", 0.0, target=1.25)),
+    CurveRow(Row("mil-25-align", "mamba2", "mamba-in-llama", 0.25, dials={"align": 1.0}), ablation_only=True),
+    CurveRow(Row("mohawk-0", "mamba2-discrete", "mohawk", 0.0)),
+    CurveRow(Row("mohawk-0-stages23", "mamba2-discrete", "mohawk", 0.0, stages=[1, 2]), ablation_only=True),
+    CurveRow(Row("mohawk-0-stage3", "mamba2-discrete", "mohawk", 0.0, stages=[2]), ablation_only=True),
+    CurveRow(Row("hyena-0", "hyena", "scavenging-hyena", 0.0, target=1.8), laughing_order=16),
+)}
+
+
+def budget_name(tokens: int) -> str:
+    """30_000_000 -> "30M", 4096 -> "4096", 2_000 -> "2k": the budget's part of a run folder's name."""
+    for size, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if tokens % size == 0:
+            return f"{tokens // size}{suffix}"
+    return str(tokens)
+
+
+def overall_throughput(stages: list[dict]) -> dict:
+    """A whole run's tokens/s and MFU from summary.json's per-stage entries (each stage's median rate and MFU): its
+    tokens over its time (each stage's tokens over its rate), the MFU weighted by each stage's time; the training
+    seconds that makes, and the largest peak GPU memory of a stage. None where no stage measured it."""
+    timed = [s for s in stages if s.get("tokens_per_s")]
+    tokens = [s["steps"] * s["batch_size"] * s["seq_len"] for s in timed]
+    seconds = [t / s["tokens_per_s"] for t, s in zip(tokens, timed)]
+    utilised = [(s["mfu"], t) for s, t in zip(timed, seconds) if s.get("mfu") is not None]
+    memory = [s["peak_gpu_mem_gb"] for s in stages if s.get("peak_gpu_mem_gb") is not None]
+    return {"tokens_per_s": sum(tokens) / sum(seconds) if timed else None,
+            "mfu": sum(m * t for m, t in utilised) / sum(t for _, t in utilised) if utilised else None,
+            "train_seconds": sum(seconds) if timed else None, "gpu_mem_gb": max(memory) if memory else None}
+
+
+def laughing(folder: Path, order: int, device: str, **options) -> dict:
+    """The Laughing Hyena distillery on the run's trained student at ``order`` (``workbench laughing``, its defaults
+    unless ``options`` of ``laughing_report`` say otherwise), its report kept in the run folder (``LAUGHING``, read
+    back when there): the held-out perplexity before and after, and the relative change."""
+    file = folder / LAUGHING.format(order=order)
+    if file.is_file():
+        report = json.loads(file.read_text())
+    else:
+        from workbench.laughing.cli import laughing_report
+
+        report = laughing_report(folder, [order], device=device, **options)
+        save_json(file, report)
+    (model,) = report["models"]
+    before = report["before"]["ppl_student"]
+    return {"order": order, "ppl_before": before, "ppl_after": model["ppl_after"],
+            "ppl_change": model["ppl_after"] / before - 1, "kl_undistilled": model["kl_undistilled"],
+            "report": str(file)}
+
+
+def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: str, command: str,
+                wall: float | None, laughing_result: dict | None) -> dict:
+    """The record of the finished run in ``folder`` (module docstring), from its config.json, events and summary."""
+    run_dir = RunDir.open(folder)
+    summary, stored = run_dir.summary, run_dir.config
+    config = RunConfig.from_dict(stored["run"])
+    start = next(iter_typed(run_dir.events_path, RunStart))
+    row = item.row
+    return {
+        "row": row.name, "budget": budget, "seed": seed, "run": str(folder), "teacher": config.teacher,
+        "device_name": hardware, "world_size": start.world_size, "mixer": config.mixer, "recipe": row.recipe,
+        "stages": [s.name for s in config.stages], "choice": row.choice, "attention_share": row.attention_share,
+        "keep_attention": config.keep_attention, "keep_attention_auto": config.keep_attention_auto,
+        "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": row.dials,
+        "corpus": config.corpus, "train_tokens": summary["train_tokens"],
+        "teacher_parameters": start.teacher_parameters,
+        "tokens_per_parameter": summary["train_tokens"] / start.teacher_parameters,
+        **{k: summary[k] for k in ("ppl_ratio", "ppl_student", "ppl_teacher", "kl", "agreement")},
+        "mix_heldout_ratio": (summary.get("mix_heldout") or {}).get("ppl_ratio"),
+        **overall_throughput(summary.get("stages") or []),
+        "batch": config.stages[0].batch_size, "seq_len": config.stages[0].seq_len,
+        "lr": [s.lr for s in config.stages], "target": row.target, "laughing": laughing_result, "command": command,
+        "wall_seconds": wall,
+    }
+
+
+def changed_fields(folder: Path, config: RunConfig) -> list[str]:
+    """The RunConfig fields in which the run held in ``folder`` differs from ``config`` (the layers an auto rule
+    chose count as the rule's)."""
+    stored = RunConfig.from_dict(RunDir.open(folder).config["run"])
+    if config.keep_attention_auto is not None and stored.keep_attention_auto == config.keep_attention_auto:
+        stored.keep_attention = list(config.keep_attention)
+    ours, theirs = config.to_dict(), stored.to_dict()
+    return sorted(k for k in ours if ours[k] != theirs.get(k))
+
+
+def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardware: str, command: str) -> dict:
+    """The record of ``item`` at ``budget`` and ``seed``: read back when finished, else run (or continued) first. A
+    folder holding a run of another config (other flags) stops the script: its record would not be this one's."""
+    folder = Path(args.out) / item.row.name / f"{budget_name(budget)}-s{seed}"
+    config = row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
+                        args.teacher, args.compile, corpus=args.corpus, seed=seed, eval_every=args.eval_every,
+                        eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
+                        layer_score_tokens=args.layer_score_tokens)
+    held = RunDir.holds_run(folder)
+    changed = changed_fields(folder, config) if held else []
+    if changed:
+        raise SystemExit(f"{folder} holds a run of another config (differs in {', '.join(changed)}): run with the "
+                         f"flags it was made with, or give another --out")
+    if (folder / RECORD).is_file():
+        return json.loads((folder / RECORD).read_text())
+    from workbench.device import resolve_device
+    from workbench.distill import distributed
+    from workbench.distill.run import Run
+
+    began = time.time()
+    if not (folder / "summary.json").is_file():
+        if held and not args.resume:
+            raise SystemExit(f"{folder} holds a run that has not finished: continue it with --resume, or delete the "
+                             f"folder to start it again")
+        run = Run(config, folder, progress=args.progress, final_eval_tokens=args.final_eval_tokens)  # continues one
+        if args.nproc > 1:
+            run.prepare()  # config.json: what the processes resume from
+            subprocess.run(distributed.torchrun_command(args.nproc, ["distill", "--resume", str(folder)]),
+                           check=True)
+        else:
+            run.execute()
+    device = str(resolve_device(args.device))
+    result = laughing(folder, item.laughing_order, device) if item.laughing_order else None
+    record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result)
+    save_json(folder / RECORD, record)
+    return record
+
+
+def plan(rows: list[str], budgets: list[int], ablation_budget: int,
+         seeds: list[int]) -> list[tuple[CurveRow, int, int]]:
+    """(row, budget, seed) of every run asked for, row by row, budgets ascending."""
+    items = []
+    for name in rows:
+        item = ROWS[name]
+        for budget in ([ablation_budget] if item.ablation_only else sorted(budgets)):
+            items += [(item, budget, seed) for seed in seeds]
+    return items
+
+
+def markdown(records: list[dict]) -> str:
+    """One line per (row, budget): the mean ratio of its runs with their range, and their mean throughput."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["row"], r["budget"]), []).append(r)
+    lines = ["| row | budget | tokens/param | runs | held-out ratio (min-max) | target | tok/s | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (row, budget), rs in groups.items():
+        ratios = [r["ppl_ratio"] for r in rs]
+        rates = [r["tokens_per_s"] for r in rs if r["tokens_per_s"]]
+        mfus = [r["mfu"] for r in rs if r["mfu"] is not None]
+        spread = f" ({min(ratios):.3f}-{max(ratios):.3f})" if len(ratios) > 1 else ""
+        lines.append(f"| {row} | {budget_name(budget)} | {rs[0]['tokens_per_parameter']:.3g} | {len(rs)} | "
+                     f"{statistics.fmean(ratios):.3f}{spread} | {rs[0]['target'] or '-'} | "
+                     f"{statistics.fmean(rates) if rates else 0:.0f} | "
+                     f"{f'{statistics.fmean(mfus) * 100:.1f}%' if mfus else '-'} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
+    p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="training tokens per run, k/M/B suffixes")
+    p.add_argument("--ablation-budget", default="30M", help="the one budget of the ablation rows")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds: each (row, budget) runs once per seed")
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--corpus", default="sotu", help="training corpus: sotu, or a mix folder (workbench corpus build)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per step (the global batch)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, default_lr)")
+    p.add_argument("--eval-every", type=int, default=200, help="steps between in-run evaluations (0: at the end)")
+    p.add_argument("--eval-window", type=int, default=512, help="window of in-run evaluations and layer scoring")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--layer-score-tokens", type=int, default=4096, help="training tokens the auto rows score on")
+    p.add_argument("--final-eval-tokens", type=int, default=None, help="held-out tokens of each summary (all)")
+    p.add_argument("--laughing-order", type=int, default=None,
+                   help="order of the hyena row's Laughing Hyena distillery (default: 16)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms (RunConfig.compile)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes per run (torchrun), one GPU each")
+    p.add_argument("--resume", action="store_true", help="continue runs that did not finish")
+    p.add_argument("--collect", action="store_true", help="run nothing: gather the records the run folders under "
+                   "--out hold (copied from the machines that ran them) into --json and --figure, listing the missing")
+    p.add_argument("--progress", action="store_true", help="progress bars of the runs")
+    p.add_argument("--out", required=True, help="folder of the run folders")
+    p.add_argument("--json", required=True, help="the records, written after every run")
+    p.add_argument("--figure", default=None, help="the curve figure: .html (plotly, standalone) or .json")
+    args = p.parse_args(argv)
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        p.error(f"--rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    if args.figure and Path(args.figure).suffix not in (".html", ".json"):
+        p.error(f"--figure {args.figure}: give a .html or .json path")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from workbench.device import device_name, resolve_device
+    from workbench.teachers import teacher_config
+    from workbench.viz.quality import ANCHORS, quality_curve
+
+    budgets = [parse_tokens(b) for b in args.budgets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    items = plan(args.rows.split(","), budgets, parse_tokens(args.ablation_budget), seeds)
+    n_layers = int(teacher_config(args.teacher, progress=False).num_hidden_layers)
+    hardware = device_name(resolve_device(args.device))
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(
+        ["quality_curve.py", *argv])
+    results = {"teacher": args.teacher, "device_name": hardware, "budgets": budgets,
+               "ablation_budget": parse_tokens(args.ablation_budget), "seeds": seeds, "corpus": args.corpus,
+               "nproc": args.nproc, "command": command,
+               "anchors": json.loads(json.dumps([asdict(a) for a in ANCHORS])), "records": []}
+    for item, budget, seed in items:
+        if item.laughing_order and args.laughing_order:
+            item = CurveRow(item.row, item.ablation_only, args.laughing_order)
+        if args.collect:
+            file = Path(args.out) / item.row.name / f"{budget_name(budget)}-s{seed}" / RECORD
+            if not file.is_file():
+                results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})
+                print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: no record yet", flush=True)
+                continue
+            record = json.loads(file.read_text())
+        else:
+            record = run_one(item, budget, seed, args, n_layers, hardware, command)
+        results["records"].append(record)
+        save_json(Path(args.json), results)
+        print(f"{record['row']:<18} {budget_name(budget):>6} seed {seed}: ratio {record['ppl_ratio']:.3f} "
+              f"({record['tokens_per_parameter']:.3g} tokens/param), "
+              f"{record['tokens_per_s'] or 0:.0f} tok/s", flush=True)
+    if args.figure:
+        targets = {name: ROWS[name].row.target for name in args.rows.split(",") if ROWS[name].row.target}
+        fig = quality_curve(results["records"], targets=targets)
+        if args.figure.endswith(".json"):
+            fig.write_json(args.figure)
+        else:
+            fig.write_html(args.figure)
+    print("\n" + markdown(results["records"]))
+    return results
+
+
+if __name__ == "__main__":
+    main()

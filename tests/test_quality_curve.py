@@ -1,0 +1,124 @@
+"""benchmarks/quality_curve.py on the tiny teacher at tiny budgets: two rows (even and measured attention layers) at
+two budgets write their records and figure, a second call reads the finished runs back, and a run that did not
+finish is continued only with --resume."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench.distill.run import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark():
+    spec = importlib.util.spec_from_file_location("quality_curve", ROOT / "benchmarks" / "quality_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def argv(teacher_dir, tmp_path, *extra):
+    return ["--teacher", teacher_dir, "--rows", "mil-25,mil-25-auto", "--budgets", "320,640", "--seq-len", "32",
+            "--batch-size", "2", "--eval-every", "0", "--eval-window", "32", "--checkpoint-every", "4",
+            "--layer-score-tokens", "132", "--final-eval-tokens", "128", "--device", "cpu",
+            "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "curve.json"),
+            "--figure", str(tmp_path / "curve.html"), *extra]
+
+
+def test_rows_at_budgets_write_records_and_figure_and_resume_by_row_and_budget(tiny_teacher_dir, tmp_path,
+                                                                               monkeypatch, one_thread):
+    curve = benchmark()
+    results = curve.main(argv(tiny_teacher_dir, tmp_path))
+    records = results["records"]
+    assert [(r["row"], r["budget"]) for r in records] == [("mil-25", 320), ("mil-25", 640), ("mil-25-auto", 320),
+                                                         ("mil-25-auto", 640)]
+    assert json.loads((tmp_path / "curve.json").read_text()) == results
+    for r in records:
+        assert r["train_tokens"] == r["budget"] and r["seed"] == 0 and r["world_size"] == 1
+        assert r["tokens_per_parameter"] == pytest.approx(r["train_tokens"] / r["teacher_parameters"])
+        assert math.isfinite(r["ppl_ratio"]) and r["ppl_ratio"] == pytest.approx(r["ppl_student"] / r["ppl_teacher"])
+        assert r["tokens_per_s"] > 0 and r["train_seconds"] > 0 and r["mfu"] is None     # no MFU on a CPU
+        assert (r["batch"], r["seq_len"], r["mixer"], r["recipe"]) == (2, 32, "mamba2", "mamba-in-llama")
+        assert r["device_name"] == results["device_name"] and r["wall_seconds"] > 0
+        assert Path(r["run"]).name == f"{r['budget']}-s0" and (Path(r["run"]) / "record.json").is_file()
+        assert sorted(r["keep_attention"] + r["replaced"]) == [0, 1, 2, 3]
+    even, auto = records[0], records[2]
+    assert even["keep_attention"] == [0] and even["keep_attention_auto"] is None and even["layer_selection"] is None
+    assert auto["keep_attention_auto"] == "auto:1" and auto["keep_attention"] == auto["layer_selection"]["kept"]
+    figure = (tmp_path / "curve.html").read_text()
+    assert "mil-25-auto" in figure and "Pythia-1B" in figure
+
+    # finished runs are read back, not run again
+    monkeypatch.setattr(Run, "execute", lambda run: pytest.fail("a finished run ran again"))
+    again = curve.main(argv(tiny_teacher_dir, tmp_path))
+    assert again["records"] == records
+
+    # collecting runs nothing: the records there, and the runs that have none listed as missing
+    collected = curve.main(argv(tiny_teacher_dir, tmp_path, "--collect", "--budgets", "320,640,960"))
+    assert collected["records"] == records
+    assert collected["missing"] == [{"row": r, "budget": 960, "seed": 0} for r in ("mil-25", "mil-25-auto")]
+    monkeypatch.undo()
+
+    # a folder of a run made with other flags is not taken for this one's
+    with pytest.raises(SystemExit, match="another config .*differs in stages"):
+        curve.main(argv(tiny_teacher_dir, tmp_path, "--lr", "5e-3"))
+
+    # a run that has not finished (its summary and record gone) is continued with --resume only
+    folder = Path(records[1]["run"])
+    (folder / "record.json").unlink()
+    (folder / "summary.json").unlink()
+    with pytest.raises(SystemExit, match="has not finished: continue it with --resume"):
+        curve.main(argv(tiny_teacher_dir, tmp_path))
+    resumed = curve.main(argv(tiny_teacher_dir, tmp_path, "--resume"))
+    assert resumed["records"][1]["ppl_ratio"] == pytest.approx(records[1]["ppl_ratio"])
+    assert (folder / "summary.json").is_file() and (folder / "record.json").is_file()
+
+
+def test_the_plan_runs_ablation_rows_at_their_one_budget_and_refuses_unknown_rows(tmp_path):
+    curve = benchmark()
+    items = curve.plan(["mil-25", "mohawk-0-stage3"], [30_000_000, 8_000_000], 70_000_000, [0, 1])
+    assert [(i.row.name, b, s) for i, b, s in items] == [
+        ("mil-25", 8_000_000, 0), ("mil-25", 8_000_000, 1), ("mil-25", 30_000_000, 0), ("mil-25", 30_000_000, 1),
+        ("mohawk-0-stage3", 70_000_000, 0), ("mohawk-0-stage3", 70_000_000, 1)]
+    assert [curve.budget_name(t) for t in (135_000_000, 2_000, 1280)] == ["135M", "2k", "1280"]
+    with pytest.raises(SystemExit):
+        curve.parse_args(["--rows", "mil-33", "--out", str(tmp_path), "--json", str(tmp_path / "x.json")])
+    assert curve.overall_throughput([
+        {"steps": 10, "batch_size": 2, "seq_len": 50, "tokens_per_s": 1000.0, "mfu": 0.2, "peak_gpu_mem_gb": 3.0},
+        {"steps": 10, "batch_size": 2, "seq_len": 50, "tokens_per_s": 500.0, "mfu": 0.5, "peak_gpu_mem_gb": 5.0},
+    ]) == pytest.approx({"tokens_per_s": 2000 / 3, "mfu": (0.2 * 1 + 0.5 * 2) / 3, "train_seconds": 3.0,
+                         "gpu_mem_gb": 5.0})
+
+
+def test_the_laughing_hyena_step_reports_the_perplexity_change_and_is_read_back(teacher, tmp_path, monkeypatch,
+                                                                               one_thread):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.distill.config import RunConfig, StageConfig
+
+    curve = benchmark()
+    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "teacher")
+    teacher.tokenizer.save_pretrained(tmp_path / "teacher")
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
+    run = RunConfig(teacher=str(tmp_path / "teacher"), mixer="hyena", device="cpu", stages=stages, eval_every=0,
+                    mixer_config={"max_len": 512, "filter_width": 16, "filter_layers": 2, "pos_bands": 4})
+    Run(run, tmp_path / "run", progress=False, final_eval_tokens=200).execute()
+    options = dict(steps=10, length=64, eval_tokens=200, window=64)
+    result = curve.laughing(tmp_path / "run", 4, "cpu", **options)
+    report = json.loads((tmp_path / "run" / "laughing-4.json").read_text())
+    assert result["order"] == 4 and result["ppl_before"] == report["before"]["ppl_student"]
+    assert result["ppl_after"] == report["models"][0]["ppl_after"] > 1
+    assert result["ppl_change"] == pytest.approx(result["ppl_after"] / result["ppl_before"] - 1)
+    import workbench.laughing.cli
+
+    monkeypatch.setattr(workbench.laughing.cli, "laughing_report", lambda *a, **k: pytest.fail("fitted again"))
+    assert curve.laughing(tmp_path / "run", 4, "cpu", **options) == result

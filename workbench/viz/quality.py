@@ -1,0 +1,97 @@
+"""Quality against training budget: held-out perplexity ratio (student / teacher) against training tokens per teacher
+parameter, one line per kind of student, with published students drawn beside as anchors.
+
+Pure function: points in, a figure out. A point is one finished run: {"row", "tokens_per_parameter", "ppl_ratio"}
+(the records ``benchmarks/quality_curve.py`` writes hold these fields). Runs of one row at one budget (several seeds)
+are drawn as their mean with a bar from the lowest to the highest.
+
+The anchors (``ANCHORS``) are the numbers the papers report, drawn as published: a line where a paper gives a curve
+over budgets, points at the paper's budget otherwise, and a horizontal line where the figure has no budget for it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from workbench.viz.axes import log_ticks
+from workbench.viz.curves import COLOURS
+
+
+@dataclass(frozen=True)
+class Anchor:
+    label: str                                      # legend entry: the paper, its teacher and student
+    ratios: tuple[float, ...]                       # held-out perplexity ratios student / teacher
+    tokens_per_parameter: tuple[float, ...] | None  # training tokens per teacher parameter of each ratio; None: a
+                                                    #   horizontal line (no budget drawn)
+    point_labels: tuple[str, ...] = ()              # a label beside each point (e.g. the attention share)
+
+
+ANCHORS: tuple[Anchor, ...] = (
+    Anchor("Pythia-1B → pure Mamba (arXiv 2604.14191)", (1.195, 1.126, 1.093, 1.018), (1.0, 2.0, 3.0, 10.0)),
+    Anchor("Mamba in the Llama, 8B teacher, 20B tokens", (1.03, 1.09, 1.22, 1.66), (2.5, 2.5, 2.5, 2.5),
+           ("50% attn", "25% attn", "6.25% attn", "0% attn")),
+    Anchor("Scavenging Hyena, Pythia-70M → Hyena", (2.36,), None),
+)
+ANCHOR_COLOUR = "#7f7f7f"
+
+
+def _grouped(points: Iterable[Mapping]) -> dict[str, dict[float, list[float]]]:
+    """row -> tokens per parameter -> the ratios of its runs there (rows in order of first appearance)."""
+    rows: dict[str, dict[float, list[float]]] = {}
+    for p in points:
+        rows.setdefault(p["row"], {}).setdefault(float(p["tokens_per_parameter"]), []).append(float(p["ppl_ratio"]))
+    return rows
+
+
+def quality_curve(points: Iterable[Mapping], anchors: Sequence[Anchor] = ANCHORS, title: str | None = None,
+                  targets: Mapping[str, float] | None = None) -> go.Figure:
+    """Held-out perplexity ratio against training tokens per teacher parameter (both axes logarithmic): a line per
+    row through the mean of its runs at each budget, a bar from their lowest to highest ratio, and the ``anchors``
+    in grey. ``targets`` (row -> ratio) draws a short dotted line at a row's target ratio, in its colour."""
+    rows = _grouped(points)
+    fig = go.Figure()
+    xs_all: list[float] = []
+    ys_all: list[float] = []
+    for k, (row, budgets) in enumerate(rows.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        xs = sorted(budgets)
+        means = [statistics.fmean(budgets[x]) for x in xs]
+        hi = [max(budgets[x]) - m for x, m in zip(xs, means)]
+        lo = [m - min(budgets[x]) for x, m in zip(xs, means)]
+        runs = [len(budgets[x]) for x in xs]
+        fig.add_scatter(x=xs, y=means, name=row, mode="lines+markers", line_color=colour,
+                        error_y=dict(type="data", array=hi, arrayminus=lo, visible=max(runs) > 1),
+                        customdata=runs, hovertemplate="%{x:.3g} tokens/parameter<br>ratio %{y:.4g} "
+                        "(%{customdata} runs)<extra>" + row + "</extra>")
+        xs_all += xs
+        ys_all += [m - d for m, d in zip(means, lo)] + [m + d for m, d in zip(means, hi)]
+        if targets and row in targets:
+            fig.add_scatter(x=[min(xs), max(xs)], y=[targets[row]] * 2, mode="lines", showlegend=False,
+                            line=dict(color=colour, dash="dot", width=1), hoverinfo="skip")
+            ys_all.append(targets[row])
+    for n, anchor in enumerate(anchors):
+        ys_all += list(anchor.ratios)
+        style = dict(color=ANCHOR_COLOUR, dash=("dash", "dot", "dashdot")[n % 3], width=1.5)
+        if anchor.tokens_per_parameter is None:
+            for ratio in anchor.ratios:
+                fig.add_hline(y=ratio, line=style, annotation_text=anchor.label, annotation_position="top left",
+                              annotation_font_color=ANCHOR_COLOUR)
+            continue
+        xs_all += list(anchor.tokens_per_parameter)
+        single = len(set(anchor.tokens_per_parameter)) == 1
+        fig.add_scatter(x=list(anchor.tokens_per_parameter), y=list(anchor.ratios), name=anchor.label,
+                        mode="markers+text" if single else "lines+markers",
+                        text=list(anchor.point_labels) or None, textposition="middle right",
+                        marker=dict(color=ANCHOR_COLOUR, symbol="diamond-open", size=9), line=style,
+                        textfont_color=ANCHOR_COLOUR)
+    fig.update_layout(title=title or "Held-out perplexity ratio against training tokens per teacher parameter",
+                      template="plotly_white", legend_orientation="h", legend_y=-0.25, height=560)
+    fig.update_xaxes(type="log", title="training tokens per teacher parameter", tickvals=log_ticks(xs_all))
+    fig.update_yaxes(type="log", title="held-out perplexity ratio, student / teacher", tickvals=log_ticks(ys_all))
+    if not rows:
+        fig.add_annotation(text="no finished runs yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
