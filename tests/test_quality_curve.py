@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny_models
 from workbench.distill.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,20 +99,8 @@ def test_the_plan_runs_ablation_rows_at_their_one_budget_and_refuses_unknown_row
 
 def test_the_laughing_hyena_step_reports_the_perplexity_change_and_is_read_back(teacher, tmp_path, monkeypatch,
                                                                                one_thread):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from workbench.distill.config import RunConfig, StageConfig
-
     curve = benchmark()
-    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "teacher")
-    teacher.tokenizer.save_pretrained(tmp_path / "teacher")
-    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
-    run = RunConfig(teacher=str(tmp_path / "teacher"), mixer="hyena", device="cpu", stages=stages, eval_every=0,
-                    mixer_config={"max_len": 512, "filter_width": 16, "filter_layers": 2, "pos_bands": 4})
-    Run(run, tmp_path / "run", progress=False, final_eval_tokens=200).execute()
+    tiny_models.tiny_hyena_run(tmp_path, teacher)
     options = dict(steps=10, length=64, eval_tokens=200, window=64)
     result = curve.laughing(tmp_path / "run", 4, "cpu", **options)
     report = json.loads((tmp_path / "run" / "laughing-4.json").read_text())

@@ -6,6 +6,8 @@ parallel residual blocks, sliding-window layers, partial rotary, tied embeddings
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as tf
 
@@ -47,3 +49,26 @@ def tiny(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(CONFIGS[name](), **kwargs)
     return model.float().eval()
+
+
+def tiny_hyena_run(path, teacher, **run) -> Path:
+    """A finished 2-step Hyena distillation of a 2-layer Llama (width 32) with the vocabulary and tokenizer of
+    ``teacher`` (a workbench Teacher), in ``path / "run"`` (its teacher saved in ``path / "teacher"``); ``run``
+    overrides RunConfig fields (e.g. ``keep_attention=[0]``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.distill.config import RunConfig, StageConfig
+    from workbench.distill.run import Run
+
+    path = Path(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path / "teacher")
+    teacher.tokenizer.save_pretrained(path / "teacher")
+    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
+    settings = dict(teacher=str(path / "teacher"), mixer="hyena", device="cpu", stages=stages, eval_every=0,
+                    mixer_config={"max_len": 512, "filter_width": 16, "filter_layers": 2, "pos_bands": 4})
+    Run(RunConfig(**{**settings, **run}), path / "run", progress=False, final_eval_tokens=200).execute()
+    return path / "run"

@@ -3,31 +3,15 @@
 import json
 
 import pytest
-import torch
 
+from tests.helpers import tiny_models
 from workbench.students import student_mixers
 
 
 @pytest.fixture(scope="module")
 def tiny_hyena_run(tmp_path_factory, teacher):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from workbench.distill.config import RunConfig, StageConfig
-    from workbench.distill.run import Run
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("laughing")
-    config = LlamaConfig(vocab_size=teacher.config.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(path / "teacher")
-    teacher.tokenizer.save_pretrained(path / "teacher")
-    stages = [StageConfig("kd", losses={"kl": 1.0}, tokens=2 * 2 * 32, batch_size=2, seq_len=32, lr=1e-3)]
-    cfg = RunConfig(teacher=str(path / "teacher"), mixer="hyena", keep_attention=[0], device="cpu", stages=stages,
-                    eval_every=0, checkpoint_every=2,
-                    mixer_config={"max_len": 512, "filter_width": 16, "filter_layers": 2, "pos_bands": 4})
-    Run(cfg, path / "run", progress=False, final_eval_tokens=200).execute()
-    return path / "run"
+    return tiny_models.tiny_hyena_run(tmp_path_factory.mktemp("laughing"), teacher, keep_attention=[0],
+                                      checkpoint_every=2)
 
 
 def test_cli_writes_the_error_vs_order_table(tiny_hyena_run, tmp_path, capsys):
