@@ -9,7 +9,10 @@ Settings (``--settings``, comma-separated):
             forward, a wait for the device every step) and a new decoder (session, capture) for every part
   no-sync   as old, without the per-step waits (no per-step timing, a stop check every 16 steps)
   fused     ``THROUGHPUT`` (token chosen inside the captured step), a new decoder for every part
-  new       ``THROUGHPUT`` and one decoder for all parts: what ``workbench corpus generate`` runs
+  new       ``THROUGHPUT`` and one decoder for all parts: what ``workbench corpus generate`` runs (the kept
+            attention layers' decode steps through the engine's own attention, ``workbench.generation.attention``)
+  new-hf    as new, with the transformers version's own attention for the decode steps (``DecodeOptions
+            .engine_attention=False``): the path before the engine had its own attention
 Each (setting, batch) generates ``--tokens`` new tokens into a fresh folder with the command's defaults otherwise
 (64-token SOTU prompts, 256 new tokens, temperature 1.0, top-p 0.95, seed 0), so every setting writes the same
 parts. tokens/s is the manifest's: new tokens over the wall time of the parts, first part (with its capture)
@@ -42,6 +45,7 @@ SETTINGS = {  # name -> (engine options, one decoder for all parts)
     "no-sync": (DecodeOptions(step_timing=False, stop_check_every=16), False),
     "fused": (THROUGHPUT, False),
     "new": (THROUGHPUT, True),
+    "new-hf": (DecodeOptions.of(THROUGHPUT, engine_attention=False), True),
 }
 
 

@@ -61,6 +61,9 @@ class DecodeOptions:
     stop_check_every: int = 1           # look whether every sequence has stopped once every this many steps (a
                                         # look waits for the device); steps after the last stop only add padding,
                                         # which is cut off, so the tokens are the same
+    engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
+                                        # attention (``workbench.generation.attention``: grouped-query heads read in
+                                        # place, the same on every transformers version); False: the version's own
 
     def __post_init__(self):
         if self.cuda_graph not in ("auto", True, False):
@@ -216,7 +219,8 @@ class Decoder:
             chosen.reset()
             self.reuses += 1
         else:
-            session = Session(model, max_length=input_ids.shape[1] + max_new_tokens, static=want_graph)
+            session = Session(model, max_length=input_ids.shape[1] + max_new_tokens, static=want_graph,
+                              engine_attention=options.engine_attention)
             chosen = Chosen(batch, max_new_tokens, stops, pad, device)
             step = None
         sampler = race_tokens if options.fused_step else next_tokens

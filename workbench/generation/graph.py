@@ -75,7 +75,7 @@ class GraphStep:
         start = time.perf_counter()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):                                  # the warm-up is a real decode step
+        with torch.cuda.stream(stream), session.attention():             # the warm-up is a real decode step
             self.first_logits = model(input_ids=self.ids, **kwargs).logits[:, -1].clone()
             self.first_token = choose(self.first_logits) if choose is not None else None
         torch.cuda.current_stream(device).wait_stream(stream)
@@ -86,7 +86,7 @@ class GraphStep:
         self.graph = torch.cuda.CUDAGraph()
         if generator is not None and generator.device.type == "cuda":   # (the default one is always registered)
             self.graph.register_generator_state(generator)
-        with capture_context(), torch.cuda.graph(self.graph):           # recorded, not run
+        with capture_context(), session.attention(), torch.cuda.graph(self.graph):   # recorded, not run
             self.logits = model(input_ids=self.ids, **kwargs).logits[:, -1]
             self.token = choose(self.logits) if choose is not None else None
         self.states = {i: dict(m.state) for i, m in session.mixers.items()}  # the mixer state tensors it reads

@@ -6,7 +6,9 @@
     session.restart()                      # empty again, for the next prompt of the same batch
 
 The model is driven through its own Hugging Face forward (so positions, masks and rotary embeddings are its own).
-Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``StaticCache`` for a CUDA graph). Each
+Kept attention layers use a transformers cache (``DynamicCache`` eagerly, ``StaticCache`` for a CUDA graph) and,
+during the session's forward, the engine's own attention for decode steps (``workbench.generation.attention``: the
+same speed on every transformers version; ``engine_attention=False`` keeps the version's own). Each
 mixer layer's ``MixerAttention`` keeps its ``MixerLayerState`` for that cache (``workbench.students.adapter``): the
 prompt goes through ``Mixer.prefill``, every later token through ``Mixer.step``, several later tokens at once
 through ``Mixer.extend``, and its token count is recorded in the cache, so the cache's length (hence positions and
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, StaticCache
 
+from workbench.generation.attention import engine_attention
 from workbench.students.adapter import MixerLayerState, mixer_attentions
 from workbench.teachers.wrapper import Teacher
 
@@ -52,9 +55,12 @@ class Session:
     """Decoding state of one model for one batch: the attention cache and every mixer layer's state.
 
     ``forward(ids)`` feeds (B, L) new tokens and returns the logits of the last ``keep`` of them. ``static``: a
-    preallocated ``StaticCache`` of ``max_length`` tokens (what a CUDA graph needs), else a ``DynamicCache``."""
+    preallocated ``StaticCache`` of ``max_length`` tokens (what a CUDA graph needs), else a ``DynamicCache``.
+    ``engine_attention``: decode steps of kept attention layers through ``workbench.generation.attention`` (an sdpa
+    model), else through the model's own attention implementation."""
 
-    def __init__(self, model: nn.Module, max_length: int | None = None, static: bool = False):
+    def __init__(self, model: nn.Module, max_length: int | None = None, static: bool = False,
+                 engine_attention: bool = True):
         self.model = unwrap(model)
         config = self.model.config
         if static:
@@ -65,6 +71,7 @@ class Session:
             self.cache = DynamicCache(config=config)
         self.mixers: dict[int, MixerLayerState] = {i: attention.state_for(self.cache)
                                                    for i, attention in mixer_attentions(self.model).items()}
+        self.engine_attention = engine_attention
         self.length = 0              # tokens consumed
         self.mark = 0                # length at the last checkpoint
         params = _forward_parameters(self.model)
@@ -75,12 +82,17 @@ class Session:
     def model_kwargs(self) -> dict:
         return {self.cache_argument: self.cache, "use_cache": True}
 
+    def attention(self):
+        """Context for a forward of the model in this session (the session's attention for its kept layers)."""
+        return engine_attention(self.model, self.engine_attention)
+
     def forward(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """ids (B, L) -> logits (B, keep, V) of the last ``keep`` positions; the session moves on by L tokens."""
         kwargs = self.model_kwargs()
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        logits = self.model(input_ids=ids, **kwargs).logits[:, -keep:]
+        with self.attention():
+            logits = self.model(input_ids=ids, **kwargs).logits[:, -keep:]
         self.length += ids.shape[1]
         return logits
 
