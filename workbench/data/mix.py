@@ -20,6 +20,14 @@ Rebuilding into the same folder is resumable: a source whose record matches (sam
 tokenizer, fraction, shard size and the same sources before it) is kept as it is, and a source interrupted part-way
 keeps its finished shards (their documents are not tokenised again). The folder has no manifest while a build runs,
 so a mix being rebuilt is never read as complete.
+
+``add_to_mix(config)`` (``workbench corpus build --add``) adds sources to a finished mix, after the ones it holds,
+which are kept exactly as built (records, shards, digests) and neither located nor read as sources: their files need
+not be on this machine, nor the packages they were read from. Their shards give the document digests the new sources
+are deduplicated against; the mix's manifest gives the tokenizer (checked against this machine's), the held-out
+fraction and the shard size. A new source's record has the key a build of the whole list would give it. The old
+manifest stays in place until the new one replaces it atomically, so the folder is a complete mix throughout, and an
+interrupted add resumes like a build when rerun.
 """
 
 from __future__ import annotations
@@ -70,6 +78,15 @@ class BuildConfig:
     shard_tokens: int = SHARD_TOKENS
     downloads: Path | None = Path(".cache/sources")      # where downloaded .deb files and sdists are looked for
     root: Path = Path("/")                               # where installed packages' files are looked for
+
+
+@dataclass
+class AddConfig:
+    sources: list[str]                                   # --add, in order: after the mix's own sources
+    out: Path                                            # a finished mix (its manifest gives the build settings)
+    weights: dict[str, float] = field(default_factory=dict)  # default sampling weights of the added sources
+    downloads: Path | None = Path(".cache/sources")
+    root: Path = Path("/")
 
 
 @functools.lru_cache(maxsize=4)
@@ -146,20 +163,23 @@ def _batches(documents: Iterable[tuple[bytes, str, Document]]) -> Iterator[list[
 
 
 class Builder:
-    """One build of ``config`` (see the module docstring); ``progress`` shows a bar per source."""
+    """One build of ``config`` (see the module docstring); ``progress`` shows a bar per source. With ``base`` (the
+    manifest of the finished mix in ``config.out``), ``config.sources`` are added to that mix and its sources kept."""
 
-    def __init__(self, config: BuildConfig, progress: bool = True, log: Callable[[str], None] = print):
-        self.config, self.progress, self.log = config, progress, log
+    def __init__(self, config: BuildConfig, progress: bool = True, log: Callable[[str], None] = print,
+                 base: dict | None = None):
+        self.config, self.progress, self.log, self.base = config, progress, log, base
+        flag = "--sources" if base is None else "--add"
         if not 0 <= config.heldout < 1:
             raise ValueError(f"--heldout {config.heldout}: give a fraction in [0, 1)")
         if config.shard_tokens < 1:
             raise ValueError(f"--shard-tokens {config.shard_tokens}: give a positive number of tokens")
         if len(set(config.sources)) != len(config.sources) or not config.sources:
-            raise ValueError(f"--sources {','.join(config.sources)}: name each source once (and at least one)")
+            raise ValueError(f"{flag} {','.join(config.sources)}: name each source once (and at least one)")
         self.specs = [source_spec(name) for name in config.sources]
         unknown = sorted(set(config.weights) - set(config.sources))
         if unknown:
-            raise ValueError(f"--weights names {', '.join(unknown)}, not among --sources {','.join(config.sources)}")
+            raise ValueError(f"--weights names {', '.join(unknown)}, not among {flag} {','.join(config.sources)}")
         self.context = Context(root=config.root, downloads=config.downloads)
 
     def locate(self) -> dict[str, Located]:
@@ -207,21 +227,26 @@ class Builder:
 
     def run(self) -> dict:
         config = self.config
-        self._check_out()
+        if self.base is None:
+            self._check_out()
         located = self.locate()
         tokenizer = load_tokenizer(config.teacher)
         fingerprint = tokenizer_fingerprint(tokenizer)
+        if self.base is not None and fingerprint != self.base["tokenizer"]:
+            raise ValueError(f"mix {config.out} was tokenised by a {config.teacher} tokenizer that differs from the "
+                             f"one on this machine (SHA-256 {self.base['tokenizer'][:12]}, here {fingerprint[:12]}): "
+                             f"install the teacher the mix was built with, or build the whole mix here with "
+                             f"`workbench corpus build --sources ...`")
         vocab = len(tokenizer)
         dtype = np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
         separator = np.asarray(tokenizer(SEPARATOR, add_special_tokens=False).input_ids, dtype=dtype)
         guard_documents, guard_parts = sotu_guard()
         config.out.mkdir(parents=True, exist_ok=True)
-        (config.out / shards.MANIFEST).unlink(missing_ok=True)  # the folder is no complete mix until the end
+        if self.base is None:
+            (config.out / shards.MANIFEST).unlink(missing_ok=True)  # the folder is no complete mix until the end
         common = {"format": shards.MIX_VERSION, "tokenizer": fingerprint, "heldout": config.heldout,
                   "shard_tokens": config.shard_tokens, "dtype": dtype.name, "separator": SEPARATOR}
-        seen: set[bytes] = set()
-        before: list[str] = []
-        records = {}
+        seen, before, records = self._kept()
         for spec in self.specs:
             key = {**common, "source": spec.name, "reader": spec.version, "found": located[spec.name].fingerprint,
                    "heldout_slice": spec.heldout, "min_chars": spec.min_chars, "after": list(before)}
@@ -234,13 +259,34 @@ class Builder:
             before.append(f"{spec.name}:{record['digests']['train']}:{record['digests']['heldout']}")
         self._remove_others(records)
         manifest = self._manifest(records, fingerprint, vocab, dtype, separator)
-        shards.write_json(config.out / shards.MANIFEST, manifest)  # atomically; removed again if the check fails
+        path = config.out / shards.MANIFEST
+        shards.write_json(path, manifest)  # atomically; removed (or the added-to mix's put back) if the check fails
         try:
             shards.verify(config.out, guard_documents)
         except ValueError:
-            (config.out / shards.MANIFEST).unlink(missing_ok=True)
+            if self.base is None:
+                path.unlink(missing_ok=True)
+            else:
+                shards.write_json(path, self.base)
             raise
         return manifest
+
+    def _kept(self) -> tuple[set[bytes], list[str], dict[str, dict]]:
+        """What the sources before the first one to build leave: their documents' digests, their entries in the
+        later sources' keys, and their records: nothing for a build, the base mix's sources for an add (their shards
+        are read, checked against their SHA-256, for the digests alone)."""
+        seen: set[bytes] = set()
+        if self.base is None:
+            return seen, [], {}
+        before, records = [], {}
+        for name, entry in self.base["sources"].items():
+            for shard, record in entry["shards"].items():
+                seen.update(d.tobytes() for d in shards.read_shard(self.config.out / shard, record).digests)
+            before.append(f"{name}:{entry['digests']['train']}:{entry['digests']['heldout']}")
+            records[name] = {"name": name, **entry}
+        self.log(f"{self.config.out}: {len(records)} source(s) kept as built ({len(seen):,} documents), not read "
+                 f"again")
+        return seen, before, records
 
     # ---- one source ----------------------------------------------------------------------------------------------
     def _reuse(self, folder: Path, key: dict, seen: set[bytes]) -> dict | None:
@@ -365,6 +411,7 @@ class Builder:
     def _manifest(self, records: dict, fingerprint: str, vocab: int, dtype: np.dtype, separator: np.ndarray) -> dict:
         config = self.config
         sources = {name: {k: v for k, v in r.items() if k not in ("name", "key")} for name, r in records.items()}
+        weights = {**(self.base or {}).get("weights", {}), **config.weights}
         train = sum(r["tokens"]["train"] for r in records.values())
         by_kind: dict[str, int] = {}
         for r in records.values():
@@ -375,7 +422,7 @@ class Builder:
                 "tokenizer": fingerprint, "vocab_size": vocab, "dtype": dtype.name, "separator": SEPARATOR,
                 "separator_ids": separator.tolist(), "heldout_fraction": config.heldout,
                 "shard_tokens": config.shard_tokens, "digest": f"sha256 of the normalised text, first "
-                f"{clean.DIGEST_BYTES} bytes", "weights": {s: float(config.weights.get(s, 1.0)) for s in records},
+                f"{clean.DIGEST_BYTES} bytes", "weights": {s: float(weights.get(s, 1.0)) for s in records},
                 "totals": {"train_tokens": train, "heldout_tokens": heldout,
                            "train_tokens_by_kind": by_kind,
                            "natural_language_share": round(natural / train, 4) if train else 0.0,
@@ -389,4 +436,53 @@ def build_mix(config: BuildConfig, progress: bool = True, log: Callable[[str], N
     return Builder(config, progress, log).run()
 
 
-__all__ = ["BuildConfig", "HeldOutLeak", "SourceMissing", "SourceRefused", "build_mix", "is_heldout"]
+def build_command(out: Path, manifest: dict) -> str:
+    """The ``workbench corpus build`` command line that builds the mix of ``manifest`` in ``out`` again (its sources in
+    order, and the settings that are not the defaults)."""
+    flags = [f"--sources {','.join(manifest['sources'])}", f"--out {out}"]
+    weights = {name: weight for name, weight in manifest["weights"].items() if weight != 1.0}
+    if weights:
+        flags.append("--weights " + ",".join(f"{name}={weight:g}" for name, weight in weights.items()))
+    defaults = BuildConfig(sources=[], out=out)
+    for flag, value, default in (("--teacher", manifest["teacher"], defaults.teacher),
+                                 ("--heldout", manifest["heldout_fraction"], defaults.heldout),
+                                 ("--shard-tokens", manifest["shard_tokens"], defaults.shard_tokens)):
+        if value != default:
+            flags.append(f"{flag} {value}")
+    return "workbench corpus build " + " ".join(flags)
+
+
+def finished_mix(out: Path, adding: list[str]) -> dict:
+    """The manifest of the finished mix in ``out`` that ``adding`` go into, once every shard it lists is here; a
+    folder that is no finished mix, or a source it already holds, is refused naming what to do."""
+    if not shards.is_mix(out):
+        raise FileNotFoundError(f"--add: {out} is not a finished mix (no {shards.MANIFEST}): build it first with "
+                                f"`workbench corpus build --sources A,B,... --out {out}` (rerun it if it was "
+                                f"interrupted), then add to it")
+    manifest = shards.check_files(out)
+    held = [name for name in adding if name in manifest["sources"]]
+    if held:
+        raise ValueError(f"--add: {', '.join(held)} {'is' if len(held) == 1 else 'are'} already in the mix {out}, "
+                         f"kept as built: leave {'it' if len(held) == 1 else 'them'} out of --add (to build a source "
+                         f"again from its files, rerun `{build_command(out, manifest)}`)")
+    folders = {shards.folder_name(name): name for name in manifest["sources"]}
+    clash = [name for name in adding if shards.folder_name(name) in folders]
+    if clash:
+        raise ValueError(f"--add: {clash[0]} would be written to the folder of {folders[shards.folder_name(clash[0])]} "
+                         f"in the mix {out}: give it under another path")
+    return manifest
+
+
+def add_to_mix(config: AddConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Add ``config.sources`` to the finished mix in ``config.out`` (see the module docstring); returns its new
+    manifest. Errors as ``build_mix``'s, and a folder that is not a finished mix or a source already in it (naming
+    what to do)."""
+    base = finished_mix(config.out, config.sources)
+    build = BuildConfig(sources=config.sources, out=config.out, weights=config.weights, teacher=base["teacher"],
+                        heldout=base["heldout_fraction"], shard_tokens=base["shard_tokens"],
+                        downloads=config.downloads, root=config.root)
+    return Builder(build, progress, log, base).run()
+
+
+__all__ = ["AddConfig", "BuildConfig", "HeldOutLeak", "SourceMissing", "SourceRefused", "add_to_mix", "build_mix",
+           "is_heldout"]
