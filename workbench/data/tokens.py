@@ -8,6 +8,7 @@ truncated file) triggers a rebuild.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -18,11 +19,21 @@ from workbench.data import shards
 from workbench.data.corpus import Corpus, MixCorpus
 
 
+# Text whose ids exercise what turns text into ids beyond the vocabulary: normalisation, pre-tokenisation (spaces,
+# digits, punctuation, newlines and tabs, scripts) and the merges.
+PROBE = ("The State of the Union, 1790-2024: \"We the People\" -- it's 3.14159 & 42% of $1,000,000!\n\n"
+         "\tdef f(x):\n        return {'a': [1, 2, 3]} if x else None  # comment\r\n"
+         "    Naïve café résumé Ærø straße; Ελληνικά, русский, 中文, 日本語, 한국어, عربي, हिन्दी 🙂👍\n"
+         "HTTP/1.1 200 OK <div class=\"x\">&amp;</div> ~`!@#^*()_+-=[]{}|\\:;<>,.?/ " + "a" * 40 + " end.")
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash that changes whenever the tokenizer would produce different ids."""
-    if getattr(tokenizer, "is_fast", False):
-        return cache.sha256_text(tokenizer.backend_tokenizer.to_str())
-    return cache.sha256_text(repr(sorted(tokenizer.get_vocab().items())))
+    """A hash that changes whenever the tokenizer would produce different ids: of its vocabulary (added tokens
+    included) and of the ids it gives ``PROBE``. Not of its serialised file, which differs between versions of the
+    tokenizers library (and of transformers' GGUF conversion) for the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    probe = tokenizer(PROBE, add_special_tokens=False).input_ids
+    return cache.sha256_text(json.dumps([vocab, probe], ensure_ascii=False))
 
 
 def token_ids(corpus: Corpus | MixCorpus, tokenizer) -> np.ndarray:
