@@ -18,7 +18,6 @@ from workbench import cache
 from workbench.data import shards
 from workbench.data.corpus import Corpus, MixCorpus
 
-
 # Text whose ids exercise what turns text into ids beyond the vocabulary: normalisation, pre-tokenisation (spaces,
 # digits, punctuation, newlines and tabs, scripts) and the merges.
 PROBE = ("The State of the Union, 1790-2024: \"We the People\" -- it's 3.14159 & 42% of $1,000,000!\n\n"
