@@ -203,3 +203,25 @@ def test_a_decoder_replays_one_captured_step_for_every_batch(models):
         fresh = generate(model, prompts[1], 12, temperature=1.0, top_p=0.9, cuda_graph=True,
                          generator=torch.Generator(device=device).manual_seed(1))
         assert torch.equal(results[1].tokens, fresh.tokens), name
+
+
+def test_counting_kernels_changes_no_token_and_needs_cuda(models):
+    plain = generate(models["hybrid"], PROMPT, 6)
+    counted = generate(models["hybrid"], PROMPT, 6, count_kernels=True)
+    assert torch.equal(counted.tokens, plain.tokens) and counted.kernels_per_step is None   # the CPU has no kernels
+    assert len(counted.per_token_seconds) == len(plain.per_token_seconds)
+
+
+@pytest.mark.gpu
+def test_kernels_of_one_decode_step_are_counted_and_that_step_untimed(models):
+    """A teacher's decode step runs at least ten kernels per layer (projections, norms, rotary, attention, MLP),
+    captured or eager; the counted step is left out of the timing and every token is the same."""
+    device = torch.device("cuda")
+    ids = PROMPT.to(device)
+    model = copy.deepcopy(models["teacher"]).to(device)
+    for options in (DecodeOptions(cuda_graph=True), DecodeOptions(cuda_graph=False), THROUGHPUT):
+        plain = generate(model, ids, 8, options=options)
+        counted = generate(model, ids, 8, options=DecodeOptions.of(options, count_kernels=True))
+        assert torch.equal(counted.tokens, plain.tokens)
+        assert counted.kernels_per_step >= 10 * model.config.num_hidden_layers, options
+        assert counted.decode_steps == plain.decode_steps - 1, options

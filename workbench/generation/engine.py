@@ -26,6 +26,7 @@ Prompts in a batch have one length (no padding): mixers take no attention mask, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -61,6 +62,9 @@ class DecodeOptions:
     stop_check_every: int = 1           # look whether every sequence has stopped once every this many steps (a
                                         # look waits for the device); steps after the last stop only add padding,
                                         # which is cut off, so the tokens are the same
+    count_kernels: bool = False         # on CUDA, run one decode step (the first after the capture, or the second
+                                        # eager one) under the profiler and report its GPU kernels
+                                        # (``GenerationResult.kernels_per_step``); that step is left out of the timing
     engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
                                         # attention (``workbench.generation.attention``: grouped-query heads read in
                                         # place, the same on every transformers version); False: the version's own
@@ -101,6 +105,8 @@ class GenerationResult:
                                           # (with a graph, its eager warm-up); 0 without compile
     compile_note: str | None = None       # what was left uncompiled and why, where compile was asked for
     decode_steps: int | None = None       # decode steps timed in decode_seconds; None: one per per_token_seconds
+    kernels_per_step: int | None = None   # GPU kernels (and memory copies / sets) one decode step ran, with
+                                          # ``DecodeOptions.count_kernels`` on CUDA; None otherwise
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -114,6 +120,27 @@ class GenerationResult:
         if not self.per_token_seconds:
             return [None for _ in qs]
         return [float(np.percentile(self.per_token_seconds, q)) for q in qs]
+
+
+class KernelCounter:
+    """Counts the GPU kernels (memory copies and sets included) that run on the device while it is active, through
+    torch's profiler (kernels replayed by a CUDA graph are seen one by one): ``count`` after the block."""
+
+    def __init__(self, device: torch.device):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.device = device
+        self.profiler = profile(activities=[ProfilerActivity.CUDA])
+        self.count: int | None = None
+
+    def __enter__(self) -> KernelCounter:
+        self.profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.profiler.__exit__(*exc)
+        self.count = sum(event.count for event in self.profiler.key_averages())
 
 
 def default_pad(model: nn.Module, stop_tokens: Sequence[int]) -> int:
@@ -248,6 +275,7 @@ class Decoder:
         else:                                                       # a kept graph replays the compiled step
             note, compile_note, targets = kept.note, kept.compile_note, []
         per_token: list[float] = []
+        kernels: int | None = None
         capture = compiling = 0.0
         untimed_start, untimed_steps = None, 0
         n = 1                                                       # tokens chosen
@@ -257,17 +285,25 @@ class Decoder:
                 t = time.perf_counter()
                 first = n == 1 and kept is None
                 capturing = want_graph and note is None and step is None
+                counting = (options.count_kernels and device.type == "cuda" and kernels is None and not capturing
+                            and not first)
+                counter = KernelCounter(device) if counting else contextlib.nullcontext()
                 if capturing:
                     step = capture_step(session, token, compile, choose if options.fused_step else None, generator)
                     self.captures += 1
                     token = step.first_token if options.fused_step else choose(step.first_logits)
                 elif step is not None:
-                    token = step(token) if options.fused_step else choose(step(token))
+                    with counter:
+                        token = step(token) if options.fused_step else choose(step(token))
                 else:
-                    with step_context(compile, first):
-                        logits = session.forward(token[:, None])[:, -1]
-                    token = choose(logits)
+                    with counter:
+                        with step_context(compile, first):
+                            logits = session.forward(token[:, None])[:, -1]
+                        token = choose(logits)
                 n += 1
+                if counting:                                        # a profiled step is not timed
+                    kernels = counter.count
+                    continue
                 if not (options.step_timing or capturing or (compile and first)):
                     untimed_start = t if untimed_start is None else untimed_start
                     untimed_steps += 1
@@ -293,7 +329,7 @@ class Decoder:
                                 lengths=lengths.tolist(), cuda_graph=step is not None, graph_note=note,
                                 state_bytes=session.state_bytes(), graph_capture_seconds=capture,
                                 compiled=compile and n > 1, compile_seconds=compiling, compile_note=compile_note,
-                                decode_steps=len(per_token) + untimed_steps)
+                                decode_steps=len(per_token) + untimed_steps, kernels_per_step=kernels)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ Prompts are SOTU held-out tokens, repeated as needed. Each setting records (``BE
   graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
   and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
   prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass),
+  kernels_per_step (GPU kernels of one decode step of the engine, counted by torch's profiler on CUDA; that step is
+  left out of the timing; None on the CPU and for hf-generate),
   and the physical floor of a decode step: bytes_per_step (weights
   read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
   the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
@@ -34,7 +36,8 @@ from workbench.teachers import anatomy
 HF_SUFFIX = "@hf"
 BENCH_FIELDS = ("model", "engine", "batch", "context", "new_tokens", "status", "reason", "decode_tokens_per_s",
                 "ttft_s", "per_token_p50_s", "per_token_p95_s", "peak_memory_bytes", "bytes_per_step", "floor_s",
-                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s", "compile", "compile_s")
+                "floor_fraction", "cuda_graph", "decode_s", "graph_capture_s", "compile", "compile_s",
+                "kernels_per_step")
 
 
 class _Clock:
@@ -60,16 +63,18 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
     sync(ids.device)
     steps = np.diff(clock.times[1:]).tolist()
     return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
-            "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None}
+            "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None,
+            "kernels_per_step": None}
 
 
 def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, options: DecodeOptions) -> dict:
-    result = generate(model, ids, new, options=options)
+    result = generate(model, ids, new, options=DecodeOptions.of(options, count_kernels=True))
     return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
             "tokens": ids.shape[0] * len(result.per_token_seconds), "cuda_graph": result.cuda_graph,
             "state_bytes": result.state_bytes, "graph_note": result.graph_note,
             "graph_capture_s": result.graph_capture_seconds, "compile": result.compiled,
-            "compile_s": result.compile_seconds, "compile_note": result.compile_note}
+            "compile_s": result.compile_seconds, "compile_note": result.compile_note,
+            "kernels_per_step": result.kernels_per_step}
 
 
 def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
@@ -114,7 +119,8 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
                   bytes_per_step=per_step, floor_s=floor, floor_fraction=floor / p50 if p50 else None,
                   cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"),
                   decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"],
-                  compile=run["compile"], compile_s=run["compile_s"], compile_note=run.get("compile_note"))
+                  compile=run["compile"], compile_s=run["compile_s"], compile_note=run.get("compile_note"),
+                  kernels_per_step=run["kernels_per_step"])
     return record
 
 
