@@ -26,29 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import ipykernel.kernelspec
 import nbformat
 import torch
 import transformers
-from jupyter_client import KernelManager
-from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from workbench.device import device_name, resolve_device
+from workbench.tutorial import notebook_kernel
 from workbench.viz.notebook import PLOTLY_MIMETYPE
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MODES = {"full": "0", "smoke": "1"}     # --mode -> WORKBENCH_SMOKE
 BUDGET_S = 300                          # the aim of a notebook's full mode on one GPU (5 minutes)
-
-
-class _ThisInterpreter(KernelSpecManager):
-    """Kernel specs that start this interpreter's ipykernel, whatever ``python`` is on the PATH."""
-
-    def get_kernel_spec(self, kernel_name):
-        return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
-                                      **ipykernel.kernelspec.get_kernel_dict())
 
 
 def figure_has_data(figure: dict) -> bool:
@@ -83,8 +73,8 @@ def failing_cell(nb: nbformat.NotebookNode) -> int | None:
 def run_notebook(path: Path, timeout: int, executed: Path | None) -> dict:
     """Execute the notebook at ``path``; its row of the results (``passed``, ``wall_s``, figures, the error)."""
     nb = nbformat.read(path, as_version=4)
-    km = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisInterpreter())
-    client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, km=notebook_kernel(), timeout=timeout,
+                            resources={"metadata": {"path": str(path.parent)}})
     error = None
     start = time.perf_counter()
     try:

@@ -22,7 +22,8 @@ PACKAGE = "workbench"
 
 # Bottom row first. Each row may import itself and every row below it, never a row above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("ops", "hub", "cache", "device"),  # kernels with *_ref twins; the hub probe; the derived-files cache; devices
+    ("ops", "hub", "cache", "device", "_lazy"),  # kernels with *_ref twins; the hub probe; the derived-files
+                                                 # cache; devices; names imported on first use
     ("teachers",),                       # load a frozen HF model; its layers, attention projections, captures
     ("data",),                           # corpora, tokens and packed blocks
     ("students",),                       # mixers, the registry, build and load students

@@ -8,18 +8,17 @@ opened in it (plotly.js served from this plotly's own copy instead of the CDN) a
 
 import json
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
-import ipykernel.kernelspec
 import nbformat
 import plotly.graph_objects as go
 import pytest
-from jupyter_client import KernelManager
-from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
+from workbench.tutorial import notebook_kernel
 from workbench.viz.notebook import PLOTLY_MIMETYPE
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -27,19 +26,15 @@ LIVE_CALL = "run_with_live_curves("
 CHROMIUM = shutil.which("chromium")
 
 
-class _ThisInterpreter(KernelSpecManager):
-    """Kernel specs that start this interpreter's ipykernel (the notebooks' "python3" kernel here), whatever
-    ``python`` is on the PATH."""
-
-    def get_kernel_spec(self, kernel_name):
-        return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
-                                      **ipykernel.kernelspec.get_kernel_dict())
+def test_the_notebook_kernel_is_this_interpreter():
+    """The notebooks' "python3" kernel starts this interpreter's ipykernel, whatever ``python`` is on the PATH."""
+    spec = notebook_kernel().kernel_spec
+    assert spec.argv[0] == sys.executable and spec.argv[1:3] == ["-m", "ipykernel_launcher"], spec.argv
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int) -> nbformat.NotebookNode:
     """Execute ``nb`` in place with nbclient, in a kernel of this interpreter started in ``cwd``."""
-    km = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisInterpreter())
-    NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(nb, km=notebook_kernel(), timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
 

@@ -30,29 +30,26 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from workbench._lazy import lazy_names
+
 __version__ = "0.1.0"
 
-_ENTRY_POINTS = {  # name -> the module that defines it (a module itself where the name is the module's)
-    "load_teacher": "workbench.teachers",
-    "build_student": "workbench.students",
-    "load_student": "workbench.students",
-    "distill": "workbench.distill",   # the package, callable as the distill function
-    "generate": "workbench.generation",
-    "laughing": "workbench.laughing",
+_ENTRY_POINTS = {  # name -> the package that defines it (the package itself where the name is the package's)
+    "load_teacher": "teachers",
+    "build_student": "students",
+    "load_student": "students",
+    "distill": "distill",   # the package, callable as the distill function
+    "generate": "generation",
+    "laughing": "laughing",
 }
 __all__ = ["__version__", *_ENTRY_POINTS]
 
 
-def __getattr__(name: str):
-    if name not in _ENTRY_POINTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _register_laughing_mixers()
-    module = importlib.import_module(_ENTRY_POINTS[name])
-    return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
-
-
 def _register_laughing_mixers() -> None:
     importlib.import_module("workbench.laughing.student")  # registers the laughing-* mixers on import
+
+
+__getattr__, __dir__ = lazy_names(__name__, _ENTRY_POINTS, before=_register_laughing_mixers)
 
 
 def _register_students() -> None:

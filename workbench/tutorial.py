@@ -1,6 +1,7 @@
 """Support for the guided notebooks (``notebooks/01_tour.ipynb`` ... ``07_compare.ipynb``): the smoke-mode switch, one
 budget preset per notebook, and the few small steps the notebooks repeat, so that every notebook cell stays one call.
-The analyses the notebooks draw live in ``workbench.analysis``.
+The analyses the notebooks draw live in ``workbench.analysis``. ``notebook_kernel`` is the kernel the notebooks are
+executed in by the tests and ``benchmarks/notebooks.py``.
 
 Smoke mode runs every notebook end to end on a small CPU (a 2-core CI machine) with tiny budgets: short texts, two
 replaced layers, a couple of optimiser steps per stage. It is on when no CUDA device is present; the environment
@@ -15,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from workbench.analysis import mixing as analysis_mixing
 from workbench.data import load_corpus, token_ids
 from workbench.distill import recipes
 from workbench.distill.config import RunConfig
+
+if TYPE_CHECKING:
+    from jupyter_client import KernelManager
 
 
 def smoke() -> bool:
@@ -136,3 +141,19 @@ def mixing_matrices(student, capture, layers: list[int] | None = None, **options
     ``capture``, whatever dtype the models run in (``workbench.analysis.mixing``); ``options`` go to the mixers'
     ``mixing_matrix`` (``channels=[0]`` for a Hyena mixer, whose matrices are per channel)."""
     return analysis_mixing.mixing_matrices(student, capture.attn_in, layers, **options)
+
+
+def notebook_kernel() -> KernelManager:
+    """A kernel manager whose "python3" kernel (the notebooks' kernel) is this interpreter's ipykernel, whatever
+    ``python`` is on the PATH and whichever kernel specs are installed: executing a notebook through nbclient with it
+    (``NotebookClient(nb, km=notebook_kernel(), ...)``) runs it in the same environment as the caller."""
+    import ipykernel.kernelspec
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    class ThisInterpreter(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
+                                          **ipykernel.kernelspec.get_kernel_dict())
+
+    return KernelManager(kernel_name="python3", kernel_spec_manager=ThisInterpreter())

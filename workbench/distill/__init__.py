@@ -12,31 +12,24 @@ The names below are imported on first use (PEP 562 ``__getattr__``), so that a r
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from pathlib import Path
 
-_NAMES = {  # name -> the module that defines it
-    "RunConfig": "workbench.distill.config",
-    "StageConfig": "workbench.distill.config",
-    "parse_tokens": "workbench.distill.config",
-    "RunStudent": "workbench.distill.load",
-    "load_run_student": "workbench.distill.load",
-    "RECIPES": "workbench.distill.recipes",
-    "recipe": "workbench.distill.recipes",
-    "Run": "workbench.distill.run",
+from workbench._lazy import lazy_names
+
+_NAMES = {  # name -> the module of this package that defines it
+    "RunConfig": "config",
+    "StageConfig": "config",
+    "parse_tokens": "config",
+    "RunStudent": "load",
+    "load_run_student": "load",
+    "RECIPES": "recipes",
+    "recipe": "recipes",
+    "Run": "run",
 }
 
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_NAMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
 
 
 def distill(config, out: str | Path, progress: bool = True) -> dict:

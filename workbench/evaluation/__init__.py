@@ -13,7 +13,8 @@ as local data (no network), results saved per model and teacher/student retentio
   task by task, where notebooks and the dashboard's compare view read them
 - ``scores``: several models' results side by side per task, with each student's retention (rows for
   ``workbench.viz.evaluation.task_scores``, and a table)
-- ``cloze`` (task 1), and the builders of the other shipped tasks: one module per task family
+- ``cloze`` (task 1), and the builders of the other shipped tasks: one module per task family; ``transcript``: the
+  spoken prose of a SOTU address that they read (stage directions and the floor's interjections removed)
 
 ``workbench eval --model M --tasks T1,T2 --json out.json`` is the command. lm_eval is the optional extra ``eval``
 (``pip install -e '.[eval]'``); nothing here imports it before a task runs.

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workbench.evaluation.transcript import spoken_prose
+
 if TYPE_CHECKING:
     from workbench.data.corpus import Document
 
@@ -48,8 +50,6 @@ TARGET_WORDS = (8, 40)              # words in a target sentence (inclusive)
 LENGTH_TOLERANCE = 0.25             # a distractor's length in characters is within ±25% of the target's
 ABBREVIATIONS = frozenset({"Mr.", "Mrs.", "Ms.", "Dr.", "Rep.", "Sen.", "St.", "Jr.", "No.", "U.S.", "v.", "J.",
                            "W.", "S.", "A."})
-SPEAKERS = ("Audience member.", "Audience members.")   # paragraphs of interjections from the floor: dropped
-SPEAKER_LABEL = "The President. "                       # the transcript's label before the President speaks again
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,10 @@ class ChoiceItem:
 
 
 def clean_text(text: str) -> str:
-    """A held-out transcript as spoken prose: bracketed stage directions and corrections ("[applause]",
-    "[Laughter]", "[x; White House correction]") removed with a dash before them, interjections from the floor
-    dropped, the "The President. " label removed, paragraphs kept ("\\n\\n" between them)."""
-    paragraphs = []
-    for paragraph in text.split("\n\n"):
-        paragraph = paragraph.strip()
-        if paragraph.startswith(SPEAKERS):
-            continue
-        paragraph = paragraph.removeprefix(SPEAKER_LABEL)
-        paragraph = re.sub(r"\s*—*\[[^\]]*\]", "", paragraph)
-        paragraph = re.sub(r" {2,}", " ", paragraph).strip()
-        if paragraph:
-            paragraphs.append(paragraph)
-    return "\n\n".join(paragraphs)
+    """A held-out transcript as the President's spoken prose (``transcript.spoken_prose``): bracketed stage directions
+    and corrections ("[applause]", "[Laughter]", "[x; White House correction]") removed with the space and dashes
+    before them, interjections from the floor dropped, the "The President. " label removed, paragraphs kept."""
+    return spoken_prose(text, president_only=True, keep_apart=False)
 
 
 def heldout_documents() -> tuple[Document, ...]:

@@ -30,6 +30,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from workbench.evaluation.transcript import spoken_prose
+
 SEED = 0
 ITEMS = 200                      # items kept
 MIN_WORDS, MAX_WORDS = 40, 100   # context length in words
@@ -50,15 +52,10 @@ class ClozeItem:
 
 
 def clean_text(text: str) -> str:
-    """A transcript as spoken prose: bracketed stage directions ("[applause]", "[Laughter]") removed with the dashes
-    around them, runs of spaces collapsed; paragraphs kept."""
-    paragraphs = []
-    for paragraph in text.split("\n\n"):
-        paragraph = re.sub(r"\s*—*\[[^\]]*\]—*", " ", paragraph)
-        paragraph = re.sub(r"[ \t]{2,}", " ", paragraph).strip()
-        if paragraph:
-            paragraphs.append(paragraph)
-    return "\n\n".join(paragraphs)
+    """A transcript as spoken prose (``transcript.spoken_prose``): bracketed stage directions ("[applause]",
+    "[Laughter]") removed with the dashes around them, leaving a space, runs of spaces collapsed; every speaker's
+    paragraphs kept."""
+    return spoken_prose(text, president_only=False, keep_apart=True)
 
 
 def candidates(title: str, text: str) -> list[ClozeItem]:

@@ -17,35 +17,27 @@ transformers' model code.
 
 from __future__ import annotations
 
-import importlib
+from workbench._lazy import lazy_names
 
-_NAMES = {  # name -> the module that defines it
-    "Mixer": "workbench.students.base",
-    "MixerAttention": "workbench.students.adapter",
-    "student_mixers": "workbench.students.adapter",
-    "Student": "workbench.students.build",
-    "build_student": "workbench.students.build",
-    "calibrate_output_scale": "workbench.students.calibrate",
-    "load_student": "workbench.students.io",
-    "MIXERS": "workbench.students.registry",
-    "PRESETS": "workbench.students.registry",
-    "mixer_class": "workbench.students.registry",
-    "mixer_names": "workbench.students.registry",
-    "register_mixer": "workbench.students.registry",
-    "INITS": "workbench.students.spec",
-    "SPEC_KEY": "workbench.students.spec",
-    "StudentSpec": "workbench.students.spec",
-    "split_layers": "workbench.students.spec",
-    "student_spec": "workbench.students.spec",
+_NAMES = {  # name -> the module of this package that defines it
+    "Mixer": "base",
+    "MixerAttention": "adapter",
+    "student_mixers": "adapter",
+    "Student": "build",
+    "build_student": "build",
+    "calibrate_output_scale": "calibrate",
+    "load_student": "io",
+    "MIXERS": "registry",
+    "PRESETS": "registry",
+    "mixer_class": "registry",
+    "mixer_names": "registry",
+    "register_mixer": "registry",
+    "INITS": "spec",
+    "SPEC_KEY": "spec",
+    "StudentSpec": "spec",
+    "split_layers": "spec",
+    "student_spec": "spec",
 }
 __all__ = list(_NAMES)
 
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_NAMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES})
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
