@@ -6,14 +6,11 @@ summaries), so runs started from the command line appear too and the page surviv
     from workbench.app import create_app          # create_app(runs_root="runs").servable()
 """
 
-__all__ = ["Dashboard", "create_app"]
+from workbench._lazy import lazy_names
 
+# Panel is imported only when the app is used: the ``workbench`` command imports ``workbench.app.cli`` for every
+# subcommand, and machines without the ``app`` extra must still run the others.
+_NAMES = {"Dashboard": "dashboard", "create_app": "dashboard"}
+__all__ = list(_NAMES)
 
-def __getattr__(name: str):
-    """Import Panel only when the app is used: the ``workbench`` command imports ``workbench.app.cli`` for every
-    subcommand, and machines without the ``app`` extra must still run the others."""
-    if name in __all__:
-        from workbench.app import dashboard
-
-        return getattr(dashboard, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -10,7 +10,7 @@ greedy speculative decoding, teacher pseudo-labels, and benchmarks of speed and 
 - ``bench``: the benchmarks behind ``workbench bench``; ``cli``: that command.
 """
 
-import importlib
+from workbench._lazy import lazy_names
 
 # name -> the module of this package that defines it, imported on first use (PEP 562): the ``workbench bench``
 # command's --help and the command-line checks in ``cli`` load no model library
@@ -23,8 +23,4 @@ _NAMES = {
 }
 __all__ = list(_NAMES)
 
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

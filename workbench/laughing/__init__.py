@@ -12,6 +12,8 @@ Convention everywhere (workbench.laughing.modal): h_0 = h0 (feed-through), h_t =
 
 import importlib
 
+from workbench._lazy import lazy_names
+
 # name -> the module of this package that defines it, imported on first use (PEP 562): the ``workbench laughing``
 # command's --help loads no model library. Importing workbench.laughing.student (the first use of any name here does)
 # registers the laughing-* mixers.
@@ -27,8 +29,8 @@ _NAMES = {
 __all__ = list(_NAMES)
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _register_mixers() -> None:
     importlib.import_module(f"{__name__}.student")  # the laughing-* mixers are registered whichever name is used
-    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, before=_register_mixers)
