@@ -7,9 +7,12 @@ Engines (the same numbers out, ``workbench.ops.decode_attention``):
              decode path of transformers versions before the grouped one
   grouped    the engine's: each group's query heads as rows of one sdpa call, the cache read once per group
   grouped-efficient / grouped-math   as grouped, sdpa restricted to one backend (which kernel sdpa picks matters)
+  matmul-fp32  the grouped layout as plain float32 matmuls and a softmax (keys and values cast once): no fused kernel,
+             for small batches where sdpa's kernels have too little work to spread over the GPU
 Heads as the default teacher's (9 query heads, 3 key/value heads, width 64), bf16; the cache is full to its last
 position but for the final 10% (hidden by the mask, as a static cache's unwritten positions are). Times are CUDA-event
-medians of ``--steps`` calls after warm-up; ``gb_per_s`` counts the keys and values read once.
+medians of ``--steps`` calls after warm-up, each call replayed from a CUDA graph as a decode step runs it
+(``ms``), and launched eagerly (``eager_ms``); ``gb_per_s`` counts the keys and values read once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ def repeat_then_sdpa(q, k, v, mask, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2).contiguous()
 
 
+def matmul_fp32(q, k, v, mask, scale=None):
+    B, H, Lq, E = q.shape
+    Hkv = k.shape[1]
+    rows = q.reshape(B, Hkv, H // Hkv * Lq, E).float()                            # (B, Hkv, G·Lq, E)
+    scores = rows @ k.float().transpose(-1, -2) * (E ** -0.5 if scale is None else scale)   # (B, Hkv, G·Lq, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))                        # (B, 1, 1, S) for Lq = 1
+    out = scores.softmax(-1) @ v.float()
+    return out.reshape(B, H, Lq, E).transpose(1, 2).to(q.dtype)
+
+
 def only(backend: SDPBackend):
     def run(q, k, v, mask):
         with sdpa_kernel([backend]):
@@ -43,7 +57,17 @@ def only(backend: SDPBackend):
 
 
 ENGINES = {"repeat": repeat_then_sdpa, "grouped": decode_attention_grouped,
-           "grouped-efficient": only(SDPBackend.EFFICIENT_ATTENTION), "grouped-math": only(SDPBackend.MATH)}
+           "grouped-efficient": only(SDPBackend.EFFICIENT_ATTENTION), "grouped-math": only(SDPBackend.MATH),
+           "matmul-fp32": matmul_fp32}
+
+
+def graph_ms(fn, steps: int) -> float:
+    for _ in range(3):
+        fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay, steps)
 
 
 def median_ms(fn, steps: int) -> float:
@@ -78,8 +102,10 @@ def main() -> None:
         for name in args.engines.split(","):
             fn = ENGINES[name]
             error = (fn(q, k, v, mask).float() - reference).abs().max().item()
-            ms = median_ms(lambda fn=fn: fn(q, k, v, mask), args.steps)
+            ms = graph_ms(lambda fn=fn: fn(q, k, v, mask), args.steps)
+            eager = median_ms(lambda fn=fn: fn(q, k, v, mask), args.steps)
             row = {"device_name": device_name(device), "engine": name, "batch": B, "context": S, "ms": round(ms, 4),
+                   "eager_ms": round(eager, 4),
                    "gb_per_s": round(2 * k.numel() * k.element_size() / ms / 1e6, 1), "max_abs_diff": error}
             rows.append(row)
             print(json.dumps(row), flush=True)
