@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import workbench.generation.attention as engine_attention_module
+from tests.helpers.generation_checks import tiny_generation_models
 from tests.helpers.tiny_models import tiny
 from workbench.generation import DecodeOptions, Session, generate
 from workbench.generation.attention import ENGINE_ATTENTION, engine_attention
@@ -71,3 +72,19 @@ def test_a_few_positions_at_once_and_models_not_on_sdpa(models):
     with engine_attention(model):
         assert model.config._attn_implementation == ENGINE_ATTENTION
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_hybrid_students_kept_layers_decode_through_it(monkeypatch):
+    """A student keeping attention in layers 0 and 2: both kept layers take the grouped path on every decode step,
+    and the tokens and logits are those of the version's own attention."""
+    hybrid = tiny_generation_models()["hybrid"]
+    calls = []
+    grouped = engine_attention_module.decode_attention
+    monkeypatch.setattr(engine_attention_module, "decode_attention",
+                        lambda *args: calls.append(args[0].shape) or grouped(*args))
+    ours = generate(hybrid, PROMPT, 5)
+    assert len(calls) == 2 * 4                                          # 2 kept layers, 4 decode steps
+    theirs = generate(hybrid, PROMPT, 5, options=DecodeOptions(engine_attention=False))
+    assert torch.equal(ours.tokens, theirs.tokens)
+    torch.testing.assert_close(step_logits(hybrid, False, True), step_logits(hybrid, False, False),
+                               rtol=1e-5, atol=1e-5)
