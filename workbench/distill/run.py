@@ -5,6 +5,8 @@ Each step of a stage (``Run._run_stage``):
      continues with exactly the next batch);
   2. runs the frozen teacher under no_grad, capturing only what the stage's loss terms need, and computes the
      weighted loss terms for the student (``workbench.distill.step.stage_losses``: kl, ce, matrix, attn_mse, hidden);
+     the student's leading layers that are the teacher's own in the stage (``Run._shared_prefix``, found once per
+     stage) are not computed again;
   3. steps AdamW with the stage's schedule, clipping the gradient norm (``Run._train_step``, which keeps every number
      on the device);
   4. reads the step's numbers off the device in one transfer and appends a "step" event (``Run._log_step``);
@@ -61,7 +63,14 @@ from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
 from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
-from workbench.distill.step import LAYERWISE, compile_layers, stage_losses, trainable_parameters, trained_names
+from workbench.distill.step import (
+    LAYERWISE,
+    compile_layers,
+    shared_prefix,
+    stage_losses,
+    trainable_parameters,
+    trained_names,
+)
 from workbench.students import student_mixers
 from workbench.teachers import anatomy, load_teacher, teacher_config
 
@@ -286,6 +295,7 @@ class Run:
             p.requires_grad_(False)
         for p in train_params:
             p.requires_grad_(True)
+        self._prefix = self._shared_prefix(train_params)
         model = self.sharded  # what runs a step: the FSDP root, a DDP replica, or None (the plain student)
         if distributed.world_size() > 1 and model is None:
             model = distributed.wrap_ddp(self.student, find_unused=bool(set(stage.losses) & LAYERWISE))
@@ -323,6 +333,15 @@ class Run:
                     **self._meter.stats(flops, distributed.world_size()))
         return global_step
 
+    def _shared_prefix(self, train_params: list[torch.nn.Parameter]) -> int:
+        """How many leading decoder layers of the student are the teacher's own in a stage that trains
+        ``train_params`` (``workbench.distill.step.shared_prefix``): the steps read their output off the teacher's
+        forward. 0 for a compiled run (the teacher's and the student's compiled layers are separate kernels) and a
+        sharded one (FSDP)."""
+        if self.config.compile or self.sharded is not None:
+            return 0
+        return shared_prefix(self.teacher.model, self.student, self.blocks, train_params)
+
     def make_optimizer(self, stage: StageConfig, train_params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
         """AdamW over ``train_params`` at the stage's lr and weight decay; on a CUDA device the fused kernel (one
         launch for every tensor, no host synchronisation), except for parameters sharded by FSDP."""
@@ -332,7 +351,7 @@ class Run:
 
     def _train_step(self, stage: StageConfig, model, opt, train_params, batch: torch.Tensor) -> StepTensors:
         """Loss terms of ``batch`` (this rank's rows), backward, clip, AdamW step; nothing leaves the device."""
-        args = (stage, self.teacher, self.student, self.blocks, self.mixers, batch, self.autocast)
+        args = (stage, self.teacher, self.student, self.blocks, self.mixers, batch, self.autocast, self._prefix)
         terms = model(stage_losses, *args) if model is not None else stage_losses(*args)
         loss = sum(stage.losses[k] * v for k, v in terms.items())
         if distributed.world_size() > 1:
@@ -409,7 +428,7 @@ class Run:
 
         def probe(rows: int) -> None:
             terms = stage_losses(stage, self.teacher, self.student, self.blocks, self.mixers, batch[:rows],
-                                 self.autocast)
+                                 self.autocast, self._prefix)
             sum(stage.losses[k] * v for k, v in terms.items()).backward()
             opt.zero_grad(set_to_none=True)
             for p in train_params:

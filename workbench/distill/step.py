@@ -12,6 +12,14 @@ The terms (``workbench.distill.losses``), computed for the student against the f
   hidden       - MOHAWK stage 2: each chosen block fed the teacher's block input vs the teacher's block output (each
                  chosen block runs alone; the rest of the student does not run).
 The chosen layers are the stage's (``StageConfig.layers_of``): all replaced layers unless the stage names some.
+
+Work a step leaves out, for the same terms and gradients:
+  - a stage without "kl" reads the teacher only up to its last chosen layer, so the teacher's forward stops there
+    (``Teacher.capture(stop_after=...)``: no later layer, final norm or LM head);
+  - the student's first ``prefix`` decoder layers, when they are the teacher's own (``shared_prefix``: same values,
+    nothing in them or before them trained, no autocast), do not run for the kl / ce terms: they hand on the output
+    the teacher's layer ``prefix - 1`` returned in the same step (``teacher_prefix``), which is what they would
+    compute.
 Shapes: B batch, L length, H heads.
 """
 
@@ -78,6 +86,60 @@ def compile_layers(model: torch.nn.Module) -> list[str]:
     return names
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.device == b.device and a.shape == b.shape and torch.equal(a, b)
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def shared_prefix(teacher_model: torch.nn.Module, student: torch.nn.Module, blocks: list[torch.nn.Module],
+                  trained: list[torch.nn.Parameter]) -> int:
+    """How many leading decoder layers of ``student`` (``blocks``) are the teacher's own in a stage that trains
+    ``trained``: then the input of the student's layer ``prefix`` equals the input of the teacher's on the same ids
+    (without autocast), and ``stage_losses`` reads it off the teacher's forward. The count stops at the first layer
+    that is replaced, holds a trained parameter, or has a parameter or buffer unlike the teacher's (value, dtype,
+    device); it is 0 when any parameter or buffer outside the decoder layers (embeddings, final norm, head) is trained
+    or unlike the teacher's. Compares values: a layer trained in an earlier stage no longer counts."""
+    trained_ids = {id(p) for p in trained}
+    teacher_layers = anatomy.decoder_layers(teacher_model)
+    inside = {id(t) for layer in blocks for t in _tensors(layer).values()}
+    teacher_all = _tensors(teacher_model)
+
+    def own(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
+        return mine.keys() == theirs.keys() and all(id(t) not in trained_ids and _same(t, theirs[n])
+                                                    for n, t in mine.items())
+
+    outside = {n: t for n, t in _tensors(student).items() if id(t) not in inside}
+    if not own(outside, {n: teacher_all[n] for n in outside if n in teacher_all}):
+        return 0
+    for i, (layer, teacher_layer) in enumerate(zip(blocks, teacher_layers)):
+        if not own(_tensors(layer), _tensors(teacher_layer)):
+            return i
+    return len(blocks)
+
+
+@contextlib.contextmanager
+def teacher_prefix(layers: list[torch.nn.Module], output):
+    """While active, the decoder layers ``layers`` (the student's first ones, ``shared_prefix``) do not run: each
+    returns ``output``, the teacher's last prefix layer's return value (``Capture.layer_output``). Only the last of
+    them hands its value on to a layer that runs; the ones before it are skipped over."""
+    for layer in layers:
+        layer.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _autocasts(autocast, device: torch.device) -> bool:
+    """Whether ``autocast()`` turns autocast on for ``device``."""
+    with autocast():
+        return torch.is_autocast_enabled(device.type)
+
+
 @contextlib.contextmanager
 def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor], outputs: dict[int, torch.Tensor]):
     """While active, block i of ``layers`` reads ``inputs[i]`` instead of the previous block's output, and its output
@@ -102,8 +164,9 @@ def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor
 
 
 def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],
-                 batch: torch.Tensor, autocast) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of ``stage`` on one batch (B, L + 1); ``blocks``: the student's decoder layers."""
+                 batch: torch.Tensor, autocast, prefix: int = 0) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of ``stage`` on one batch (B, L + 1); ``blocks``: the student's decoder layers;
+    ``prefix``: how many of them are the teacher's own in this stage (``shared_prefix``; 0: none taken as such)."""
     x, y = batch[:, :-1], batch[:, 1:]
     terms = set(stage.losses)
     layerwise = bool(terms & LAYERWISE)
@@ -113,9 +176,15 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
         raise ValueError(f"stage {stage.name!r}: layers {missing} are not replaced by mixers "
                          f"(replaced: {sorted(mixers)})")
     fused = bool(terms & {"kl", "ce"}) and fusable(teacher, student)  # logit terms without (B, L, V) logits
+    # the teacher computes the student's prefix only where the student runs as the teacher does: without autocast
+    skip = prefix if terms & {"kl", "ce"} and not _autocasts(autocast, x.device) else 0
+    read = [*(layers if layerwise else []), *([skip - 1] if skip else [])]  # teacher layers read
     cap = teacher.capture(x, layers=layers if layerwise else [], blocks="hidden" in terms,
                           attention=bool(terms & {"matrix", "attn_mse"}), attn_probs="matrix" in terms,
-                          logits="kl" in terms and not fused, final_hidden="kl" in terms and fused)
+                          logits="kl" in terms and not fused, final_hidden="kl" in terms and fused,
+                          outputs=[skip - 1] if skip else [],
+                          stop_after=max(read) if read and "kl" not in terms else None)
+    student_prefix = teacher_prefix(blocks[:skip], cap.layer_output[skip - 1]) if skip else contextlib.nullcontext()
     out: dict[str, torch.Tensor] = {}
     with autocast():
         if terms & {"kl", "ce"} and fused:
@@ -123,7 +192,8 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
             # teacher's (B·L, V) logits are ever built; the same values and gradients as the logits path below.
             # Under FSDP2 this runs inside the sharded root's forward, where the student's head weight is whole
             # (``fusable`` sends a sharded one, a DTensor, to the logits path).
-            hidden = student.base_model(input_ids=x, use_cache=False).last_hidden_state        # (B, L, D)
+            with student_prefix:
+                hidden = student.base_model(input_ids=x, use_cache=False).last_hidden_state    # (B, L, D)
             scale, softcap = logit_transform(student)
             out.update(logit_losses(
                 hidden.flatten(0, 1), output_head(student),
@@ -133,7 +203,8 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
         elif terms & {"kl", "ce"}:
             # The logits path: for models whose logits the fused losses cannot reproduce (``fusable``: a family
             # without a row in LOGIT_TRANSFORMS, a sharded teacher or head).
-            logits = student(input_ids=x, use_cache=False).logits
+            with student_prefix:
+                logits = student(input_ids=x, use_cache=False).logits
             if "kl" in terms:
                 out["kl"] = L.kl_divergence(logits, cap.logits, temperature=stage.temperature)
             if "ce" in terms:

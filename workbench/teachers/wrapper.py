@@ -3,7 +3,9 @@
 Nothing here copies the teacher's modeling code. Per-layer tensors are read with forward hooks on the model's own
 decoder layers and attention modules (found by ``workbench.teachers.anatomy``), so the same code serves Llama, GPT-2,
 GPT-NeoX, Gemma... Attention probabilities need the eager attention path (SDPA never materialises them), so
-``capture(..., attn_probs=True)`` switches the model to eager for that call and back afterwards.
+``capture(..., attn_probs=True)`` switches the model to eager for that call and back afterwards. A capture that reads
+nothing past some layer (``stop_after``) ends the forward there: a hook on that layer raises ``_Stopped`` once it
+has run, and ``capture`` catches it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class Capture:
     attn_in: dict[int, torch.Tensor] = field(default_factory=dict)   # (B, L, D) input of the attention module (normed)
     attn_out: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, L, D) attention output after o_proj
     attn_probs: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, H, L, L) softmax probabilities, causal
+    layer_output: dict[int, torch.Tensor | tuple] = field(default_factory=dict)  # layer i's return value as is
+
+
+class _Stopped(Exception):
+    """Raised by the hook on the last decoder layer a capture reads (``Teacher.capture(stop_after=...)``) to end the
+    forward there; ``Teacher.capture`` catches it."""
 
 
 def first_output(output):
@@ -175,22 +183,39 @@ class Teacher:
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 layers: list[int] | None = None, blocks: bool = True, attention: bool = True,
-                attn_probs: bool = False, logits: bool = True, final_hidden: bool = False) -> Capture:
+                attn_probs: bool = False, logits: bool = True, final_hidden: bool = False,
+                outputs: list[int] | None = None, stop_after: int | None = None) -> Capture:
         """One forward pass that records, for each layer in ``layers`` (default: all), the block input/output
-        (``blocks``), the attention module's input/output (``attention``) and its probabilities (``attn_probs``).
+        (``blocks``), the attention module's input/output (``attention``) and its probabilities (``attn_probs``);
+        for each layer in ``outputs`` (default: none), its return value as it is (``Capture.layer_output``).
 
         ``final_hidden``: run the base model alone (``model.base_model``: the decoder up to and with its final norm)
         and keep its last hidden state (B, L, D) instead of the logits, so the LM head never runs over all tokens
-        (``output_head`` gives its weights; ``workbench.ops.fused_kl`` computes the losses chunk by chunk)."""
+        (``output_head`` gives its weights; ``workbench.ops.fused_kl`` computes the losses chunk by chunk).
+
+        ``stop_after``: the last decoder layer the caller reads; the forward ends once it has run (no later layer,
+        no final norm, no LM head), so it needs ``logits=False`` and ``final_hidden=False`` and no layer of
+        ``layers`` or ``outputs`` past it. What is recorded is what the whole forward records for those layers. A
+        sharded teacher (FSDP) runs whole: its root's forward must finish to shard its parameters again."""
         if final_hidden and logits:
             raise ValueError("capture: ask for logits or for final_hidden, not both (pass logits=False)")
-        if final_hidden and not fused_kl.plain(*self.model.parameters()):
+        plain = fused_kl.plain(*self.model.parameters())
+        if final_hidden and not plain:
             raise ValueError("capture(final_hidden=True) needs an unsharded teacher: the base model alone cannot "
                              "gather the parameters FSDP shards at the causal LM's root; ask for logits instead")
         layers = list(range(self.num_layers)) if layers is None else list(layers)
-        for i in layers:
+        outputs = [] if outputs is None else list(outputs)
+        for i in [*layers, *outputs, *([] if stop_after is None else [stop_after])]:
             if not 0 <= i < self.num_layers:
                 raise IndexError(f"layer {i} out of range: the teacher has layers 0..{self.num_layers - 1}")
+        if stop_after is not None:
+            if logits or final_hidden:
+                raise ValueError(f"capture(stop_after={stop_after}) ends the forward before the final norm and the "
+                                 f"LM head: pass logits=False and final_hidden=False, or leave stop_after out")
+            past = sorted(i for i in {*layers, *outputs} if i > stop_after)
+            if past:
+                raise ValueError(f"capture(stop_after={stop_after}) ends the forward before layers {past} that it "
+                                 f"is asked to record: give stop_after >= {past[-1]}")
         cap = Capture()
         handles = []
 
@@ -210,18 +235,32 @@ class Teacher:
                     cap.attn_probs[i] = output[1]
             return hook
 
+        def output_hook(i):
+            def hook(module, args, output):
+                cap.layer_output[i] = output
+            return hook
+
+        def stop_hook(module, args, output):
+            raise _Stopped
+
         for i in layers:
             handles.append(self.layers[i].register_forward_hook(block_hook(i), with_kwargs=True))
             _, attn = anatomy.attention_of(self.layers[i])
             handles.append(attn.register_forward_hook(attn_hook(i), with_kwargs=True))
+        for i in outputs:
+            handles.append(self.layers[i].register_forward_hook(output_hook(i)))
+        if stop_after is not None and plain:
+            handles.append(self.layers[stop_after].register_forward_hook(stop_hook))  # after the recording hooks
         mode = self.attention_implementation("eager") if attn_probs else contextlib.nullcontext()
         try:
             with mode:
                 # the base model alone (no LM head over every token) unless the logits are asked for; a sharded
                 # teacher runs whole, its root gathers the parameters FSDP shards there
-                alone = final_hidden or (not logits and fused_kl.plain(*self.model.parameters()))
+                alone = final_hidden or (not logits and plain)
                 run = self.model.base_model if alone else self.model
                 out = run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stopped:
+            out = None
         finally:
             for h in handles:
                 h.remove()
