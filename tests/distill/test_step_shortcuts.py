@@ -158,6 +158,22 @@ def test_shared_prefix_counts_the_leading_layers_that_are_the_teachers_own():
                          trainable_parameters(other, other_blocks, other_mixers, "mixers")) == 0
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2", "opt"])
+def test_shared_prefix_leaves_out_layers_that_draw_dropout_in_training(name):
+    """The teacher runs in eval mode; a student in training mode computes like it only where nothing draws dropout:
+    Llama has none (attention_dropout 0), GPT-2 drops after its embeddings (embd_pdrop 0.1, an nn.Dropout) and OPT
+    in its decoder (dropout 0.1, a float attribute)."""
+    teacher, student, blocks, mixers = setup(name, replace=[2])
+    mixers_only = trainable_parameters(student, blocks, mixers, "mixers")
+    assert shared_prefix(teacher.model, student, blocks, mixers_only) == 2          # eval mode: no dropout
+    student.train()
+    assert shared_prefix(teacher.model, student, blocks, mixers_only) == (2 if name == "llama" else 0)
+    if name == "llama":
+        _, attention = anatomy.attention_of(blocks[1])
+        attention.attention_dropout = 0.1
+        assert shared_prefix(teacher.model, student, blocks, mixers_only) == 1
+
+
 @pytest.mark.parametrize("path", ["fused", "logits"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_kd_stage_starts_the_student_from_the_teachers_output_of_its_shared_layers(name, path, monkeypatch):

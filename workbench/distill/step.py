@@ -17,9 +17,9 @@ Work a step leaves out, for the same terms and gradients:
   - a stage without "kl" reads the teacher only up to its last chosen layer, so the teacher's forward stops there
     (``Teacher.capture(stop_after=...)``: no later layer, final norm or LM head);
   - the student's first ``prefix`` decoder layers, when they are the teacher's own (``shared_prefix``: same values,
-    nothing in them or before them trained, no autocast), do not run for the kl / ce terms: they hand on the output
-    the teacher's layer ``prefix - 1`` returned in the same step (``teacher_prefix``), which is what they would
-    compute.
+    nothing in them or before them trained, no dropout, no autocast), do not run for the kl / ce terms: they hand on
+    the output the teacher's layer ``prefix - 1`` returned in the same step (``teacher_prefix``), which is what they
+    would compute.
 Shapes: B batch, L length, H heads.
 """
 
@@ -94,28 +94,46 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
+DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+            torch.nn.FeatureAlphaDropout)
+
+
+def _draws(module: torch.nn.Module) -> bool:
+    """Whether ``module`` itself draws at random in training mode, where the teacher (eval mode) does not: an
+    ``nn.Dropout`` with p > 0, or a float attribute named like "drop" above 0 (attention dropout, layer drop)."""
+    if not module.training:
+        return False
+    if isinstance(module, DROPOUTS):
+        return module.p > 0
+    return any("drop" in name.lower() and isinstance(value, float) and value > 0
+               for name, value in vars(module).items())
+
+
 def shared_prefix(teacher_model: torch.nn.Module, student: torch.nn.Module, blocks: list[torch.nn.Module],
                   trained: list[torch.nn.Parameter]) -> int:
     """How many leading decoder layers of ``student`` (``blocks``) are the teacher's own in a stage that trains
     ``trained``: then the input of the student's layer ``prefix`` equals the input of the teacher's on the same ids
     (without autocast), and ``stage_losses`` reads it off the teacher's forward. The count stops at the first layer
-    that is replaced, holds a trained parameter, or has a parameter or buffer unlike the teacher's (value, dtype,
-    device); it is 0 when any parameter or buffer outside the decoder layers (embeddings, final norm, head) is trained
-    or unlike the teacher's. Compares values: a layer trained in an earlier stage no longer counts."""
+    that is replaced, holds a trained parameter, has a parameter or buffer unlike the teacher's (value, dtype,
+    device) or draws dropout (``_draws``: the student trains in training mode, the teacher runs in eval mode); it is
+    0 when anything outside the decoder layers (embeddings, final norm, head) does one of these. Compares values: a
+    layer trained in an earlier stage no longer counts."""
     trained_ids = {id(p) for p in trained}
     teacher_layers = anatomy.decoder_layers(teacher_model)
     inside = {id(t) for layer in blocks for t in _tensors(layer).values()}
+    inside_modules = {id(m) for layer in blocks for m in layer.modules()}
     teacher_all = _tensors(teacher_model)
 
-    def own(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
-        return mine.keys() == theirs.keys() and all(id(t) not in trained_ids and _same(t, theirs[n])
-                                                    for n, t in mine.items())
+    def own(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], modules) -> bool:
+        return (mine.keys() == theirs.keys() and not any(_draws(m) for m in modules)
+                and all(id(t) not in trained_ids and _same(t, theirs[n]) for n, t in mine.items()))
 
     outside = {n: t for n, t in _tensors(student).items() if id(t) not in inside}
-    if not own(outside, {n: teacher_all[n] for n in outside if n in teacher_all}):
+    if not own(outside, {n: teacher_all[n] for n in outside if n in teacher_all},
+               [m for m in student.modules() if id(m) not in inside_modules]):
         return 0
     for i, (layer, teacher_layer) in enumerate(zip(blocks, teacher_layers)):
-        if not own(_tensors(layer), _tensors(teacher_layer)):
+        if not own(_tensors(layer), _tensors(teacher_layer), layer.modules()):
             return i
     return len(blocks)
 
