@@ -31,12 +31,12 @@ runs still missing under "missing".
 
 A record: row, budget, seed, run (the folder), teacher, device_name, world_size, mixer, recipe, stages, choice,
 attention_share, keep_attention (the layers that kept attention), keep_attention_auto, layer_selection (the scores
-an auto choice was made by), replaced, dials, corpus, train_tokens, teacher_parameters, tokens_per_parameter,
-ppl_ratio, ppl_student, ppl_teacher, kl, agreement, mix_heldout_ratio (a run on a mix: the ratio on the mix's
-held-out slice), tokens_per_s and mfu (over the whole run: every stage's median rate, weighted by its time),
-train_seconds (the stages' tokens over their rates), gpu_mem_gb (the largest stage peak), batch, seq_len, lr (each
-stage's), target, laughing (hyena-0: order, ppl_before, ppl_after, ppl_change), command, wall_seconds (of the
-invocation that finished the run: of a resumed run, its last part only).
+an auto choice was made by), replaced, dials, corpus, corpus_weights, train_tokens, teacher_parameters,
+tokens_per_parameter, ppl_ratio, ppl_student, ppl_teacher, kl, agreement, mix_heldout_ratio (a run on a mix: the
+ratio on the mix's held-out slice), tokens_per_s and mfu (over the whole run: every stage's median rate, weighted by
+its time), train_seconds (the stages' tokens over their rates), gpu_mem_gb (the largest stage peak), batch, seq_len,
+lr (each stage's), target, laughing (hyena-0: order, ppl_before, ppl_after, ppl_change), command, wall_seconds (of
+the invocation that finished the run: of a resumed run, its last part only).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: 
         "stages": [s.name for s in config.stages], "choice": row.choice, "attention_share": row.attention_share,
         "keep_attention": config.keep_attention, "keep_attention_auto": config.keep_attention_auto,
         "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": row.dials,
-        "corpus": config.corpus, "train_tokens": summary["train_tokens"],
+        "corpus": config.corpus, "corpus_weights": config.corpus_weights, "train_tokens": summary["train_tokens"],
         "teacher_parameters": start.teacher_parameters,
         "tokens_per_parameter": summary["train_tokens"] / start.teacher_parameters,
         **{k: summary[k] for k in ("ppl_ratio", "ppl_student", "ppl_teacher", "kl", "agreement")},
@@ -179,7 +179,8 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
     folder holding a run of another config (other flags) stops the script: its record would not be this one's."""
     folder = Path(args.out) / item.row.name / f"{budget_name(budget)}-s{seed}"
     config = row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
-                        args.teacher, args.compile, corpus=args.corpus, seed=seed, eval_every=args.eval_every,
+                        args.teacher, args.compile, corpus=args.corpus, corpus_weights=args.corpus_weights,
+                        seed=seed, eval_every=args.eval_every,
                         eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
                         layer_score_tokens=args.layer_score_tokens)
     held = RunDir.holds_run(folder)
@@ -250,6 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0", help="comma-separated seeds: each (row, budget) runs once per seed")
     p.add_argument("--teacher", default="smollm2-135m")
     p.add_argument("--corpus", default="sotu", help="training corpus: sotu, or a mix folder (workbench corpus build)")
+    p.add_argument("--corpus-weights", default=None, metavar="SOURCE=W,...",
+                   help="a mix's per-source sampling weights over those it was built with, e.g. sotu=4")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step (the global batch)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, default_lr)")
@@ -271,6 +274,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", required=True, help="the records, written after every run")
     p.add_argument("--figure", default=None, help="the curve figure: .html (plotly, standalone) or .json")
     args = p.parse_args(argv)
+    from workbench.cli import parse_weights
+
+    try:
+        args.corpus_weights = parse_weights("--corpus-weights", args.corpus_weights)
+    except ValueError as err:
+        p.error(str(err))
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
     if unknown:
         p.error(f"--rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         ["quality_curve.py", *argv])
     results = {"teacher": args.teacher, "device_name": hardware, "budgets": budgets,
                "ablation_budget": parse_tokens(args.ablation_budget), "seeds": seeds, "corpus": args.corpus,
-               "nproc": args.nproc, "command": command,
+               "corpus_weights": args.corpus_weights, "nproc": args.nproc, "command": command,
                "anchors": json.loads(json.dumps([asdict(a) for a in ANCHORS])), "records": []}
     for item, budget, seed in items:
         if item.laughing_order and args.laughing_order:

@@ -90,6 +90,11 @@ def test_the_plan_runs_ablation_rows_at_their_one_budget_and_refuses_unknown_row
     assert [curve.budget_name(t) for t in (135_000_000, 2_000, 1280)] == ["135M", "2k", "1280"]
     with pytest.raises(SystemExit):
         curve.parse_args(["--rows", "mil-33", "--out", str(tmp_path), "--json", str(tmp_path / "x.json")])
+    where = ["--out", str(tmp_path), "--json", str(tmp_path / "x.json")]
+    assert curve.parse_args(["--corpus-weights", "sotu=4,python-code=0.5", *where]).corpus_weights == {
+        "sotu": 4.0, "python-code": 0.5}
+    with pytest.raises(SystemExit):
+        curve.parse_args(["--corpus-weights", "sotu", *where])
     assert curve.overall_throughput([
         {"steps": 10, "batch_size": 2, "seq_len": 50, "tokens_per_s": 1000.0, "mfu": 0.2, "peak_gpu_mem_gb": 3.0},
         {"steps": 10, "batch_size": 2, "seq_len": 50, "tokens_per_s": 500.0, "mfu": 0.5, "peak_gpu_mem_gb": 5.0},
