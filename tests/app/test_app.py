@@ -77,6 +77,23 @@ def test_status_and_events_come_from_the_folders(tmp_path):
     assert state.offset > offset and [e.step for e in select(state.events, Step)] == [1, 2]
 
 
+def test_a_folder_of_run_folders_lists_its_runs_by_their_path(tmp_path):
+    """The quality curve's layout, ROW/BUDGET-sSEED (the H200 runs in docs/results, copied): each run is a row named
+    by its path from the root, finished, with its final numbers; a folder holding no run stays one "not a run" row."""
+    import shutil
+    from pathlib import Path
+
+    curve = Path(__file__).resolve().parents[2] / "docs" / "results" / "h200-2026-12-01" / "curve"
+    shutil.copytree(curve / "mil-25", tmp_path / "mil-25")
+    (tmp_path / "mil-25" / "notes").mkdir()                     # no run in it: not listed inside the group
+    (tmp_path / "empty-group").mkdir()
+    infos = {info.name: info for info in RunIndex(tmp_path).scan()}
+    assert {n: i.status for n, i in infos.items()} == {"mil-25/30M-s0": "finished", "mil-25/8M-s0": "finished",
+                                                       "mil-25/8M-s1": "finished", "empty-group": "not a run"}
+    done = infos["mil-25/30M-s0"]
+    assert (done.mixer, done.step, done.total_steps) == ("mamba2", 915, 915)
+
+
 def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_dir):
     app = Dashboard(tmp_path / "runs")
     app.teacher.source, app.teacher.device = tiny_teacher_dir, "cpu"

@@ -29,6 +29,7 @@ from workbench.viz.compare import (  # noqa: E402
     wall_seconds,
 )
 from workbench.viz.curves import tokens_by_step  # noqa: E402
+from workbench.viz.quality import read_records  # noqa: E402
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run-7a05f7d"
 CONFIG = {"teacher": "t", "mixer": "mamba2", "stages": [{"name": "kd", "tokens": 96, "batch_size": 1, "seq_len": 32}]}
@@ -197,3 +198,18 @@ def test_the_compare_view_shows_task_scores_beside_the_teacher(tmp_path):
     runs.table.selection = [names.index("b")]
     assert "links outside the run folder" in runs.compare_tasks_hint.object
     assert not runs.compare_tasks.visible and not runs.compare_task_rows.visible
+
+
+def test_the_quality_campaigns_runs_load_by_row_and_budget():
+    """The H200 runs of the quality curve in docs/results (events, no checkpoints): compared side by side, runs that
+    share a folder name are named with their row, and their final ratios are the records' own."""
+    campaign = Path(__file__).resolve().parents[2] / "docs" / "results" / "h200-2026-12-01"
+    folders = sorted(campaign.glob("curve/*/30M-s0"))
+    result = compare_runs(folders, x="tokens")
+    assert set(result.table["run"]) == {"mil-0/30M-s0", "mil-25/30M-s0", "mil-50/30M-s0"}
+    records = {(r["row"], r["budget"], r["seed"]): r for r in read_records(campaign / "quality_curve.json")}
+    for _, row in result.table.iterrows():
+        name = row["run"].split("/")[0]
+        assert row["held-out ratio"] == pytest.approx(records[(name, 30_000_000, 0)]["ppl_ratio"])
+    with pytest.raises(ValueError, match="not a quality-curve file"):
+        read_records(folders[0] / "summary.json")

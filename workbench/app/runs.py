@@ -55,8 +55,9 @@ class RunInfo:
 class RunState:
     """One run folder, its events read incrementally (only the new bytes at each ``update``)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, name: str | None = None):
         self.path = Path(path).resolve()
+        self.name = name or self.path.name   # as the index lists it: the path from the runs root
         self.run = RunDir(self.path)
         self.events: list[Event | Unreadable] = []
         self.offset = 0
@@ -137,7 +138,7 @@ class RunState:
     def info(self, launcher: Launcher) -> RunInfo:
         status, message = self.status(launcher)
         events = select(self.events)
-        info = RunInfo(name=self.path.name, status=status, message=message,
+        info = RunInfo(name=self.name, status=status, message=message,
                        started=events[0].time if events else self.path.stat().st_mtime)
         config = self.run_config()
         if config is not None:
@@ -180,7 +181,9 @@ def run_section(file: Path, section) -> dict:
 
 class RunIndex:
     """Every folder directly inside ``root`` but hidden ones: the runs (a folder with config.json or a launch
-    request) and, as rows that say why, the folders that cannot be read as runs."""
+    request) and, as rows that say why, the folders that cannot be read as runs. A folder that is no run but holds
+    runs one level down (a group: ``benchmarks/quality_curve.py`` writes ROW/BUDGET-sSEED) lists those runs, each
+    named by its path from the root ("mil-25/30M-s0")."""
 
     def __init__(self, root: str | Path, launcher: Launcher | None = None):
         self.root = Path(root).resolve()
@@ -190,32 +193,48 @@ class RunIndex:
     def scan(self) -> list[RunInfo]:
         """Discover folders, read their new events; newest first. A folder that is not a run gives a row whose
         status is "not a run" and whose message says why; it never stops the others from showing."""
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if self.root.is_dir() else []
+        folders = _subfolders(self.root) if self.root.is_dir() else []
         infos = []
         for path in folders:
-            info = self._scan_one(path)
-            if info.status == NOT_A_RUN:
-                self.states.pop(path.name, None)
-            infos.append(info)
-        for name in set(self.states) - {path.name for path in folders}:
+            group = not _is_run(path) and path.resolve().is_relative_to(self.root)
+            members = [sub for sub in _subfolders(path) if _is_run(sub)] if group else []
+            for folder in members or [path]:
+                name = folder.relative_to(self.root).as_posix()
+                info = self._scan_one(folder, name)
+                if info.status == NOT_A_RUN:
+                    self.states.pop(name, None)
+                infos.append(info)
+        for name in set(self.states) - {info.name for info in infos}:
             del self.states[name]
         return sorted(infos, key=lambda i: i.started, reverse=True)
 
-    def _scan_one(self, path: Path) -> RunInfo:
-        """The row of folder ``path``: its run's info, or a "not a run" row saying why."""
+    def _scan_one(self, path: Path, name: str) -> RunInfo:
+        """The row of folder ``path`` (listed as ``name``): its run's info, or a "not a run" row saying why."""
         try:
             run_path = inside_root(self.root, path)
-            if not ((run_path / "config.json").exists() or (run_path / LAUNCH_FILE).exists()):
+            if not _is_run(run_path):
                 raise ValueError("no config.json or launch.json: not a run folder")
-            state = self.states.setdefault(path.name, RunState(run_path))
+            state = self.states.setdefault(name, RunState(run_path, name))
             state.update()
             return state.info(self.launcher)
         except (OSError, ValueError) as err:   # started 0: listed after every run
-            return RunInfo(name=path.name, status=NOT_A_RUN, message=str(err))
+            return RunInfo(name=name, status=NOT_A_RUN, message=str(err))
 
     def state(self, name: str) -> RunState | None:
         return self.states.get(name)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders directly inside ``folder`` but hidden ones, by name (none when it cannot be listed)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder: it holds config.json or a launch request."""
+    return (folder / "config.json").exists() or (folder / LAUNCH_FILE).exists()
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -74,8 +74,12 @@ def read_run(folder: str | Path, name: str | None = None) -> RunEvents:
 
 def compare_runs(folders: Iterable[str | Path], x: str = "step") -> Comparison:
     """The comparison of the runs in ``folders``: overlaid loss and evaluation curves against ``x`` ("step" or
-    "tokens"), final quality against training tokens, and the table of final numbers."""
-    runs = [read_run(folder) for folder in folders]
+    "tokens"), final quality against training tokens, and the table of final numbers. Each run is named by its
+    folder, with the folder above where two share a name."""
+    paths = [Path(folder).resolve() for folder in folders]
+    names = [p.name for p in paths]
+    # runs of one name in different folders (a quality curve's ROW/30M-s0) are told apart by their parent
+    runs = [read_run(p, f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name) for p in paths]
     return Comparison(loss_overlay(runs, x), eval_overlay(runs, x), quality_vs_tokens(runs), compare_table(runs))
 
 

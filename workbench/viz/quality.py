@@ -11,10 +11,12 @@ over budgets, points at the paper's budget otherwise, and a horizontal line wher
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import plotly.graph_objects as go
 
@@ -53,6 +55,16 @@ def ratio_ticks(values: Iterable[float], max_ticks: int = 10) -> list[float]:
         if lo <= t <= hi and (not ticks or math.log10(t / ticks[-1]) >= gap):
             ticks.append(t)
     return ticks or [round(min(values), 3), round(max(values), 3)]
+
+
+def read_records(file: str | Path) -> list[dict]:
+    """The run records of a quality-curve file (``benchmarks/quality_curve.py --json``): the points
+    ``quality_curve`` draws. A ValueError naming the file when it holds no "records" list."""
+    data = json.loads(Path(file).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ValueError(f"{file} is not a quality-curve file (no \"records\" list): write one with "
+                         f"benchmarks/quality_curve.py --json")
+    return data["records"]
 
 
 def _labelled_line(fig: go.Figure, ratio: float, label: str, style: dict, side: str) -> None:
