@@ -290,9 +290,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from workbench.analysis.anchors import ANCHORS
     from workbench.device import device_name, resolve_device
     from workbench.teachers import teacher_config
-    from workbench.viz.quality import ANCHORS, quality_curve
 
     budgets = [parse_tokens(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not file.is_file():
                 results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})
                 print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: no record yet", flush=True)
+                save_json(Path(args.json), results)
                 continue
             record = json.loads(file.read_text())
         else:
@@ -323,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"({record['tokens_per_parameter']:.3g} tokens/param), "
               f"{record['tokens_per_s'] or 0:.0f} tok/s", flush=True)
     if args.figure:
+        from workbench.viz.quality import quality_curve
+
         targets = {name: ROWS[name].row.target for name in args.rows.split(",") if ROWS[name].row.target}
         fig = quality_curve(results["records"], targets=targets)
         if args.figure.endswith(".json"):

@@ -15,30 +15,14 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
 
+from workbench.analysis.anchors import ANCHORS, Anchor
 from workbench.viz.axes import log_ticks
 from workbench.viz.curves import COLOURS
 
-
-@dataclass(frozen=True)
-class Anchor:
-    label: str                                      # legend entry: the paper, its teacher and student
-    ratios: tuple[float, ...]                       # held-out perplexity ratios student / teacher
-    tokens_per_parameter: tuple[float, ...] | None  # training tokens per teacher parameter of each ratio; None: a
-                                                    #   horizontal line (no budget drawn)
-    point_labels: tuple[str, ...] = ()              # a label beside each point (e.g. the attention share)
-
-
-ANCHORS: tuple[Anchor, ...] = (
-    Anchor("Pythia-1B → pure Mamba (arXiv 2604.14191)", (1.195, 1.126, 1.093, 1.018), (1.0, 2.0, 3.0, 10.0)),
-    Anchor("Mamba in the Llama, 8B teacher, 20B tokens", (1.03, 1.09, 1.22, 1.66), (2.5, 2.5, 2.5, 2.5),
-           ("50% attn", "25% attn", "6.25% attn", "0% attn")),
-    Anchor("Scavenging Hyena, Pythia-70M → Hyena", (2.36,), None),
-)
 ANCHOR_COLOUR = "#7f7f7f"
 RATIO_TICKS = (1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # where ratios are read
 
