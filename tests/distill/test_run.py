@@ -76,8 +76,8 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
               StageConfig("hidden", losses={"hidden": 1.0}, tokens=4 * 2 * 32, batch_size=2, seq_len=32, lr=1e-2),
               StageConfig("kd", losses={"kl": 1.0, "ce": 0.1}, train="all", tokens=4 * 2 * 32, batch_size=2,
                           seq_len=32, lr=1e-3)]
-    summary = Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False,
-                  final_eval_tokens=600).execute()
+    executed = Run(tiny_config(tiny_teacher_dir, stages), tmp_path / "run", progress=False, final_eval_tokens=600)
+    summary = executed.execute()
     run = RunDir.open(tmp_path / "run")
     steps = list(iter_events(run.events_path, "step"))
     assert [e["step"] for e in steps] == list(range(1, 13))
@@ -86,6 +86,10 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
     assert all(e["tokens"] == 64 and e["tokens_per_s"] > 0 and e["lr"] > 0 for e in steps)
     evals = list(iter_events(run.events_path, "eval"))
     assert evals and all(0 <= e["agreement"] <= 1 and e["kl"] >= 0 for e in evals)
+    # the frozen teacher's side of the valid split, computed at the first evaluation and kept: the same every time
+    kept = executed._valid_teacher
+    assert len(evals) > 2 and len({e["ppl_teacher"] for e in evals}) == 1
+    assert kept.batches and kept.hits == (len(evals) - 1) * len(kept.batches)
     assert run.summary == summary and summary["replaced"] == [1, 2, 3] and summary["steps"] == 12
     assert summary["ppl_ratio"] == pytest.approx(summary["ppl_student"] / summary["ppl_teacher"])
     tensors, state = run.latest_checkpoint()

@@ -1,7 +1,12 @@
-"""Student vs teacher on the same windows: perplexity of each, KL(teacher ‖ student) and top-1 agreement per token."""
+"""Student vs teacher on the same windows: perplexity of each, KL(teacher ‖ student) and top-1 agreement per token.
+
+The teacher's side of a comparison depends only on the windows: ``TeacherCache`` keeps it between comparisons against
+the same frozen teacher (the evaluations of one run, the orders of a Laughing Hyena table), so later ones run the
+teacher's LM head on its kept final hidden states instead of its whole decoder."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -10,25 +15,77 @@ import torch.nn.functional as F
 
 from workbench.analysis.metrics import kl_divergence, top1_agreement
 from workbench.analysis.perplexity import logits_fn, windows
+from workbench.ops import fused_kl
+from workbench.teachers.wrapper import Teacher, logit_transform
+
+
+class TeacherCache:
+    """The teacher's final hidden state (B, W, D) and summed next-token NLL of each batch of windows ``compare`` has
+    seen, keyed by the batch's token ids. For one teacher, frozen, under one precision context (the same autocast):
+    what it keeps is what that teacher computes there. A teacher whose logits are not its LM head's output on its
+    final hidden state (``logit_transform`` None) or whose parameters are sharded keeps nothing: ``usable`` is
+    False and ``compare`` runs it in full."""
+
+    def __init__(self):
+        self.batches: dict[bytes, tuple[torch.Tensor, float]] = {}
+        self.hits = 0   # batches served from the cache (tests and curious users read it)
+
+    @staticmethod
+    def usable(teacher) -> bool:
+        return (isinstance(teacher, Teacher) and logit_transform(teacher.model) is not None
+                and fused_kl.plain(*teacher.model.parameters()))
+
+    @staticmethod
+    def key(batch: torch.Tensor) -> bytes:
+        return hashlib.sha256(batch.detach().cpu().numpy().tobytes() + str(tuple(batch.shape)).encode()).digest()
+
+
+def _head_logits(teacher: Teacher, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, W, V) logits from the final hidden state (B, W, D), as the causal LM computes them: its LM head, then its
+    family's scale and soft cap (``logit_transform``)."""
+    scale, softcap = logit_transform(teacher.model)
+    z = teacher.model.get_output_embeddings()(hidden)
+    if scale != 1.0:
+        z = z * scale
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    return z
 
 
 @torch.no_grad()
-def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_tokens: int | None = None) -> dict:
+def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_tokens: int | None = None,
+            teacher_cache: TeacherCache | None = None) -> dict:
     """Metrics over non-overlapping windows of ``ids`` (the perplexity convention), up to ``max_tokens`` tokens.
+    ``teacher_cache``: keep the teacher's side for later comparisons on the same windows, and reuse what it kept.
 
     Returns {"ppl_student", "ppl_teacher", "kl", "agreement", "tokens"}; KL and agreement are per-token means."""
     ids = torch.as_tensor(np.asarray(ids[: max_tokens] if max_tokens else ids, dtype=np.int64))
     device = next(student.parameters()).device
     t_logits, s_logits = logits_fn(teacher), logits_fn(student)
+    cache = teacher_cache if teacher_cache is not None and TeacherCache.usable(teacher) else None
     spans = [(s, e) for s, e in windows(len(ids), window) if e - s == window + 1] or windows(len(ids), window)[:1]
     sums = {"nll_s": 0.0, "nll_t": 0.0, "kl": 0.0, "agree": 0.0}
     count = 0
     for i in range(0, len(spans), batch_size):
         batch = torch.stack([ids[s:e] for s, e in spans[i:i + batch_size]]).to(device)   # (B, W + 1)
         x, y = batch[:, :-1], batch[:, 1:]
-        lt, ls = t_logits(x).float(), s_logits(x).float()                                 # (B, W, V)
+        if cache is None:
+            lt = t_logits(x).float()                                                      # (B, W, V)
+            nll_t = F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
+        else:
+            key = TeacherCache.key(batch)
+            if key in cache.batches:
+                hidden, nll_t = cache.batches[key]
+                cache.hits += 1
+            else:
+                hidden, nll_t = teacher.capture(x, layers=[], logits=False, final_hidden=True).final_hidden, None
+            lt = _head_logits(teacher, hidden).float()
+            if nll_t is None:
+                nll_t = F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
+                cache.batches[key] = (hidden, nll_t)
+        ls = s_logits(x).float()
         n = y.numel()
-        sums["nll_t"] += F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
+        sums["nll_t"] += nll_t
         sums["nll_s"] += F.cross_entropy(ls.flatten(0, 1), y.flatten(), reduction="sum").item()
         sums["kl"] += kl_divergence(ls, lt).item() * n
         sums["agree"] += top1_agreement(ls, lt).item() * n

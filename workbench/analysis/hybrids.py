@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workbench.analysis.compare import compare
+from workbench.analysis.compare import TeacherCache, compare
 from workbench.students import build_student
 
 
@@ -23,6 +23,7 @@ def share_sweep(teacher, ids, shares, mixer: str = "mamba2", inits=("attention",
     """For each attention share and init, build the student and compare it with the teacher on ``ids``. One row per
     (share, init): share, init, kept layers and the metrics of ``compare``."""
     rows = []
+    kept = TeacherCache()   # the teacher's side of every comparison: computed once
     for share in shares:
         keep = keep_for_share(teacher.num_layers, share)
         for init in inits:
@@ -31,7 +32,7 @@ def share_sweep(teacher, ids, shares, mixer: str = "mamba2", inits=("attention",
                 student = teacher.model
             else:
                 student = build_student(teacher.model, mixer=mixer, keep_attention=keep, init=init).eval()
-            metrics = compare(teacher, student, ids, window=window, max_tokens=max_tokens)
+            metrics = compare(teacher, student, ids, window=window, max_tokens=max_tokens, teacher_cache=kept)
             rows.append({"attention share": share, "init": init, "kept": len(keep),
                          **metrics, "ppl ratio": metrics["ppl_student"] / metrics["ppl_teacher"]})
     return rows

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from workbench.analysis.compare import compare
+from workbench.analysis.compare import TeacherCache, compare
 from workbench.analysis.layer_scores import greedy_restore, replacement_costs
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
@@ -157,6 +157,7 @@ class Run:
             compile_layers(self.student)
             compile_layers(self.teacher.model)
         self.sharded = None  # the FSDP2 root holding the student, once sharded (fsdp runs of several processes)
+        self._valid_teacher = TeacherCache()  # the teacher's side of the valid-split evaluations
 
     def _choose_layers(self, run_dir: RunDir | None, calibration: torch.Tensor | None) -> None:
         """Resolve ``keep_attention_auto`` into ``keep_attention``: rank 0 scores the layers (``score_layers``) and
@@ -443,13 +444,14 @@ class Run:
         raise throughput.BatchTooLarge(message) from None
 
     # ---- pieces ----------------------------------------------------------------------------------------------
-    def _compare(self, ids, window: int, max_tokens: int | None) -> dict:
+    def _compare(self, ids, window: int, max_tokens: int | None, teacher_cache: TeacherCache | None = None) -> dict:
         """Student vs teacher on ``ids`` (every rank computes the same numbers: with FSDP they all take part). Runs
         eagerly: compiled layers (``compile``) would recompile for every evaluation shape."""
         self.student.eval()
         with self.autocast(), torch.compiler.set_stance("force_eager"):
             if self.sharded is None:
-                metrics = compare(self.teacher, self.student, ids, window=window, max_tokens=max_tokens)
+                metrics = compare(self.teacher, self.student, ids, window=window, max_tokens=max_tokens,
+                                  teacher_cache=teacher_cache)
             else:
                 metrics = self.sharded(compare, self.teacher, self.student, ids, window=window, max_tokens=max_tokens)
                 self.sharded.reshard()  # the root keeps its parameters gathered after a forward; shard them again
@@ -457,7 +459,9 @@ class Run:
         return metrics
 
     def _evaluate(self, run_dir: RunDir, step: int, stage: str) -> dict:
-        metrics = self._compare(self.valid_ids, self.config.eval_window, self.config.eval_tokens)
+        """The valid split's numbers at ``step`` ("eval" event). The frozen teacher's side is the same at every
+        evaluation (same windows, same precision): computed at the first, its LM head alone after that."""
+        metrics = self._compare(self.valid_ids, self.config.eval_window, self.config.eval_tokens, self._valid_teacher)
         run_dir.log("eval", step=step, stage=stage, split="valid", **metrics)
         return metrics
 
