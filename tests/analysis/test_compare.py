@@ -35,7 +35,7 @@ def test_a_cached_teacher_side_gives_the_numbers_of_a_full_one(name):
             assert result.keys() == full.keys() and result["tokens"] == full["tokens"] == 64
             for key in ("ppl_student", "ppl_teacher", "kl", "agreement"):
                 assert result[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key
-    assert len(cache.batches) == 2 and cache.hits == 4 * 2 - 2   # 4 calls of 2 batches: only the first call misses
+    assert len(cache.hidden) == 2 and cache.hits == 4 * 2 - 2   # 4 calls of 2 batches: only the first call misses
 
 
 def test_other_windows_are_not_served_and_models_without_a_head_rule_keep_nothing():
@@ -48,7 +48,7 @@ def test_other_windows_are_not_served_and_models_without_a_head_rule_keep_nothin
     other[5] = (other[5] + 1) % 101                                # one token differs: a new batch
     assert compare(teacher, student, other, window=16, teacher_cache=cache) == pytest.approx(
         compare(teacher, student, other, window=16))
-    assert cache.hits == 0 and len(cache.batches) == 2
+    assert cache.hits == 0 and len(cache.hidden) == 2
     plain = TeacherCache()                                         # a bare causal LM is not a workbench Teacher
     compare(teacher.model, student, ids, window=16, teacher_cache=plain)
-    assert not TeacherCache.usable(teacher.model) and plain.batches == {}
+    assert not TeacherCache.usable(teacher.model) and plain.hidden == {}

@@ -89,7 +89,7 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
     # the frozen teacher's side of the valid split, computed at the first evaluation and kept: the same every time
     kept = executed._valid_teacher
     assert len(evals) > 2 and len({e["ppl_teacher"] for e in evals}) == 1
-    assert kept.batches and kept.hits == (len(evals) - 1) * len(kept.batches)
+    assert kept.hidden and kept.hits == (len(evals) - 1) * len(kept.hidden)
     assert run.summary == summary and summary["replaced"] == [1, 2, 3] and summary["steps"] == 12
     assert summary["ppl_ratio"] == pytest.approx(summary["ppl_student"] / summary["ppl_teacher"])
     tensors, state = run.latest_checkpoint()

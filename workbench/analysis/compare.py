@@ -20,14 +20,14 @@ from workbench.teachers.wrapper import Teacher, logit_transform
 
 
 class TeacherCache:
-    """The teacher's final hidden state (B, W, D) and summed next-token NLL of each batch of windows ``compare`` has
-    seen, keyed by the batch's token ids. For one teacher, frozen, under one precision context (the same autocast):
-    what it keeps is what that teacher computes there. A teacher whose logits are not its LM head's output on its
-    final hidden state (``logit_transform`` None) or whose parameters are sharded keeps nothing: ``usable`` is
-    False and ``compare`` runs it in full."""
+    """The teacher's final hidden state (B, W, D) for each batch of windows ``compare`` has seen, keyed by the
+    batch's token ids. For one teacher, frozen, under one precision context (the same autocast): what it keeps is
+    what that teacher computes there. A teacher whose logits are not its LM head's output on its final hidden state
+    (``logit_transform`` None) or whose parameters are sharded keeps nothing: ``usable`` is False and ``compare``
+    runs it in full."""
 
     def __init__(self):
-        self.batches: dict[bytes, tuple[torch.Tensor, float]] = {}
+        self.hidden: dict[bytes, torch.Tensor] = {}
         self.hits = 0   # batches served from the cache (tests and curious users read it)
 
     @staticmethod
@@ -35,21 +35,15 @@ class TeacherCache:
         return (isinstance(teacher, Teacher) and logit_transform(teacher.model) is not None
                 and fused_kl.plain(*teacher.model.parameters()))
 
-    @staticmethod
-    def key(batch: torch.Tensor) -> bytes:
-        return hashlib.sha256(batch.detach().cpu().numpy().tobytes() + str(tuple(batch.shape)).encode()).digest()
-
-
-def _head_logits(teacher: Teacher, hidden: torch.Tensor) -> torch.Tensor:
-    """(B, W, V) logits from the final hidden state (B, W, D), as the causal LM computes them: its LM head, then its
-    family's scale and soft cap (``logit_transform``)."""
-    scale, softcap = logit_transform(teacher.model)
-    z = teacher.model.get_output_embeddings()(hidden)
-    if scale != 1.0:
-        z = z * scale
-    if softcap is not None:
-        z = torch.tanh(z / softcap) * softcap
-    return z
+    def final_hidden(self, teacher: Teacher, batch: torch.Tensor) -> torch.Tensor:
+        """(B, W, D) the teacher's final hidden state on ``batch`` (B, W + 1) without its last position: kept, or
+        computed (the decoder alone, no LM head) and kept."""
+        key = hashlib.sha256(batch.detach().cpu().numpy().tobytes() + str(tuple(batch.shape)).encode()).digest()
+        if key in self.hidden:
+            self.hits += 1
+        else:
+            self.hidden[key] = teacher.capture(batch[:, :-1], layers=[], logits=False, final_hidden=True).final_hidden
+        return self.hidden[key]
 
 
 @torch.no_grad()
@@ -71,21 +65,13 @@ def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_t
         x, y = batch[:, :-1], batch[:, 1:]
         if cache is None:
             lt = t_logits(x).float()                                                      # (B, W, V)
-            nll_t = F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
-        else:
-            key = TeacherCache.key(batch)
-            if key in cache.batches:
-                hidden, nll_t = cache.batches[key]
-                cache.hits += 1
-            else:
-                hidden, nll_t = teacher.capture(x, layers=[], logits=False, final_hidden=True).final_hidden, None
-            lt = _head_logits(teacher, hidden).float()
-            if nll_t is None:
-                nll_t = F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
-                cache.batches[key] = (hidden, nll_t)
+        else:   # the LM head on the kept final hidden state, as the causal LM computes its logits
+            head = teacher.model.get_output_embeddings()
+            lt = fused_kl.transform_logits(head(cache.final_hidden(teacher, batch)),
+                                           *logit_transform(teacher.model)).float()
         ls = s_logits(x).float()
         n = y.numel()
-        sums["nll_t"] += nll_t
+        sums["nll_t"] += F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
         sums["nll_s"] += F.cross_entropy(ls.flatten(0, 1), y.flatten(), reduction="sum").item()
         sums["kl"] += kl_divergence(ls, lt).item() * n
         sums["agree"] += top1_agreement(ls, lt).item() * n

@@ -122,7 +122,7 @@ def _student_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return common
 
 
-def _transform(z: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+def transform_logits(z: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
     """The model's logits from its LM head's output, as Hugging Face computes them: scale, then tanh soft-capping."""
     if logit_scale != 1.0:
         z = z * logit_scale
@@ -138,7 +138,7 @@ def chunk_losses(s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor | None
     """Steps 2-4 on one chunk. s, t: (C, V) student / teacher head outputs; y: (C,) targets or None; w: (C,) float32
     per-token weights m / n. For each term of ``terms``: (its contribution to the mean loss (), the gradient of that
     contribution w.r.t. s (C, V) in ``grad_dtype``, the same gradient summed over tokens (V,) in float32)."""
-    z_s = _transform(s.float(), logit_scale, softcap)                               # (C, V)
+    z_s = transform_logits(s.float(), logit_scale, softcap)                        # (C, V)
     # dz/ds: the chain rule through scale and soft-capping, (C, V) or a number
     dz = logit_scale * (1 - (z_s / softcap).square()) if softcap is not None else logit_scale
     out = []
@@ -146,7 +146,7 @@ def chunk_losses(s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor | None
         if term == "kl":
             T = temperature
             log_p_s = F.log_softmax(z_s / T, dim=-1)
-            log_p_t = F.log_softmax(_transform(t.float(), logit_scale, softcap) / T, dim=-1)
+            log_p_t = F.log_softmax(transform_logits(t.float(), logit_scale, softcap) / T, dim=-1)
             p_t = log_p_t.exp()
             per_token = (p_t * (log_p_t - log_p_s)).sum(-1)                          # (C,)
             loss = (per_token * w).sum() * T**2
@@ -285,13 +285,13 @@ def fused_logit_losses_ref(student_hidden: torch.Tensor, student_head: Head, tea
     terms = _check(student_hidden, student_head, teacher_hidden, teacher_head, targets, mask, temperature, terms,
                    chunk_tokens, softcap)
     m = torch.ones(student_hidden.shape[0], device=student_hidden.device) if mask is None else mask.float()   # (N,)
-    s = _transform(F.linear(student_hidden, *student_head), logit_scale, softcap)                        # (N, V)
+    s = transform_logits(F.linear(student_hidden, *student_head), logit_scale, softcap)                        # (N, V)
     out = {}
     if "kl" in terms:
         with torch.no_grad(), torch.autocast(teacher_hidden.device.type, enabled=False):
             t_weight, t_bias = teacher_head
             dtype = torch.promote_types(teacher_hidden.dtype, t_weight.dtype)
-            t = _transform(F.linear(teacher_hidden.to(dtype), t_weight.to(dtype),
+            t = transform_logits(F.linear(teacher_hidden.to(dtype), t_weight.to(dtype),
                                     t_bias.to(dtype) if t_bias is not None else None), logit_scale, softcap)
         out["kl"] = logits_kl(s, t, m, temperature, chunk_tokens)
     if "ce" in terms:
