@@ -12,7 +12,9 @@ from transformers import DynamicCache
 
 from tests.helpers.generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
 from workbench.generation import DecodeOptions, Session, generate, speculative_generate
-from workbench.generation.bench import BENCH_FIELDS, position_buckets
+from workbench.generation.bench import BENCH_FIELDS, position_buckets, run_setting
+from workbench.generation.bench.speed import hf_kernels_per_step
+from workbench.generation.models import LoadedModel
 from workbench.generation.sampling import filter_logits, next_tokens
 from workbench.generation.session import cache_keyword
 from workbench.students import student_mixers
@@ -221,6 +223,17 @@ def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
     assert {s["engine"] for s in settings} == {"workbench", "hf-generate"}
 
 
+def hf_row(model, ids, new=4) -> dict:
+    """The hf-generate record of one bench setting for ``model`` on ids' device."""
+    return run_setting(LoadedModel(model, None, "teacher", "model"), "hf-generate", ids, new, bandwidth=1e12)
+
+
+def test_hf_generate_row_counts_no_kernels_on_the_cpu(models):
+    record = hf_row(models["teacher"], PROMPT)
+    assert record["status"] == "ok" and record["decode_tokens_per_s"] > 0
+    assert record["kernels_per_step"] is None and hf_kernels_per_step(models["teacher"], PROMPT) is None
+
+
 def test_bench_quality_cli(models, tmp_path):
     teacher, student = saved(tmp_path, models, "teacher", "hybrid")
     report = bench_json(tmp_path, "quality", "--models", str(student), "--teacher", str(teacher), "--window", "32",
@@ -231,6 +244,20 @@ def test_bench_quality_cli(models, tmp_path):
     assert all(b["kl"] >= 0 and 0 <= b["agreement"] <= 1 for b in entry["buckets"])
     assert len(report["continuations"]) == 2
     assert set(report["continuations"][0]) == {"prompt", "teacher", str(student)}
+
+
+@pytest.mark.gpu
+def test_hf_generate_row_counts_the_kernels_of_one_decode_step(models):
+    """On CUDA the hf-generate row reports the kernels of one decode step of transformers' generate() (a 2-token run
+    less a 1-token run): at least one per layer, and the same when counted again."""
+    device = torch.device("cuda")
+    ids = PROMPT.to(device)
+    model = copy.deepcopy(models["teacher"]).to(device)
+    with torch.no_grad():
+        counted = hf_row(model, ids)["kernels_per_step"]
+        again = [hf_kernels_per_step(model, ids) for _ in range(2)]
+    assert isinstance(counted, int) and counted >= model.config.num_hidden_layers
+    assert again == [counted, counted]
 
 
 @pytest.mark.gpu

@@ -7,8 +7,10 @@ Prompts are SOTU held-out tokens, repeated as needed. Each setting records (``BE
   graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
   and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
   prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass),
-  kernels_per_step (GPU kernels of one decode step of the engine, counted by torch's profiler on CUDA; that step is
-  left out of the timing; None on the CPU and for hf-generate),
+  kernels_per_step (GPU kernels of one decode step, counted by torch's profiler on CUDA, None on the CPU: for the
+  engine, one decode step of the timed run, left out of its timing; for hf-generate, counted outside the timed call
+  as the kernels of generate() with 2 new tokens less those with 1, both greedy on the same prompt: one decode step of
+  generate() with its per-step logits processing and stopping check; ``hf_kernels_per_step``),
   and the physical floor of a decode step: bytes_per_step (weights
   read once per step, plus the KV cache of kept attention layers and the mixers' states at the final length) over
   the measured memory bandwidth (bandwidth_bytes_per_s: a large device-to-device copy, read + write counted), with
@@ -29,7 +31,7 @@ from torch import nn
 
 from workbench.device import device_name, sync
 from workbench.generation.bench.facts import corpus_tokens, kv_bytes, measure_bandwidth, prompts, weight_bytes
-from workbench.generation.engine import DecodeOptions, generate
+from workbench.generation.engine import DecodeOptions, KernelCounter, generate
 from workbench.generation.models import LoadedModel, load_model
 from workbench.teachers import anatomy
 
@@ -54,17 +56,37 @@ class _Clock:
         pass
 
 
+def _hf_run(model: nn.Module, ids: torch.Tensor, new: int, **kw) -> torch.Tensor:
+    """transformers' greedy ``generate()`` of exactly ``new`` tokens after ids (B, L), as hf-generate runs it."""
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False, pad_token_id=model.config.pad_token_id or 0, **kw)
+
+
+def hf_kernels_per_step(model: nn.Module, ids: torch.Tensor) -> int | None:
+    """GPU kernels (memory copies and sets included) of one decode step of transformers' greedy ``generate()`` after
+    ids (B, L), its per-step logits processing and stopping check included: the kernels ``KernelCounter`` counts in a
+    2-token run less those of a 1-token run (the prompt's forward and the first token cancel out). None off CUDA."""
+    if ids.device.type != "cuda":
+        return None
+    counts = []
+    for new in (1, 2):
+        with KernelCounter(ids.device) as counter:
+            _hf_run(model, ids, new)
+        counts.append(counter.count)
+    return counts[1] - counts[0]
+
+
 def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
     clock = _Clock(ids.device)
     sync(ids.device)
     t0 = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                         do_sample=False, streamer=clock, pad_token_id=model.config.pad_token_id or 0)
+    out = _hf_run(model, ids, new, streamer=clock)
     sync(ids.device)
     steps = np.diff(clock.times[1:]).tolist()
     return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
             "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None,
-            "kernels_per_step": None}
+            # counted after the timed call, in two untimed ones (2 new tokens less 1); None on the CPU
+            "kernels_per_step": hf_kernels_per_step(model, ids)}
 
 
 def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, options: DecodeOptions) -> dict:
