@@ -27,7 +27,10 @@ a run of another config (other --lr, --batch-size, --corpus, ...) stops the scri
 (``--json``) holds one record per run (fields below), written after every run; the figure (``--figure``, .html or
 .json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
 that the folders under --out hold (run folders copied back from GPU machines, checkpoints left out) and lists the
-runs still missing under "missing".
+runs still missing under "missing". A campaign's runs may lie in several folders (one per machine or day): collect
+reads ``--out A,B``, each run from the first folder holding its record made at the learning rates the flags give;
+records of another learning rate (a sweep's, or the row's before its default changed) are passed over and listed
+under "other_lr".
 
 A record: row, budget, seed, run (the folder), teacher, device_name, world_size, mixer, recipe, stages, choice,
 attention_share, keep_attention (the layers that kept attention), keep_attention_auto, layer_selection (the scores
@@ -44,6 +47,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -174,15 +178,43 @@ def changed_fields(folder: Path, config: RunConfig) -> list[str]:
     return sorted(k for k in ours if ours[k] != theirs.get(k))
 
 
+def run_folder(root: str | Path, item: CurveRow, budget: int, seed: int) -> Path:
+    """Where the run of ``item`` at ``budget`` and ``seed`` lives under ``root``: ROOT/ROW/BUDGET-sSEED."""
+    return Path(root) / item.row.name / f"{budget_name(budget)}-s{seed}"
+
+
+def run_config(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> RunConfig:
+    """The run config of ``item`` at ``budget`` and ``seed`` under the script's flags."""
+    return row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
+                      args.teacher, args.compile, corpus=args.corpus, corpus_weights=args.corpus_weights,
+                      seed=seed, eval_every=args.eval_every,
+                      eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
+                      layer_score_tokens=args.layer_score_tokens)
+
+
+def collect_one(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> tuple[dict | None, list[str]]:
+    """The record of ``item`` at ``budget`` and ``seed`` from the first of the ``--out`` folders that holds one made
+    at the learning rates these flags give (``--lr``, else the recipe's ``default_lr``), and the records passed over
+    for another learning rate (their folders): a sweep's runs are not the row's."""
+    wanted = [s.lr for s in run_config(item, budget, seed, args, n_layers).stages]
+    passed = []
+    for root in args.out.split(","):
+        file = run_folder(root, item, budget, seed) / RECORD
+        if file.is_file():
+            record = json.loads(file.read_text())
+            if len(record["lr"]) == len(wanted) and all(math.isclose(a, b) for a, b in zip(record["lr"], wanted)):
+                return record, passed
+            passed.append(f"{file.parent} (lr {record['lr']}, these flags: {wanted})")
+    return None, passed
+
+
 def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardware: str, command: str) -> dict:
     """The record of ``item`` at ``budget`` and ``seed``: read back when finished, else run (or continued) first. A
     folder holding a run of another config (other flags) stops the script: its record would not be this one's."""
-    folder = Path(args.out) / item.row.name / f"{budget_name(budget)}-s{seed}"
-    config = row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
-                        args.teacher, args.compile, corpus=args.corpus, corpus_weights=args.corpus_weights,
-                        seed=seed, eval_every=args.eval_every,
-                        eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
-                        layer_score_tokens=args.layer_score_tokens)
+    if "," in args.out:
+        raise SystemExit(f"--out {args.out}: several folders are read by --collect only; a run needs one --out")
+    folder = run_folder(args.out, item, budget, seed)
+    config = run_config(item, budget, seed, args, n_layers)
     held = RunDir.holds_run(folder)
     changed = changed_fields(folder, config) if held else []
     if changed:
@@ -270,7 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--collect", action="store_true", help="run nothing: gather the records the run folders under "
                    "--out hold (copied from the machines that ran them) into --json and --figure, listing the missing")
     p.add_argument("--progress", action="store_true", help="progress bars of the runs")
-    p.add_argument("--out", required=True, help="folder of the run folders")
+    p.add_argument("--out", required=True, help="folder of the run folders (--collect: several, comma-separated, "
+                   "read in that order)")
     p.add_argument("--json", required=True, help="the records, written after every run")
     p.add_argument("--figure", default=None, help="the curve figure: .html (plotly, standalone) or .json")
     args = p.parse_args(argv)
@@ -309,13 +342,16 @@ def main(argv: list[str] | None = None) -> dict:
         if item.laughing_order and args.laughing_order:
             item = CurveRow(item.row, item.ablation_only, args.laughing_order)
         if args.collect:
-            file = Path(args.out) / item.row.name / f"{budget_name(budget)}-s{seed}" / RECORD
-            if not file.is_file():
+            record, passed = collect_one(item, budget, seed, args, n_layers)
+            if passed:
+                results.setdefault("other_lr", []).extend(passed)
+                print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: passed over (another lr) "
+                      f"{'; '.join(passed)}", flush=True)
+            if record is None:
                 results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})
                 print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: no record yet", flush=True)
                 save_json(Path(args.json), results)
                 continue
-            record = json.loads(file.read_text())
         else:
             record = run_one(item, budget, seed, args, n_layers, hardware, command)
         results["records"].append(record)

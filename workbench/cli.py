@@ -686,7 +686,7 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 1e-4 for "
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 3e-4 for "
                    "mamba-in-llama with no attention kept)")
     p.add_argument("--align", type=float, default=None, help="mamba-in-llama and kd: weight of the mixer-output "
                    "alignment term (attn_mse: each mixer's output against the attention output it replaces) in the "

@@ -212,7 +212,7 @@ def test_device_auto_is_resolved(tiny_teacher_dir, tmp_path):
 def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attention():
     from workbench.distill.recipes import default_lr
 
-    assert default_lr("mamba-in-llama", 0) == 1e-4
+    assert default_lr("mamba-in-llama", 0) == 3e-4
     assert default_lr("mamba-in-llama", 8) == 1e-3
     assert default_lr("mohawk", 0) == default_lr("kd", 0) == 1e-3
 
