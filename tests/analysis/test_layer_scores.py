@@ -100,3 +100,33 @@ def test_hybrid_refuses_layers_that_are_no_mixers(setup, tiny_teacher_dir):
         replacement_costs(teacher, partial, ids, layers=[0, 1], window=WINDOW)
     with pytest.raises(ValueError, match="at least one window"):
         replacement_costs(teacher, partial, ids[:WINDOW], window=WINDOW)
+
+
+def test_spread_windows_sample_the_whole_stream_without_overlap():
+    """A mix's stream holds its sources one after another: the scoring windows reach its end, not only its start."""
+    from workbench.analysis.layer_scores import spread_windows
+
+    ids = np.arange(1000)
+    got = spread_windows(ids, 4 * 64 + 10, 64, start=100)        # four windows of 64 after the first 100 tokens
+    assert got.shape == (4, 64) and got[0, 0] == 100 and got[-1, -1] == 999
+    starts = got[:, 0]
+    assert (np.diff(starts) >= 64).all() and (got == starts[:, None] + np.arange(64)).all()
+    assert spread_windows(ids, 64 * 50, 64, start=0).shape == (15, 64)   # only 15 fit: fewer windows
+    assert spread_windows(ids, 64, 64, start=900)[0, 0] == 900
+    with pytest.raises(ValueError, match="at least one window of 64 tokens"):
+        spread_windows(ids, 63, 64)
+    with pytest.raises(ValueError, match="stream of 40"):
+        spread_windows(ids, 64, 64, start=960)
+
+
+def test_windows_given_as_rows_score_like_the_same_tokens_given_as_a_stream(setup):
+    """(N, W) windows are scored as the windows the 1-D stream of their tokens is cut into."""
+    teacher, student, ids = setup                  # 4 windows of WINDOW + 1 tokens
+    stream = replacement_costs(teacher, student, ids, window=WINDOW)
+    rows = replacement_costs(teacher, student, ids.reshape(4, WINDOW + 1)[:, :WINDOW], window=WINDOW)
+    assert rows.tokens == stream.tokens == 4 * WINDOW
+    assert rows.scores != pytest.approx(stream.scores, rel=1e-3)   # other tokens: another score
+    rows = replacement_costs(teacher, student, ids[:4 * WINDOW].reshape(4, WINDOW), window=WINDOW)
+    assert rows.scores == pytest.approx(stream.scores, rel=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(N >= 1, window=16\)"):
+        replacement_costs(teacher, student, ids[:4 * WINDOW].reshape(4, WINDOW), window=16)

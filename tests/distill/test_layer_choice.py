@@ -33,8 +33,9 @@ def test_the_rule_is_checked_with_the_config_and_the_layers_are_unknown_until_a_
         auto_config(tiny_teacher_dir, "auto:0%").validate()
     with pytest.raises(ValueError, match="keep_attention_auto .* or replace .*not both"):
         auto_config(tiny_teacher_dir, replace=[1]).validate()
-    with pytest.raises(ValueError, match=r"layer_score_tokens=32: .*eval_window \+ 1 = 33"):
-        auto_config(tiny_teacher_dir, layer_score_tokens=32).validate()
+    with pytest.raises(ValueError, match=r"layer_score_tokens=31: .*eval_window = 32"):
+        auto_config(tiny_teacher_dir, layer_score_tokens=31).validate()
+    auto_config(tiny_teacher_dir, layer_score_tokens=32).validate()   # one window
     with pytest.raises(ValueError, match="chosen by the run once its teacher is loaded"):
         auto_config(tiny_teacher_dir).replaced_layers(4)
     resolved = auto_config(tiny_teacher_dir, keep_attention=[2])

@@ -14,8 +14,11 @@ swapping the module in place (``hybrid``), so every hybrid reuses the same mixer
     scores = replacement_costs(teacher, student, ids[512:4608])
     kept = most_costly(scores.scores, 8, scores.layers)
 
-KL is measured on non-overlapping windows of ``window`` tokens (the perplexity convention, full windows only), the
-teacher's logits computed once and kept (float32, tokens x vocabulary: 4096 tokens of a 49k vocabulary take 0.8 GB).
+KL is measured on windows of ``window`` tokens: given 1-D ids, their non-overlapping windows (the perplexity
+convention, full windows only); given (N, window) ids, those windows, e.g. ``spread_windows``' sample of a whole
+training stream (a mix's stream holds its sources one after another, so its first tokens are all one source). The
+teacher's logits are computed once and kept (float32, tokens x vocabulary: 4096 tokens of a 49k vocabulary take 0.8
+GB).
 """
 
 from __future__ import annotations
@@ -97,19 +100,38 @@ def hybrid(student: nn.Module, teacher_model: nn.Module, mixers_on: Sequence[int
             setattr(layer, name, wrapper)
 
 
+def spread_windows(ids, tokens: int, window: int, start: int = 0) -> np.ndarray:
+    """(N, window) windows of ``ids[start:]`` (1-D token ids), N = tokens // window, their starts spread evenly from
+    the stream's first position to its last full window, so they sample the whole stream instead of its beginning.
+    Fewer windows when the stream holds fewer than N without overlap; ValueError when it holds none."""
+    stream = np.asarray(ids)[start:]
+    count = min(tokens // window, len(stream) // window)
+    if count < 1:
+        raise ValueError(f"scoring layers needs at least one window of {window} tokens; got {tokens} scoring tokens "
+                         f"and a stream of {len(stream)} (give more scoring tokens or a shorter window)")
+    starts = np.linspace(0, len(stream) - window, count).round().astype(np.int64)   # at least `window` apart
+    return np.stack([stream[s:s + window] for s in starts])
+
+
 class _KL:
-    """KL(teacher ‖ model) per token over fixed windows of ``ids``, the teacher's logits computed once."""
+    """KL(teacher ‖ model) per token over fixed windows of ``ids`` (module docstring), the teacher's logits computed
+    once."""
 
     def __init__(self, teacher, ids, window: int, batch_size: int, autocast: Callable):
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        spans = [(s, e) for s, e in windows(len(ids), window) if e - s == window + 1]
-        if not spans:
+        if ids.ndim == 2:
+            if ids.shape[1] != window or not len(ids):
+                raise ValueError(f"windows of shape {tuple(ids.shape)}: expected (N >= 1, window={window})")
+            rows = list(ids)
+        else:
+            rows = [ids[s:e - 1] for s, e in windows(len(ids), window) if e - s == window + 1]
+        if not rows:
             raise ValueError(f"scoring layers needs at least one window of {window} + 1 tokens; got {len(ids)} "
                              f"tokens (give more scoring tokens or a shorter window)")
         device = teacher.device
         self.autocast, self.window = autocast, window
-        self.batches = [torch.stack([ids[s:e - 1] for s, e in spans[i:i + batch_size]]).to(device)
-                        for i in range(0, len(spans), batch_size)]                                  # (B, W) each
+        self.batches = [torch.stack(rows[i:i + batch_size]).to(device)
+                        for i in range(0, len(rows), batch_size)]                                   # (B, W) each
         with torch.no_grad(), autocast():
             self.teacher_logits = [logits_fn(teacher)(x).float() for x in self.batches]              # (B, W, V)
         self.tokens = sum(x.numel() for x in self.batches)
@@ -138,7 +160,8 @@ def _prepare(student: nn.Module, layers: Sequence[int] | None) -> list[int]:
 def replacement_costs(teacher, student: nn.Module, ids, layers: Sequence[int] | None = None, window: int = 512,
                       batch_size: int = 4, autocast: Callable = contextlib.nullcontext) -> LayerScores:
     """Each layer's replacement cost: KL(teacher ‖ the student with only that layer a mixer, every other scored
-    layer back to attention), per token, on ``ids`` (token ids, 1-D). ``teacher``: a workbench Teacher;
+    layer back to attention), per token, on ``ids`` (token ids, 1-D, or (N, window) windows). ``teacher``: a
+    workbench Teacher;
     ``student``: built from it with a mixer in each of ``layers`` (default: every mixer layer it has);
     ``autocast``: the context the models run in (a run's bf16 autocast on a GPU). The student is left as given."""
     chosen = _prepare(student, layers)

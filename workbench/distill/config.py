@@ -171,7 +171,8 @@ class RunConfig:
                                               #   chosen by their measured replacement cost once the teacher loads;
                                               #   the run then writes them into keep_attention (None: named layers)
     layer_score_tokens: int = 4096            # keep_attention_auto: training tokens the layers are scored on
-                                              #   (after the calibration tokens); a few thousand rank them stably
+                                              #   (windows of eval_window spread over the stream after the
+                                              #   calibration tokens); a few thousand rank them stably
     init: str = "attention"                   # attention (Mamba in the Llama init) | random
     mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
     calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
@@ -235,9 +236,9 @@ class RunConfig:
         _number("eval_every", self.eval_every, minimum=0, integer=True)
         _number("eval_tokens", self.eval_tokens, minimum=1, integer=True)
         _number("eval_window", self.eval_window, minimum=1, integer=True)
-        if self.keep_attention_auto is not None and self.layer_score_tokens < self.eval_window + 1:
+        if self.keep_attention_auto is not None and self.layer_score_tokens < self.eval_window:
             raise ValueError(f"layer_score_tokens={self.layer_score_tokens}: the layers are scored on windows of "
-                             f"eval_window + 1 = {self.eval_window + 1} tokens; give at least that many")
+                             f"eval_window = {self.eval_window} tokens; give at least that many")
         _number("checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
         _number("grad_clip", self.grad_clip, above=0)
         for name in ("autocast", "compile", "fsdp"):

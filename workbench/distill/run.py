@@ -20,7 +20,8 @@ none exists. Resuming repeats the same steps at the same learning rate, so the a
 
 Layers chosen by measurement (``keep_attention_auto``, "auto:25%"): once the teacher and the training tokens are
 loaded, and before the student is built, the run scores every layer's replacement cost on ``layer_score_tokens``
-training tokens (``workbench.analysis.layer_scores``, on a student with a mixer in every layer), keeps the most
+training tokens in windows spread over the whole training stream (``workbench.analysis.layer_scores``, on a student
+with a mixer in every layer), keeps the most
 costly ones as attention and writes them into config.json: the run config's ``keep_attention``, and the scores under
 "layer_selection". A resumed run reads them back and scores nothing (``Run._choose_layers``).
 
@@ -53,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.analysis.compare import TeacherCache, compare
-from workbench.analysis.layer_scores import greedy_restore, replacement_costs
+from workbench.analysis.layer_scores import greedy_restore, replacement_costs, spread_windows
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
@@ -178,15 +179,16 @@ class Run:
     def score_layers(self, calibration: torch.Tensor | None) -> dict:
         """The layers ``keep_attention_auto`` keeps, with the scores they were chosen by: {"rule", "kept", and the
         fields of ``workbench.analysis.layer_scores.LayerScores``}. Scored on a student with a mixer in every layer,
-        built and calibrated as the run builds its own, on the ``layer_score_tokens`` training tokens after the
-        calibration ones, in windows of ``eval_window`` tokens."""
+        built and calibrated as the run builds its own, on ``layer_score_tokens`` training tokens in windows of
+        ``eval_window`` tokens spread evenly over the training stream after the calibration tokens
+        (``spread_windows``: a mix's stream holds its sources one after another)."""
         cfg = self.config
         auto = cfg.auto_keep
         count = auto.count_for(self.teacher.num_layers)
         every_layer = dataclasses.replace(cfg, keep_attention=[], keep_attention_auto=None, replace=None)
         student = build_run_student(every_layer, self.teacher, calibration)
         start = 0 if calibration is None else calibration.shape[1]
-        ids = self.train_ids[start:start + cfg.layer_score_tokens]
+        ids = spread_windows(self.train_ids, cfg.layer_score_tokens, cfg.eval_window, start=start)   # (N, W)
         options = dict(window=cfg.eval_window, autocast=self.autocast)
         if auto.method == "auto-greedy":
             scores = greedy_restore(self.teacher, student, ids, rounds=count, **options)
