@@ -5,7 +5,8 @@ greedy speculative decoding, teacher pseudo-labels, and benchmarks of speed and 
   ``DecodeOptions`` (``THROUGHPUT``), ``GenerationResult``;
 - ``session``: ``Session``, a model's attention cache and mixer states, with checkpoint and rollback;
 - ``graph``: the decode step in a CUDA graph; ``compile``: the decode step under torch.compile;
-- ``sampling``: the next token from logits; ``speculative``: ``speculative_generate``;
+- ``sampling``: the next token from logits; ``speculative``: ``speculative_generate`` (a draft model);
+  ``lookup``: ``lookup_generate`` (drafts copied from the context, verified by one captured pass a round);
 - ``pseudo``: corpora of a teacher's own continuations; ``models``: ``load_model`` from any name;
 - ``bench``: the benchmarks behind ``workbench bench``; ``cli``: that command.
 """
@@ -20,6 +21,7 @@ _NAMES = {
     "Session": "session", "LoadedModel": "models", "load_model": "models",
     "PseudoLabelConfig": "pseudo", "generate_corpus": "pseudo",
     "SpeculativeResult": "speculative", "speculative_generate": "speculative",
+    "PromptLookup": "lookup", "lookup_generate": "lookup",
 }
 __all__ = list(_NAMES)
 

@@ -59,7 +59,7 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     out = [last[:, None]]
     produced = 1
     pending = last[:, None]                                                   # tokens the draft has not read
-    finished = _stopped(last[:, None], stops)
+    finished = rows_stopped(last[:, None], stops)
     while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
         t = time.perf_counter()
         kk = min(k, max_new_tokens - produced - 1)
@@ -86,7 +86,7 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
             pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
         out.append(new)
         produced += n + 1
-        finished = finished | _stopped(new, stops)
+        finished = finished | rows_stopped(new, stops)
         last = new[:, -1]
         proposed += kk
         accepted += n
@@ -95,19 +95,19 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
         per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
 
     tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
-    tokens, lengths = _pad_after_stop(tokens, stops, pad)
+    tokens, lengths = pad_after_stop(tokens, stops, pad)
     return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
                              per_token_seconds=per_token[: tokens.shape[1] - 1], lengths=lengths,
                              proposed=proposed, accepted=accepted, rounds=rounds)
 
 
-def _stopped(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+def rows_stopped(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
     """(B, L) -> (B,): whether a row holds a stop token."""
     return torch.isin(tokens, stops).any(dim=1) if len(stops) else torch.zeros(tokens.shape[0], dtype=torch.bool,
                                                                                  device=tokens.device)
 
 
-def _pad_after_stop(tokens: torch.Tensor, stops: torch.Tensor, pad: int) -> tuple[torch.Tensor, list[int]]:
+def pad_after_stop(tokens: torch.Tensor, stops: torch.Tensor, pad: int) -> tuple[torch.Tensor, list[int]]:
     """Tokens after each row's first stop token replaced by ``pad``, cut where every row has stopped (as
     ``generate`` stops); and each row's length with its stop token."""
     B, L = tokens.shape

@@ -1,8 +1,9 @@
 """Speculative decoding against plain greedy (``bench_speculative``, ``workbench bench speculative``).
 
-Plain greedy ``generate`` of a target against ``speculative_generate`` with a draft, per number of draft tokens k:
-decode tokens/s of both, the speed-up, the acceptance rate, and whether the greedy tokens are identical (where not,
-the first position that differs).
+Plain greedy ``generate`` of a target against ``speculative_generate`` with a draft model, or against
+``lookup_generate`` with drafts copied from the context (draft "lookup", or "lookup:N" for n-grams of up to N tokens,
+default 3), per number of draft tokens k: decode tokens/s of both, the speed-up, the acceptance rate, and whether
+the greedy tokens are identical (where not, the first position that differs).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from workbench.device import device_name
 from workbench.generation.bench.facts import corpus_tokens, prompts
 from workbench.generation.engine import generate
+from workbench.generation.lookup import lookup_generate
 from workbench.generation.models import load_model
 from workbench.generation.speculative import speculative_generate
 from workbench.teachers import anatomy
@@ -28,24 +30,46 @@ def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
     return int(differs[0]) if len(differs) else n
 
 
+LOOKUP = "lookup"   # the draft of ``lookup_generate`` ("lookup" or "lookup:N")
+
+
+def lookup_ngram(draft: str) -> int | None:
+    """N of a "lookup[:N]" draft (3 for "lookup"), None for a draft model; ValueError for a malformed one."""
+    name, _, size = draft.partition(":")
+    if name != LOOKUP:
+        return None
+    if size and not (size.isdigit() and int(size) >= 1):
+        raise ValueError(f"draft {draft!r}: give lookup or lookup:N with N >= 1 (the longest n-gram looked up)")
+    return int(size) if size else 3
+
+
 def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1, context: int = 512,
                       new: int = 128, device="auto", dtype="auto", cuda_graph="auto", warmup: int = 8,
                       progress: bool = True) -> dict:
-    """Plain greedy ``generate`` of ``target`` against ``speculative_generate`` with ``draft``, for each k in ``ks``,
-    on (batch, context) SOTU held-out prompts (the target's tokenizer) and ``new`` tokens. Each call is preceded by
-    an untimed one of ``warmup`` tokens. Returns {"target", "draft", "batch", "context", "new_tokens", "device",
-    "device_name", "dtype", "target_decode_tokens_per_s", "target_cuda_graph", "results": [{"k",
-    "speculative_decode_tokens_per_s", "target_decode_tokens_per_s", "speedup", "acceptance_rate", "rounds",
-    "identical", "first_difference"}]}. Tokens/s count the decode steps after the first token (per sequence
-    times batch), as ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain."""
+    """Plain greedy ``generate`` of ``target`` against ``speculative_generate`` with the draft model ``draft`` (or
+    ``lookup_generate`` for a "lookup[:N]" draft), for each k in ``ks``, on (batch, context) SOTU held-out prompts
+    (the target's tokenizer) and ``new`` tokens. Each call is preceded by an untimed one of ``warmup`` tokens.
+    Returns {"target", "draft", "batch", "context", "new_tokens", "device", "device_name", "dtype",
+    "target_decode_tokens_per_s", "target_cuda_graph", "results": [{"k", "speculative_decode_tokens_per_s",
+    "speculative_cuda_graph", "target_decode_tokens_per_s", "speedup", "acceptance_rate", "rounds", "identical",
+    "first_difference"}]}. Tokens/s count the decode steps after the first token (per sequence times batch), as
+    ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain."""
     if any(k < 1 for k in ks):
         raise ValueError(f"every k (draft tokens per round) must be at least 1, got {list(ks)}")
+    ngram = lookup_ngram(draft)
     loaded_target = load_model(target, device=device, dtype=dtype)
-    loaded_draft = load_model(draft, device=device, dtype=dtype)
     model_device = next(loaded_target.model.parameters()).device
-    draft_device = next(loaded_draft.model.parameters()).device
-    if draft_device != model_device:
-        raise ValueError(f"the target is on {model_device} but the draft on {draft_device}")
+    if ngram is None:
+        loaded_draft = load_model(draft, device=device, dtype=dtype)
+        draft_device = next(loaded_draft.model.parameters()).device
+        if draft_device != model_device:
+            raise ValueError(f"the target is on {model_device} but the draft on {draft_device}")
+
+    def speculative(ids, new, k):
+        if ngram is None:
+            return speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k)
+        return lookup_generate(loaded_target.model, ids, new, k=k, max_ngram=ngram, cuda_graph=cuda_graph)
+
     limit = anatomy.context_length(anatomy.text_config(loaded_target.model))
     if limit is not None and context + new > limit:
         raise ValueError(f"context {context} + {new} new tokens exceeds the target's maximum context {limit}")
@@ -58,10 +82,10 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
               "target_decode_tokens_per_s": plain.decode_tokens_per_s, "target_cuda_graph": plain.cuda_graph,
               "results": []}
     for k in ks:
-        speculative_generate(loaded_target.model, loaded_draft.model, ids, min(warmup, new), k=k)
-        result = speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k)
+        speculative(ids, min(warmup, new), k)
+        result = speculative(ids, new, k)
         speed = result.decode_tokens_per_s
-        entry = {"k": k, "speculative_decode_tokens_per_s": speed,
+        entry = {"k": k, "speculative_decode_tokens_per_s": speed, "speculative_cuda_graph": result.cuda_graph,
                  "target_decode_tokens_per_s": plain.decode_tokens_per_s,
                  "speedup": speed / plain.decode_tokens_per_s, "acceptance_rate": result.acceptance_rate,
                  "rounds": result.rounds, "identical": torch.equal(result.tokens, plain.tokens),
