@@ -28,9 +28,9 @@ a run of another config (other --lr, --batch-size, --corpus, ...) stops the scri
 .json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
 that the folders under --out hold (run folders copied back from GPU machines, checkpoints left out) and lists the
 runs still missing under "missing". A campaign's runs may lie in several folders (one per machine or day): collect
-reads ``--out A,B``, each run from the first folder holding its record made at the learning rates the flags give;
-records of another learning rate (a sweep's, or the row's before its default changed) are passed over and listed
-under "other_lr".
+reads ``--out A,B``, each run from the first folder holding its record made with the learning rates and recipe
+dials the flags give; records of others (a sweep's, or the row's before its default changed) are passed over and
+listed under "other_settings".
 
 A record: row, budget, seed, run (the folder), teacher, device_name, world_size, mixer, recipe, stages, choice,
 attention_share, keep_attention (the layers that kept attention), keep_attention_auto, layer_selection (the scores
@@ -143,8 +143,10 @@ def laughing(folder: Path, order: int, device: str, **options) -> dict:
 
 
 def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: str, command: str,
-                wall: float | None, laughing_result: dict | None) -> dict:
-    """The record of the finished run in ``folder`` (module docstring), from its config.json, events and summary."""
+                wall: float | None, laughing_result: dict | None, dials: dict | None = None) -> dict:
+    """The record of the finished run in ``folder`` (module docstring), from its config.json, events and summary;
+    ``dials``: the recipe dials given over the row's own (``--dials``)."""
+    dials = dials or {}
     run_dir = RunDir.open(folder)
     summary, stored = run_dir.summary, run_dir.config
     config = RunConfig.from_dict(stored["run"])
@@ -155,7 +157,7 @@ def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: 
         "device_name": hardware, "world_size": start.world_size, "mixer": config.mixer, "recipe": row.recipe,
         "stages": [s.name for s in config.stages], "choice": row.choice, "attention_share": row.attention_share,
         "keep_attention": config.keep_attention, "keep_attention_auto": config.keep_attention_auto,
-        "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": row.dials,
+        "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": row.dials | dials,
         "corpus": config.corpus, "corpus_weights": config.corpus_weights, "train_tokens": summary["train_tokens"],
         "teacher_parameters": start.teacher_parameters,
         "tokens_per_parameter": summary["train_tokens"] / start.teacher_parameters,
@@ -186,7 +188,8 @@ def run_folder(root: str | Path, item: CurveRow, budget: int, seed: int) -> Path
 def run_config(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> RunConfig:
     """The run config of ``item`` at ``budget`` and ``seed`` under the script's flags."""
     return row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
-                      args.teacher, args.compile, corpus=args.corpus, corpus_weights=args.corpus_weights,
+                      args.teacher, args.compile, dials=args.dials, corpus=args.corpus,
+                      corpus_weights=args.corpus_weights,
                       seed=seed, eval_every=args.eval_every,
                       eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
                       layer_score_tokens=args.layer_score_tokens)
@@ -194,17 +197,21 @@ def run_config(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> R
 
 def collect_one(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> tuple[dict | None, list[str]]:
     """The record of ``item`` at ``budget`` and ``seed`` from the first of the ``--out`` folders that holds one made
-    at the learning rates these flags give (``--lr``, else the recipe's ``default_lr``), and the records passed over
-    for another learning rate (their folders): a sweep's runs are not the row's."""
-    wanted = [s.lr for s in run_config(item, budget, seed, args, n_layers).stages]
+    with the learning rates and recipe dials these flags give (``--lr``, else the recipe's ``default_lr``; the row's
+    dials and ``--dials``), and the records passed over for other ones (their folders): a sweep's runs are not the
+    row's."""
+    lrs = [s.lr for s in run_config(item, budget, seed, args, n_layers).stages]
+    dials = item.row.dials | args.dials
     passed = []
     for root in args.out.split(","):
         file = run_folder(root, item, budget, seed) / RECORD
         if file.is_file():
             record = json.loads(file.read_text())
-            if len(record["lr"]) == len(wanted) and all(math.isclose(a, b) for a, b in zip(record["lr"], wanted)):
+            same_lr = len(record["lr"]) == len(lrs) and all(math.isclose(a, b) for a, b in zip(record["lr"], lrs))
+            if same_lr and record.get("dials", {}) == dials:
                 return record, passed
-            passed.append(f"{file.parent} (lr {record['lr']}, these flags: {wanted})")
+            passed.append(f"{file.parent} (lr {record['lr']}, dials {record.get('dials', {})}; these flags: lr "
+                          f"{lrs}, dials {dials})")
     return None, passed
 
 
@@ -240,7 +247,8 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
             run.execute()
     device = str(resolve_device(args.device))
     result = laughing(folder, item.laughing_order, device) if item.laughing_order else None
-    record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result)
+    record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result,
+                         args.dials)
     save_json(folder / RECORD, record)
     return record
 
@@ -275,6 +283,20 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_dials(text: str | None) -> dict[str, float]:
+    """``--dials a=1,b=0.5`` as {"a": 1.0, "b": 0.5} (each recipe checks its own); {} when not given."""
+    dials = {}
+    for item in (part.strip() for part in (text or "").split(",") if part.strip()):
+        name, equals, value = item.partition("=")
+        try:
+            dials[name.strip()] = float(value)
+        except ValueError:
+            equals = ""
+        if not (equals and name.strip()):
+            raise ValueError(f"--dials {text}: give NAME=NUMBER pairs, comma-separated (e.g. e2e_lr_ratio=0.3)")
+    return dials
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
@@ -288,6 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step (the global batch)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, default_lr)")
+    p.add_argument("--dials", default=None, metavar="NAME=VALUE,...",
+                   help="recipe dials over each row's own, e.g. e2e_lr_ratio=0.3 (a sweep: give it its own --out)")
     p.add_argument("--eval-every", type=int, default=200, help="steps between in-run evaluations (0: at the end)")
     p.add_argument("--eval-window", type=int, default=512, help="window of in-run evaluations and layer scoring")
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -311,6 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     try:
         args.corpus_weights = parse_weights("--corpus-weights", args.corpus_weights)
+        args.dials = parse_dials(args.dials)
     except ValueError as err:
         p.error(str(err))
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
@@ -344,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.collect:
             record, passed = collect_one(item, budget, seed, args, n_layers)
             if passed:
-                results.setdefault("other_lr", []).extend(passed)
-                print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: passed over (another lr) "
+                results.setdefault("other_settings", []).extend(passed)
+                print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: passed over (other settings) "
                       f"{'; '.join(passed)}", flush=True)
             if record is None:
                 results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})

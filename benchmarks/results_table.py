@@ -68,12 +68,14 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
 
 
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float | None, device: str,
-               teacher: str, compile: bool = False, **fields) -> RunConfig:
+               teacher: str, compile: bool = False, dials: dict | None = None, **fields) -> RunConfig:
     """The run of ``row`` at ``tokens``: ``lr`` None takes the recipe's default for the row's kept layers
-    (``default_lr``); ``fields`` sets further RunConfig fields (corpus, seed, eval_every, ...)."""
+    (``default_lr``); ``dials`` (recipe dials) over the row's own; ``fields`` sets further RunConfig fields (corpus,
+    seed, eval_every, ...)."""
     keep = kept_layers(n_layers, row.attention_share)
     lr = default_lr(row.recipe, len(keep)) if lr is None else lr
-    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr, **row.dials)
+    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
+                    **(row.dials | (dials or {})))
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]

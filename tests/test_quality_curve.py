@@ -141,7 +141,7 @@ def test_collect_runs_without_plotly_and_lists_what_is_missing(tmp_path):
     assert result["anchors"][0]["ratios"] == [1.195, 1.126, 1.093, 1.018]
 
 
-def test_collect_reads_several_folders_and_passes_over_runs_of_another_learning_rate(tmp_path):
+def test_collect_reads_several_folders_and_passes_over_runs_of_other_settings(tmp_path):
     """The campaign's runs lie in one folder per day; the all-Mamba-2 row ran at lr 1e-4 on the first and at 3e-4 (its
     default since) on the second. Collecting both folders takes each run at the learning rate the flags give,
     whichever folder comes first, and lists the other's; a run (not a collect) refuses several folders."""
@@ -156,14 +156,21 @@ def test_collect_reads_several_folders_and_passes_over_runs_of_another_learning_
     default = collect()
     assert [(r["budget"], r["lr"][0], round(r["ppl_ratio"], 3)) for r in default["records"]] == [
         (8_000_000, 3e-4, 3.911), (30_000_000, 3e-4, 2.273)]
-    assert [Path(p.split(" (")[0]).relative_to(first).as_posix() for p in default["other_lr"]] == [
+    assert [Path(p.split(" (")[0]).relative_to(first).as_posix() for p in default["other_settings"]] == [
         "mil-0/8M-s0", "mil-0/30M-s0"]
     assert "missing" not in default
     older = collect("--lr", "1e-4")
     assert [(r["lr"][0], round(r["ppl_ratio"], 3)) for r in older["records"]] == [(1e-4, 5.440), (1e-4, 3.298)]
-    assert "other_lr" not in older
+    assert "other_settings" not in older
     none = collect("--lr", "5e-4")
-    assert none["records"] == [] and len(none["missing"]) == 2 and len(none["other_lr"]) == 4
+    assert none["records"] == [] and len(none["missing"]) == 2 and len(none["other_settings"]) == 4
+    ratio = collect("--dials", "e2e_lr_ratio=0.3")          # another end-to-end lr: none of the runs
+    assert ratio["records"] == [] and len(ratio["other_settings"]) == 4
+    aligned = curve.main(["--collect", "--rows", "mil-25-align", "--budgets", "8M", "--ablation-budget", "8M",
+                          "--out", str(second), "--json", str(tmp_path / "align.json"), "--dials", "align=0.5"])
+    assert aligned["records"] == [] and "dials {'align': 1.0}" in aligned["other_settings"][0]
+    with pytest.raises(SystemExit):
+        curve.parse_args(["--out", "o", "--json", "j", "--dials", "e2e_lr_ratio"])
     with pytest.raises(SystemExit, match="several folders are read by --collect only"):
         curve.main(["--rows", "mil-0", "--budgets", "8M", "--out", f"{first},{second}",
                     "--json", str(tmp_path / "run.json")])

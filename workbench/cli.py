@@ -415,6 +415,8 @@ def _distill_config(args, given: set[str]):
                    len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
         check_flag("--align", args.align, args.align is None or 0 <= args.align < float("inf"),
                    "must be a weight >= 0")
+        check_flag("--e2e-lr-ratio", args.e2e_lr_ratio,
+                   args.e2e_lr_ratio is None or 0 < args.e2e_lr_ratio < float("inf"), "must be a number > 0")
         check_counts(args, "--seq-len", "--batch-size", "--eval-tokens", "--eval-window", "--checkpoint-every")
         check_counts(args, "--eval-every", minimum=0)
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
@@ -435,7 +437,8 @@ def _distill_config(args, given: set[str]):
             raise ValueError(f"--tokens {args.tokens}: {err}") from err
         # a rule keeps at least one layer (AutoKeep.count_for), which is all the default learning rate asks
         lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep) if auto is None else 1)
-        dials = {} if args.align is None else {"align": args.align}
+        dials = {name: value for name, value in (("align", args.align), ("e2e_lr_ratio", args.e2e_lr_ratio))
+                 if value is not None}
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr, **dials)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, keep_attention_auto=auto,
                            init=args.init, stages=stages, device=args.device, corpus=args.corpus,
@@ -691,6 +694,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align", type=float, default=None, help="mamba-in-llama and kd: weight of the mixer-output "
                    "alignment term (attn_mse: each mixer's output against the attention output it replaces) in the "
                    "stage where only the mixers learn (default: the recipe's, 0: off)")
+    p.add_argument("--e2e-lr-ratio", type=float, default=None, help="mohawk, mamba-in-llama and scavenging-hyena: "
+                   "peak lr of the last stage (every parameter trained) as a share of --lr (default: the recipe's, "
+                   "0.1)")
     p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
                    help="steps between evaluations on the valid split; 0: only at the end")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")

@@ -217,6 +217,29 @@ def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attentio
     assert default_lr("mohawk", 0) == default_lr("kd", 0) == 1e-3
 
 
+def test_the_end_to_end_stage_learning_rate_is_a_dial_of_the_staged_recipes(tmp_path, monkeypatch):
+    from workbench.cli import main
+    from workbench.distill.recipes import recipe
+
+    for name in ("mohawk", "mamba-in-llama", "scavenging-hyena"):
+        default = recipe(name, tokens=10**6, lr=3e-4)
+        higher = recipe(name, tokens=10**6, lr=3e-4, e2e_lr_ratio=0.5)
+        assert default[-1].train == "all" and default[-1].lr == pytest.approx(3e-5)
+        assert higher[-1].lr == pytest.approx(1.5e-4)
+        assert [s.lr for s in higher[:-1]] == [s.lr for s in default[:-1]] == [3e-4] * (len(default) - 1)
+        with pytest.raises(ValueError, match="e2e_lr_ratio=0: must be a number > 0"):
+            recipe(name, tokens=10**6, e2e_lr_ratio=0)
+    with pytest.raises(ValueError, match="recipe 'kd' has no dial 'e2e_lr_ratio'"):
+        recipe("kd", tokens=10**6, e2e_lr_ratio=0.5)
+    started = []
+    monkeypatch.setattr(Run, "execute", lambda run: started.append(run.config) or {})
+    assert main(["distill", "--recipe", "mamba-in-llama", "--lr", "1e-3", "--e2e-lr-ratio", "0.3", "--tokens", "4k",
+                 "--seq-len", "64", "--batch-size", "2", "--out", str(tmp_path / "run")]) == 0
+    assert [s.lr for s in started[0].stages] == pytest.approx([1e-3, 3e-4])
+    assert main(["distill", "--e2e-lr-ratio", "-1", "--out", str(tmp_path / "neg")]) == 2
+    assert len(started) == 1
+
+
 def test_a_folder_holding_another_runs_config_is_refused(tiny_teacher_dir, tmp_path):
     """Run(config, out) on a folder of a run with another config is refused before anything is loaded or written;
     the same config continues the run there (what Run.resume does)."""

@@ -10,6 +10,10 @@ stages that follow each paper's procedure. See docs/methods.md for the procedure
   alignment of one group of layers at a time), then logit KD.
 - ``kd``: plain end-to-end logit KD.
 
+``mohawk``, ``mamba-in-llama`` and ``scavenging-hyena`` take ``e2e_lr_ratio`` (default 0.1): the peak learning rate of
+their last stage, where every parameter trains, as a share of ``lr`` (the peak of the stages where only the mixers
+learn).
+
 ``mamba-in-llama`` and ``kd`` take ``align`` (default 0: off): the weight of a mixer-output alignment term
 ("attn_mse": each mixer's output on the teacher's attention input against the attention output it replaces, mean
 squared error per token, LoLCATs' attention transfer) added to their stage where only the mixers learn (the first
@@ -33,6 +37,13 @@ def _split(tokens: int, shares: list[float]) -> list[int]:
     return [max(1, int(tokens * s)) for s in shares]
 
 
+def _e2e_lr(lr: float, ratio: float) -> float:
+    """The last stage's peak learning rate: ``ratio`` times ``lr``."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < float("inf"):
+        raise ValueError(f"e2e_lr_ratio={ratio!r}: must be a number > 0 (the end-to-end stage's lr over lr)")
+    return lr * ratio
+
+
 def _aligned(losses: dict[str, float], align: float) -> dict[str, float]:
     """``losses`` with the mixer-output alignment term at weight ``align`` (none at 0)."""
     if isinstance(align, bool) or not isinstance(align, int | float) or not align >= 0:
@@ -40,24 +51,25 @@ def _aligned(losses: dict[str, float], align: float) -> dict[str, float]:
     return {**losses, "attn_mse": float(align)} if align > 0 else losses
 
 
-def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
+def mohawk(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
+           e2e_lr_ratio: float = 0.1) -> list[StageConfig]:
     t1, t2, t3 = _split(tokens, [80 / 3000, 160 / 3000, 2760 / 3000])
     common = dict(seq_len=seq_len, batch_size=batch_size)
     return [StageConfig("matrix-orientation", "mixers", {"matrix": 1.0}, t1, lr=lr, **common),
             StageConfig("hidden-alignment", "mixers", {"hidden": 1.0}, t2, lr=lr, **common),
-            StageConfig("knowledge-distillation", "all", {"kl": 1.0}, t3, lr=lr / 10, **common)]
+            StageConfig("knowledge-distillation", "all", {"kl": 1.0}, t3, lr=_e2e_lr(lr, e2e_lr_ratio), **common)]
 
 
 def mamba_in_llama(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
-                   align: float = 0.0) -> list[StageConfig]:
+                   align: float = 0.0, e2e_lr_ratio: float = 0.1) -> list[StageConfig]:
     t1, t2 = _split(tokens, [0.2, 0.8])
     common = dict(seq_len=seq_len, batch_size=batch_size)
     return [StageConfig("mixers-only", "mixers", _aligned({"kl": 1.0, "ce": 0.1}, align), t1, lr=lr, **common),
-            StageConfig("end-to-end", "all", {"kl": 1.0}, t2, lr=lr / 10, **common)]
+            StageConfig("end-to-end", "all", {"kl": 1.0}, t2, lr=_e2e_lr(lr, e2e_lr_ratio), **common)]
 
 
 def scavenging_hyena(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
-                     groups: int = 3) -> list[StageConfig]:
+                     groups: int = 3, e2e_lr_ratio: float = 0.1) -> list[StageConfig]:
     """Progressive transfer over ``groups`` consecutive groups of the replaced layers (first layers first)."""
     if groups < 1:
         raise ValueError(f"scavenging-hyena needs at least one group of layers, got groups={groups}")
@@ -66,8 +78,8 @@ def scavenging_hyena(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: f
     stages = [StageConfig(f"group-{k + 1}-of-{groups}", "mixers", {"hidden": 1.0}, t, layer_group=[k, groups],
                           lr=lr, **common)
               for k, t in enumerate(progressive)]
-    return stages + [StageConfig("knowledge-distillation", "all", {"kl": 1.0}, int(tokens * 0.6), lr=lr / 10,
-                                 **common)]
+    return stages + [StageConfig("knowledge-distillation", "all", {"kl": 1.0}, int(tokens * 0.6),
+                                 lr=_e2e_lr(lr, e2e_lr_ratio), **common)]
 
 
 def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
