@@ -65,10 +65,21 @@ def test_a_looping_continuation_is_accepted_in_long_runs(models):
     assert result.acceptance_rate > 0.5 and result.rounds < 32
 
 
-def test_targets_with_mixers_or_no_static_cache_are_refused(models):
-    for name in ("mamba2", "hybrid"):
-        with pytest.raises(ValueError, match="layers are all attention.*speculative_generate"):
-            lookup_generate(models[name], PROMPT, 4)
+@pytest.mark.parametrize("name", ["mamba2", "hybrid", "hybrid-mid"])
+def test_targets_with_mamba2_layers_give_their_plain_greedy_tokens(models, name):
+    """Mixer layers verify the drafts without moving their state (Mamba2.verify) and accept the kept ones."""
+    model = models[name]
+    prompt = torch.cat([PROMPT, PROMPT[:, :5]], dim=1)                  # a repeat: some drafts match
+    plain = generate(model, prompt, 40, stop_tokens=[EOS], pad_token_id=PAD)
+    for k in (1, 4):
+        result = lookup_generate(model, prompt, 40, k=k, stop_tokens=[EOS], pad_token_id=PAD)
+        assert torch.equal(result.tokens, plain.tokens)
+        assert result.tokens.shape[1] == 1 + result.rounds + result.accepted and result.accepted > 0
+
+
+def test_targets_with_mixers_that_cannot_verify_or_no_static_cache_are_refused(models):
+    with pytest.raises(ValueError, match=r"layers \[0, 1, 2\] are \['Hyena'\] mixers.*speculative_generate"):
+        lookup_generate(models["hyena"], PROMPT, 4)
     with pytest.raises(ValueError, match="plain static attention cache"):
         static_lengths(Session(models["teacher"]).cache)          # a DynamicCache
     with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -182,7 +182,7 @@ def add_subcommand(sub) -> None:
     q.add_argument("--target", required=True, help="the model whose greedy output is produced (as in --models)")
     q.add_argument("--draft", required=True, help="the model that proposes tokens (same vocabulary), or lookup[:N]: "
                    "drafts copied from the context (n-grams of up to N tokens, default 3; a target of attention "
-                   "layers only)")
+                   "and Mamba-2 layers)")
     q.add_argument("--k", type=int_list, default=[2, 4, 8], help="draft tokens per round, e.g. 2,4,8")
     q.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     q.add_argument("--context", type=int, default=512, help="prompt length")

@@ -12,11 +12,12 @@ One round of ``lookup_generate`` (greedy; the output is exactly the target's gre
   2. the target reads [last token, k drafts] in one pass (``Verifier``) and predicts the token after each;
   3. the batch accepts the n leading drafts that every unfinished row's predictions agree with, plus the target's
      own token after them: n + 1 new tokens.
-Going back costs nothing: the verification pass writes a static cache by position and each pass first sets the
-cache's length to where it starts, so entries past the accepted tokens are masked for every later query and are
-overwritten by the next pass. This needs a target whose every layer is plain attention over a ``StaticCache``
-(a teacher); a target with mixer layers would need their states per position, which ``speculative_generate`` rebuilds
-with ``Session.rollback`` instead.
+Going back costs nothing. Attention layers: the verification pass writes a static cache by position and each pass
+first sets the cache's length to where it starts, so entries past the accepted tokens are masked for every later
+query and are overwritten by the next pass. Mixer layers: the pass runs ``Mixer.verify``, which leaves the state as
+it was and returns the state after each drafted position; ``Mixer.accept`` then moves the state on by the accepted
+ones (Mamba-2 and its discrete variant have them: ``verifies``; a target with other mixers decodes with
+``speculative_generate``, which rebuilds states with ``Session.rollback``).
 
 On CUDA the pass is captured in a CUDA graph once (``cuda_graph``: "auto" captures on CUDA), so a round is one
 replay, one copy of the drafts to the device and one of the predictions back.
@@ -34,6 +35,7 @@ from workbench.device import sync
 from workbench.generation.engine import default_pad, prefill
 from workbench.generation.session import Session, unwrap
 from workbench.generation.speculative import SpeculativeResult, pad_after_stop, rows_stopped
+from workbench.students.base import verifies
 
 
 class PromptLookup:
@@ -113,9 +115,21 @@ class Verifier:
         kwargs = {**session.model_kwargs(), "position_ids": (self.start + self.offsets)[None]}   # (1, T)
         if session.keeps_logits:
             kwargs["logits_to_keep"] = self.width
-        with session.attention():
-            logits = session.model(input_ids=self.ids, **kwargs).logits[:, -self.width:]          # (B, T, V)
+        for m in session.mixers.values():
+            m.verifying = True
+        try:
+            with session.attention():
+                logits = session.model(input_ids=self.ids, **kwargs).logits[:, -self.width:]      # (B, T, V)
+        finally:
+            for m in session.mixers.values():
+                m.verifying = False
         return logits.argmax(-1)                                                                   # (B, T)
+
+    def accept(self, n: int) -> None:
+        """After a pass: the session moves on by its first ``n`` tokens (the mixer layers' states with them)."""
+        for m in self.session.mixers.values():
+            m.accept(n)
+        self.session.length += n
 
     def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         self.ids.copy_(tokens)
@@ -150,9 +164,11 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     drafts = [PromptLookup(row, max_ngram, min_ngram) for row in input_ids.tolist()]
 
     session = Session(target, max_length=L + max_new_tokens + k + 1, static=True)
-    if session.mixers:
-        raise ValueError(f"lookup decoding needs a target whose layers are all attention; layers "
-                         f"{sorted(session.mixers)} are mixers: decode it with speculative_generate instead")
+    cannot = {i: type(m.mixer).__name__ for i, m in session.mixers.items() if not verifies(m.mixer)}
+    if cannot:
+        raise ValueError(f"lookup decoding verifies drafts without moving the mixer layers' states (Mixer.verify); "
+                         f"layers {sorted(cannot)} are {sorted(set(cannot.values()))} mixers, which cannot: decode "
+                         f"this target with speculative_generate instead")
     sync(device)
     t0 = time.perf_counter()
     last = prefill(session, input_ids).argmax(-1)                                # (B,)
@@ -177,7 +193,7 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
         n = int(agree[~finished].min()) if bool((~finished).any()) else k                         # 3.
         n = min(n, max_new_tokens - produced - 1)
         new = torch.cat([drafted[:, :n], predicted[:, n:n + 1]], dim=1)                           # (B, n + 1)
-        session.length += n + 1
+        verify.accept(n + 1)
         for row, tokens in zip(drafts, new.tolist()):
             row.extend(tokens)
         out.append(new)

@@ -62,13 +62,25 @@ class CausalConv1d(nn.Module):
         """The conv of x (B, L, C) continuing after ``position`` tokens whose last W inputs ``buffer`` (B, C, W)
         holds: y (B, L, C), as ``forward`` of the whole sequence would give for these L positions. The buffer is
         updated in place to the state after them (slots by absolute position, as ``step`` writes them)."""
-        L, W = x.shape[1], self.width
-        p = int(position)
-        oldest_first = (p + torch.arange(W, device=buffer.device)) % W            # slots of positions p-W .. p-1
-        seq = torch.cat([buffer.index_select(2, oldest_first).transpose(1, 2).to(x.dtype), x], dim=1)  # (B, W+L, C)
-        y = causal_conv1d(seq[:, 1:], self.weight[:, 0], self.bias)[:, W - 1:]   # positions p .. p+L-1
-        buffer.copy_(seq[:, -W:].transpose(1, 2).roll((p + L) % W, dims=-1))    # positions p+L-W .. p+L-1
+        y, seq = self.window(x, buffer, position)
+        self.keep(seq, buffer, position, x.shape[1])
         return y
+
+    def window(self, x: Tensor, buffer: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
+        """``extend``'s conv without changing the buffer: (y (B, L, C), seq (B, W + L, C): the buffer's W inputs in
+        order, then x), ``seq`` being what ``keep`` moves the buffer on with. Device work only (``position`` stays a
+        tensor), so it can be captured in a CUDA graph."""
+        W = self.width
+        oldest_first = (position + torch.arange(W, device=buffer.device)) % W    # slots of positions p-W .. p-1
+        seq = torch.cat([buffer.index_select(2, oldest_first).transpose(1, 2).to(x.dtype), x], dim=1)  # (B, W+L, C)
+        return causal_conv1d(seq[:, 1:], self.weight[:, 0], self.bias)[:, W - 1:], seq   # positions p .. p+L-1
+
+    def keep(self, seq: Tensor, buffer: Tensor, position: Tensor, n: int) -> None:
+        """Move ``buffer`` on by the first ``n`` new inputs of ``window``'s ``seq`` (positions p .. p+n-1, p =
+        ``position``): it then holds positions p+n-W .. p+n-1, each in its slot (position mod W)."""
+        W = self.width
+        slots = (position + n - W + torch.arange(W, device=buffer.device)) % W
+        buffer.index_copy_(2, slots, seq[:, n:n + W].transpose(1, 2).to(buffer.dtype))
 
     def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
         """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""

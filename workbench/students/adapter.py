@@ -55,10 +55,18 @@ class MixerLayerState:
     mark: int = 0                                             # ``seen`` at the checkpoint
     inputs: list[torch.Tensor] = field(default_factory=list)  # (B, L_i, D) layer inputs since the checkpoint
     recording: bool = False                                   # whether inputs are recorded (after a checkpoint)
+    verifying: bool = False                                   # calls verify drafted tokens (``Mixer.verify``): the
+                                                              # state stays, ``accept`` moves it on
+    pending: Any = None                                       # what the last verifying call left for ``accept``
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, D) -> y (B, L, D): ``prefill`` for the first call, then ``step`` for one token and ``extend`` for
-        several (a later prompt chunk, or drafted tokens to verify)."""
+        several (a later prompt chunk, or drafted tokens to verify); while ``verifying``, ``Mixer.verify``."""
+        if self.verifying:
+            if self.state is None:
+                raise ValueError("a verification pass needs the prompt read first (the mixer has no state yet)")
+            y, self.pending = self.mixer.verify(x, self.state)
+            return y
         if self.state is None:
             y, self.state = self.mixer.prefill(x)
         elif x.shape[1] == 1:
@@ -70,6 +78,11 @@ class MixerLayerState:
             self.inputs.append(x)
         self.seen += x.shape[1]
         return y
+
+    def accept(self, n: int) -> None:
+        """After a verifying call: the state moves on by its first ``n`` tokens (``Mixer.accept``)."""
+        self.state = self.mixer.accept(self.state, self.pending, n)
+        self.seen += n
 
     def checkpoint(self) -> None:
         """Remember the present, so that ``rollback`` can return to any length from here on."""
@@ -91,6 +104,7 @@ class MixerLayerState:
     def restart(self) -> None:
         """Forget everything: the next call is a prefill."""
         self.state, self.seen, self.saved, self.mark, self.inputs, self.recording = None, 0, None, 0, [], False
+        self.verifying, self.pending = False, None
 
     def nbytes(self) -> int:
         """Bytes held by the state's tensors (what a decode step reads of them)."""

@@ -54,6 +54,16 @@ class Mixer(nn.Module):
             outputs.append(y_t)
         return torch.stack(outputs, dim=1), state
 
+    def verify(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """A few drafted tokens x (B, T, D) after ``state``: (y (B, T, D) as ``extend`` gives it, pending), without
+        changing the state; ``accept`` then moves the state on by any n <= T of them (speculative decoding that
+        keeps some of the drafted tokens). Mixers that cannot leave this undefined (``verifies``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify drafted tokens without moving its state")
+
+    def accept(self, state: Any, pending: Any, n: int) -> Any:
+        """``state`` moved on, in place, by the first ``n`` tokens of the ``verify`` call that returned ``pending``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify drafted tokens without moving its state")
+
     def mixing_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """Materialised causal token-mixing matrix for input x (B, L, D): (B, H, L, L), M[b, h, l, s] = 0 for s > l."""
         raise NotImplementedError
@@ -66,3 +76,8 @@ class Mixer(nn.Module):
     def mix_io(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, y), both (B, L, H, P): the inner input the mixing matrix acts on and the inner output it produces."""
         raise NotImplementedError
+
+
+def verifies(mixer: Mixer) -> bool:
+    """Whether ``mixer`` has ``verify`` and ``accept`` (outputs of drafted tokens without moving its state)."""
+    return type(mixer).verify is not Mixer.verify and type(mixer).accept is not Mixer.accept

@@ -271,6 +271,42 @@ class Mamba2(ScanMixer):
         state["position"].add_(x.shape[1])
         return self.readout(y, z), state                                                      # 6., 7.
 
+    def verify(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """x (B, T, D), a few drafted tokens after ``state`` -> (y (B, T, D) as ``extend`` gives, pending), the state
+        unchanged. ``pending`` holds the conv's window (``CausalConv1d.window``) and the SSM state after each of
+        the T positions (B, T, H, P, N), from which ``accept`` moves the state on by any n <= T of them. The states
+        are the recurrence unrolled in closed form, h_t = e^{c_t} h_0 + Σ_{s<=t} e^{c_t - c_s} Δ_s u_s ⊗ B_s with c
+        the running sum of log a: O(T²) work, for the few tokens of a verification, not a prompt. Device work only,
+        so it can be captured in a CUDA graph."""
+        c = self.config
+        H, G = c.n_heads, c.n_groups
+        h0 = state["ssm"]                                                                 # (B, H, P, N)
+        T = x.shape[1]
+        z, xBC, dt = self._split_projection(self.in_proj(x))                              # 1.
+        conv, window = self.conv.window(xBC, state["conv"], state["position"])
+        u, B, C = self._split_xbc(conv)                                                   # 2., 3.
+        delta, A = self._decay(dt)                                                        # 4. (B, T, H)
+        u = u.to(h0.dtype)                                                                # (B, T, H, P)
+        log_a = (A if delta is None else delta * A).to(h0.dtype)                         # (B, T, H)
+        u_in = u if delta is None else u * delta[..., None].to(h0.dtype)
+        B = B.to(h0.dtype).repeat_interleave(H // G, dim=2)                               # (B, T, H, N)
+        C = C.to(h0.dtype).repeat_interleave(H // G, dim=2)
+        cum = log_a.cumsum(dim=1)                                                         # (B, T, H)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()               # (t, s): s <= t
+        decay = (cum[:, :, None] - cum[:, None, :]).masked_fill(~causal[:, :, None], -math.inf).exp()  # (B, t, s, H)
+        states = (cum.exp()[..., None, None] * h0[:, None]
+                  + torch.einsum("btsh,bshp,bshn->bthpn", decay, u_in, B))                # 5. (B, T, H, P, N)
+        y = torch.einsum("bthpn,bthn->bthp", states, C) + u * self.D.to(h0.dtype)[:, None]
+        return self.readout(y, z), {"conv": window, "ssm": states}                      # 6., 7.
+
+    def accept(self, state: dict[str, Tensor], pending: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+        """``state`` moved on, in place, by the first ``n`` tokens of the ``verify`` call that returned ``pending``:
+        the SSM state after its n-th position, the conv's ring buffer by its first n inputs."""
+        state["ssm"].copy_(pending["ssm"][:, n - 1])
+        self.conv.keep(pending["conv"], state["conv"], state["position"], n)
+        state["position"].add_(n)
+        return state
+
     # ----- initialisation from a teacher's attention (Mamba in the Llama) -----
 
     @classmethod
