@@ -28,4 +28,5 @@ if [ -z "${WORKBENCH_RUNS:-}" ]; then
   export WORKBENCH_RUNS
   trap 'rm -rf "$WORKBENCH_RUNS"' EXIT
 fi
-.venv/bin/python -m pytest -q --nbval-lax --nbval-current-env "$@"
+# --durations: the slowest tests and notebooks of every run are listed at the end, to keep the suite's time in view.
+.venv/bin/python -m pytest -q --nbval-lax --nbval-current-env --durations=25 "$@"
