@@ -372,18 +372,17 @@ def main(argv: list[str] | None = None) -> dict:
                 results.setdefault("other_settings", []).extend(passed)
                 print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: passed over (other settings) "
                       f"{'; '.join(passed)}", flush=True)
-            if record is None:
-                results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})
-                print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: no record yet", flush=True)
-                save_json(Path(args.json), results)
-                continue
         else:
             record = run_one(item, budget, seed, args, n_layers, hardware, command)
-        results["records"].append(record)
-        save_json(Path(args.json), results)
-        print(f"{record['row']:<18} {budget_name(budget):>6} seed {seed}: ratio {record['ppl_ratio']:.3f} "
-              f"({record['tokens_per_parameter']:.3g} tokens/param), "
-              f"{record['tokens_per_s'] or 0:.0f} tok/s", flush=True)
+        if record is None:
+            results.setdefault("missing", []).append({"row": item.row.name, "budget": budget, "seed": seed})
+            print(f"{item.row.name:<18} {budget_name(budget):>6} seed {seed}: no record yet", flush=True)
+        else:
+            results["records"].append(record)
+            print(f"{record['row']:<18} {budget_name(budget):>6} seed {seed}: ratio {record['ppl_ratio']:.3f} "
+                  f"({record['tokens_per_parameter']:.3g} tokens/param), "
+                  f"{record['tokens_per_s'] or 0:.0f} tok/s", flush=True)
+        save_json(Path(args.json), results)                     # after every run: a stopped script loses none
     if args.figure:
         from workbench.viz.quality import quality_curve
 
