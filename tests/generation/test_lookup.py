@@ -1,6 +1,8 @@
 """Prompt-lookup speculative decoding (``workbench.generation.lookup``) on the tiny random teacher (CPU): the drafts
 it copies from the context, and greedy tokens identical to plain greedy decoding whatever is drafted."""
 
+import copy
+
 import pytest
 import torch
 
@@ -15,7 +17,13 @@ EOS, PAD = 2, 0  # the tiny configs' eos and pad tokens
 
 @pytest.fixture(scope="module")
 def models():
-    return tiny_generation_models()
+    models = tiny_generation_models()
+    noisy = copy.deepcopy(models["teacher"])     # the tiny teacher repeats one token; moved off, its text varies
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+    return models | {"noisy-teacher": noisy}
 
 
 def test_drafts_copy_what_followed_the_longest_earlier_suffix():
@@ -41,9 +49,10 @@ def test_ngram_sizes_are_checked():
         PromptLookup([1], max_ngram=2, min_ngram=0)
 
 
+@pytest.mark.parametrize("name", ["teacher", "noisy-teacher"])
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_lookup_greedy_equals_plain_greedy(models, k):
-    model = models["teacher"]
+def test_lookup_greedy_equals_plain_greedy(models, k, name):
+    model = models[name]
     plain = generate(model, PROMPT, 40, stop_tokens=[EOS], pad_token_id=PAD)
     result = lookup_generate(model, PROMPT, 40, k=k, stop_tokens=[EOS], pad_token_id=PAD)
     assert torch.equal(result.tokens, plain.tokens) and result.lengths == plain.lengths

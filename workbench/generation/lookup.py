@@ -86,17 +86,21 @@ def static_lengths(cache) -> list[torch.Tensor]:
 
 class Verifier:
     """The target's verification pass: ``tokens`` (B, T) read at positions [start, start + T) of the session's
-    static cache, the greedy prediction (B, T) after each position, on the device. The pass first sets every cache
-    layer's length to ``start``. ``graph``: captured in a CUDA graph (after one eager warm-up pass at the session's
-    length, whose writes the first real pass overwrites), else run eagerly."""
+    static cache (of ``max_length`` positions), the greedy prediction (B, T) after each position, on the device. The
+    pass first sets every cache layer's length to ``start`` and hands the model its causal mask over the cache
+    ((1, 1, T, max_length), True where a query may attend), made on the device: transformers' own mask for a few new
+    positions would ask the host whether the cache is empty, which a CUDA graph cannot capture. ``graph``: captured in
+    a CUDA graph (after one eager warm-up pass at the session's length, whose writes the first real pass
+    overwrites), else run eagerly."""
 
-    def __init__(self, session: Session, batch: int, width: int, graph: bool):
+    def __init__(self, session: Session, batch: int, width: int, max_length: int, graph: bool):
         device = next(session.model.parameters()).device
         self.session, self.width = session, width
         self.lengths = static_lengths(session.cache)
         self.ids = torch.zeros(batch, width, dtype=torch.long, device=device)     # (B, T)
         self.start = torch.full((), session.length, dtype=torch.long, device=device)
         self.offsets = torch.arange(width, device=device)                         # (T,)
+        self.keys = torch.arange(max_length, device=device)                       # (S,) cache positions
         self.graph = None
         if graph:
             stream = torch.cuda.Stream(device)
@@ -112,7 +116,9 @@ class Verifier:
         for length in self.lengths:
             length.copy_(self.start)
         session = self.session
-        kwargs = {**session.model_kwargs(), "position_ids": (self.start + self.offsets)[None]}   # (1, T)
+        positions = self.start + self.offsets                                                      # (T,)
+        mask = (self.keys[None, :] <= positions[:, None])[None, None]                             # (1, 1, T, S)
+        kwargs = {**session.model_kwargs(), "position_ids": positions[None], "attention_mask": mask}
         if session.keeps_logits:
             kwargs["logits_to_keep"] = self.width
         for m in session.mixers.values():
@@ -163,7 +169,8 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
     drafts = [PromptLookup(row, max_ngram, min_ngram) for row in input_ids.tolist()]
 
-    session = Session(target, max_length=L + max_new_tokens + k + 1, static=True)
+    max_length = L + max_new_tokens + k + 1
+    session = Session(target, max_length=max_length, static=True)
     cannot = {i: type(m.mixer).__name__ for i, m in session.mixers.items() if not verifies(m.mixer)}
     if cannot:
         raise ValueError(f"lookup decoding verifies drafts without moving the mixer layers' states (Mixer.verify); "
@@ -174,7 +181,7 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     last = prefill(session, input_ids).argmax(-1)                                # (B,)
     sync(device)
     prefill_seconds = time.perf_counter() - t0
-    verify = Verifier(session, B, k + 1, graph=device.type == "cuda" and cuda_graph in ("auto", True))
+    verify = Verifier(session, B, k + 1, max_length, graph=device.type == "cuda" and cuda_graph in ("auto", True))
     sync(device)
     capture_seconds = time.perf_counter() - t0 - prefill_seconds
     out, produced = [last[:, None]], 1
