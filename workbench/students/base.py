@@ -57,7 +57,7 @@ class Mixer(nn.Module):
     def verify(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """A few drafted tokens x (B, T, D) after ``state``: (y (B, T, D) as ``extend`` gives it, pending), without
         changing the state; ``accept`` then moves the state on by any n <= T of them (speculative decoding that
-        keeps some of the drafted tokens). Mixers that cannot leave this undefined (``verifies``)."""
+        keeps some of the drafted tokens). Mixers that cannot do this leave it undefined (``verifies`` tells)."""
         raise NotImplementedError(f"{type(self).__name__} cannot verify drafted tokens without moving its state")
 
     def accept(self, state: Any, pending: Any, n: int) -> Any:
