@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from workbench.analysis.metrics import kl_divergence, top1_agreement
 from workbench.analysis.perplexity import logits_fn, windows
 from workbench.ops import fused_kl
-from workbench.teachers.wrapper import Teacher, logit_transform
+from workbench.teachers.wrapper import Teacher, logit_transform, output_head
 
 
 class TeacherCache:
@@ -66,9 +66,8 @@ def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_t
         if cache is None:
             lt = t_logits(x).float()                                                      # (B, W, V)
         else:   # the LM head on the kept final hidden state, as the causal LM computes its logits
-            head = teacher.model.get_output_embeddings()
-            lt = fused_kl.transform_logits(head(cache.final_hidden(teacher, batch)),
-                                           *logit_transform(teacher.model)).float()
+            logits = F.linear(cache.final_hidden(teacher, batch), *output_head(teacher.model))
+            lt = fused_kl.transform_logits(logits, *logit_transform(teacher.model)).float()
         ls = s_logits(x).float()
         n = y.numel()
         sums["nll_t"] += F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()

@@ -210,8 +210,6 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
         accepted += n
         rounds += 1
         per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
-    for length in verify.lengths:
-        length.fill_(session.length)
     tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
     tokens, lengths = pad_after_stop(tokens, stops, pad)
     return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
