@@ -59,6 +59,7 @@ from pathlib import Path
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.events import RunStart, iter_typed
+from workbench.distill.recipes import full_dials
 from workbench.distill.run_dir import RunDir
 
 
@@ -72,7 +73,7 @@ def _results_table():
 
 
 table = _results_table()
-Row, row_config, kept_layers = table.Row, table.row_config, table.kept_layers
+Row, row_config, row_dials, kept_layers = table.Row, table.row_config, table.row_dials, table.kept_layers
 
 RECORD = "record.json"      # in a run folder: the finished run's record
 LAUGHING = "laughing-{order}.json"  # in a run folder: the Laughing Hyena report of its student at an order
@@ -143,10 +144,9 @@ def laughing(folder: Path, order: int, device: str, **options) -> dict:
 
 
 def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: str, command: str,
-                wall: float | None, laughing_result: dict | None, dials: dict | None = None) -> dict:
+                wall: float | None, laughing_result: dict | None, dials: dict) -> dict:
     """The record of the finished run in ``folder`` (module docstring), from its config.json, events and summary;
-    ``dials``: the recipe dials given over the row's own (``--dials``)."""
-    dials = dials or {}
+    ``dials``: the recipe dials the run was made with (``row_dials``: defaults, the row's, ``--dials``)."""
     run_dir = RunDir.open(folder)
     summary, stored = run_dir.summary, run_dir.config
     config = RunConfig.from_dict(stored["run"])
@@ -157,7 +157,7 @@ def make_record(item: CurveRow, folder: Path, budget: int, seed: int, hardware: 
         "device_name": hardware, "world_size": start.world_size, "mixer": config.mixer, "recipe": row.recipe,
         "stages": [s.name for s in config.stages], "choice": row.choice, "attention_share": row.attention_share,
         "keep_attention": config.keep_attention, "keep_attention_auto": config.keep_attention_auto,
-        "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": row.dials | dials,
+        "layer_selection": stored.get("layer_selection"), "replaced": summary["replaced"], "dials": dials,
         "corpus": config.corpus, "corpus_weights": config.corpus_weights, "train_tokens": summary["train_tokens"],
         "teacher_parameters": start.teacher_parameters,
         "tokens_per_parameter": summary["train_tokens"] / start.teacher_parameters,
@@ -197,18 +197,20 @@ def run_config(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> R
 
 def collect_one(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> tuple[dict | None, list[str]]:
     """The record of ``item`` at ``budget`` and ``seed`` from the first of the ``--out`` folders that holds one made
-    with the learning rates and recipe dials these flags give (``--lr``, else the recipe's ``default_lr``; the row's
-    dials and ``--dials``), and the records passed over for other ones (their folders): a sweep's runs are not the
-    row's."""
+    with the learning rates and recipe dials these flags give (``--lr``, else the recipe's ``default_lr``;
+    ``row_dials``: the recipe's defaults for the row, the row's own and ``--dials``; a record's dials completed with
+    the recipe's defaults, ``full_dials``), and the records passed over for other ones (their folders): a sweep's runs
+    are not the row's."""
     lrs = [s.lr for s in run_config(item, budget, seed, args, n_layers).stages]
-    dials = item.row.dials | args.dials
+    dials = row_dials(item.row, n_layers, args.dials)
     passed = []
     for root in args.out.split(","):
         file = run_folder(root, item, budget, seed) / RECORD
         if file.is_file():
             record = json.loads(file.read_text())
             same_lr = len(record["lr"]) == len(lrs) and all(math.isclose(a, b) for a, b in zip(record["lr"], lrs))
-            if same_lr and record.get("dials", {}) == dials:
+            same_dials = full_dials(item.row.recipe, **record.get("dials", {})) == full_dials(item.row.recipe, **dials)
+            if same_lr and same_dials:
                 return record, passed
             passed.append(f"{file.parent} (lr {record['lr']}, dials {record.get('dials', {})}; these flags: lr "
                           f"{lrs}, dials {dials})")
@@ -248,7 +250,7 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
     device = str(resolve_device(args.device))
     result = laughing(folder, item.laughing_order, device) if item.laughing_order else None
     record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result,
-                         args.dials)
+                         row_dials(item.row, n_layers, args.dials))
     save_json(folder / RECORD, record)
     return record
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from workbench.device import device_name
 from workbench.distill.config import RunConfig, parse_tokens
 from workbench.distill.events import Step, iter_typed
-from workbench.distill.recipes import default_lr, recipe
+from workbench.distill.recipes import default_dials, default_lr, recipe
 from workbench.distill.throughput import kd_flops_per_token, peak_flops
 from workbench.distill.throughput import mfu as utilisation
 
@@ -67,15 +67,21 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
     return list(range(0, n_layers, round(1 / share)))
 
 
+def row_dials(row: Row, n_layers: int, dials: dict | None = None) -> dict:
+    """The recipe dials a run of ``row`` gets: the recipe's defaults for the row's kept layers (``default_dials``),
+    the row's own over them, ``dials`` (given by flags) over both."""
+    return default_dials(row.recipe, len(kept_layers(n_layers, row.attention_share))) | row.dials | (dials or {})
+
+
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float | None, device: str,
                teacher: str, compile: bool = False, dials: dict | None = None, **fields) -> RunConfig:
     """The run of ``row`` at ``tokens``: ``lr`` None takes the recipe's default for the row's kept layers
-    (``default_lr``); ``dials`` (recipe dials) over the row's own; ``fields`` sets further RunConfig fields (corpus,
-    seed, eval_every, ...)."""
+    (``default_lr``); ``dials`` (recipe dials) over the row's own (``row_dials``); ``fields`` sets further RunConfig
+    fields (corpus, seed, eval_every, ...)."""
     keep = kept_layers(n_layers, row.attention_share)
     lr = default_lr(row.recipe, len(keep)) if lr is None else lr
     stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                    **(row.dials | (dials or {})))
+                    **row_dials(row, n_layers, dials))
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]

@@ -142,9 +142,10 @@ def test_collect_runs_without_plotly_and_lists_what_is_missing(tmp_path):
 
 
 def test_collect_reads_several_folders_and_passes_over_runs_of_other_settings(tmp_path):
-    """The campaign's runs lie in one folder per day; the all-Mamba-2 row ran at lr 1e-4 on the first and at 3e-4 (its
-    default since) on the second. Collecting both folders takes each run at the learning rate the flags give,
-    whichever folder comes first, and lists the other's; a run (not a collect) refuses several folders."""
+    """The campaign's runs lie in one folder per day; the all-Mamba-2 row ran at lr 1e-4 on the first and at 3e-4 on
+    the second, both with the end-to-end stage at a tenth of it (its default then, not written in their records).
+    Collecting both folders takes each run at the learning rate and dials the flags give, whichever folder comes
+    first, and lists the other's; a run (not a collect) refuses several folders."""
     curve = benchmark()
     results = ROOT / "docs" / "results"
     first, second = results / "h200-2026-12-01" / "curve", results / "h200-2026-12-02" / "curve"
@@ -153,19 +154,18 @@ def test_collect_reads_several_folders_and_passes_over_runs_of_other_settings(tm
         return curve.main(["--collect", "--rows", "mil-0", "--budgets", "8M,30M", "--corpus", "corpora/mix",
                            "--out", f"{first},{second}", "--json", str(tmp_path / "curve.json"), *extra])
 
-    default = collect()
-    assert [(r["budget"], r["lr"][0], round(r["ppl_ratio"], 3)) for r in default["records"]] == [
-        (8_000_000, 3e-4, 3.911), (30_000_000, 3e-4, 2.273)]
-    assert [Path(p.split(" (")[0]).relative_to(first).as_posix() for p in default["other_settings"]] == [
+    tenth = collect("--dials", "e2e_lr_ratio=0.1")      # the end-to-end stage at a tenth: these records left it out
+    assert [(r["budget"], r["lr"], round(r["ppl_ratio"], 3)) for r in tenth["records"]] == [
+        (8_000_000, pytest.approx([3e-4, 3e-5]), 3.911), (30_000_000, pytest.approx([3e-4, 3e-5]), 2.273)]
+    assert [Path(p.split(" (")[0]).relative_to(first).as_posix() for p in tenth["other_settings"]] == [
         "mil-0/8M-s0", "mil-0/30M-s0"]
-    assert "missing" not in default
-    older = collect("--lr", "1e-4")
+    assert "missing" not in tenth
+    older = collect("--lr", "1e-4", "--dials", "e2e_lr_ratio=0.1")
     assert [(r["lr"][0], round(r["ppl_ratio"], 3)) for r in older["records"]] == [(1e-4, 5.440), (1e-4, 3.298)]
     assert "other_settings" not in older
-    none = collect("--lr", "5e-4")
-    assert none["records"] == [] and len(none["missing"]) == 2 and len(none["other_settings"]) == 4
-    ratio = collect("--dials", "e2e_lr_ratio=0.3")          # another end-to-end lr: none of the runs
-    assert ratio["records"] == [] and len(ratio["other_settings"]) == 4
+    for flags in (["--lr", "5e-4"], ["--dials", "e2e_lr_ratio=0.3"], []):   # the default is now ratio 1: none here
+        none = collect(*flags)
+        assert none["records"] == [] and len(none["missing"]) == 2 and len(none["other_settings"]) == 4
     aligned = curve.main(["--collect", "--rows", "mil-25-align", "--budgets", "8M", "--ablation-budget", "8M",
                           "--out", str(second), "--json", str(tmp_path / "align.json"), "--dials", "align=0.5"])
     assert aligned["records"] == [] and "dials {'align': 1.0}" in aligned["other_settings"][0]
@@ -174,3 +174,17 @@ def test_collect_reads_several_folders_and_passes_over_runs_of_other_settings(tm
     with pytest.raises(SystemExit, match="several folders are read by --collect only"):
         curve.main(["--rows", "mil-0", "--budgets", "8M", "--out", f"{first},{second}",
                     "--json", str(tmp_path / "run.json")])
+
+
+def test_the_all_mamba2_row_takes_its_measured_end_to_end_rate_from_the_sweep_folder(tmp_path):
+    """The all-Mamba-2 row's default (``default_dials``: end-to-end stage at the mixers' peak) was measured in its own
+    sweep folder; collecting it beside the day's folder takes those runs, and the older ones are listed as other
+    settings."""
+    curve = benchmark()
+    results = ROOT / "docs" / "results"
+    sweep, day = results / "h200-2026-12-02b" / "curve-e2e_lr_ratio-1.0", results / "h200-2026-12-02" / "curve"
+    result = curve.main(["--collect", "--rows", "mil-0", "--budgets", "8M,30M", "--corpus", "corpora/mix",
+                         "--out", f"{day},{sweep}", "--json", str(tmp_path / "curve.json")])
+    assert [(r["budget"], r["dials"], round(r["ppl_ratio"], 3)) for r in result["records"]] == [
+        (8_000_000, {"e2e_lr_ratio": 1.0}, 2.302), (30_000_000, {"e2e_lr_ratio": 1.0}, 1.570)]
+    assert len(result["other_settings"]) == 2

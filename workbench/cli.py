@@ -422,7 +422,7 @@ def _distill_config(args, given: set[str]):
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
 
     from workbench.distill.config import RunConfig, parse_tokens  # no torch: the mixers are checked by MIXER_NAMES
-    from workbench.distill.recipes import default_lr, recipe
+    from workbench.distill.recipes import default_dials, default_lr, recipe
 
     if args.config:
         try:
@@ -436,9 +436,11 @@ def _distill_config(args, given: set[str]):
         except ValueError as err:
             raise ValueError(f"--tokens {args.tokens}: {err}") from err
         # a rule keeps at least one layer (AutoKeep.count_for), which is all the default learning rate asks
-        lr = args.lr if args.lr is not None else default_lr(args.recipe, len(keep) if auto is None else 1)
-        dials = {name: value for name, value in (("align", args.align), ("e2e_lr_ratio", args.e2e_lr_ratio))
-                 if value is not None}
+        kept = len(keep) if auto is None else 1
+        lr = args.lr if args.lr is not None else default_lr(args.recipe, kept)
+        dials = default_dials(args.recipe, kept) | {
+            name: value for name, value in (("align", args.align), ("e2e_lr_ratio", args.e2e_lr_ratio))
+            if value is not None}
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr, **dials)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, keep_attention_auto=auto,
                            init=args.init, stages=stages, device=args.device, corpus=args.corpus,
@@ -695,8 +697,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "alignment term (attn_mse: each mixer's output against the attention output it replaces) in the "
                    "stage where only the mixers learn (default: the recipe's, 0: off)")
     p.add_argument("--e2e-lr-ratio", type=float, default=None, help="mohawk, mamba-in-llama and scavenging-hyena: "
-                   "peak lr of the last stage (every parameter trained) as a share of --lr (default: the recipe's, "
-                   "0.1)")
+                   "peak lr of the last stage (every parameter trained) as a share of --lr (default: 0.1; 1 for "
+                   "mamba-in-llama with no attention kept)")
     p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
                    help="steps between evaluations on the valid split; 0: only at the end")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")

@@ -12,7 +12,8 @@ stages that follow each paper's procedure. See docs/methods.md for the procedure
 
 ``mohawk``, ``mamba-in-llama`` and ``scavenging-hyena`` take ``e2e_lr_ratio`` (default 0.1): the peak learning rate of
 their last stage, where every parameter trains, as a share of ``lr`` (the peak of the stages where only the mixers
-learn).
+learn). ``default_lr`` and ``default_dials`` hold the measured defaults that depend on how many attention layers a
+run keeps (``mamba-in-llama`` with none: lr 3e-4 and ``e2e_lr_ratio`` 1).
 
 ``mamba-in-llama`` and ``kd`` take ``align`` (default 0: off): the weight of a mixer-output alignment term
 ("attn_mse": each mixer's output on the teacher's attention input against the attention output it replaces, mean
@@ -100,6 +101,26 @@ def default_lr(name: str, kept_attention: int) -> float:
     7.14 at 1e-3 (30M tokens: 2.27 at 3e-4, 3.30 at 1e-4); with 25% attention kept 1e-3 is the better one (1M
     tokens: 2.06-2.28 against 3.77 at 1e-4)."""
     return 3e-4 if name == "mamba-in-llama" and kept_attention == 0 else 1e-3
+
+
+def default_dials(name: str, kept_attention: int) -> dict[str, float]:
+    """Recipe dials that differ from the recipe's signature defaults when none is given: ``e2e_lr_ratio`` 1 for
+    ``mamba-in-llama`` with no attention layer kept (its end-to-end stage at the same peak as the mixers-only stage).
+    Measured on the default teacher (H200, docs/results.md "The end-to-end stage's learning rate"): every layer
+    replaced, lr 3e-4, 64 x 512 per step on the mix, held-out ratio at 8M tokens 2.30 with ratio 1 against 3.15 with
+    0.3 and 3.91 with 0.1; at 30M tokens 1.57 against 2.27. Other recipes and hybrids keep 0.1 (not measured)."""
+    return {"e2e_lr_ratio": 1.0} if name == "mamba-in-llama" and kept_attention == 0 else {}
+
+
+def full_dials(name: str, **dials) -> dict:
+    """``dials`` of recipe ``name`` completed with the recipe's own defaults for the ones not given (its keyword
+    arguments other than the budget, shape and learning rate): two sets of dials make the same stages when these are
+    equal, whichever defaults either left out."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
+    own = {k: p.default for k, p in inspect.signature(RECIPES[name]).parameters.items()
+           if k not in ("tokens", "seq_len", "batch_size", "lr")}
+    return own | dials
 
 
 def recipe(name: str, **dials) -> list[StageConfig]:
