@@ -264,6 +264,20 @@ def test_mamba_ssm_submodule_imports_without_leaving_a_trace():
     assert not [k for k in set(sys.modules) - before if k.split(".")[0] == "mamba_ssm"]
 
 
+@pytest.mark.parametrize("op, name", [("ssd", "triton"), ("selective_scan", "cuda")])
+def test_compiled_code_picks_a_backend_without_tracing_the_kernel_import(op, name):
+    """Mixers choose their backend inside compiled code; a mamba-ssm kernel's availability is a constant there (asked
+    of a CUDA device object, which needs no GPU), not an import the compiler traces and breaks the graph on."""
+    kernel = next(b for b in backend.backends(op) if b.name == name)
+
+    def pick(x):
+        return x + 1 if kernel.available(torch.device("cuda")) else x - 1
+
+    expected = pick(torch.zeros(2))
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(pick, fullgraph=True, backend="eager")(torch.zeros(2)), expected)
+
+
 def test_transformers_mamba_models_still_work_after_our_imports():
     """In a fresh interpreter (transformers binds kernels when its Mamba modules are first imported): load our ops,
     let them try mamba-ssm's kernels, then run transformers' Mamba and Mamba-2 models (forward and generate)."""

@@ -209,8 +209,14 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     return out.transpose(1, 2)
 
 
+@torch.compiler.assume_constant_result
+def _cuda_available() -> bool:
+    """Is the CUDA kernel importable? A constant to torch.compile (as ``ssd._triton_available``)."""
+    return _cuda_kernel() is not None
+
+
 register("selective_scan", Backend("cuda", selective_scan_cuda,
-                                   available=lambda device: device.type == "cuda" and _cuda_kernel() is not None,
+                                   available=lambda device: device.type == "cuda" and _cuda_available(),
                                    note="mamba-ssm selective_scan_cuda (compiled extension)"))
 register("selective_scan", Backend("torch-chunked", selective_scan_chunked, available=lambda device: True,
                                    note="pure PyTorch, chunks with a log-depth scan inside"))

@@ -209,8 +209,15 @@ def ssd_scan_triton(x: Tensor, dt: Tensor | None, A: Tensor, B: Tensor, C: Tenso
     return out
 
 
+@torch.compiler.assume_constant_result
+def _triton_available() -> bool:
+    """Is the Triton kernel importable? A constant to torch.compile (the mixers pick their backend inside compiled
+    code, and the compiler would otherwise trace the import behind the cache of ``_triton_kernel``)."""
+    return _triton_kernel() is not None
+
+
 register("ssd", Backend("triton", ssd_scan_triton,
-                        available=lambda device: device.type == "cuda" and _triton_kernel() is not None,
+                        available=lambda device: device.type == "cuda" and _triton_available(),
                         note="mamba-ssm mamba_chunk_scan_combined (Triton)"))
 register("ssd", Backend("torch-chunked", ssd_scan_chunked, available=lambda device: True,
                         note="pure PyTorch, chunked (Listing 1 of arXiv 2405.21060)"))
