@@ -183,6 +183,44 @@ def test_speculative_greedy_equals_plain_greedy(models, target):
     assert torch.equal(single.tokens, generate(model, PROMPT[:1], 16).tokens)
 
 
+def test_targets_verify_in_place_where_their_layers_allow_else_by_rolling_back(models):
+    """Attention and Mamba-2 layers verify a block in place on a static cache (the pass a CUDA graph captures);
+    Hyena layers cannot, so that target checkpoints and rolls back, and gives its plain greedy tokens all the same."""
+    from workbench.generation.verify import Rollback, Verifier, target_verifier, verification_session
+
+    chosen = {}
+    for name in ("teacher", "mamba2", "hybrid", "hyena"):
+        session = verification_session(models[name], 40)
+        chosen[name] = type(target_verifier(session, 2, 4, 40, graph=False))
+    assert chosen == {"teacher": Verifier, "mamba2": Verifier, "hybrid": Verifier, "hyena": Rollback}
+    model = models["hyena"]
+    plain = generate(model, PROMPT, 16, stop_tokens=[EOS], pad_token_id=PAD).tokens
+    for draft in (model, perturbed(model, 0.05)):
+        result = speculative_generate(model, draft, PROMPT, 16, k=3, stop_tokens=[EOS], pad_token_id=PAD)
+        assert torch.equal(result.tokens, plain) and not result.cuda_graph
+    assert speculative_generate(model, model, PROMPT, 16, k=3).acceptance_rate == 1.0
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        speculative_generate(model, model, PROMPT, 4, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_speculative_verification_is_captured_on_cuda(models):
+    """A draft model's rounds on CUDA: the target's pass replays a CUDA graph and gives the eager tokens."""
+    draft = perturbed(models["hybrid"], 0.05).to("cuda")                      # perturbed on the CPU, then moved
+    target = models["hybrid"].to("cuda")
+    prompt = PROMPT.to("cuda")
+    captured = speculative_generate(target, draft, prompt, 24, k=3)
+    eager = speculative_generate(target, draft, prompt, 24, k=3, cuda_graph=False)
+    assert captured.cuda_graph and not eager.cuda_graph
+    assert torch.equal(captured.tokens, eager.tokens)
+    assert torch.equal(captured.tokens, generate(target, prompt, 24, cuda_graph=False).tokens)
+    with pytest.raises(ValueError, match="verifies by rolling back"):
+        speculative_generate(models["hyena"].to("cuda"), models["hyena"], prompt, 4, cuda_graph=True)
+    for name in ("hybrid", "hyena"):
+        models[name].to("cpu")
+
+
 @pytest.mark.parametrize("mixer", ["mamba2", "hyena"])
 def test_mixer_prefill_state_equals_stepping(models, mixer):
     m = student_mixers(models[mixer])[1]

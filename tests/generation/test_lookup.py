@@ -8,7 +8,8 @@ import torch
 
 from tests.helpers.generation_checks import PROMPT, tiny_generation_models
 from workbench.generation import Session, generate
-from workbench.generation.lookup import PromptLookup, lookup_generate, static_lengths
+from workbench.generation.lookup import PromptLookup, lookup_generate
+from workbench.generation.verify import static_lengths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +57,8 @@ def test_lookup_greedy_equals_plain_greedy(models, k, name):
     plain = generate(model, PROMPT, 40, stop_tokens=[EOS], pad_token_id=PAD)
     result = lookup_generate(model, PROMPT, 40, k=k, stop_tokens=[EOS], pad_token_id=PAD)
     assert torch.equal(result.tokens, plain.tokens) and result.lengths == plain.lengths
-    assert result.rounds >= 1 and result.proposed == k * result.rounds and 0 <= result.accepted <= result.proposed
+    assert result.rounds >= 1 and k * (result.rounds - 1) <= result.proposed <= k * result.rounds  # the last: fewer
+    assert 0 <= result.accepted <= result.proposed
     assert result.tokens.shape[1] == 1 + result.rounds + result.accepted       # each round: accepted + 1
     assert not result.cuda_graph and len(result.per_token_seconds) == result.tokens.shape[1] - 1
     single = lookup_generate(model, PROMPT[:1], 40, k=k, max_ngram=2)

@@ -5,8 +5,9 @@ greedy speculative decoding, teacher pseudo-labels, and benchmarks of speed and 
   ``DecodeOptions`` (``THROUGHPUT``), ``GenerationResult``;
 - ``session``: ``Session``, a model's attention cache and mixer states, with checkpoint and rollback;
 - ``graph``: the decode step in a CUDA graph; ``compile``: the decode step under torch.compile;
-- ``sampling``: the next token from logits; ``speculative``: ``speculative_generate`` (a draft model);
-  ``lookup``: ``lookup_generate`` (drafts copied from the context, verified by one captured pass a round);
+- ``sampling``: the next token from logits; ``speculative``: ``speculative_generate`` (a draft model) and the
+  rounds both speculative decoders run; ``lookup``: ``lookup_generate`` (drafts copied from the context);
+  ``verify``: the target's pass over a round's drafts (in place, captured in a CUDA graph, or by rolling back);
 - ``pseudo``: corpora of a teacher's own continuations; ``models``: ``load_model`` from any name;
 - ``bench``: the benchmarks behind ``workbench bench``; ``cli``: that command.
 """

@@ -7,20 +7,12 @@ sequence's last n tokens (n from ``max_ngram`` down to ``min_ngram``), read on p
 the draft itself, so a loop shorter than k is drafted whole (greedy decoding of small models often loops; quoted
 text, code and lists repeat their context).
 
-One round of ``lookup_generate`` (greedy; the output is exactly the target's greedy output):
-  1. each row drafts k tokens (``PromptLookup.propose``; a row with no match drafts copies of its last token);
-  2. the target reads [last token, k drafts] in one pass (``Verifier``) and predicts the token after each;
-  3. the batch accepts the n leading drafts that every unfinished row's predictions agree with, plus the target's
-     own token after them: n + 1 new tokens.
-Going back costs nothing. Attention layers: the verification pass writes a static cache by position and each pass
-first sets the cache's length to where it starts, so entries past the accepted tokens are masked for every later
-query and are overwritten by the next pass. Mixer layers: the pass runs ``Mixer.verify``, which leaves the state as
-it was and returns the state after each drafted position; ``Mixer.accept`` then moves the state on by the accepted
-ones (Mamba-2 and its discrete variant have them: ``verifies``; a target with other mixers decodes with
-``speculative_generate``, which rebuilds states with ``Session.rollback``).
-
-On CUDA the pass is captured in a CUDA graph once (``cuda_graph``: "auto" captures on CUDA), so a round is one
-replay, one copy of the drafts to the device and one of the predictions back.
+``lookup_generate`` runs the rounds of ``workbench.generation.speculative`` with ``LookupDraft`` (a row with no
+match drafts copies of its last token) and the in-place verification of ``workbench.generation.verify`` (a static
+cache, ``Mixer.verify`` in the mixer layers, the pass captured in a CUDA graph on CUDA: a round is one replay, one
+copy of the drafts to the device and one of the predictions back). A target whose layers cannot verify in place
+(Hyena or Mamba-1 mixers, sliding-window attention) is refused: ``speculative_generate`` decodes it with a draft
+model, rolling back.
 """
 
 from __future__ import annotations
@@ -29,13 +21,12 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers.cache_utils import StaticLayer
 
 from workbench.device import sync
 from workbench.generation.engine import default_pad, prefill
 from workbench.generation.session import Session, unwrap
-from workbench.generation.speculative import SpeculativeResult, pad_after_stop, rows_stopped
-from workbench.students.base import verifies
+from workbench.generation.speculative import SpeculativeResult, check_round, speculate
+from workbench.generation.verify import Verifier, static_lengths, unverifiable_mixers
 
 
 class PromptLookup:
@@ -73,77 +64,21 @@ class PromptLookup:
         return []
 
 
-def static_lengths(cache) -> list[torch.Tensor]:
-    """The length counters (0-d tensors) of a ``StaticCache``'s layers, which place every write and size every
-    mask; ValueError for a cache with another kind of layer (sliding-window, mixer states)."""
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not StaticLayer for layer in layers):
-        kinds = sorted({type(layer).__name__ for layer in layers or []})
-        raise ValueError(f"lookup decoding verifies on a plain static attention cache; this target's cache holds "
-                         f"{kinds or 'no layers'}: decode it with speculative_generate (a draft model) instead")
-    return [layer.cumulative_length for layer in layers]
+class LookupDraft:
+    """Drafts for a batch, one ``PromptLookup`` per row over its prompt and the tokens accepted since."""
 
+    def __init__(self, input_ids: torch.Tensor, last: torch.Tensor, max_ngram: int, min_ngram: int):
+        self.device = input_ids.device
+        self.rows = [PromptLookup([*row, token], max_ngram, min_ngram)
+                     for row, token in zip(input_ids.tolist(), last.tolist())]
 
-class Verifier:
-    """The target's verification pass: ``tokens`` (B, T) read at positions [start, start + T) of the session's
-    static cache (of ``max_length`` positions), the greedy prediction (B, T) after each position, on the device. The
-    pass first sets every cache layer's length to ``start`` and hands the model its causal mask over the cache
-    ((1, 1, T, max_length), True where a query may attend), made on the device: transformers' own mask for a few new
-    positions would ask the host whether the cache is empty, which a CUDA graph cannot capture. ``graph``: captured in
-    a CUDA graph (after one eager warm-up pass at the session's length, whose writes the first real pass
-    overwrites), else run eagerly."""
+    def propose(self, k: int) -> torch.Tensor:
+        guesses = [row.propose(k) or [row.tokens[-1]] * k for row in self.rows]
+        return torch.tensor(guesses, device=self.device)                           # (B, k)
 
-    def __init__(self, session: Session, batch: int, width: int, max_length: int, graph: bool):
-        device = next(session.model.parameters()).device
-        self.session, self.width = session, width
-        self.lengths = static_lengths(session.cache)
-        self.ids = torch.zeros(batch, width, dtype=torch.long, device=device)     # (B, T)
-        self.start = torch.full((), session.length, dtype=torch.long, device=device)
-        self.offsets = torch.arange(width, device=device)                         # (T,)
-        self.keys = torch.arange(max_length, device=device)                       # (S,) cache positions
-        self.graph = None
-        if graph:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                self._pass()                                                      # lazily made buffers
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.predicted = self._pass()
-
-    def _pass(self) -> torch.Tensor:
-        for length in self.lengths:
-            length.copy_(self.start)
-        session = self.session
-        positions = self.start + self.offsets                                                      # (T,)
-        mask = (self.keys[None, :] <= positions[:, None])[None, None]                             # (1, 1, T, S)
-        kwargs = {**session.model_kwargs(), "position_ids": positions[None], "attention_mask": mask}
-        if session.keeps_logits:
-            kwargs["logits_to_keep"] = self.width
-        for m in session.mixers.values():
-            m.verifying = True
-        try:
-            with session.attention():
-                logits = session.model(input_ids=self.ids, **kwargs).logits[:, -self.width:]      # (B, T, V)
-        finally:
-            for m in session.mixers.values():
-                m.verifying = False
-        return logits.argmax(-1)                                                                   # (B, T)
-
-    def accept(self, n: int) -> None:
-        """After a pass: the session moves on by its first ``n`` tokens (the mixer layers' states with them)."""
-        for m in self.session.mixers.values():
-            m.accept(n)
-        self.session.length += n
-
-    def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        self.ids.copy_(tokens)
-        self.start.fill_(start)
-        if self.graph is None:
-            return self._pass()
-        self.graph.replay()
-        return self.predicted
+    def accept(self, new: torch.Tensor, n: int) -> None:
+        for row, tokens in zip(self.rows, new.tolist()):
+            row.extend(tokens)
 
 
 @torch.no_grad()
@@ -153,29 +88,21 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     """The target's greedy continuation of ``input_ids`` (B, L), drafted ``k`` tokens a round by ``PromptLookup``
     (n-grams of ``min_ngram`` to ``max_ngram`` tokens) and checked by one ``Verifier`` pass of k + 1 tokens (see the
     module docstring). ``cuda_graph``: "auto" (capture on CUDA), True (required) or False. Stop tokens and padding as
-    in ``generate``; ``proposed`` counts the draft positions verified (k a round), ``accepted`` those accepted."""
-    if k < 1:
-        raise ValueError(f"k (draft tokens per round) must be at least 1, got {k}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if cuda_graph not in ("auto", True, False):
-        raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
-    target = unwrap(target)
+    in ``generate``."""
     device = input_ids.device
-    if cuda_graph is True and device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs a CUDA device; the prompt is on {device}")
+    check_round(k, max_new_tokens, cuda_graph, device)
+    target = unwrap(target)
     B, L = input_ids.shape
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
-    drafts = [PromptLookup(row, max_ngram, min_ngram) for row in input_ids.tolist()]
-
     max_length = L + max_new_tokens + k + 1
     session = Session(target, max_length=max_length, static=True)
-    cannot = {i: type(m.mixer).__name__ for i, m in session.mixers.items() if not verifies(m.mixer)}
+    cannot = unverifiable_mixers(session)
     if cannot:
         raise ValueError(f"lookup decoding verifies drafts without moving the mixer layers' states (Mixer.verify); "
                          f"layers {sorted(cannot)} are {sorted(set(cannot.values()))} mixers, which cannot: decode "
                          f"this target with speculative_generate instead")
+    static_lengths(session.cache)                                                # a plain static cache, or why not
     sync(device)
     t0 = time.perf_counter()
     last = prefill(session, input_ids).argmax(-1)                                # (B,)
@@ -184,35 +111,5 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     verify = Verifier(session, B, k + 1, max_length, graph=device.type == "cuda" and cuda_graph in ("auto", True))
     sync(device)
     capture_seconds = time.perf_counter() - t0 - prefill_seconds
-    out, produced = [last[:, None]], 1
-    finished = rows_stopped(last[:, None], stops)
-    for row, token in zip(drafts, last.tolist()):
-        row.extend([token])
-    proposed = accepted = rounds = 0
-    per_token: list[float] = []
-    while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
-        t = time.perf_counter()
-        guesses = [row.propose(k) or [row.tokens[-1]] * k for row in drafts]                      # 1.
-        block = torch.tensor([[row.tokens[-1], *g] for row, g in zip(drafts, guesses)])           # (B, k + 1)
-        predicted = verify(block, session.length)                                                 # 2.
-        drafted = verify.ids[:, 1:]                                                               # (B, k)
-        agree = (predicted[:, :k] == drafted).long().cumprod(dim=1).sum(dim=1)                   # (B,)
-        n = int(agree[~finished].min()) if bool((~finished).any()) else k                         # 3.
-        n = min(n, max_new_tokens - produced - 1)
-        new = torch.cat([drafted[:, :n], predicted[:, n:n + 1]], dim=1)                           # (B, n + 1)
-        verify.accept(n + 1)
-        for row, tokens in zip(drafts, new.tolist()):
-            row.extend(tokens)
-        out.append(new)
-        produced += n + 1
-        finished = finished | rows_stopped(new, stops)
-        proposed += k
-        accepted += n
-        rounds += 1
-        per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
-    tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
-    tokens, lengths = pad_after_stop(tokens, stops, pad)
-    return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
-                             per_token_seconds=per_token[: tokens.shape[1] - 1], lengths=lengths,
-                             proposed=proposed, accepted=accepted, rounds=rounds,
-                             cuda_graph=verify.graph is not None, graph_capture_seconds=capture_seconds)
+    drafter = LookupDraft(input_ids, last, max_ngram, min_ngram)
+    return speculate(verify, drafter, last, max_new_tokens, k, stops, pad, prefill_seconds, capture_seconds)

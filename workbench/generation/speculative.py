@@ -1,12 +1,16 @@
-"""Greedy speculative decoding (as in Mamba in the Llama, arXiv 2408.15237): a draft model proposes k tokens one by
-one, the target checks all of them in one multi-token pass, and keeps the longest agreeing prefix plus its own next
-token. The output is exactly the target's greedy output; only the time changes.
+"""Greedy speculative decoding (as in Mamba in the Llama, arXiv 2408.15237): a drafter proposes k tokens, the target
+checks all of them in one multi-token pass, and keeps the longest agreeing prefix plus its own next token. The output
+is exactly the target's greedy output; only the time changes.
 
-Going back. Both models run in engine ``Session``s: before each round they ``checkpoint``; after verification the
-target rolls back to the last accepted token (its attention cache is cropped, its mixer states are rebuilt from the
-checkpoint by ``Mixer.extend`` over the accepted tokens' recorded layer inputs), and so does the draft. A batch
-accepts the number of tokens every unfinished sequence agrees on (so rows stay aligned; a row that would accept more
-gets the same tokens one round later).
+One round of ``speculate`` (the loop of ``speculative_generate`` and ``lookup_generate``):
+  1. the drafter proposes k tokens per row (``ModelDraft``: a draft model's greedy tokens; ``lookup.LookupDraft``:
+     tokens copied from the context);
+  2. the target reads [last token, k drafts] in one pass and predicts the token after each
+     (``workbench.generation.verify``: in place and captured in a CUDA graph where the target allows, else by
+     rolling back);
+  3. the batch accepts the n leading drafts that every unfinished row's predictions agree with, plus the target's
+     own token after them: n + 1 new tokens (so rows stay aligned; a row that would accept more gets the same tokens
+     one round later); target and drafter move on by them.
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from workbench.device import sync
 from workbench.generation.engine import GenerationResult, default_pad, prefill
 from workbench.generation.session import Session, unwrap
+from workbench.generation.verify import target_verifier, verification_session
 
 
 @dataclass
 class SpeculativeResult(GenerationResult):
-    proposed: int = 0       # draft tokens proposed (per sequence, summed over rounds)
+    proposed: int = 0       # draft tokens that could be accepted (per sequence: k a round, fewer in the last)
     accepted: int = 0       # of those, accepted by the target
     rounds: int = 0         # verification passes of the target
 
@@ -33,72 +39,122 @@ class SpeculativeResult(GenerationResult):
         return self.accepted / self.proposed if self.proposed else 0.0
 
 
-@torch.no_grad()
-def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens: int, k: int = 4,
-                         stop_tokens: Sequence[int] = (), pad_token_id: int | None = None) -> SpeculativeResult:
-    """The target's greedy continuation of ``input_ids`` (B, L), drafted ``k`` tokens at a time by ``draft`` (any
-    model with the same vocabulary; it may be the target itself). Stop tokens and padding as in ``generate``."""
-    if k < 1:
-        raise ValueError(f"k (draft tokens per round) must be at least 1, got {k}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    target, draft = unwrap(target), unwrap(draft)
-    device = input_ids.device
-    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
+class Drafter(Protocol):
+    def propose(self, k: int) -> torch.Tensor:
+        """(B, k) draft tokens on the device, to follow the last accepted token."""
+
+    def accept(self, new: torch.Tensor, n: int) -> None:
+        """The round's new tokens (B, n + 1): the first n drafts, then the target's own token."""
+
+
+class ModelDraft:
+    """Drafts by a draft model's greedy tokens (any model with the target's vocabulary), in an engine ``Session``
+    that marks each round's start and goes back to the accepted tokens after it (``Session.rollback``)."""
+
+    def __init__(self, draft, input_ids: torch.Tensor, last: torch.Tensor):
+        self.session = Session(unwrap(draft))
+        prefill(self.session, input_ids)
+        self.pending = last[:, None]                  # (B, P) tokens the draft has not read yet
+
+    def propose(self, k: int) -> torch.Tensor:
+        self.session.checkpoint()
+        proposals, x = [], self.pending
+        for _ in range(k):
+            x = self.session.forward(x)[:, -1].argmax(-1)[:, None]                  # (B, 1)
+            proposals.append(x)
+        self.drafts = torch.cat(proposals, dim=1)                                   # (B, k)
+        return self.drafts
+
+    def accept(self, new: torch.Tensor, n: int) -> None:
+        # the draft read the pending tokens and its first k - 1 drafts; it should have read the pending ones and n
+        read = torch.cat([self.pending, self.drafts], dim=1)
+        wanted = self.pending.shape[1] + n
+        done = self.session.length - self.session.mark
+        if wanted <= done:
+            self.session.rollback(self.session.mark + wanted)
+            self.pending = new[:, -1:]
+        else:                                          # every draft accepted: the last one is still to read
+            self.pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
+
+
+def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int, k: int, stops: torch.Tensor,
+              pad: int, prefill_seconds: float, capture_seconds: float = 0.0) -> SpeculativeResult:
+    """The rounds of the module docstring from the prompt's next token ``last`` (B,) on: ``verify`` (a
+    ``verify.Verifier`` or ``Rollback`` of the prefilled target), ``drafter`` (prefilled too)."""
+    device = last.device
+    out, produced = [last[:, None]], 1
+    finished = rows_stopped(last[:, None], stops)
     proposed = accepted = rounds = 0
     per_token: list[float] = []
-
-    verifier, drafter = Session(target), Session(draft)
-    sync(device)
-    t0 = time.perf_counter()
-    last = prefill(verifier, input_ids).argmax(-1)                           # (B,)
-    prefill(drafter, input_ids)
-    sync(device)
-    prefill_seconds = time.perf_counter() - t0
-    out = [last[:, None]]
-    produced = 1
-    pending = last[:, None]                                                   # tokens the draft has not read
-    finished = rows_stopped(last[:, None], stops)
     while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
         t = time.perf_counter()
-        kk = min(k, max_new_tokens - produced - 1)
-        verifier.checkpoint()
-        drafter.checkpoint()
-        proposals = []
-        x = pending
-        for _ in range(kk):
-            x = drafter.forward(x)[:, -1].argmax(-1)[:, None]
-            proposals.append(x)
-        props = torch.cat(proposals, dim=1) if proposals else pending[:, :0]  # (B, kk)
-        predicted = verifier.forward(torch.cat([last[:, None], props], dim=1), keep=kk + 1).argmax(-1)
-        agree = (predicted[:, :kk] == props).long().cumprod(dim=1).sum(dim=1)  # (B,) leading matches
-        n = int(agree[~finished].min()) if bool((~finished).any()) else kk
-        new = torch.cat([props[:, :n], predicted[:, n:n + 1]], dim=1)         # (B, n + 1)
-        verifier.rollback(verifier.mark + n + 1)                             # read: last, then n proposals
-        read = torch.cat([pending, props], dim=1)                            # what the draft was to read
-        wanted = pending.shape[1] + n
-        done = drafter.length - drafter.mark
-        if wanted <= done:
-            drafter.rollback(drafter.mark + wanted)
-            pending = new[:, -1:]
-        else:
-            pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
+        drafts = drafter.propose(k)                                                            # 1. (B, k)
+        predicted = verify(torch.cat([last[:, None], drafts], dim=1))                          # 2. (B, k + 1)
+        agree = (predicted[:, :k] == drafts).long().cumprod(dim=1).sum(dim=1)                  # (B,)
+        usable = min(k, max_new_tokens - produced - 1)                                         # the last round: fewer
+        n = min(int(agree[~finished].min()) if bool((~finished).any()) else k, usable)         # 3.
+        new = torch.cat([drafts[:, :n], predicted[:, n:n + 1]], dim=1)                         # (B, n + 1)
+        verify.accept(n + 1)
+        drafter.accept(new, n)
         out.append(new)
         produced += n + 1
         finished = finished | rows_stopped(new, stops)
         last = new[:, -1]
-        proposed += kk
+        proposed += usable
         accepted += n
         rounds += 1
         sync(device)
         per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
-
     tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
     tokens, lengths = pad_after_stop(tokens, stops, pad)
     return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
                              per_token_seconds=per_token[: tokens.shape[1] - 1], lengths=lengths,
-                             proposed=proposed, accepted=accepted, rounds=rounds)
+                             proposed=proposed, accepted=accepted, rounds=rounds,
+                             cuda_graph=verify.graph is not None, graph_capture_seconds=capture_seconds)
+
+
+def check_round(k: int, max_new_tokens: int, cuda_graph: bool | str, device: torch.device) -> None:
+    """The checks both generators make of their arguments, with the fix in each message."""
+    if k < 1:
+        raise ValueError(f"k (draft tokens per round) must be at least 1, got {k}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if cuda_graph not in ("auto", True, False):
+        raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+    if cuda_graph is True and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device; the prompt is on {device}")
+
+
+@torch.no_grad()
+def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens: int, k: int = 4,
+                         stop_tokens: Sequence[int] = (), pad_token_id: int | None = None,
+                         cuda_graph: bool | str = "auto") -> SpeculativeResult:
+    """The target's greedy continuation of ``input_ids`` (B, L), drafted ``k`` tokens a round by ``draft`` (any
+    model with the same vocabulary; it may be the target itself) and checked by one pass of k + 1 tokens, in place
+    where the target's layers allow (captured in a CUDA graph: ``cuda_graph`` "auto" captures on CUDA, True requires
+    it, False runs eagerly), else by rolling back. Stop tokens and padding as in ``generate``."""
+    device = input_ids.device
+    check_round(k, max_new_tokens, cuda_graph, device)
+    target = unwrap(target)
+    B, L = input_ids.shape
+    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
+    max_length = L + max_new_tokens + k + 1
+    session = verification_session(target, max_length)
+    sync(device)
+    t0 = time.perf_counter()
+    last = prefill(session, input_ids).argmax(-1)                                # (B,)
+    drafter = ModelDraft(draft, input_ids, last)
+    sync(device)
+    prefill_seconds = time.perf_counter() - t0
+    graph = device.type == "cuda" and cuda_graph in ("auto", True)
+    verify = target_verifier(session, B, k + 1, max_length, graph)
+    if cuda_graph is True and verify.graph is None:
+        raise ValueError("cuda_graph=True: this target verifies by rolling back (mixers without Mixer.verify, or a "
+                         "cache that is not plain static), which is not captured; pass cuda_graph='auto'")
+    sync(device)
+    capture_seconds = time.perf_counter() - t0 - prefill_seconds
+    return speculate(verify, drafter, last, max_new_tokens, k, stops, pad, prefill_seconds, capture_seconds)
 
 
 def rows_stopped(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:

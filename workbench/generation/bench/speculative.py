@@ -67,7 +67,7 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
 
     def speculative(ids, new, k):
         if ngram is None:
-            return speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k)
+            return speculative_generate(loaded_target.model, loaded_draft.model, ids, new, k=k, cuda_graph=cuda_graph)
         return lookup_generate(loaded_target.model, ids, new, k=k, max_ngram=ngram, cuda_graph=cuda_graph)
 
     limit = anatomy.context_length(anatomy.text_config(loaded_target.model))
