@@ -289,14 +289,17 @@ class Mamba2(ScanMixer):
         u = u.to(h0.dtype)                                                                # (B, T, H, P)
         log_a = (A if delta is None else delta * A).to(h0.dtype)                         # (B, T, H)
         u_in = u if delta is None else u * delta[..., None].to(h0.dtype)
-        B = B.to(h0.dtype).repeat_interleave(H // G, dim=2)                               # (B, T, H, N)
-        C = C.to(h0.dtype).repeat_interleave(H // G, dim=2)
+        Bs, P, N = x.shape[0], u.shape[-1], h0.shape[-1]
+        R = H // G                                                                        # heads per B/C group
+        B, C = B.to(h0.dtype), C.to(h0.dtype)                                             # (B, T, G, N), read per group
         cum = log_a.cumsum(dim=1)                                                         # (B, T, H)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()               # (t, s): s <= t
         decay = (cum[:, :, None] - cum[:, None, :]).masked_fill(~causal[:, :, None], -math.inf).exp()  # (B, t, s, H)
-        states = (cum.exp()[..., None, None] * h0[:, None]
-                  + torch.einsum("btsh,bshp,bshn->bthpn", decay, u_in, B))                # 5. (B, T, H, P, N)
-        y = torch.einsum("bthpn,bthn->bthp", states, C) + u * self.D.to(h0.dtype)[:, None]
+        inflow = torch.einsum("btsgr,bsgrp,bsgn->btgrpn", decay.view(Bs, T, T, G, R),
+                              u_in.view(Bs, T, G, R, P), B)                               # (B, T, G, R, P, N)
+        states = cum.exp()[..., None, None] * h0[:, None] + inflow.reshape(Bs, T, H, P, N)  # 5. (B, T, H, P, N)
+        y = torch.einsum("btgrpn,btgn->btgrp", states.view(Bs, T, G, R, P, N), C).reshape(Bs, T, H, P)
+        y = y + u * self.D.to(h0.dtype)[:, None]
         return self.readout(y, z), {"conv": window, "ssm": states}                      # 6., 7.
 
     def accept(self, state: dict[str, Tensor], pending: dict[str, Tensor], n: int) -> dict[str, Tensor]:
