@@ -35,10 +35,15 @@ class TeacherCache:
         return (isinstance(teacher, Teacher) and logit_transform(teacher.model) is not None
                 and fused_kl.plain(*teacher.model.parameters()))
 
-    def final_hidden(self, teacher: Teacher, batch: torch.Tensor) -> torch.Tensor:
-        """(B, W, D) the teacher's final hidden state on ``batch`` (B, W + 1) without its last position: kept, or
-        computed (the decoder alone, no LM head) and kept."""
-        key = hashlib.sha256(batch.detach().cpu().numpy().tobytes() + str(tuple(batch.shape)).encode()).digest()
+    @staticmethod
+    def key(batch: torch.Tensor) -> bytes:
+        """The key of a batch of token ids (B, W + 1) on the host (``compare`` hashes its batches before moving them
+        to the device, so a lookup costs no copy back)."""
+        return hashlib.sha256(batch.numpy().tobytes() + str(tuple(batch.shape)).encode()).digest()
+
+    def final_hidden(self, teacher: Teacher, batch: torch.Tensor, key: bytes) -> torch.Tensor:
+        """(B, W, D) the teacher's final hidden state on ``batch`` (B, W + 1, on the device; ``key``: its ``key``)
+        without its last position: kept, or computed (the decoder alone, no LM head) and kept."""
         if key in self.hidden:
             self.hits += 1
         else:
@@ -58,22 +63,24 @@ def compare(teacher, student, ids, window: int = 512, batch_size: int = 4, max_t
     t_logits, s_logits = logits_fn(teacher), logits_fn(student)
     cache = teacher_cache if teacher_cache is not None and TeacherCache.usable(teacher) else None
     spans = [(s, e) for s, e in windows(len(ids), window) if e - s == window + 1] or windows(len(ids), window)[:1]
-    sums = {"nll_s": 0.0, "nll_t": 0.0, "kl": 0.0, "agree": 0.0}
-    count = 0
+    parts, sizes = [], []   # per batch: (4,) summed NLLs and mean KL, agreement; its tokens. Read at the end
     for i in range(0, len(spans), batch_size):
-        batch = torch.stack([ids[s:e] for s, e in spans[i:i + batch_size]]).to(device)   # (B, W + 1)
+        host = torch.stack([ids[s:e] for s, e in spans[i:i + batch_size]])              # (B, W + 1)
+        batch = host.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         if cache is None:
             lt = t_logits(x).float()                                                      # (B, W, V)
         else:   # the LM head on the kept final hidden state, as the causal LM computes its logits
-            logits = F.linear(cache.final_hidden(teacher, batch), *output_head(teacher.model))
+            logits = F.linear(cache.final_hidden(teacher, batch, TeacherCache.key(host)), *output_head(teacher.model))
             lt = fused_kl.transform_logits(logits, *logit_transform(teacher.model)).float()
         ls = s_logits(x).float()
-        n = y.numel()
-        sums["nll_t"] += F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum").item()
-        sums["nll_s"] += F.cross_entropy(ls.flatten(0, 1), y.flatten(), reduction="sum").item()
-        sums["kl"] += kl_divergence(ls, lt).item() * n
-        sums["agree"] += top1_agreement(ls, lt).item() * n
-        count += n
-    return {"ppl_student": math.exp(sums["nll_s"] / count), "ppl_teacher": math.exp(sums["nll_t"] / count),
-            "kl": sums["kl"] / count, "agreement": sums["agree"] / count, "tokens": count}
+        parts.append(torch.stack([F.cross_entropy(ls.flatten(0, 1), y.flatten(), reduction="sum"),
+                                  F.cross_entropy(lt.flatten(0, 1), y.flatten(), reduction="sum"),
+                                  kl_divergence(ls, lt), top1_agreement(ls, lt)]))
+        sizes.append(y.numel())
+    count = sum(sizes)
+    per_batch = torch.stack(parts).cpu().double()                                          # (batches, 4)
+    weights = torch.tensor([[1.0, 1.0, n, n] for n in sizes], dtype=torch.float64)         # means -> sums
+    nll_s, nll_t, kl, agree = ((per_batch * weights).sum(0) / count).tolist()
+    return {"ppl_student": math.exp(nll_s), "ppl_teacher": math.exp(nll_t), "kl": kl, "agreement": agree,
+            "tokens": count}
