@@ -130,6 +130,49 @@ def test_killed_at_random_offsets_of_checkpoint_writes_loses_no_step(tiny_teache
         assert torch.equal(final[key], expected[key]), key
 
 
+def test_checkpoints_are_written_while_the_steps_go_on(tiny_teacher_dir, tmp_path, straight, monkeypatch):
+    """A checkpoint reaches the disk on a thread of its own while the next step runs (here each write first waits
+    half a second), and holds the state of its own step, not the one training reached meanwhile: its files are
+    bit for bit those of the run that wrote every checkpoint at once."""
+    real = RunDir.save_checkpoint
+
+    def slow(self, step, tensors, state):
+        time.sleep(0.5)
+        return real(self, step, tensors, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", slow)
+    out = tmp_path / "background"
+    Run(tiny_config(tiny_teacher_dir), out, progress=False, final_eval_tokens=64).execute()
+    order = [(e["type"], e["step"]) for e in iter_events(out / "events.jsonl") if e["type"] in ("step", "checkpoint")]
+    assert order.index(("step", 2)) < order.index(("checkpoint", 1))     # step 2 ran during checkpoint 1's write
+    assert [step for kind, step in order if kind == "checkpoint"] == list(range(1, STEPS + 1))
+    names = RunDir.open(straight).checkpoint_names()
+    assert names == RunDir.open(out).checkpoint_names() and len(names) == 2    # an earlier step's checkpoint too
+    for name in names:
+        ours = checkpoint.load_tensors(out / "checkpoints" / f"{name}.safetensors")
+        theirs = checkpoint.load_tensors(straight / "checkpoints" / f"{name}.safetensors")
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+
+
+def test_a_failed_background_write_stops_the_run_and_is_reported():
+    writer = checkpoint.BackgroundWriter()
+    done = []
+    writer.submit(lambda: done.append(1))
+    writer.wait()
+    assert done == [1]
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.submit(lambda: done.append(2))          # the next checkpoint reports the last one's failure
+    assert done == [1]
+    writer.submit(full_disk)
+    writer.join()                                       # a process leaving by another error: no second error
+    writer.wait()
+
+
 @pytest.mark.slow
 def test_real_sigkills_during_checkpoint_writes(tiny_teacher_dir, tmp_path, straight):
     """Three real SIGKILLs of a CLI run, each at a random moment once it checkpoints every step, then resumes."""

@@ -5,7 +5,8 @@ folder: a reader sees either the old file or the new one, never a torn one, even
 A kill leaves at most the temporary file (``.NAME.XXXX.tmp``), which ``remove_temp_files`` deletes on the next start.
 Tensors go to safetensors (no pickle); small state (step, RNG, optimiser scalars) to JSON beside them. ``sha256``
 is the checksum a checkpoint's state records for its tensors file, so a reader can tell a file changed after it was
-written (a flipped bit, a truncation, an edit) from the file the run wrote.
+written (a flipped bit, a truncation, an edit) from the file the run wrote. ``BackgroundWriter`` writes one
+checkpoint at a time on a thread of its own, from a copy of the tensors on the host, while training goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,47 @@ TEMP_PATTERN = ".*.tmp"  # the names atomic_write gives its temporary files
 
 class CorruptCheckpoint(RuntimeError):
     pass
+
+
+class BackgroundWriter:
+    """One write at a time on a thread of its own, so that training goes on while a checkpoint reaches the disk
+    (a checkpoint of the default student with its AdamW state is about 1.6 GB: seconds of writing and checksumming).
+    ``submit`` first waits for the write before it; ``wait`` returns once none is in flight and raises the error the
+    last one ended with (a full disk stops the run at its next checkpoint or at its end, not silently). The thread is
+    not a daemon: a process that ends, even by an error, finishes the write first, and the atomic writes keep a
+    killed one from leaving a torn file."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.wait()
+
+        def run():
+            try:
+                work()
+            except BaseException as err:   # handed to the thread that waits
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def join(self) -> None:
+        """Wait for the write in flight, if any, and forget how it ended: for a process already leaving by an error
+        (the one to report)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._error = None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 import types
 import typing
@@ -448,6 +449,7 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._start = time.time()
+        self._lock = threading.Lock()   # the checkpoint writer's thread logs too: one line at a time
         self._repair_tail()
 
     def _repair_tail(self) -> None:
@@ -465,7 +467,7 @@ class EventLog:
         now = time.time()
         event = {"type": type, "v": FORMAT_VERSION, "time": now, "wall": now - self._start, **_clean(fields)}
         line = json.dumps(event, separators=(",", ":")) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             if self.fsync:

@@ -58,7 +58,7 @@ from workbench.analysis.layer_scores import greedy_restore, replacement_costs, s
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
-from workbench.distill.checkpoint import CorruptCheckpoint, save_json
+from workbench.distill.checkpoint import BackgroundWriter, CorruptCheckpoint, save_json
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
@@ -116,6 +116,7 @@ class Run:
         self.final_eval_tokens = final_eval_tokens  # held-out tokens for the summary (None = the whole split)
         self._stop = threading.Event()              # set by request_stop; read by the step loop
         self._saved_step: int | None = None         # global step of the newest checkpoint this process holds
+        self._writer = BackgroundWriter()           # writes checkpoints while the steps go on
 
     @classmethod
     def resume(cls, out: str | Path, progress: bool = True) -> Run:
@@ -234,6 +235,7 @@ class Run:
             try:
                 return self._execute(run_dir, device)
             finally:
+                self._writer.join()   # leaving by an error: the checkpoint in flight completes before release
                 if run_dir.writer:
                     run_dir.release()
 
@@ -259,6 +261,7 @@ class Run:
             resumed = s_idx == position.stage_idx and position.stage_step > 0
             global_step = self._run_stage(run_dir, s_idx, position.stage_step if resumed else 0, global_step,
                                           opt_state if resumed else None, saved)
+        self._writer.wait()   # the last checkpoint complete (or its error raised) before the summary
         return self._finish(run_dir, global_step)
 
     def _resume_point(self, run_dir: RunDir, saved: list[str]) -> tuple[Position, dict[str, torch.Tensor] | None]:
@@ -485,8 +488,9 @@ class Run:
 
     def _checkpoint(self, run_dir: RunDir, stage: StageConfig, saved: list[str], opt, train_params,
                     **position) -> None:
-        """Write the trained parameters and AdamW state at ``position``; weights that are not finite are never
-        written (the run stops as diverged)."""
+        """Write the trained parameters and AdamW state at ``position``, in the background (``BackgroundWriter``:
+        the "checkpoint" event follows once the files are complete); weights that are not finite are never written
+        (the run stops as diverged)."""
         if self.sharded is not None:
             tensors = distributed.gather_sharded(self.sharded, saved, opt)
         else:
@@ -501,9 +505,17 @@ class Run:
         if floating and not torch.stack([torch.isfinite(t).all() for t in floating]).all().item():
             self._diverged(run_dir, stage, position["global_step"],
                            f"non-finite weights after step {position['global_step']}", {})
-        run_dir.save_checkpoint(position["global_step"], tensors, position)
-        run_dir.log("checkpoint", step=position["global_step"])
-        self._saved_step = position["global_step"]
+        self._saved_step = step = position["global_step"]
+        if not run_dir.writer:
+            return
+        # the state at this step, copied to the host: the writer's thread saves it while the next steps change it
+        snapshot = {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
+
+        def write():
+            run_dir.save_checkpoint(step, snapshot, position)
+            run_dir.log("checkpoint", step=step)
+
+        self._writer.submit(write)
 
     def _stop_here(self, run_dir: RunDir, stage: StageConfig, saved: list[str], opt, train_params,
                    position: Position) -> None:
@@ -513,6 +525,7 @@ class Run:
         if position.global_step > 0 and position.global_step != self._saved_step:
             self._checkpoint(run_dir, stage, saved, opt, train_params, stage_idx=position.stage_idx,
                              stage_step=position.stage_step, global_step=position.global_step)
+        self._writer.wait()
         self._stop.clear()
         message = (f"stopped on request after step {position.global_step}; continue with "
                    f"Run.resume({str(self.out)!r}) or `workbench distill --resume {self.out}`")
