@@ -17,16 +17,13 @@ model, rolling back.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
 
-from workbench.device import sync
-from workbench.generation.engine import default_pad, prefill
-from workbench.generation.session import Session, unwrap
-from workbench.generation.speculative import SpeculativeResult, check_round, speculate
-from workbench.generation.verify import Verifier, static_lengths, unverifiable_mixers
+from workbench.generation.session import Session
+from workbench.generation.speculative import SpeculativeResult, in_rounds
+from workbench.generation.verify import static_lengths, unverifiable_mixers
 
 
 class PromptLookup:
@@ -89,13 +86,14 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     (n-grams of ``min_ngram`` to ``max_ngram`` tokens) and checked by one ``Verifier`` pass of k + 1 tokens (see the
     module docstring). ``cuda_graph``: "auto" (capture on CUDA), True (required) or False. Stop tokens and padding as
     in ``generate``."""
-    device = input_ids.device
-    check_round(k, max_new_tokens, cuda_graph, device)
-    target = unwrap(target)
-    B, L = input_ids.shape
-    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
-    max_length = L + max_new_tokens + k + 1
+    return in_rounds(target, input_ids, max_new_tokens, k, stop_tokens, pad_token_id, cuda_graph,
+                     session_for=lookup_session,
+                     drafter_for=lambda last: LookupDraft(input_ids, last, max_ngram, min_ngram))
+
+
+def lookup_session(target, max_length: int) -> Session:
+    """A static session of ``target`` in which drafts are verified in place; ValueError naming the layers that
+    cannot (and ``speculative_generate``, which can decode that target)."""
     session = Session(target, max_length=max_length, static=True)
     cannot = unverifiable_mixers(session)
     if cannot:
@@ -103,13 +101,4 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
                          f"layers {sorted(cannot)} are {sorted(set(cannot.values()))} mixers, which cannot: decode "
                          f"this target with speculative_generate instead")
     static_lengths(session.cache)                                                # a plain static cache, or why not
-    sync(device)
-    t0 = time.perf_counter()
-    last = prefill(session, input_ids).argmax(-1)                                # (B,)
-    sync(device)
-    prefill_seconds = time.perf_counter() - t0
-    verify = Verifier(session, B, k + 1, max_length, graph=device.type == "cuda" and cuda_graph in ("auto", True))
-    sync(device)
-    capture_seconds = time.perf_counter() - t0 - prefill_seconds
-    drafter = LookupDraft(input_ids, last, max_ngram, min_ngram)
-    return speculate(verify, drafter, last, max_new_tokens, k, stops, pad, prefill_seconds, capture_seconds)
+    return session

@@ -2,7 +2,8 @@
 checks all of them in one multi-token pass, and keeps the longest agreeing prefix plus its own next token. The output
 is exactly the target's greedy output; only the time changes.
 
-One round of ``speculate`` (the loop of ``speculative_generate`` and ``lookup_generate``):
+``in_rounds`` is the whole of a generation for both ``speculative_generate`` and ``lookup_generate`` (the target's
+session, prefill, drafter and verification, then the rounds); one round of ``speculate``:
   1. the drafter proposes k tokens per row (``ModelDraft``: a draft model's greedy tokens; ``lookup.LookupDraft``:
      tokens copied from the context);
   2. the target reads [last token, k drafts] in one pass and predicts the token after each
@@ -16,7 +17,7 @@ One round of ``speculate`` (the loop of ``speculative_generate`` and ``lookup_ge
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -125,14 +126,14 @@ def check_round(k: int, max_new_tokens: int, cuda_graph: bool | str, device: tor
         raise ValueError(f"cuda_graph=True needs a CUDA device; the prompt is on {device}")
 
 
-@torch.no_grad()
-def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens: int, k: int = 4,
-                         stop_tokens: Sequence[int] = (), pad_token_id: int | None = None,
-                         cuda_graph: bool | str = "auto") -> SpeculativeResult:
-    """The target's greedy continuation of ``input_ids`` (B, L), drafted ``k`` tokens a round by ``draft`` (any
-    model with the same vocabulary; it may be the target itself) and checked by one pass of k + 1 tokens, in place
-    where the target's layers allow (captured in a CUDA graph: ``cuda_graph`` "auto" captures on CUDA, True requires
-    it, False runs eagerly), else by rolling back. Stop tokens and padding as in ``generate``."""
+def in_rounds(target, input_ids: torch.Tensor, max_new_tokens: int, k: int, stop_tokens: Sequence[int],
+              pad_token_id: int | None, cuda_graph: bool | str,
+              session_for: Callable[[torch.nn.Module, int], Session],
+              drafter_for: Callable[[torch.Tensor], Drafter]) -> SpeculativeResult:
+    """The whole of a speculative generation: the target's session (``session_for(model, max_length)``), its
+    prefill, the drafter (``drafter_for(last)``, prefilled with it: both are timed as the prefill), the target's
+    verification (``verify.target_verifier``; captured and timed as the capture when ``cuda_graph`` allows), then
+    the rounds (``speculate``)."""
     device = input_ids.device
     check_round(k, max_new_tokens, cuda_graph, device)
     target = unwrap(target)
@@ -140,11 +141,11 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     pad = default_pad(target, stop_tokens) if pad_token_id is None else pad_token_id
     max_length = L + max_new_tokens + k + 1
-    session = verification_session(target, max_length)
+    session = session_for(target, max_length)
     sync(device)
     t0 = time.perf_counter()
     last = prefill(session, input_ids).argmax(-1)                                # (B,)
-    drafter = ModelDraft(draft, input_ids, last)
+    drafter = drafter_for(last)
     sync(device)
     prefill_seconds = time.perf_counter() - t0
     graph = device.type == "cuda" and cuda_graph in ("auto", True)
@@ -155,6 +156,18 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     sync(device)
     capture_seconds = time.perf_counter() - t0 - prefill_seconds
     return speculate(verify, drafter, last, max_new_tokens, k, stops, pad, prefill_seconds, capture_seconds)
+
+
+@torch.no_grad()
+def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens: int, k: int = 4,
+                         stop_tokens: Sequence[int] = (), pad_token_id: int | None = None,
+                         cuda_graph: bool | str = "auto") -> SpeculativeResult:
+    """The target's greedy continuation of ``input_ids`` (B, L), drafted ``k`` tokens a round by ``draft`` (any
+    model with the same vocabulary; it may be the target itself) and checked by one pass of k + 1 tokens, in place
+    where the target's layers allow (captured in a CUDA graph: ``cuda_graph`` "auto" captures on CUDA, True requires
+    it, False runs eagerly), else by rolling back. Stop tokens and padding as in ``generate``."""
+    return in_rounds(target, input_ids, max_new_tokens, k, stop_tokens, pad_token_id, cuda_graph,
+                     session_for=verification_session, drafter_for=lambda last: ModelDraft(draft, input_ids, last))
 
 
 def rows_stopped(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
