@@ -303,9 +303,12 @@ def test_divergence_keeps_only_checkpoints_whose_weights_gave_a_finite_loss(tiny
     """lr 1e6 with a checkpoint every step: the weights of step 1 are finite (near 1e6) but give a non-finite loss
     at step 2. That checkpoint is set aside, so no good checkpoint exists, and the error says so and advises a new
     run with a lower learning rate (resuming cannot change it). Before, latest.json named the diverged weights,
-    a resume failed at once, and the message promised a good checkpoint."""
+    a resume failed at once, and the message promised a good checkpoint. The checkpoint is still being written when
+    the divergence shows (each write waits half a second here): it lands first, then is set aside."""
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss) as failure:
+    real = RunDir.save_checkpoint
+    with monkeypatch.context() as patch, pytest.raises(NonFiniteLoss) as failure:
+        patch.setattr(RunDir, "save_checkpoint", lambda *args: time.sleep(0.5) or real(*args))
         Run(tiny_config(tiny_teacher_dir, lr=1e6), out, progress=False).execute()
     (error,) = iter_events(out / "events.jsonl", "error")
     run = RunDir.open(out)

@@ -475,6 +475,7 @@ class Run:
         """Stop the run: the weights after ``global_step`` steps are bad (``cause``: they gave a non-finite loss, or
         are non-finite). Their checkpoint, if written, is set aside; the "error" event and the exception name the
         checkpoint left to resume from, or say that none exists, and give advice that works."""
+        self._writer.join()   # the checkpoint of these weights may still be being written: let it land, then set aside
         kept = run_dir.set_aside_diverged(global_step)
         if kept is None:
             where = f"run folder {self.out} keeps no last good checkpoint (none was written before the divergence)"
