@@ -94,11 +94,11 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
 def lookup_session(target, max_length: int) -> Session:
     """A static session of ``target`` in which drafts are verified in place; ValueError naming the layers that
     cannot (and ``speculative_generate``, which can decode that target)."""
-    session = Session(target, max_length=max_length, static=True)
-    cannot = unverifiable_mixers(session)
+    cannot = unverifiable_mixers(target)
     if cannot:
         raise ValueError(f"lookup decoding verifies drafts without moving the mixer layers' states (Mixer.verify); "
                          f"layers {sorted(cannot)} are {sorted(set(cannot.values()))} mixers, which cannot: decode "
                          f"this target with speculative_generate instead")
+    session = Session(target, max_length=max_length, static=True)
     static_lengths(session.cache)                                                # a plain static cache, or why not
     return session

@@ -68,14 +68,12 @@ class ModelDraft:
 
     def accept(self, new: torch.Tensor, n: int) -> None:
         # the draft read the pending tokens and its first k - 1 drafts; it should have read the pending ones and n
-        read = torch.cat([self.pending, self.drafts], dim=1)
         wanted = self.pending.shape[1] + n
-        done = self.session.length - self.session.mark
-        if wanted <= done:
+        if wanted <= self.session.length - self.session.mark:
             self.session.rollback(self.session.mark + wanted)
             self.pending = new[:, -1:]
         else:                                          # every draft accepted: the last one is still to read
-            self.pending = torch.cat([read[:, done:wanted], new[:, -1:]], dim=1)
+            self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
 
 
 def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int, k: int, stops: torch.Tensor,

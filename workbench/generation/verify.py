@@ -18,30 +18,35 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import StaticLayer
 
-from workbench.generation.session import Session
+from workbench.generation.session import Session, unwrap
+from workbench.students.adapter import mixer_attentions
 from workbench.students.base import verifies
+
+
+def plain_static(cache) -> bool:
+    """Is ``cache`` a ``StaticCache`` of plain static layers only (no sliding-window ones)?"""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is StaticLayer for layer in layers)
 
 
 def static_lengths(cache) -> list[torch.Tensor]:
     """The length counters (0-d tensors) of a ``StaticCache``'s layers, which place every write and size every
     mask; ValueError for a cache with another kind of layer (sliding-window, mixer states)."""
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not StaticLayer for layer in layers):
-        kinds = sorted({type(layer).__name__ for layer in layers or []})
+    if not plain_static(cache):
+        kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", None) or []})
         raise ValueError(f"lookup decoding verifies on a plain static attention cache; this target's cache holds "
                          f"{kinds or 'no layers'}: decode it with speculative_generate (a draft model) instead")
-    return [layer.cumulative_length for layer in layers]
+    return [layer.cumulative_length for layer in cache.layers]
 
 
-def unverifiable_mixers(session: Session) -> dict[int, str]:
-    """Layer index -> mixer class of the session's mixer layers that cannot verify drafts in place."""
-    return {i: type(m.mixer).__name__ for i, m in session.mixers.items() if not verifies(m.mixer)}
+def unverifiable_mixers(model) -> dict[int, str]:
+    """Layer index -> mixer class of the model's mixer layers that cannot verify drafts in place."""
+    return {i: type(m.mixer).__name__ for i, m in mixer_attentions(unwrap(model)).items() if not verifies(m.mixer)}
 
 
 def verifies_in_place(session: Session) -> bool:
-    """Can ``Verifier`` run on ``session`` (a static one): every mixer verifies and the cache is plain static?"""
-    layers = getattr(session.cache, "layers", None) or []
-    return bool(layers) and all(type(layer) is StaticLayer for layer in layers) and not unverifiable_mixers(session)
+    """Can ``Verifier`` run on ``session``: every mixer verifies and its cache is plain static?"""
+    return plain_static(session.cache) and not unverifiable_mixers(session.model)
 
 
 class Verifier:
@@ -126,9 +131,11 @@ class Rollback:
 
 def verification_session(target, max_length: int) -> Session:
     """A session of ``target`` to verify drafts in: static (``max_length`` tokens) where ``Verifier`` can run on it,
-    else dynamic (for ``Rollback``)."""
+    else dynamic (for ``Rollback``; mixers that cannot verify are known before any cache is made)."""
+    if unverifiable_mixers(target):
+        return Session(target)
     session = Session(target, max_length=max_length, static=True)
-    return session if verifies_in_place(session) else Session(target)
+    return session if plain_static(session.cache) else Session(target)
 
 
 def target_verifier(session: Session, batch: int, width: int, max_length: int, graph: bool) -> Verifier | Rollback:
