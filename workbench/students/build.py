@@ -29,7 +29,7 @@ from workbench.students.adapter import MixerAttention, student_mixers
 from workbench.students.calibrate import calibrate_output_scale
 from workbench.students.hf import as_student_config
 from workbench.students.registry import mixer_class, resolve_config
-from workbench.students.spec import INITS, SPEC_KEY, StudentSpec, split_layers
+from workbench.students.spec import INITS, SPEC_KEY, StudentSpec, check_layers, split_layers
 from workbench.teachers import anatomy
 from workbench.teachers.anatomy import AttentionWeights
 from workbench.teachers.wrapper import Teacher
@@ -98,7 +98,8 @@ def install(model: nn.Module, spec: StudentSpec, overrides: dict) -> StudentSpec
 
 def build_student(teacher_model: nn.Module, mixer: str = "mamba2", keep_attention: Sequence[int] | None = None,
                   init: str = "attention", calibration_ids: torch.Tensor | None = None,
-                  replace: Sequence[int] | None = None, **mixer_config) -> Student:
+                  replace: Sequence[int] | None = None, source_layers: Sequence[int] | None = None,
+                  **mixer_config) -> Student:
     """A student: a deep copy of the teacher (a Hugging Face causal LM, or a workbench Teacher) whose attention is
     replaced by ``mixer`` in every layer not listed in ``keep_attention`` or, given ``replace`` instead, in the
     layers it lists (``workbench.students.spec.split_layers``; neither: every layer).
@@ -111,6 +112,10 @@ def build_student(teacher_model: nn.Module, mixer: str = "mamba2", keep_attentio
     ``calibration_ids`` (B, L) token ids: after the swap, rescale each mixer's output per head to the RMS of the
     attention head it replaces, measured on the teacher's activations for these tokens
     (``workbench.students.calibrate``; a few hundred tokens suffice). Recommended with ``init="attention"``.
+
+    ``source_layers``: a shallow student (a draft model for speculative decoding) keeps only these teacher layers
+    (``spread_layers`` spreads a depth over the teacher) and drops the rest (``anatomy.keep_layers``); its layers are
+    numbered 0..len(source_layers) - 1, while ``keep_attention`` and ``replace`` still name teacher layers.
     """
     if isinstance(teacher_model, Teacher):
         teacher_model = teacher_model.model
@@ -119,11 +124,21 @@ def build_student(teacher_model: nn.Module, mixer: str = "mamba2", keep_attentio
     mixer_class(mixer)  # unknown names fail before the copy
     n = len(anatomy.decoder_layers(teacher_model))
     replaced, _ = split_layers(n, keep_attention=keep_attention, replace=replace)
-    spec = StudentSpec(mixer=mixer, mixer_config={}, layers=replaced, init=init, num_layers=n)
+    source = list(range(n)) if source_layers is None else check_layers("source_layers", source_layers, n)
+    dropped = sorted((set(keep_attention or []) | set(replace or [])) - set(source))
+    if dropped:
+        raise ValueError(f"layers {dropped} are dropped from the student (its source layers are {source}): name only "
+                         f"source layers in keep_attention or replace")
+    layers = [j for j, i in enumerate(source) if i in replaced]               # the student's own numbering
+    spec = StudentSpec(mixer=mixer, mixer_config={}, layers=layers, init=init, num_layers=len(source),
+                       source_layers=None if source_layers is None else source)
     student = copy.deepcopy(teacher_model)
+    if source_layers is not None:
+        anatomy.keep_layers(student, source)
     install(student, spec, mixer_config)
-    if calibration_ids is not None:
-        calibrate_output_scale(student, teacher_model, calibration_ids, mixers=student_mixers(student))
+    if calibration_ids is not None:  # each mixer scaled against the teacher layer it was copied from
+        mixers = {source[j]: mixer for j, mixer in student_mixers(student).items()}
+        calibrate_output_scale(student, teacher_model, calibration_ids, mixers=mixers)
     return student.requires_grad_(True)
 
 

@@ -26,7 +26,8 @@ SPEC_KEY = "workbench_student"  # the config attribute (and config.json key) hol
 INITS = ("attention", "random")
 
 
-def _check(name: str, layers: Sequence[int], n: int) -> list[int]:
+def check_layers(name: str, layers: Sequence[int], n: int) -> list[int]:
+    """``layers`` sorted; ValueError naming ``name`` if one is out of 0..n - 1 or listed twice."""
     layers = list(layers)
     bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
     if bad:
@@ -50,9 +51,9 @@ def split_layers(num_layers: int, keep_attention: Sequence[int] | None = None,
     or the layers to replace (not both); neither given: every layer is replaced."""
     check_one_of(keep_attention, replace)
     if replace is not None:
-        replaced = _check("replace", replace, num_layers)
+        replaced = check_layers("replace", replace, num_layers)
         return replaced, [i for i in range(num_layers) if i not in replaced]
-    kept = _check("keep_attention", keep_attention or [], num_layers)
+    kept = check_layers("keep_attention", keep_attention or [], num_layers)
     return [i for i in range(num_layers) if i not in kept], kept
 
 
@@ -111,13 +112,26 @@ class AutoKeep:
         return k
 
 
+def spread_layers(num_layers: int, depth: int) -> list[int]:
+    """``depth`` of a ``num_layers``-layer teacher's layers, evenly spread, the first and the last always among them
+    (a shallow student's source layers): spread_layers(30, 6) -> [0, 6, 12, 17, 23, 29]."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_layers:
+        raise ValueError(f"depth {depth!r}: a student keeps between 1 and the teacher's {num_layers} layers")
+    if depth == 1:
+        return [num_layers - 1]
+    return sorted({round(j * (num_layers - 1) / (depth - 1)) for j in range(depth)})
+
+
 @dataclass
 class StudentSpec:
     mixer: str                       # mixer name in the registry (workbench.students.registry), in every replaced layer
     mixer_config: dict               # the resolved mixer config's fields (dataclasses.asdict)
     layers: list[int]                # indices of the layers whose attention is a mixer (canonical)
     init: str                        # "attention" (Mamba in the Llama's transfer) or "random"
-    num_layers: int | None = None    # the teacher's decoder layers; None in specs saved before it was recorded
+    num_layers: int | None = None    # the student's decoder layers (the teacher's, unless some were dropped); None
+                                     #   in specs saved before it was recorded
+    source_layers: list[int] | None = None  # a shallow student: the teacher layer each of its layers was copied
+                                     #   from (the rest dropped, ``keep_layers``); None: all of them, one to one
 
     @property
     def keep_attention(self) -> list[int]:
@@ -130,7 +144,7 @@ class StudentSpec:
         """The stored form: the fields, and ``keep_attention`` for readers of config.json."""
         return {"mixer": self.mixer, "mixer_config": self.mixer_config, "layers": list(self.layers),
                 "keep_attention": self.keep_attention if self.num_layers is not None else None,
-                "init": self.init, "num_layers": self.num_layers}
+                "init": self.init, "num_layers": self.num_layers, "source_layers": self.source_layers}
 
     @classmethod
     def from_dict(cls, data: dict) -> StudentSpec:

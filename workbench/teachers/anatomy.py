@@ -17,7 +17,7 @@ Shapes: D model width, H query heads, G key/value heads, P head width.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -149,6 +149,37 @@ def attention_of(layer: nn.Module) -> tuple[str, nn.Module]:
         raise ValueError(f"{type(layer).__name__} should have exactly one child whose class ends in 'Attention'; "
                          f"its children are {children}")
     return found[0]
+
+
+PER_LAYER_FIELDS = ("layer_types", "no_rope_layers")  # text config lists with one entry per decoder layer
+
+
+def keep_layers(model: nn.Module, keep: Sequence[int]) -> None:
+    """Drop, in place, every decoder layer of ``model`` not listed in ``keep`` (ascending layer indices): a shallower
+    model of the same family, whose config says so (``num_hidden_layers`` and the per-layer lists of
+    ``PER_LAYER_FIELDS``), so that it runs, saves and loads with the family's own code. The kept layers are
+    renumbered 0..len(keep) - 1 (each attention's ``layer_idx``, read by the KV cache)."""
+    layers = decoder_layers(model)
+    n = len(layers)
+    if list(keep) != sorted(set(keep)) or not keep or not all(0 <= i < n for i in keep):
+        raise ValueError(f"keep_layers {list(keep)}: give ascending, distinct indices of the model's layers 0..{n - 1}")
+    holders = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.ModuleList) and len(child) == n and all(a is b for a, b in zip(child, layers))]
+    if len(holders) != 1:
+        raise ValueError(f"could not find the one nn.ModuleList holding {type(model).__name__}'s {n} decoder layers: "
+                         f"its layers cannot be dropped")
+    parent, name = holders[0]
+    setattr(parent, name, nn.ModuleList([layers[i] for i in keep]))
+    config = text_config(model)
+    for field in PER_LAYER_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            setattr(config, field, [value[i] for i in keep])
+    config.num_hidden_layers = len(keep)
+    for j, layer in enumerate(decoder_layers(model)):
+        for module in (layer, attention_of(layer)[1]):
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = j
 
 
 def around_attention(layer: nn.Module) -> list[tuple[str, nn.Module]]:
