@@ -21,8 +21,8 @@ from workbench.teachers.registry import DEFAULT_TEACHER, REGISTRY
 DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention's layer lists
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
-RECIPE_OPTIONS = ("mixer", "keep_attention", "depth", "init", "corpus", "eval_corpus", "corpus_weights", "recipe", "tokens",
-                  "seq_len", "align",
+RECIPE_OPTIONS = ("mixer", "keep_attention", "depth", "init", "corpus", "eval_corpus", "corpus_weights", "recipe",
+                  "tokens", "seq_len", "align",
                   "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
                   "device")  # what `distill --config` replaces
 # RunConfig's defaults of the distill flags that set its evaluation and checkpoint cadence, written here so that the
