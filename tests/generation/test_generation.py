@@ -17,7 +17,7 @@ from workbench.generation.bench.speed import hf_kernels_per_step
 from workbench.generation.models import LoadedModel
 from workbench.generation.sampling import filter_logits, next_tokens
 from workbench.generation.session import cache_keyword
-from workbench.students import student_mixers
+from workbench.students import build_student, student_mixers
 from workbench.students.adapter import mixer_attentions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,6 +181,18 @@ def test_speculative_greedy_equals_plain_greedy(models, target):
     assert rates[0] == rates[1] == 1.0                                             # the model drafting for itself
     single = speculative_generate(model, perturbed(model, 0.05), PROMPT[:1], 16, k=4)
     assert torch.equal(single.tokens, generate(model, PROMPT[:1], 16).tokens)
+
+
+def test_shallow_students_generate_and_draft(models):
+    """A shallow student (the teacher's layers 0 and 2, layer 2 keeping attention, renumbered 1): the engine's greedy
+    tokens are transformers' own, and as a draft or as a target it leaves the greedy text of its target unchanged."""
+    shallow = build_student(models["teacher"], "mamba2", keep_attention=[2], source_layers=[0, 2]).eval()
+    assert torch.equal(generate(shallow, PROMPT, 10, stop_tokens=[EOS], pad_token_id=PAD).tokens,
+                       hf_greedy(shallow, PROMPT, 10))
+    for target, draft in ((models["teacher"], shallow), (models["hybrid"], shallow), (shallow, models["mamba2"])):
+        plain = generate(target, PROMPT, 16, stop_tokens=[EOS], pad_token_id=PAD).tokens
+        result = speculative_generate(target, draft, PROMPT, 16, k=3, stop_tokens=[EOS], pad_token_id=PAD)
+        assert torch.equal(result.tokens, plain)
 
 
 def test_targets_verify_in_place_where_their_layers_allow_else_by_rolling_back(models):

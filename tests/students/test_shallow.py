@@ -131,3 +131,20 @@ def test_a_shallow_run_trains_and_loads(tmp_path, teacher):
     loaded = load_run_student(run, device="cpu")
     assert len(anatomy.decoder_layers(loaded.student)) == 1 and loaded.step > 0
     assert student_spec(loaded.student).source_layers == [1]
+
+
+def test_distill_depth_flag(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+    from workbench.distill.run import Run
+
+    started = []
+    monkeypatch.setattr(Run, "execute", lambda run: started.append(run.config) or {})
+    common = ["--tokens", "4k", "--seq-len", "64", "--batch-size", "2"]
+    assert main(["distill", "--depth", "6", *common, "--out", str(tmp_path / "draft")]) == 0
+    assert started[0].depth == 6 and started[0].keep_attention == []
+    assert [s.lr for s in started[0].stages] == pytest.approx([3e-4, 3e-4])   # all-mixer defaults: e2e at the lr
+    assert main(["distill", "--depth", "0", *common, "--out", str(tmp_path / "zero")]) == 2
+    assert "--depth 0: must be a count of layers >= 1" in capsys.readouterr().err
+    assert main(["distill", "--depth", "6", "--recipe", "mohawk", *common, "--out", str(tmp_path / "m")]) == 2
+    assert "match the student's layers to the teacher's one to one" in capsys.readouterr().err
+    assert len(started) == 1
