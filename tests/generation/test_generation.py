@@ -227,10 +227,47 @@ def test_speculative_verification_is_captured_on_cuda(models):
     assert captured.cuda_graph and not eager.cuda_graph
     assert torch.equal(captured.tokens, eager.tokens)
     assert torch.equal(captured.tokens, generate(target, prompt, 24, cuda_graph=False).tokens)
+    # an all-Mamba-2 draft: each draft step a replay of its own captured step, rejected drafts undone by snapshots
+    mamba_draft = perturbed(models["mamba2"], 0.005).to("cuda")                # perturbed on the CPU, then moved
+    for target_model, plain in ((target, captured.tokens), (models["mamba2"].to("cuda"), None)):
+        snapshots = speculative_generate(target_model, mamba_draft, prompt, 24, k=3)
+        eager = speculative_generate(target_model, mamba_draft, prompt, 24, k=3, cuda_graph=False)
+        assert torch.equal(snapshots.tokens, eager.tokens) and snapshots.accepted == eager.accepted
+        if plain is not None:
+            assert torch.equal(snapshots.tokens, plain)
+    assert 0 < snapshots.accepted < snapshots.proposed
     with pytest.raises(ValueError, match="verifies by rolling back"):
         speculative_generate(models["hyena"].to("cuda"), models["hyena"], prompt, 4, cuda_graph=True)
-    for name in ("hybrid", "hyena"):
+    for name in ("hybrid", "hyena", "mamba2"):
         models[name].to("cpu")
+
+
+def test_all_mixer_drafts_go_back_by_state_snapshots(models, monkeypatch):
+    """An all-Mamba-2 draft drafts through ``SnapshotDraft`` (states copied after each step, restored on rejection),
+    other drafts through ``ModelDraft`` (re-run on rejection); the two propose the same tokens, so the rounds match."""
+    from workbench.generation import speculative
+
+    chosen = []
+    real = speculative.model_drafter
+
+    def spy(*args):
+        drafter = real(*args)
+        chosen.append(type(drafter).__name__)
+        return drafter
+
+    monkeypatch.setattr(speculative, "model_drafter", spy)
+    draft = perturbed(models["mamba2"], 0.005)   # tiny random models' argmax is fragile: a small perturbation
+    for target in ("mamba2", "teacher"):
+        speculative_generate(models[target], models["hybrid"], PROMPT, 8, k=2)
+        snap = speculative_generate(models[target], draft, PROMPT, 20, k=3, stop_tokens=[EOS], pad_token_id=PAD)
+        monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
+        rerun = speculative_generate(models[target], draft, PROMPT, 20, k=3, stop_tokens=[EOS], pad_token_id=PAD)
+        monkeypatch.undo()
+        monkeypatch.setattr(speculative, "model_drafter", spy)
+        assert torch.equal(snap.tokens, rerun.tokens)
+        assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds)
+        assert snap.accepted < snap.proposed and (snap.accepted > 0 or target == "teacher")  # rejected, accepted
+    assert chosen == ["ModelDraft", "SnapshotDraft", "ModelDraft"] * 2
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "hyena"])

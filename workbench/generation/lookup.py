@@ -88,7 +88,7 @@ def lookup_generate(target, input_ids: torch.Tensor, max_new_tokens: int, k: int
     in ``generate``."""
     return in_rounds(target, input_ids, max_new_tokens, k, stop_tokens, pad_token_id, cuda_graph,
                      session_for=lookup_session,
-                     drafter_for=lambda last: LookupDraft(input_ids, last, max_ngram, min_ngram))
+                     drafter_for=lambda last, *_: LookupDraft(input_ids, last, max_ngram, min_ngram))
 
 
 def lookup_session(target, max_length: int) -> Session:

@@ -25,8 +25,10 @@ import torch
 
 from workbench.device import sync
 from workbench.generation.engine import GenerationResult, default_pad, prefill
+from workbench.generation.graph import capture_step, static_state_problem
 from workbench.generation.session import Session, unwrap
 from workbench.generation.verify import target_verifier, verification_session
+from workbench.teachers import anatomy
 
 
 @dataclass
@@ -74,6 +76,83 @@ class ModelDraft:
             self.pending = new[:, -1:]
         else:                                          # every draft accepted: the last one is still to read
             self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) -> the greedy token (B,) (chosen inside a captured step)."""
+    return logits.argmax(-1)
+
+
+class SnapshotDraft:
+    """Drafts as ``ModelDraft`` does, for a draft made of mixer layers only whose steps update their states in place
+    (an all-Mamba-2 student, e.g. a shallow one: ``workbench distill --depth``): one token per step, each step one
+    replay of the draft's step captured in a CUDA graph with the argmax inside it (``graph``; else eager), and after
+    every step a copy of the mixer states into a slot, so that going back to the accepted tokens copies a slot back
+    instead of running the kept tokens again. Nothing waits for the device.
+
+    A round: slot 0 holds the states at the round's start; the draft reads its pending tokens (the target's token of
+    the last round, after an all-accepted round also the last draft), then its own drafts but the last, each read
+    saved to the next slot; accepting n drafts restores the slot of (pending + n) reads."""
+
+    def __init__(self, session: Session, last: torch.Tensor, k: int, graph: bool):
+        self.session = session                        # prefilled; static when ``graph``
+        if graph:
+            self.step = capture_step(session, last, compile=False, choose=greedy)
+            self.next = self.step.first_token         # (B,) the draft's choice after the tokens it has read
+        else:
+            self.step = lambda token: session.forward(token[:, None])[:, -1].argmax(-1)
+            self.next = self.step(last)
+        self.pending = last[:, None][:, :0]           # (B, P) tokens the draft has not read yet (none: it read last)
+        self.tensors = [v for m in session.mixers.values() for v in m.state.values() if torch.is_tensor(v)]
+        self.slots = [torch.empty((k + 2, *t.shape), dtype=t.dtype, device=t.device) for t in self.tensors]
+
+    @staticmethod
+    def fits(session: Session, batch: int) -> bool:
+        """Can ``session`` (prefilled) draft this way: every layer a mixer, every step in place?"""
+        return (len(session.mixers) == len(anatomy.decoder_layers(session.model))
+                and static_state_problem(session, batch) is None)
+
+    def _save(self, slot: int) -> None:
+        torch._foreach_copy_([saved[slot] for saved in self.slots], self.tensors)
+
+    def propose(self, k: int) -> torch.Tensor:
+        self.start, self.reads = self.session.length, 0
+        self._save(0)
+        x = self.next
+        for j in range(self.pending.shape[1]):
+            x = self.step(self.pending[:, j])
+            self.reads += 1
+            self._save(self.reads)
+        proposals = [x]
+        for _ in range(k - 1):
+            x = self.step(x)
+            self.reads += 1
+            self._save(self.reads)
+            proposals.append(x)
+        self.drafts = torch.stack(proposals, dim=1)                                 # (B, k)
+        return self.drafts
+
+    def accept(self, new: torch.Tensor, n: int) -> None:
+        wanted = self.pending.shape[1] + n            # reads that hold: the pending tokens and n drafts
+        if wanted <= self.reads:
+            if wanted < self.reads:
+                torch._foreach_copy_(self.tensors, [saved[wanted] for saved in self.slots])
+                self.session.length = self.start + wanted
+            self.pending = new[:, -1:]
+        else:                                          # every draft accepted: the last one is still to read
+            self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
+
+
+def model_drafter(draft, input_ids: torch.Tensor, last: torch.Tensor, k: int, max_length: int,
+                  graph: bool) -> Drafter:
+    """The drafter of a draft model: ``SnapshotDraft`` where it ``fits`` (captured when ``graph``), else
+    ``ModelDraft``."""
+    model = unwrap(draft)
+    session = Session(model, max_length=max_length, static=True) if graph else Session(model)
+    prefill(session, input_ids)
+    if SnapshotDraft.fits(session, input_ids.shape[0]):
+        return SnapshotDraft(session, last, k, graph)
+    return ModelDraft(draft, input_ids, last)
 
 
 def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int, k: int, stops: torch.Tensor,
@@ -127,9 +206,10 @@ def check_round(k: int, max_new_tokens: int, cuda_graph: bool | str, device: tor
 def in_rounds(target, input_ids: torch.Tensor, max_new_tokens: int, k: int, stop_tokens: Sequence[int],
               pad_token_id: int | None, cuda_graph: bool | str,
               session_for: Callable[[torch.nn.Module, int], Session],
-              drafter_for: Callable[[torch.Tensor], Drafter]) -> SpeculativeResult:
+              drafter_for: Callable[[torch.Tensor, int, bool], Drafter]) -> SpeculativeResult:
     """The whole of a speculative generation: the target's session (``session_for(model, max_length)``), its
-    prefill, the drafter (``drafter_for(last)``, prefilled with it: both are timed as the prefill), the target's
+    prefill, the drafter (``drafter_for(last, max_length, graph)``, prefilled with it: both are timed as the prefill;
+    ``graph``: whether steps may be captured), the target's
     verification (``verify.target_verifier``; captured and timed as the capture when ``cuda_graph`` allows), then
     the rounds (``speculate``)."""
     device = input_ids.device
@@ -143,10 +223,10 @@ def in_rounds(target, input_ids: torch.Tensor, max_new_tokens: int, k: int, stop
     sync(device)
     t0 = time.perf_counter()
     last = prefill(session, input_ids).argmax(-1)                                # (B,)
-    drafter = drafter_for(last)
+    graph = device.type == "cuda" and cuda_graph in ("auto", True)
+    drafter = drafter_for(last, max_length, graph)
     sync(device)
     prefill_seconds = time.perf_counter() - t0
-    graph = device.type == "cuda" and cuda_graph in ("auto", True)
     verify = target_verifier(session, B, k + 1, max_length, graph)
     if cuda_graph is True and verify.graph is None:
         raise ValueError("cuda_graph=True: this target verifies by rolling back (mixers without Mixer.verify, or a "
@@ -165,7 +245,9 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     where the target's layers allow (captured in a CUDA graph: ``cuda_graph`` "auto" captures on CUDA, True requires
     it, False runs eagerly), else by rolling back. Stop tokens and padding as in ``generate``."""
     return in_rounds(target, input_ids, max_new_tokens, k, stop_tokens, pad_token_id, cuda_graph,
-                     session_for=verification_session, drafter_for=lambda last: ModelDraft(draft, input_ids, last))
+                     session_for=verification_session,
+                     drafter_for=lambda last, max_length, graph: model_drafter(draft, input_ids, last, k, max_length,
+                                                                               graph))
 
 
 def rows_stopped(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
