@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from tests.helpers.generation_checks import PROMPT, bench_json, graph_against_eager, saved, tiny_generation_models
+from tests.helpers.tiny_models import tiny
 from workbench.generation import DecodeOptions, Session, generate, speculative_generate
 from workbench.generation.bench import BENCH_FIELDS, position_buckets, run_setting
 from workbench.generation.bench.speed import hf_kernels_per_step
@@ -268,6 +269,14 @@ def test_all_mixer_drafts_go_back_by_state_snapshots(models, monkeypatch):
         assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds)
         assert snap.accepted < snap.proposed and (snap.accepted > 0 or target == "teacher")  # rejected, accepted
     assert chosen == ["ModelDraft", "SnapshotDraft", "ModelDraft"] * 2
+    # GPT-2's learned positions: a draft that went back to the wrong position would draft other tokens
+    gpt2 = build_student(tiny("gpt2"), "mamba2").eval()
+    gpt2_draft = perturbed(gpt2, 0.005)
+    snap = speculative_generate(gpt2, gpt2_draft, PROMPT, 20, k=3)
+    monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
+    rerun = speculative_generate(gpt2, gpt2_draft, PROMPT, 20, k=3)
+    assert torch.equal(snap.tokens, rerun.tokens) and snap.rounds > 5
+    assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds)
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "hyena"])

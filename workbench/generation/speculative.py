@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import DynamicCache
 
 from workbench.device import sync
 from workbench.generation.engine import GenerationResult, default_pad, prefill
 from workbench.generation.graph import capture_step, static_state_problem
 from workbench.generation.session import Session, unwrap
-from workbench.generation.verify import target_verifier, verification_session
+from workbench.generation.verify import plain_static, static_lengths, target_verifier, verification_session
 from workbench.teachers import anatomy
 
 
@@ -103,14 +104,20 @@ class SnapshotDraft:
             self.step = lambda token: session.forward(token[:, None])[:, -1].argmax(-1)
             self.next = self.step(last)
         self.pending = last[:, None][:, :0]           # (B, P) tokens the draft has not read yet (none: it read last)
+        self.graph = graph
+        # what a step moves on: the mixer states, and on a static cache its layers' length counters (the mixers'
+        # markers place their writes by them)
         self.tensors = [v for m in session.mixers.values() for v in m.state.values() if torch.is_tensor(v)]
+        self.tensors += static_lengths(session.cache) if graph else []
         self.slots = [torch.empty((k + 2, *t.shape), dtype=t.dtype, device=t.device) for t in self.tensors]
 
     @staticmethod
     def fits(session: Session, batch: int) -> bool:
-        """Can ``session`` (prefilled) draft this way: every layer a mixer, every step in place?"""
+        """Can ``session`` (prefilled) draft this way: every layer a mixer, every step in place, and a dynamic or
+        plain static cache?"""
         return (len(session.mixers) == len(anatomy.decoder_layers(session.model))
-                and static_state_problem(session, batch) is None)
+                and static_state_problem(session, batch) is None
+                and (isinstance(session.cache, DynamicCache) or plain_static(session.cache)))
 
     def _save(self, slot: int) -> None:
         torch._foreach_copy_([saved[slot] for saved in self.slots], self.tensors)
@@ -137,6 +144,10 @@ class SnapshotDraft:
         if wanted <= self.reads:
             if wanted < self.reads:
                 torch._foreach_copy_(self.tensors, [saved[wanted] for saved in self.slots])
+                if not self.graph:                     # the undone reads leave the dynamic cache and the counts
+                    self.session.cache.crop(wanted - self.reads)
+                    for m in self.session.mixers.values():
+                        m.seen -= self.reads - wanted
                 self.session.length = self.start + wanted
             self.pending = new[:, -1:]
         else:                                          # every draft accepted: the last one is still to read
