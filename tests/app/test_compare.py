@@ -213,3 +213,7 @@ def test_the_quality_campaigns_runs_load_by_row_and_budget():
         assert row["held-out ratio"] == pytest.approx(records[(name, 30_000_000, 0)]["ppl_ratio"])
     with pytest.raises(ValueError, match="not a quality-curve file"):
         read_records(folders[0] / "summary.json")
+    # one row at one budget in two sweeps: named with the sweep folder too, the other runs as before
+    sweep = campaign.parent / "h200-2026-12-02c" / "curve-e2e_lr_ratio-1.0" / "mil-25" / "30M-s0"
+    names = set(compare_runs([*folders, sweep], x="tokens").table["run"])
+    assert names == {"mil-0/30M-s0", "curve/mil-25/30M-s0", "curve-e2e_lr_ratio-1.0/mil-25/30M-s0", "mil-50/30M-s0"}

@@ -217,12 +217,13 @@ def test_default_learning_rate_is_lower_only_for_mamba_in_llama_without_attentio
     assert default_lr("mohawk", 0) == default_lr("kd", 0) == 1e-3
 
 
-def test_default_dials_raise_the_end_to_end_rate_only_for_mamba_in_llama_without_attention(tmp_path, monkeypatch):
+def test_default_dials_raise_the_end_to_end_rate_where_it_was_measured(tmp_path, monkeypatch):
     from workbench.cli import main
     from workbench.distill.recipes import default_dials, full_dials
 
-    assert default_dials("mamba-in-llama", 0) == {"e2e_lr_ratio": 1.0}
-    assert default_dials("mamba-in-llama", 8) == default_dials("mohawk", 0) == default_dials("kd", 0) == {}
+    assert default_dials("mamba-in-llama", 0) == default_dials("mamba-in-llama", 8) == {"e2e_lr_ratio": 1.0}
+    assert default_dials("scavenging-hyena", 0) == {"e2e_lr_ratio": 0.3}
+    assert default_dials("mohawk", 0) == default_dials("kd", 0) == {}
     assert full_dials("mamba-in-llama") == {"align": 0.0, "e2e_lr_ratio": 0.1}
     assert full_dials("mamba-in-llama", e2e_lr_ratio=1.0) == {"align": 0.0, "e2e_lr_ratio": 1.0}
     with pytest.raises(KeyError, match="unknown recipe 'mamba'"):
@@ -231,7 +232,8 @@ def test_default_dials_raise_the_end_to_end_rate_only_for_mamba_in_llama_without
     monkeypatch.setattr(Run, "execute", lambda run: started.append(run.config) or {})
     common = ["--tokens", "4k", "--seq-len", "64", "--batch-size", "2"]
     for keep, flags, lrs in (([], [], [3e-4, 3e-4]), ([], ["--e2e-lr-ratio", "0.1"], [3e-4, 3e-5]),
-                             (["--keep-attention", "0,2"], [], [1e-3, 1e-4])):
+                             (["--keep-attention", "0,2"], [], [1e-3, 1e-3]),
+                             (["--keep-attention", "0,2"], ["--e2e-lr-ratio", "0.1"], [1e-3, 1e-4])):
         assert main(["distill", "--recipe", "mamba-in-llama", *keep, *flags, *common,
                      "--out", str(tmp_path / f"run{len(started)}")]) == 0
         assert [s.lr for s in started[-1].stages] == pytest.approx(lrs)

@@ -72,14 +72,23 @@ def read_run(folder: str | Path, name: str | None = None) -> RunEvents:
     return RunEvents(name or path.resolve().name, events)
 
 
+def run_name(path: Path, paths: Sequence[Path]) -> str:
+    """The shortest tail of ``path`` (its folder, then with the folders above) that no other of ``paths`` ends in."""
+    others = [p for p in paths if p != path]
+    for depth in range(1, len(path.parts) + 1):
+        tail = path.parts[-depth:]
+        if all(p.parts[-depth:] != tail for p in others):
+            return "/".join(tail)
+    return str(path)
+
+
 def compare_runs(folders: Iterable[str | Path], x: str = "step") -> Comparison:
     """The comparison of the runs in ``folders``: overlaid loss and evaluation curves against ``x`` ("step" or
     "tokens"), final quality against training tokens, and the table of final numbers. Each run is named by its
-    folder, with the folder above where two share a name."""
+    folder, with as many folders above as tell it from the others (a quality curve's ROW/30M-s0, and the sweep
+    folder above that where two rows share a name)."""
     paths = [Path(folder).resolve() for folder in folders]
-    names = [p.name for p in paths]
-    # runs of one name in different folders (a quality curve's ROW/30M-s0) are told apart by their parent
-    runs = [read_run(p, f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name) for p in paths]
+    runs = [read_run(p, run_name(p, paths)) for p in paths]
     return Comparison(loss_overlay(runs, x), eval_overlay(runs, x), quality_vs_tokens(runs), compare_table(runs))
 
 
