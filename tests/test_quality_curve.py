@@ -130,7 +130,9 @@ def test_collect_runs_without_plotly_and_lists_what_is_missing(tmp_path):
               "runpy.run_path(sys.argv[0], run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", script, str(ROOT / "benchmarks" / "quality_curve.py"), "--collect",
                            "--rows", "mil-50", "--budgets", "8M,30M", "--seeds", "0,2", "--out",
-                           str(tmp_path / "runs"), "--json", str(out)], capture_output=True, text=True, cwd=ROOT,
+                           str(tmp_path / "runs"), "--json", str(out),
+                           "--dials", "e2e_lr_ratio=0.1"],       # the end-to-end rate these runs were made at
+                          capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
