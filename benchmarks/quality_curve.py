@@ -188,7 +188,7 @@ def run_folder(root: str | Path, item: CurveRow, budget: int, seed: int) -> Path
 def run_config(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> RunConfig:
     """The run config of ``item`` at ``budget`` and ``seed`` under the script's flags."""
     return row_config(item.row, n_layers, budget, args.seq_len, args.batch_size, args.lr, args.device,
-                      args.teacher, args.compile, dials=args.dials, corpus=args.corpus,
+                      args.teacher, args.compile, dials=args.dials, micro_batch=args.micro_batch, corpus=args.corpus,
                       corpus_weights=args.corpus_weights,
                       seed=seed, eval_every=args.eval_every,
                       eval_window=args.eval_window, checkpoint_every=args.checkpoint_every,
@@ -311,6 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a mix's per-source sampling weights over those it was built with, e.g. sotu=4")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step (the global batch)")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward and backward, the step's "
+                   "gradients added up over the parts (less memory, e.g. MOHAWK's matrix stage beside other runs; "
+                   "default: the whole batch)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, default_lr)")
     p.add_argument("--dials", default=None, metavar="NAME=VALUE,...",
                    help="recipe dials over each row's own, e.g. e2e_lr_ratio=0.3 (a sweep: give it its own --out)")

@@ -20,6 +20,7 @@ the GPU's dense bf16 peak: ``workbench.distill.throughput`` (``kd_flops_per_toke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -74,14 +75,16 @@ def row_dials(row: Row, n_layers: int, dials: dict | None = None) -> dict:
 
 
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float | None, device: str,
-               teacher: str, compile: bool = False, dials: dict | None = None, **fields) -> RunConfig:
+               teacher: str, compile: bool = False, dials: dict | None = None, micro_batch: int | None = None,
+               **fields) -> RunConfig:
     """The run of ``row`` at ``tokens``: ``lr`` None takes the recipe's default for the row's kept layers
-    (``default_lr``); ``dials`` (recipe dials) over the row's own (``row_dials``); ``fields`` sets further RunConfig
-    fields (corpus, seed, eval_every, ...)."""
+    (``default_lr``); ``dials`` (recipe dials) over the row's own (``row_dials``); ``micro_batch``: every stage's
+    (StageConfig.micro_batch); ``fields`` sets further RunConfig fields (corpus, seed, eval_every, ...)."""
     keep = kept_layers(n_layers, row.attention_share)
     lr = default_lr(row.recipe, len(keep)) if lr is None else lr
-    stages = recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                    **row_dials(row, n_layers, dials))
+    stages = [dataclasses.replace(stage, micro_batch=micro_batch) for stage in
+              recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
+                     **row_dials(row, n_layers, dials))]
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]

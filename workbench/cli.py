@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import shutil
@@ -22,7 +23,7 @@ DEMO_PROMPT = "The state of our Union is"
 LAYER_LIST = comma_ints("layer indices like 0,15")  # argparse type of --keep-attention's layer lists
 RESUME_OPTIONS = ("resume", "nproc", "fsdp")  # what `distill --resume` takes: the rest is the run's config.json
 RECIPE_OPTIONS = ("mixer", "keep_attention", "depth", "init", "corpus", "eval_corpus", "corpus_weights", "recipe",
-                  "tokens", "seq_len", "align",
+                  "tokens", "seq_len", "align", "micro_batch",
                   "batch_size", "lr", "eval_every", "eval_tokens", "eval_window", "checkpoint_every", "teacher",
                   "device")  # what `distill --config` replaces
 # RunConfig's defaults of the distill flags that set its evaluation and checkpoint cadence, written here so that the
@@ -419,6 +420,9 @@ def _distill_config(args, given: set[str]):
         check_flag("--e2e-lr-ratio", args.e2e_lr_ratio,
                    args.e2e_lr_ratio is None or 0 < args.e2e_lr_ratio < float("inf"), "must be a number > 0")
         check_counts(args, "--seq-len", "--batch-size", "--eval-tokens", "--eval-window", "--checkpoint-every")
+        check_flag("--micro-batch", args.micro_batch, args.micro_batch is None or (
+            args.micro_batch >= 1 and args.batch_size % args.micro_batch == 0),
+            f"must be a count of rows >= 1 that divides --batch-size ({args.batch_size})")
         check_counts(args, "--eval-every", minimum=0)
         check_flag("--lr", args.lr, args.lr is None or 0 < args.lr < float("inf"), "must be a number > 0")
 
@@ -442,7 +446,9 @@ def _distill_config(args, given: set[str]):
         dials = default_dials(args.recipe, kept) | {
             name: value for name, value in (("align", args.align), ("e2e_lr_ratio", args.e2e_lr_ratio))
             if value is not None}
-        stages = recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr, **dials)
+        stages = [dataclasses.replace(stage, micro_batch=args.micro_batch) for stage in
+                  recipe(args.recipe, tokens=tokens, seq_len=args.seq_len, batch_size=args.batch_size, lr=lr,
+                         **dials)]
         config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, keep_attention_auto=auto,
                            depth=args.depth, init=args.init, stages=stages, device=args.device, corpus=args.corpus,
                            eval_corpus=args.eval_corpus,
@@ -696,6 +702,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward and backward: each step "
+                   "adds up the gradients of batch-size / micro-batch parts, the same step in less memory, e.g. for "
+                   "MOHAWK's matrix stage (default: the whole batch at once)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 3e-4 for "
                    "mamba-in-llama with no attention kept)")
     p.add_argument("--align", type=float, default=None, help="mamba-in-llama and kd: weight of the mixer-output "

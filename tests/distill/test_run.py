@@ -321,3 +321,43 @@ def test_a_run_never_writes_into_a_folder_of_other_files_nor_onto_a_file(tiny_te
         folder.mkdir(exist_ok=True)
         run_dir = Run(tiny_config(tiny_teacher_dir, stages), folder, progress=False).prepare()
         assert (run_dir.path / "config.json").exists()
+
+
+def test_a_step_in_micro_batches_is_the_whole_batch_step(tmp_path, teacher):
+    """StageConfig.micro_batch: the rows of a step go forward and backward a part at a time, their gradients added up
+    with each part's share of the rows; the reference twin is the step over the whole batch at once. The two runs'
+    losses, gradient norms and trained weights agree to float32 rounding."""
+    from tests.helpers.tiny_models import tiny_hyena_run
+    from workbench.distill.config import StageConfig
+    from workbench.distill.load import load_run_student
+
+    def stages(micro):
+        return [StageConfig("kd", losses={"kl": 1.0, "ce": 0.1}, tokens=3 * 4 * 32, batch_size=4, seq_len=32,
+                            lr=1e-3, micro_batch=micro)]
+
+    whole = tiny_hyena_run(tmp_path / "whole", teacher, stages=stages(None))
+    parts = tiny_hyena_run(tmp_path / "parts", teacher, stages=stages(1))
+    steps = [[e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines()) if e["type"] == "step"]
+             for run in (whole, parts)]
+    assert len(steps[0]) == len(steps[1]) == 3
+    for a, b in zip(*steps):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["loss_ce"] == pytest.approx(a["loss_ce"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    trained = [dict(load_run_student(run, device="cpu").student.named_parameters()) for run in (whole, parts)]
+    for name, value in trained[0].items():
+        torch.testing.assert_close(trained[1][name], value, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch=3 does not divide batch_size=4"):
+        stages(3)[0].validate()
+
+
+def test_distill_micro_batch_flag(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+
+    started = []
+    monkeypatch.setattr(Run, "execute", lambda run: started.append(run.config) or {})
+    common = ["--recipe", "mohawk", "--tokens", "40k", "--seq-len", "64", "--batch-size", "8"]
+    assert main(["distill", *common, "--micro-batch", "4", "--out", str(tmp_path / "a")]) == 0
+    assert [s.micro_batch for s in started[0].stages] == [4, 4, 4]
+    assert main(["distill", *common, "--micro-batch", "3", "--out", str(tmp_path / "b")]) == 2
+    assert "--micro-batch 3: must be a count of rows >= 1 that divides --batch-size (8)" in capsys.readouterr().err

@@ -152,6 +152,7 @@ def test_batch_fit_says_what_the_batch_needs_and_the_largest_that_fits():
     message = fit.message("kd")
     assert "stage 'kd': a batch of 64 x 512 tokens does not fit on Fake GPU (141.0 GiB" in message
     assert f"about {141:.1f} GiB" in message and "pass --batch-size 41" in message
+    assert "--micro-batch 32 to keep the batch" in message             # the largest divisor of 64 that fits
 
     # the fit may think the batch asked fits (fragmentation, a kernel's workspace): it did not, so one row fewer
     roomy = FakeMemory(fixed=10 * GIB, per_row=2 * GIB, capacity=1000 * GIB)

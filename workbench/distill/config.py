@@ -110,6 +110,9 @@ class StageConfig:
     min_lr_ratio: float = 0.1                 # final lr = min_lr_ratio * lr
     weight_decay: float = 0.0                 # distillation rarely needs it; filters/SSM params must not decay
     batch_size: int = 8                       # sequences per step
+    micro_batch: int | None = None            # sequences per forward and backward: a step accumulates the gradients
+                                              #   of batch_size / micro_batch of them (the same step, less memory);
+                                              #   None: the whole batch at once
     seq_len: int = 512                        # tokens per sequence
     temperature: float = 1.0                  # KL temperature (loss scaled by T^2)
 
@@ -131,6 +134,11 @@ class StageConfig:
         _number(f"{where} tokens", self.tokens, minimum=1, integer=True)
         _number(f"{where} batch_size", self.batch_size, minimum=1, integer=True)
         _number(f"{where} seq_len", self.seq_len, minimum=1, integer=True)
+        if self.micro_batch is not None:
+            _number(f"{where} micro_batch", self.micro_batch, minimum=1, integer=True)
+            if self.batch_size % self.micro_batch:
+                raise ValueError(f"{where} micro_batch={self.micro_batch} does not divide batch_size="
+                                 f"{self.batch_size}: give a divisor, so every part of a step has the same shape")
         _number(f"{where} lr", self.lr, above=0)
         _number(f"{where} warmup", self.warmup, minimum=0, maximum=1)
         _number(f"{where} min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1)

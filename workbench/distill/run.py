@@ -356,20 +356,24 @@ class Run:
                                  fused=fused or None)
 
     def _train_step(self, stage: StageConfig, model, opt, train_params, batch: torch.Tensor) -> StepTensors:
-        """Loss terms of ``batch`` (this rank's rows), backward, clip, AdamW step; nothing leaves the device."""
-        args = (stage, self.teacher, self.student, self.blocks, self.mixers, batch, self.autocast, self._prefix)
-        terms = model(stage_losses, *args) if model is not None else stage_losses(*args)
-        loss = sum(stage.losses[k] * v for k, v in terms.items())
-        if distributed.world_size() > 1:
-            # the batch's per-token means (reported), and this rank's loss scaled by its share of rows so that the
-            # gradients DDP/FSDP average over ranks are those of the whole batch's mean
-            terms = distributed.global_means(terms, len(batch))
-            local, loss = loss, sum(stage.losses[k] * v for k, v in terms.items())
-            backward = local * (len(batch) * distributed.world_size() / stage.batch_size)
-        else:
-            backward = loss
+        """Loss terms of ``batch`` (this rank's rows), backward, clip, AdamW step; nothing leaves the device. With
+        ``stage.micro_batch``, the rows go forward and backward that many at a time and their gradients add up to
+        the whole batch's (each part's per-token means weighted by its share of the rows)."""
         opt.zero_grad(set_to_none=True)
-        backward.backward()
+        world = distributed.world_size()
+        terms: dict[str, torch.Tensor] = {}
+        for part in batch.split(stage.micro_batch or len(batch)):
+            args = (stage, self.teacher, self.student, self.blocks, self.mixers, part, self.autocast, self._prefix)
+            part_terms = model(stage_losses, *args) if model is not None else stage_losses(*args)
+            # this part's share of the rows of the batch (of every rank's: the gradients DDP/FSDP average over ranks
+            # are then those of the whole batch's mean)
+            share = len(part) * world / stage.batch_size if world > 1 else len(part) / len(batch)
+            (sum(stage.losses[k] * v for k, v in part_terms.items()) * share).backward()
+            for k, v in part_terms.items():
+                terms[k] = terms.get(k, 0) + v.detach() * (len(part) / len(batch))
+        if world > 1:
+            terms = distributed.global_means(terms, len(batch))  # the batch's per-token means (reported)
+        loss = sum(stage.losses[k] * v for k, v in terms.items())
         grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(train_params, self.config.grad_clip))
         opt.step()
         return StepTensors(loss, terms, grad_norm)

@@ -330,8 +330,10 @@ class BatchFit:
             asked += f": one row takes {self.peaks[min(self.peaks)] / GIB:.2f} GiB and two do not fit"
         if self.largest == 0:
             return asked + f"; not even one row of {self.seq_len} tokens fits: pass a shorter --seq-len"
+        part = max(d for d in range(1, self.largest + 1) if self.rows % d == 0)
         return (asked + f"; the largest batch that fits is {self.largest}: pass --batch-size {self.largest} (in a "
-                f"--config file: the stage's batch_size), or a shorter --seq-len")
+                f"--config file: the stage's batch_size), --micro-batch {part} to keep the batch and run each step in "
+                f"parts of {part} rows (the same step in more time; the stage's micro_batch), or a shorter --seq-len")
 
 
 def batch_fit(step: Callable[[int], None], rows: int, seq_len: int, memory: DeviceMemory, held: int = 0,
