@@ -130,12 +130,12 @@ class SnapshotDraft:
             x = self.step(self.pending[:, j])
             self.reads += 1
             self._save(self.reads)
-        proposals = [x]
+        proposals = [x.clone()]                       # a captured step returns its one static output tensor
         for _ in range(k - 1):
             x = self.step(x)
             self.reads += 1
             self._save(self.reads)
-            proposals.append(x)
+            proposals.append(x.clone())
         self.drafts = torch.stack(proposals, dim=1)                                 # (B, k)
         return self.drafts
 
