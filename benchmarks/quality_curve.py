@@ -202,7 +202,7 @@ def collect_one(item: CurveRow, budget: int, seed: int, args, n_layers: int) -> 
     the recipe's defaults, ``full_dials``), and the records passed over for other ones (their folders): a sweep's runs
     are not the row's."""
     lrs = [s.lr for s in run_config(item, budget, seed, args, n_layers).stages]
-    dials = row_dials(item.row, n_layers, args.dials)
+    dials = row_dials(item.row, args.dials)
     passed = []
     for root in args.out.split(","):
         file = run_folder(root, item, budget, seed) / RECORD
@@ -250,7 +250,7 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
     device = str(resolve_device(args.device))
     result = laughing(folder, item.laughing_order, device) if item.laughing_order else None
     record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result,
-                         row_dials(item.row, n_layers, args.dials))
+                         row_dials(item.row, args.dials))
     save_json(folder / RECORD, record)
     return record
 

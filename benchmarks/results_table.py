@@ -68,10 +68,10 @@ def kept_layers(n_layers: int, share: float) -> list[int]:
     return list(range(0, n_layers, round(1 / share)))
 
 
-def row_dials(row: Row, n_layers: int, dials: dict | None = None) -> dict:
-    """The recipe dials a run of ``row`` gets: the recipe's defaults for the row's kept layers (``default_dials``),
-    the row's own over them, ``dials`` (given by flags) over both."""
-    return default_dials(row.recipe, len(kept_layers(n_layers, row.attention_share))) | row.dials | (dials or {})
+def row_dials(row: Row, dials: dict | None = None) -> dict:
+    """The recipe dials a run of ``row`` gets: the recipe's measured defaults (``default_dials``), the row's own over
+    them, ``dials`` (given by flags) over both."""
+    return default_dials(row.recipe) | row.dials | (dials or {})
 
 
 def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: int, lr: float | None, device: str,
@@ -84,7 +84,7 @@ def row_config(row: Row, n_layers: int, tokens: int, seq_len: int, batch_size: i
     lr = default_lr(row.recipe, len(keep)) if lr is None else lr
     stages = [dataclasses.replace(stage, micro_batch=micro_batch) for stage in
               recipe(row.recipe, tokens=tokens, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                     **row_dials(row, n_layers, dials))]
+                     **row_dials(row, dials))]
     if row.stages is not None:  # stage ablation: drop stages, give their tokens to the last one kept
         dropped = sum(s.tokens for i, s in enumerate(stages) if i not in row.stages)
         stages = [s for i, s in enumerate(stages) if i in row.stages]

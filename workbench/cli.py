@@ -443,7 +443,7 @@ def _distill_config(args, given: set[str]):
         # a rule keeps at least one layer (AutoKeep.count_for), which is all the default learning rate asks
         kept = len(keep) if auto is None else 1
         lr = args.lr if args.lr is not None else default_lr(args.recipe, kept)
-        dials = default_dials(args.recipe, kept) | {
+        dials = default_dials(args.recipe) | {
             name: value for name, value in (("align", args.align), ("e2e_lr_ratio", args.e2e_lr_ratio))
             if value is not None}
         stages = [dataclasses.replace(stage, micro_batch=args.micro_batch) for stage in

@@ -115,9 +115,11 @@ def run_folder(name: str) -> Path:
 
 def run_config(b: Budget, recipe: str, mixer: str, replace: list[int] | None = None, **settings) -> RunConfig:
     """A RunConfig for ``recipe`` with ``mixer`` in the layers ``replace`` (default: the budget's layers), sized by
-    the budget. Other RunConfig fields (``init``, ``mixer_config``, ...) pass through ``settings``."""
+    the budget, with the recipe's measured dials (``recipes.default_dials``). Other RunConfig fields (``init``,
+    ``mixer_config``, ...) pass through ``settings``."""
     layers = list(b.layers if replace is None else replace)
-    stages = recipes.recipe(recipe, tokens=b.tokens, seq_len=b.seq_len, batch_size=b.batch_size)
+    stages = recipes.recipe(recipe, tokens=b.tokens, seq_len=b.seq_len, batch_size=b.batch_size,
+                            **recipes.default_dials(recipe))
     if b.steps_per_stage is not None:
         step_tokens = b.batch_size * b.seq_len
         stages = [dataclasses.replace(s, tokens=b.steps_per_stage * step_tokens) for s in stages]

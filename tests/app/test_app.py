@@ -109,6 +109,8 @@ def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_
     assert runs.planned_steps == 10_000
     runs.recipe = "mohawk"   # three stages, each counting its own steps, as the run does
     assert runs.planned_steps == sum(stage.steps for stage in runs.run_config().stages) == 9_999
+    runs.recipe = "mamba-in-llama"   # the recipe's measured dials: the end-to-end stage at the mixers' peak rate
+    assert [stage.lr for stage in runs.run_config().stages] == [runs.lr, runs.lr]
     runs.recipe = "kd"
     assert runs.run_config().compile is False
     runs.compile = True

@@ -33,7 +33,7 @@ from workbench.app.teacher_panel import DEVICES, TeacherPanel
 from workbench.app.worker import Launcher
 from workbench.device import resolve_device
 from workbench.distill.config import RunConfig, StageConfig, parse_tokens
-from workbench.distill.recipes import RECIPES, recipe
+from workbench.distill.recipes import RECIPES, default_dials, recipe
 from workbench.evaluation import store
 from workbench.evaluation.scores import task_rows, task_table
 from workbench.viz.compare import AXES, RunEvents, compare_table, eval_overlay, loss_overlay, quality_vs_tokens, run_row
@@ -180,9 +180,11 @@ class RunPanel(Viewer):
         self.errors = errors
 
     def recipe_stages(self) -> list[StageConfig]:
-        """The recipe's stages for this tab's budget."""
+        """The recipe's stages for this tab's budget, with the recipe's measured dials (``default_dials``: the
+        end-to-end stage's learning rate)."""
         return recipe(self.recipe, tokens=parse_tokens(self.tokens), seq_len=self.seq_len,
-                      batch_size=self.batch_size, lr=self.lr)
+                      batch_size=self.batch_size, lr=self.lr,
+                      **default_dials(self.recipe))
 
     @property
     def planned_steps(self) -> int:

@@ -103,7 +103,7 @@ def default_lr(name: str, kept_attention: int) -> float:
     return 3e-4 if name == "mamba-in-llama" and kept_attention == 0 else 1e-3
 
 
-def default_dials(name: str, kept_attention: int) -> dict[str, float]:
+def default_dials(name: str) -> dict[str, float]:
     """Recipe dials that differ from the recipe's signature defaults when none is given (the signature keeps 0.1, the
     value older run records were made with): ``e2e_lr_ratio`` 1 for ``mamba-in-llama`` (its end-to-end stage at the
     same peak as the mixers-only stage) and 0.3 for ``scavenging-hyena``. Measured on the default teacher (H200,
