@@ -98,6 +98,7 @@ def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
         assert 0.0 <= r["acceptance_rate"] <= 1.0 and r["rounds"] > 0
         assert r["speculative_decode_tokens_per_s"] > 0
         assert r["speedup"] == pytest.approx(r["speculative_decode_tokens_per_s"] / r["target_decode_tokens_per_s"])
+        assert 0 < r["draft_share"] and 0 < r["verify_share"] and r["draft_share"] + r["verify_share"] <= 1
 
 
 @pytest.mark.gpu

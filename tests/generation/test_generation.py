@@ -243,6 +243,27 @@ def test_speculative_verification_is_captured_on_cuda(models):
         models[name].to("cpu")
 
 
+def test_phase_clock_sums_each_phase_over_the_rounds(models):
+    """``PhaseClock`` on the host: the time between a round's marks, summed by phase; a speculative generation's
+    drafting and verifying fit in its decode time."""
+    import time
+
+    from workbench.generation.speculative import PhaseClock
+
+    clock = PhaseClock(torch.device("cpu"), phases=2)
+    for _ in range(3):
+        clock.mark()
+        time.sleep(0.01)
+        clock.mark()
+        time.sleep(0.03)
+        clock.mark()
+    draft, verify = clock.totals()
+    assert 0.03 <= draft < 0.09 and 0.09 <= verify < 0.2
+    result = speculative_generate(models["hybrid"], models["mamba2"], PROMPT, 12, k=3)
+    assert result.rounds > 0 and 0 < result.draft_seconds and 0 < result.verify_seconds
+    assert result.draft_seconds + result.verify_seconds <= result.decode_seconds
+
+
 def test_all_mixer_drafts_go_back_by_state_snapshots(models, monkeypatch):
     """An all-Mamba-2 draft drafts through ``SnapshotDraft`` (states copied after each step, restored on rejection),
     other drafts through ``ModelDraft`` (re-run on rejection); the two propose the same tokens, so the rounds match."""

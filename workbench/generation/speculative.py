@@ -37,6 +37,9 @@ class SpeculativeResult(GenerationResult):
     proposed: int = 0       # draft tokens that could be accepted (per sequence: k a round, fewer in the last)
     accepted: int = 0       # of those, accepted by the target
     rounds: int = 0         # verification passes of the target
+    draft_seconds: float = 0.0    # of decode_seconds: the drafter proposing (device time on a GPU, ``PhaseClock``)
+    verify_seconds: float = 0.0   # of decode_seconds: the target's verification passes (the rest: accepting,
+                                  #   the host waiting for the device at each round's end)
 
     @property
     def acceptance_rate(self) -> float:
@@ -166,6 +169,37 @@ def model_drafter(draft, input_ids: torch.Tensor, last: torch.Tensor, k: int, ma
     return ModelDraft(draft, input_ids, last)
 
 
+class PhaseClock:
+    """The time between marks, summed by phase over the rounds, without waiting for the device: on a GPU each mark
+    is a CUDA event on the current stream (so the host still runs ahead), read once after the rounds; elsewhere the
+    host clock, since work there is done when its call returns. A round marks its start and the end of each of its
+    ``phases`` phases."""
+
+    def __init__(self, device: torch.device, phases: int):
+        self.cuda, self.phases = device.type == "cuda", phases
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def totals(self) -> list[float]:
+        """Seconds in each phase, summed over the rounds marked."""
+        if self.cuda and self.marks:
+            self.marks[-1].synchronize()
+        width = self.phases + 1
+        totals = [0.0] * self.phases
+        for r in range(0, len(self.marks) - self.phases, width):
+            for j in range(self.phases):
+                a, b = self.marks[r + j], self.marks[r + j + 1]
+                totals[j] += a.elapsed_time(b) / 1e3 if self.cuda else b - a
+        return totals
+
+
 def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int, k: int, stops: torch.Tensor,
               pad: int, prefill_seconds: float, capture_seconds: float = 0.0) -> SpeculativeResult:
     """The rounds of the module docstring from the prompt's next token ``last`` (B,) on: ``verify`` (a
@@ -175,10 +209,14 @@ def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int,
     finished = rows_stopped(last[:, None], stops)
     proposed = accepted = rounds = 0
     per_token: list[float] = []
+    clock = PhaseClock(device, phases=2)                                                       # drafting, verifying
     while produced < max_new_tokens and not (len(stops) and bool(finished.all())):
         t = time.perf_counter()
+        clock.mark()
         drafts = drafter.propose(k)                                                            # 1. (B, k)
+        clock.mark()
         predicted = verify(torch.cat([last[:, None], drafts], dim=1))                          # 2. (B, k + 1)
+        clock.mark()
         agree = (predicted[:, :k] == drafts).long().cumprod(dim=1).sum(dim=1)                  # (B,)
         usable = min(k, max_new_tokens - produced - 1)                                         # the last round: fewer
         n = min(int(agree[~finished].min()) if bool((~finished).any()) else k, usable)         # 3.
@@ -196,9 +234,11 @@ def speculate(verify, drafter: Drafter, last: torch.Tensor, max_new_tokens: int,
         per_token.extend([(time.perf_counter() - t) / (n + 1)] * (n + 1))
     tokens = torch.cat(out, dim=1)[:, :max_new_tokens]
     tokens, lengths = pad_after_stop(tokens, stops, pad)
+    draft_seconds, verify_seconds = clock.totals()
     return SpeculativeResult(tokens=tokens, prefill_seconds=prefill_seconds, decode_seconds=float(sum(per_token)),
                              per_token_seconds=per_token[: tokens.shape[1] - 1], lengths=lengths,
                              proposed=proposed, accepted=accepted, rounds=rounds,
+                             draft_seconds=draft_seconds, verify_seconds=verify_seconds,
                              cuda_graph=verify.graph is not None, graph_capture_seconds=capture_seconds)
 
 

@@ -52,8 +52,10 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
     Returns {"target", "draft", "batch", "context", "new_tokens", "device", "device_name", "dtype",
     "target_decode_tokens_per_s", "target_cuda_graph", "results": [{"k", "speculative_decode_tokens_per_s",
     "speculative_cuda_graph", "target_decode_tokens_per_s", "speedup", "acceptance_rate", "rounds", "identical",
-    "first_difference"}]}. Tokens/s count the decode steps after the first token (per sequence times batch), as
-    ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain."""
+    "first_difference", "draft_share", "verify_share"}]}. Tokens/s count the decode steps after the first token (per
+    sequence times batch), as ``GenerationResult.decode_tokens_per_s``; ``speedup`` is speculative over plain;
+    ``draft_share`` and ``verify_share``: the shares of the decode time spent drafting and verifying
+    (``SpeculativeResult.draft_seconds``, ``verify_seconds``)."""
     if any(k < 1 for k in ks):
         raise ValueError(f"every k (draft tokens per round) must be at least 1, got {list(ks)}")
     ngram = lookup_ngram(draft)
@@ -89,9 +91,12 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
                  "target_decode_tokens_per_s": plain.decode_tokens_per_s,
                  "speedup": speed / plain.decode_tokens_per_s, "acceptance_rate": result.acceptance_rate,
                  "rounds": result.rounds, "identical": torch.equal(result.tokens, plain.tokens),
-                 "first_difference": _first_difference(plain.tokens, result.tokens)}
+                 "first_difference": _first_difference(plain.tokens, result.tokens),
+                 "draft_share": result.draft_seconds / result.decode_seconds if result.decode_seconds else 0.0,
+                 "verify_share": result.verify_seconds / result.decode_seconds if result.decode_seconds else 0.0}
         report["results"].append(entry)
         if progress:
             print(f"k={k}: {speed:.1f} tokens/s vs {plain.decode_tokens_per_s:.1f} plain (x{entry['speedup']:.2f}), "
-                  f"acceptance {entry['acceptance_rate']:.2f}, identical {entry['identical']}")
+                  f"acceptance {entry['acceptance_rate']:.2f}, identical {entry['identical']}; of the time, "
+                  f"drafting {entry['draft_share']:.0%}, verifying {entry['verify_share']:.0%}")
     return report
