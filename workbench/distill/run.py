@@ -253,7 +253,8 @@ class Run:
                         student_parameters=sum(p.numel() for p in self.student.parameters()),
                         teacher_parameters=sum(p.numel() for p in self.teacher.model.parameters()),
                         teacher_parameters_on_rank=distributed.local_numel(self.teacher.model),
-                        replaced=self._replaced(), device=str(self.device), world_size=world)
+                        replaced=cfg.replaced_layers(self.teacher.num_layers), device=str(self.device),
+                        world_size=world)
             if cfg.eval_every:
                 self._evaluate(run_dir, 0, "init")  # where the student starts: the first point of every curve
         global_step = position.global_step
@@ -552,16 +553,12 @@ class Run:
                 opt.state[p] = {k: (v.to(p.device, torch.float32) if on_device else v.cpu()) if k == "step"
                                 else v.to(p.device) for k, v in state.items()}
 
-    def _replaced(self) -> list[int]:
-        """The teacher layers whose attention became a mixer (a shallow student's mixers sit at other indices)."""
-        source = self.config.source_layers(self.teacher.num_layers)
-        return [source[i] for i in sorted(self.mixers)]
-
     def _finish(self, run_dir: RunDir, global_step: int) -> dict:
         with distributed.main_first():
             held = token_ids(load_corpus(self.config.evaluation_corpus, "heldout"), self.teacher.tokenizer)
         metrics = self._compare(held, 1024 if len(held) > 2048 else 256, self.final_eval_tokens)
-        summary = {"teacher": self.config.teacher, "mixer": self.config.mixer, "replaced": self._replaced(),
+        summary = {"teacher": self.config.teacher, "mixer": self.config.mixer,
+                   "replaced": self.config.replaced_layers(self.teacher.num_layers),
                    "steps": global_step, "split": "heldout", **metrics,
                    "ppl_ratio": metrics["ppl_student"] / metrics["ppl_teacher"],
                    "train_tokens": sum(s.steps * s.batch_size * s.seq_len for s in self.config.stages),

@@ -54,7 +54,31 @@ class Drafter(Protocol):
         """The round's new tokens (B, n + 1): the first n drafts, then the target's own token."""
 
 
-class ModelDraft:
+class ReadingDraft:
+    """What the draft models' drafters share: a round reads the ``pending`` tokens (B, P) and then the round's own
+    ``drafts`` (B, k) but the last, ``reads`` tokens in all; accepting n drafts keeps the pending tokens and n
+    drafts, going back past the other reads (``back``, the drafter's own way), and the target's token becomes
+    pending (after an all-accepted round, the last draft too)."""
+
+    pending: torch.Tensor
+    drafts: torch.Tensor
+    reads: int
+
+    def back(self, kept: int) -> None:
+        """Keep the first ``kept`` of this round's reads, undo the others."""
+        raise NotImplementedError
+
+    def accept(self, new: torch.Tensor, n: int) -> None:
+        wanted = self.pending.shape[1] + n
+        if wanted <= self.reads:
+            if wanted < self.reads:
+                self.back(wanted)
+            self.pending = new[:, -1:]
+        else:                                          # every draft accepted: the last one is still to read
+            self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
+
+
+class ModelDraft(ReadingDraft):
     """Drafts by a draft model's greedy tokens (any model with the target's vocabulary), in an engine ``Session``
     that marks each round's start and goes back to the accepted tokens after it (``Session.rollback``)."""
 
@@ -65,6 +89,7 @@ class ModelDraft:
 
     def propose(self, k: int) -> torch.Tensor:
         self.session.checkpoint()
+        self.reads = self.pending.shape[1] + k - 1
         proposals, x = [], self.pending
         for _ in range(k):
             x = self.session.forward(x)[:, -1].argmax(-1)[:, None]                  # (B, 1)
@@ -72,14 +97,8 @@ class ModelDraft:
         self.drafts = torch.cat(proposals, dim=1)                                   # (B, k)
         return self.drafts
 
-    def accept(self, new: torch.Tensor, n: int) -> None:
-        # the draft read the pending tokens and its first k - 1 drafts; it should have read the pending ones and n
-        wanted = self.pending.shape[1] + n
-        if wanted <= self.session.length - self.session.mark:
-            self.session.rollback(self.session.mark + wanted)
-            self.pending = new[:, -1:]
-        else:                                          # every draft accepted: the last one is still to read
-            self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
+    def back(self, kept: int) -> None:
+        self.session.rollback(self.session.mark + kept)
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -87,7 +106,7 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
 
-class SnapshotDraft:
+class SnapshotDraft(ReadingDraft):
     """Drafts as ``ModelDraft`` does, for a draft made of mixer layers only whose steps update their states in place
     (an all-Mamba-2 student, e.g. a shallow one: ``workbench distill --depth``): one token per step, each step one
     replay of the draft's step captured in a CUDA graph with the argmax inside it (``graph``; else eager), and after
@@ -142,19 +161,13 @@ class SnapshotDraft:
         self.drafts = torch.stack(proposals, dim=1)                                 # (B, k)
         return self.drafts
 
-    def accept(self, new: torch.Tensor, n: int) -> None:
-        wanted = self.pending.shape[1] + n            # reads that hold: the pending tokens and n drafts
-        if wanted <= self.reads:
-            if wanted < self.reads:
-                torch._foreach_copy_(self.tensors, [saved[wanted] for saved in self.slots])
-                if not self.graph:                     # the undone reads leave the dynamic cache and the counts
-                    self.session.cache.crop(wanted - self.reads)
-                    for m in self.session.mixers.values():
-                        m.seen -= self.reads - wanted
-                self.session.length = self.start + wanted
-            self.pending = new[:, -1:]
-        else:                                          # every draft accepted: the last one is still to read
-            self.pending = torch.cat([self.drafts[:, -1:], new[:, -1:]], dim=1)
+    def back(self, kept: int) -> None:
+        torch._foreach_copy_(self.tensors, [saved[kept] for saved in self.slots])
+        if not self.graph:                             # the undone reads leave the dynamic cache and the counts
+            self.session.cache.crop(kept - self.reads)
+            for m in self.session.mixers.values():
+                m.seen -= self.reads - kept
+        self.session.length = self.start + kept
 
 
 def model_drafter(draft, input_ids: torch.Tensor, last: torch.Tensor, k: int, max_length: int,
