@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -487,6 +488,16 @@ def _trained(out: Path) -> bool:
     return next(iter_events(out / "events.jsonl", "step"), None) is not None
 
 
+def _end_by(sig: signal.Signals) -> None:
+    """End this process by ``sig``'s default action, after what it has printed: a process stopped by a signal it
+    caught (to checkpoint first) then ends as the signal would have ended it, so its sender sees it did (a shell
+    sees status 128 + N; a parent, -N: ``workbench.app.runs.STOP_SIGNALS``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    signal.raise_signal(sig)
+
+
 def cmd_distill(args) -> int:
     """Run (or resume) a distillation. With --nproc N > 1 this process only writes the run folder's config, then
     becomes ``torchrun --standalone --nproc-per-node N -m workbench distill --resume RUN_DIR``: N data-parallel
@@ -494,7 +505,11 @@ def cmd_distill(args) -> int:
 
     A new run (--out) is checked whole before anything is written or loaded; its folder is made last, by the run,
     and removed again when the command fails before a step was trained. An existing run folder is continued by
-    --resume alone, which takes no flag but --nproc and --fsdp (the run's config.json says the rest)."""
+    --resume alone, which takes no flag but --nproc and --fsdp (the run's config.json says the rest).
+
+    A SIGTERM or Ctrl-C stops a run of one process after its step in progress, checkpointed (a second one stops it
+    at once); the command then ends by that signal, as if it had not been caught (exit status -15 for a SIGTERM,
+    which the dashboard reads as stopped), and --resume continues it."""
     import os
 
     given = options_given(args.argv)
@@ -515,7 +530,7 @@ def cmd_distill(args) -> int:
 
     import workbench.laughing.student  # noqa: F401  (registers the laughing-* mixers a resumed run may hold)
     from workbench.distill import distributed
-    from workbench.distill.run import Run
+    from workbench.distill.run import Run, StopOnSignals
     from workbench.distill.run_dir import RunDir
     from workbench.distill.throughput import WARMUP_STEPS, format_stages
 
@@ -536,11 +551,15 @@ def cmd_distill(args) -> int:
         print(" ".join(command), flush=True)
         os.execv(command[0], command)
     quiet_transformers()
+    stop = StopOnSignals(run)   # a SIGTERM or Ctrl-C stops the run at its next step boundary, checkpointed
     try:
-        summary = run.execute()
+        with stop:
+            summary = run.execute()
     except BaseException:
         if out is not None and created and out.is_dir() and not _trained(out) and RunDir(out).lock_owner() is None:
             shutil.rmtree(out)  # nothing trained: the failed command leaves no folder to mistake for a run
+        if stop.stopped_by is not None:
+            _end_by(stop.stopped_by)
         raise
     if distributed.launched_rank() == 0:
         print(json.dumps(summary, indent=1))

@@ -2,6 +2,7 @@
 watched and stopped through the Runs tab's parameters (a child process, as from the page)."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from workbench.app import Dashboard
 from workbench.app.paths import inside_root, run_folder, teacher_source
 from workbench.app.runs import RunIndex
 from workbench.cli import main
-from workbench.distill.events import Resume, Step, select
+from workbench.distill.events import Resume, Step, iter_events, select
 from workbench.distill.run_dir import RunDir
 
 
@@ -135,6 +136,10 @@ def test_a_tiny_cpu_run_starts_streams_stops_and_resumes(tmp_path, tiny_teacher_
         assert runs.stop()
         assert runs.selected_info().status == "stopped"
         stopped_at = runs.selected_info().step
+        # the SIGTERM let the child checkpoint its last step, then end by the signal: stopped, not failed
+        assert runs.index.states["tiny"].exit_record()["returncode"] == -signal.SIGTERM
+        *_, last = iter_events(out / "events.jsonl")
+        assert last == {**last, "type": "checkpoint", "step": stopped_at}
         # a second session (another browser tab, or the app restarted) sees the same run from its folder
         other = Dashboard(tmp_path / "runs")
         assert other.runs.selected == "tiny" and other.runs.selected_info().status == "stopped"

@@ -99,9 +99,10 @@ class Launcher:
         return out
 
     def stop(self, path: str | Path, timeout: float = 15.0) -> bool:
-        """Terminate the run's writer (SIGTERM, then SIGKILL after ``timeout`` s): the process group of a child
-        started here, or the process alone of a verified LOCK; False if none ran. A RuntimeError, signalling
-        nothing, for a LOCK whose process cannot be verified as the run's writer."""
+        """Terminate the run's writer: SIGTERM, on which ``workbench distill`` finishes its step in progress,
+        checkpoints it and exits (status -15, read as stopped), then SIGKILL if it still runs after ``timeout`` s.
+        Sent to the process group of a child started here, or to the process alone of a verified LOCK; False if none
+        ran. A RuntimeError, signalling nothing, for a LOCK whose process cannot be verified as the run's writer."""
         out = inside_root(self.root, path)
         self.reap()
         with _LOCK:

@@ -25,10 +25,12 @@ with a mixer in every layer), keeps the most
 costly ones as attention and writes them into config.json: the run config's ``keep_attention``, and the scores under
 "layer_selection". A resumed run reads them back and scores nothing (``Run._choose_layers``).
 
-Stopping on request (``Run.request_stop``, from another thread: a notebook's interrupt, ``workbench.live``): the
-step in progress finishes (with its evaluation and checkpoint when due), then, before the next step, the steps not
-yet in a checkpoint are checkpointed (so the run's events end with that "checkpoint") and ``execute`` raises
-``RunStopped``, releasing the folder. ``Run.resume`` continues from there like after any stop, losing no step.
+Stopping on request (``Run.request_stop``, from another thread: a notebook's interrupt, ``workbench.live``; or on a
+signal: inside ``StopOnSignals``, as ``workbench distill`` runs, the first SIGTERM or Ctrl-C asks, a second acts at
+once): the step in progress finishes (with its evaluation and checkpoint when due), then, before the next step, the
+steps not yet in a checkpoint are checkpointed (so the run's events end with that "checkpoint") and ``execute``
+raises ``RunStopped``, releasing the folder. ``Run.resume`` continues from there like after any stop, losing no step.
+``workbench distill`` then ends by the signal it received (exit status -15 for SIGTERM), as its sender expects.
 
 Launched by torchrun with N processes (workbench.distill.distributed), the same run is data-parallel: the stage's
 batch_size is the global batch, each rank computes the losses on its slice of rows, the per-rank means are
@@ -43,12 +45,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import torch
 from tqdm.auto import tqdm
@@ -578,3 +583,56 @@ class Run:
         metrics = self._compare(held, 1024 if len(held) > 2048 else 256, self.final_eval_tokens)
         return {"mix_heldout": {"corpus": self.config.corpus, **metrics,
                                 "ppl_ratio": metrics["ppl_student"] / metrics["ppl_teacher"]}}
+
+
+Handler = Callable[[int, FrameType | None], object] | int | None   # a signal's handler, as signal.getsignal gives it
+
+
+class StopOnSignals:
+    """Stop ``run`` at its next step boundary, checkpointed, on the first of ``signals`` received while inside:
+    ``with StopOnSignals(run) as stop: run.execute()``. A SIGTERM (a scheduler's preemption, ``timeout``, the
+    dashboard's Stop) or a Ctrl-C would otherwise end the process mid-step and lose every step since the last
+    periodic checkpoint. The first signal says so in one line, asks the run to stop (``Run.request_stop``:
+    ``execute`` then raises ``RunStopped``) and puts the previous handlers back, so a second signal acts at once, as
+    it would have without this; leaving puts them back too. A signal received after the last step lets the run
+    finish (no step boundary is left to stop at).
+
+    The signal is caught, never acted on: ``stopped_by`` names it once the run stopped on it, and ending the process
+    the way the signal would have is the caller's own, explicit step (``workbench distill`` takes it; a notebook's
+    kernel must live on). Nothing is installed outside the main thread (Python runs handlers there alone) or in a
+    run of several processes (a stop must reach every rank at the same step: ``Run.request_stop``)."""
+
+    def __init__(self, run: Run, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.run, self.signals = run, signals
+        self.received: signal.Signals | None = None     # the first of ``signals`` received inside
+        self.stopped_by: signal.Signals | None = None   # ``received``, once the run stopped on it (RunStopped left)
+        self._previous: dict[signal.Signals, Handler] = {}   # the handlers in place before, to put back
+
+    def __enter__(self) -> StopOnSignals:
+        """Install the handler in place of the previous ones, where a stop request can reach the run."""
+        if threading.current_thread() is threading.main_thread() and distributed.launched_world_size() == 1:
+            self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
+            for sig in self.signals:
+                signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Put the previous handlers back; a ``RunStopped`` leaving after a signal was received sets ``stopped_by``
+        (the exception goes on)."""
+        self._restore()
+        if kind is not None and issubclass(kind, RunStopped) and self.received is not None:
+            self.stopped_by = self.received
+
+    def _on_signal(self, number: int, frame: FrameType | None) -> None:
+        """The first signal: hand the next ones back to the previous handlers, say what happens, ask the run to
+        stop."""
+        self._restore()
+        self.received = signal.Signals(number)
+        note(f"{self.received.name}: stopping after this step and checkpointing it (send it again to stop at once)")
+        self.run.request_stop()
+
+    def _restore(self) -> None:
+        """Put the handlers from before back (once: nothing is left to restore after)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
