@@ -233,7 +233,7 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
         return json.loads((folder / RECORD).read_text())
     from workbench.device import resolve_device
     from workbench.distill import distributed
-    from workbench.distill.run import Run
+    from workbench.distill.run import Run, RunStopped, StopOnSignals
 
     began = time.time()
     if not (folder / "summary.json").is_file():
@@ -246,7 +246,11 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
             subprocess.run(distributed.torchrun_command(args.nproc, ["distill", "--resume", str(folder)]),
                            check=True)
         else:
-            run.execute()
+            with StopOnSignals(run):   # a SIGTERM or Ctrl-C: the run stops after its step, checkpointed
+                try:
+                    run.execute()
+                except RunStopped as stopped:
+                    raise SystemExit(f"{folder}: {stopped}; run the same command with --resume to go on") from None
     device = str(resolve_device(args.device))
     result = laughing(folder, item.laughing_order, device) if item.laughing_order else None
     record = make_record(item, folder, budget, seed, hardware, command, round(time.time() - began, 1), result,
