@@ -106,7 +106,10 @@ def test_prefill_in_float32_matches_the_default(make):
         y_default = mixer(x)
     _, state_default = step_outputs(mixer, x)
     assert type(mixer).prefill is not Mixer.prefill
-    torch.testing.assert_close(y, y_default, rtol=0, atol=0)
+    # The same sums, but not always bit for bit: the conv's output is a view into its padded buffer on one path
+    # (other strides), so BLAS may block the scan's products differently; float32 rounding (2^-24 a term) bounds
+    # the difference far under 1e-6 of the norm (seen: up to 2.4e-7 at one element in 7 of 40 seeds).
+    assert_rel_close(y, y_default, 1e-6, "float32 y")
     _assert_states_close(state, state_default, 1e-5, "float32 state")
     more = torch.randn(3, 4, D)
     assert_rel_close(_continue(mixer, more, state)[0], _continue(mixer, more, state_default)[0], 1e-5, "continued")
