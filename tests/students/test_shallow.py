@@ -15,6 +15,7 @@ import workbench.students as build
 from tests.helpers.tiny_models import CONFIGS, V, tiny, tiny_hyena_run
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.load import load_run_student
+from workbench.generation.session import cache_keyword
 from workbench.students.spec import spread_layers, student_spec
 from workbench.teachers import anatomy
 
@@ -53,7 +54,8 @@ def test_dropping_layers_matches_the_family_built_shallow(name):
         torch.testing.assert_close(full, reference(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
         # the KV cache of the renumbered layers: 7 tokens, then 4 more against the cache
         first = student(input_ids=ids[:, :7], use_cache=True)
-        rest = student(input_ids=ids[:, 7:], past_key_values=first.past_key_values, use_cache=True).logits
+        cache = {cache_keyword(student): first.past_key_values}   # the name this transformers version takes
+        rest = student(input_ids=ids[:, 7:], **cache, use_cache=True).logits
     torch.testing.assert_close(rest, full[:, 7:], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(full, teacher(input_ids=ids).logits, atol=1e-3)   # a layer was really dropped
 
