@@ -32,7 +32,7 @@ RECIPE_OPTIONS = ("mixer", "keep_attention", "depth", "init", "corpus", "eval_co
 EVAL_EVERY, EVAL_TOKENS, EVAL_WINDOW, CHECKPOINT_EVERY = 50, 8192, 512, 100
 # The recipes and mixers `distill` accepts, written here so that a typo is answered before torch is imported (a test
 # checks they are workbench.distill.recipes.RECIPES and workbench.students.mixer_names() with the laughing-* mixers)
-RECIPE_NAMES = ("mohawk", "mamba-in-llama", "scavenging-hyena", "kd")
+RECIPE_NAMES = ("mohawk", "mamba-in-llama", "scavenging-hyena", "kd", "draft")
 MIXER_NAMES = ("hyena", "laughing-hyena", "laughing-multihyena", "mamba", "mamba2", "mamba2-discrete", "multihyena")
 
 # Subcommands that live beside their feature: each module offers add_subcommand(sub), registering its parser on the
@@ -717,7 +717,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus-weights", metavar="SOURCE=W,...", default=None, help="a mix's per-source sampling "
                    "weights, over those it was built with: 2 repeats a source, 0.5 keeps half, 0 leaves it out "
                    "(default: the mix's own)")
-    p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena or kd")
+    p.add_argument("--recipe", default="mamba-in-llama", help="mohawk, mamba-in-llama, scavenging-hyena, kd or "
+                   "draft (every parameter learns: a shallow draft model, --depth, attention kept or not)")
     p.add_argument("--tokens", default="1M", help="training token budget, with k/M/B suffixes")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")

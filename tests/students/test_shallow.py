@@ -135,6 +135,35 @@ def test_a_shallow_run_trains_and_loads(tmp_path, teacher):
     assert student_spec(loaded.student).source_layers == [1]
 
 
+def test_a_shallow_draft_that_keeps_attention_trains_every_parameter_with_the_draft_recipe(tmp_path, teacher,
+                                                                                              monkeypatch):
+    """depth 1 of a 2-layer teacher, its one layer kept as attention: no mixer, so the ``draft`` recipe trains every
+    parameter (the kept layer's attention and MLP move away from the teacher's), and a recipe that trains only the
+    mixers is refused before any weight loads, naming the fix."""
+    from workbench.distill import run as run_module
+    from workbench.distill.recipes import recipe
+    from workbench.distill.run import Run
+
+    run = tiny_hyena_run(tmp_path, teacher, depth=1, keep_attention=[1], stages=recipe("draft", tokens=2 * 2 * 32,
+                                                                                       seq_len=32, batch_size=2))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["replaced"] == [] and [s["stage"] for s in summary["stages"]] == ["draft-distillation"]
+    loaded = load_run_student(run, device="cpu")
+    layers = anatomy.decoder_layers(loaded.student)
+    assert len(layers) == 1 and loaded.step == 2 and student_spec(loaded.student).source_layers == [1]
+    original = anatomy.decoder_layers(tf.AutoModelForCausalLM.from_pretrained(tmp_path / "teacher"))[1]
+    for name, p in original.named_parameters():          # every weight of the kept layer learned
+        assert not torch.equal(p, layers[0].get_parameter(name)), name
+
+    config = json.loads((run / "config.json").read_text())["run"]
+    mixers_only = RunConfig.from_dict({**config, "stages": [dataclasses.asdict(st) for st in
+                                                            recipe("kd", tokens=128, seq_len=32, batch_size=2)]})
+    monkeypatch.setattr(run_module, "load_teacher", lambda *a, **k: pytest.fail("the teacher's weights loaded"))
+    with pytest.raises(ValueError, match=r"train only the mixers, and this student has none.*--recipe draft"):
+        Run(mixers_only, tmp_path / "kd", progress=False).execute()
+    assert not (tmp_path / "kd" / "events.jsonl").exists()
+
+
 def test_distill_depth_flag(tmp_path, monkeypatch, capsys):
     from workbench.cli import main
     from workbench.distill.run import Run

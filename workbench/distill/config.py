@@ -308,6 +308,11 @@ class RunConfig:
         if not self.replaced_layers(num_layers) and self.depth is None:
             raise ValueError(f"keep_attention {self.keep_attention} keeps every layer of the {name} (0.."
                              f"{num_layers - 1}): nothing would be distilled; leave out at least one")
+        mixers_only = [s.name for s in self.stages if s.train == "mixers"]
+        if not self.replaced_layers(num_layers) and mixers_only:
+            raise ValueError(f"stages {mixers_only} train only the mixers, and this student has none: depth="
+                             f"{self.depth} keeps attention in each of its layers {source}. Train every parameter "
+                             f"(recipe 'draft', `--recipe draft`), or replace some of the layers")
 
     @property
     def auto_keep(self) -> AutoKeep | None:

@@ -8,7 +8,11 @@ stages that follow each paper's procedure. See docs/methods.md for the procedure
   every parameter.
 - ``scavenging-hyena`` (arXiv 2401.17574): progressive layer-wise transfer from the first layer onward (hidden-state
   alignment of one group of layers at a time), then logit KD.
-- ``kd``: plain end-to-end logit KD.
+- ``kd``: plain end-to-end logit KD of the mixers.
+- ``draft``: logit KD of every parameter, one stage: a draft model for speculative decoding, a shallow student
+  (``RunConfig.depth``) trained to agree with its teacher's next-token distributions (the aim of DistillSpec, Zhou
+  et al. 2023). It is the recipe of a shallow student that keeps attention in each of its layers, which has no
+  mixer for the other recipes' first stages to train.
 
 ``mohawk``, ``mamba-in-llama`` and ``scavenging-hyena`` take ``e2e_lr_ratio`` (0.1 in their signatures): the peak
 learning rate of their last stage, where every parameter trains, as a share of ``lr`` (the peak of the stages where
@@ -89,8 +93,14 @@ def kd(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3,
                         seq_len=seq_len, batch_size=batch_size)]
 
 
+def draft(tokens: int, seq_len: int = 512, batch_size: int = 8, lr: float = 1e-3) -> list[StageConfig]:
+    return [StageConfig("draft-distillation", "all", {"kl": 1.0}, tokens, lr=lr, seq_len=seq_len,
+                        batch_size=batch_size)]
+
+
 RECIPES: dict[str, Callable[..., list[StageConfig]]] = {
     "mohawk": mohawk, "mamba-in-llama": mamba_in_llama, "scavenging-hyena": scavenging_hyena, "kd": kd,
+    "draft": draft,
 }
 
 
