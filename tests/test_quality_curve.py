@@ -190,3 +190,39 @@ def test_the_all_mamba2_row_takes_its_measured_end_to_end_rate_from_the_sweep_fo
     assert [(r["budget"], r["dials"], round(r["ppl_ratio"], 3)) for r in result["records"]] == [
         (8_000_000, {"e2e_lr_ratio": 1.0}, 2.302), (30_000_000, {"e2e_lr_ratio": 1.0}, 1.570)]
     assert len(result["other_settings"]) == 2
+
+
+def test_a_sigterm_stops_the_run_in_progress_checkpointed_and_resume_goes_on(tiny_teacher_dir, tmp_path,
+                                                                            monkeypatch, one_thread):
+    """The script runs each run inside StopOnSignals: a SIGTERM during step 3 ends the script (SystemExit naming
+    --resume) once that step is checkpointed, and --resume finishes the run with every step taken once."""
+    import signal
+
+    from workbench.distill.events import iter_events
+
+    curve = benchmark()
+    log_step = Run._log_step
+    received = []
+
+    def terminated_in_step_three(self, run_dir, stage, s_idx, step, global_step, *rest):
+        if global_step == 2:                          # 0-based here: the third step, "step" 3 in the events
+            signal.raise_signal(signal.SIGTERM)
+        return log_step(self, run_dir, stage, s_idx, step, global_step, *rest)
+
+    recording = lambda *a: received.append(a)   # noqa: E731  (a handler that cannot kill pytest)
+    previous = signal.signal(signal.SIGTERM, recording)
+    try:
+        monkeypatch.setattr(Run, "_log_step", terminated_in_step_three)
+        args = argv(tiny_teacher_dir, tmp_path, "--rows", "mil-25", "--budgets", "320", "--resume")
+        with pytest.raises(SystemExit, match="stopped on request after step 3.*--resume to go on"):
+            curve.main(args)
+        monkeypatch.setattr(Run, "_log_step", log_step)
+        assert received == [] and signal.getsignal(signal.SIGTERM) is recording   # caught, then put back
+        events = tmp_path / "runs" / "mil-25" / "320-s0" / "events.jsonl"
+        *_, last = iter_events(events)
+        assert last["type"] == "checkpoint" and last["step"] == 3
+        result = curve.main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert [r["budget"] for r in result["records"]] == [320]
+    assert [e["step"] for e in iter_events(events, "step")] == list(range(1, 320 // 64 + 1))
