@@ -5,6 +5,8 @@ parameter beside the published students (``workbench.viz.quality``).
     python benchmarks/quality_curve.py --out runs/curve --json docs/results/curve.json --figure curve.html
     python benchmarks/quality_curve.py --rows mil-25,mil-25-auto --budgets 8M,30M --corpus corpora/mix --nproc 2 \\
         --out runs/curve --json curve.json --resume
+    python benchmarks/quality_curve.py --rows mil-50,mil-25-auto,mohawk-0 --budgets 30M --corpus corpora/mix \\
+        --side-by-side 3 --stop-after 540 --out runs/curve --json curve.json --resume   # a GPU lent for 10 minutes
 
 Rows (``ROWS``; the students and recipes of ``benchmarks/results_table.py``'s ``Row``, its ``row_config`` builds each
 run):
@@ -23,7 +25,13 @@ Each (row, budget, seed) is one run folder, ``OUT/ROW/BUDGET-sSEED``, resumable 
 ``record.json`` is finished and read back; a folder holding a run that has not finished is continued with
 ``--resume`` (without it the script stops and says so, rather than guess); any other is a new run. A folder holding
 a run of another config (other --lr, --batch-size, --corpus, ...) stops the script: give such a sweep its own
---out. ``--nproc N`` runs each one data-parallel on N GPUs (``workbench distill --resume`` under torchrun). The JSON
+--out. ``--nproc N`` runs each one data-parallel on N GPUs (``workbench distill --resume`` under torchrun).
+``--side-by-side N`` runs N at a time on one device instead, each in its own process of this script (its output in
+OUT/logs/): a 135M-parameter student's step leaves a large GPU partly idle (on an H200, three runs side by side
+kept 53k tokens/s each, where the records of runs with the GPU nearly to themselves say 101-109k: docs/results.md,
+"a fourth campaign"). ``--stop-after SECONDS`` then stops the runs
+still going at that time (each after its step, checkpointed) and starts no other, so that a block of machine time
+ends with every run resumable; the next call with ``--resume`` goes on where each stopped. The JSON
 (``--json``) holds one record per run (fields below), written after every run; the figure (``--figure``, .html or
 .json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
 that the folders under --out hold (run folders copied back from GPU machines, checkpoints left out) and lists the
@@ -49,6 +57,7 @@ import importlib.util
 import json
 import math
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -259,6 +268,51 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
     return record
 
 
+def side_by_side(items: list[tuple[CurveRow, int, int]], args, argv: list[str]) -> list[str]:
+    """Run the ``items`` that have no record yet, ``args.side_by_side`` at a time, each in its own process of this
+    script (its row, budget and seed; every other flag as given) on the same device, in the plan's order; its output
+    goes to OUT/logs/ROW-BUDGET-sSEED.log. With ``args.stop_after``, the runs still going at that many seconds get a
+    SIGTERM (each stops after its step in progress, checkpointed: ``--resume`` continues it) and none starts after.
+    Returns what did not finish, one line each (a failed run's last output line, or that it was stopped or left)."""
+    todo = [(item, b, s) for item, b, s in items if not (run_folder(args.out, item, b, s) / RECORD).is_file()]
+    deadline = time.monotonic() + args.stop_after if args.stop_after else None
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running: list[tuple[subprocess.Popen, str, Path]] = []
+    unfinished: list[str] = []
+    while todo or running:
+        late = deadline is not None and time.monotonic() >= deadline
+        while todo and len(running) < args.side_by_side and not late:
+            item, budget, seed = todo.pop(0)
+            name = f"{item.row.name} {budget_name(budget)} seed {seed}"
+            log = logs / f"{item.row.name}-{budget_name(budget)}-s{seed}.log"
+            # the flags as given, then this run's own (argparse keeps the last of each); no figure, no children
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--rows", item.row.name,
+                       "--budgets", str(budget), "--ablation-budget", str(budget), "--seeds", str(seed),
+                       "--side-by-side", "0", "--stop-after", "0", "--figure", "",
+                       "--json", str(log.with_suffix(".json"))]
+            with open(log, "ab") as out:
+                running.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), name, log))
+            print(f"{name}: started ({len(running)} running)", flush=True)
+        if late:
+            for proc, _, _ in running:
+                proc.send_signal(signal.SIGTERM)
+            unfinished += [f"{name}: not started (--stop-after)" for name in
+                           (f"{i.row.name} {budget_name(b)} seed {s}" for i, b, s in todo)]
+            todo = []
+        for proc, name, log in list(running):
+            if proc.poll() is None and not late:
+                continue
+            code = proc.wait()
+            running.remove((proc, name, log))
+            if code != 0:
+                last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                unfinished.append(f"{name}: {'stopped' if late else f'failed (exit {code})'}: {last[0]} ({log})")
+            print(f"{name}: {'done' if code == 0 else unfinished[-1]}", flush=True)
+        time.sleep(0.2)
+    return unfinished
+
+
 def plan(rows: list[str], budgets: list[int], ablation_budget: int,
          seeds: list[int]) -> list[tuple[CurveRow, int, int]]:
     """(row, budget, seed) of every run asked for, row by row, budgets ascending."""
@@ -331,6 +385,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the MLPs and norms (RunConfig.compile)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes per run (torchrun), one GPU each")
+    p.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                   help="run N runs at a time, each in its own process of this script on the same device (small "
+                   "runs fill a large GPU better together; default 0: one after another in this process)")
+    p.add_argument("--stop-after", type=float, default=0, metavar="SECONDS",
+                   help="with --side-by-side: after this many seconds, stop the runs still going (each after its "
+                   "step, checkpointed: --resume continues it) and start no other (default 0: none)")
     p.add_argument("--resume", action="store_true", help="continue runs that did not finish")
     p.add_argument("--collect", action="store_true", help="run nothing: gather the records the run folders under "
                    "--out hold (copied from the machines that ran them) into --json and --figure, listing the missing")
@@ -352,6 +412,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
     if args.figure and Path(args.figure).suffix not in (".html", ".json"):
         p.error(f"--figure {args.figure}: give a .html or .json path")
+    if args.side_by_side < 0 or (args.side_by_side and args.nproc > 1):
+        p.error(f"--side-by-side {args.side_by_side}: give a number of runs >= 0, and leave --nproc at 1 (runs side "
+                f"by side share one device)")
+    if args.stop_after < 0 or (args.stop_after and not args.side_by_side):
+        p.error(f"--stop-after {args.stop_after}: give a number of seconds (0: none), with --side-by-side N")
     return args
 
 
@@ -372,10 +437,14 @@ def main(argv: list[str] | None = None) -> dict:
                "ablation_budget": parse_tokens(args.ablation_budget), "seeds": seeds, "corpus": args.corpus,
                "corpus_weights": args.corpus_weights, "nproc": args.nproc, "command": command,
                "anchors": json.loads(json.dumps([asdict(a) for a in ANCHORS])), "records": []}
+    items = [(CurveRow(item.row, item.ablation_only, args.laughing_order)
+              if item.laughing_order and args.laughing_order else item, budget, seed) for item, budget, seed in items]
+    if args.side_by_side and not args.collect:
+        unfinished = side_by_side(items, args, sys.argv[1:] if argv is None else list(argv))
+        if unfinished:
+            results["unfinished"] = unfinished
     for item, budget, seed in items:
-        if item.laughing_order and args.laughing_order:
-            item = CurveRow(item.row, item.ablation_only, args.laughing_order)
-        if args.collect:
+        if args.collect or args.side_by_side:      # side by side: each record was written by the run's own process
             record, passed = collect_one(item, budget, seed, args, n_layers)
             if passed:
                 results.setdefault("other_settings", []).extend(passed)

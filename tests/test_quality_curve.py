@@ -226,3 +226,32 @@ def test_a_sigterm_stops_the_run_in_progress_checkpointed_and_resume_goes_on(tin
         signal.signal(signal.SIGTERM, previous)
     assert [r["budget"] for r in result["records"]] == [320]
     assert [e["step"] for e in iter_events(events, "step")] == list(range(1, 320 // 64 + 1))
+
+
+def test_runs_side_by_side_in_their_own_processes_and_stop_at_a_deadline(tiny_teacher_dir, tmp_path, capsys):
+    """--side-by-side 2: each run in its own process of the script (its output in OUT/logs), the records gathered as
+    if run here; with --stop-after, the runs going at that time get a SIGTERM and none starts after it (a stop inside
+    a step, checkpointed, is the test above); a later call with --resume finishes every run, each step taken once.
+    Flags that cannot work together are refused."""
+    from workbench.distill.events import iter_events
+
+    curve = benchmark()
+    base = argv(tiny_teacher_dir, tmp_path, "--rows", "mil-25", "--budgets", "320,640", "--seeds", "0,1")
+    stopped = curve.main([*base, "--side-by-side", "2", "--stop-after", "0.5"])   # before any run can finish
+    assert stopped["records"] == [] and len(stopped["missing"]) == 4 and len(stopped["unfinished"]) == 4
+    assert sum("not started (--stop-after)" in line for line in stopped["unfinished"]) == 2
+    assert sum(": stopped: " in line for line in stopped["unfinished"]) == 2, stopped["unfinished"]
+    results = curve.main([*base, "--side-by-side", "2", "--resume"])
+    assert sorted((r["budget"], r["seed"]) for r in results["records"]) == [(320, 0), (320, 1), (640, 0), (640, 1)]
+    assert "unfinished" not in results and "missing" not in results
+    for r in results["records"]:
+        assert [e["step"] for e in iter_events(Path(r["run"]) / "events.jsonl", "step")] == \
+            list(range(1, r["budget"] // 64 + 1))
+    logs = sorted(p.name for p in (tmp_path / "runs" / "logs").glob("*.log"))
+    assert logs == ["mil-25-320-s0.log", "mil-25-320-s1.log", "mil-25-640-s0.log", "mil-25-640-s1.log"]
+    for flags, message in ((["--stop-after", "60"], "with --side-by-side N"),
+                           (["--side-by-side", "2", "--nproc", "2"], "leave --nproc at 1")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            curve.parse_args([*base, *flags])
+        assert message in capsys.readouterr().err
