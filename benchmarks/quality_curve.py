@@ -31,7 +31,8 @@ OUT/logs/): a 135M-parameter student's step leaves a large GPU partly idle (on a
 kept 53k tokens/s each, where the records of runs with the GPU nearly to themselves say 101-109k: docs/results.md,
 "a fourth campaign"). ``--stop-after SECONDS`` then stops the runs
 still going at that time (each after its step, checkpointed) and starts no other, so that a block of machine time
-ends with every run resumable; the next call with ``--resume`` goes on where each stopped. The JSON
+ends with every run resumable (a SIGTERM or Ctrl-C to the script does the same at once); the next call with
+``--resume`` goes on where each stopped. The JSON
 (``--json``) holds one record per run (fields below), written after every run; the figure (``--figure``, .html or
 .json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
 that the folders under --out hold (run folders copied back from GPU machines, checkpoints left out) and lists the
@@ -61,6 +62,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -273,15 +275,33 @@ def side_by_side(items: list[tuple[CurveRow, int, int]], args, argv: list[str]) 
     script (its row, budget and seed; every other flag as given) on the same device, in the plan's order; its output
     goes to OUT/logs/ROW-BUDGET-sSEED.log. With ``args.stop_after``, the runs still going at that many seconds get a
     SIGTERM (each stops after its step in progress, checkpointed: ``--resume`` continues it) and none starts after.
+    A SIGTERM or Ctrl-C to this script does the same at once: the runs have sessions of their own, so each gets the
+    one SIGTERM from here (a second signal would stop a run mid-step), and ``timeout`` on this script stops them too.
     Returns what did not finish, one line each (a failed run's last output line, or that it was stopped or left)."""
     todo = [(item, b, s) for item, b, s in items if not (run_folder(args.out, item, b, s) / RECORD).is_file()]
     deadline = time.monotonic() + args.stop_after if args.stop_after else None
+    asked: list[int] = []                                   # signals received: stop as at the deadline
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda number, frame: asked.append(number))
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _side_by_side(todo, args, argv, deadline, asked)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _side_by_side(todo: list[tuple[CurveRow, int, int]], args, argv: list[str], deadline: float | None,
+                  asked: list[int]) -> list[str]:
+    """The loop of ``side_by_side``: start runs while slots are free, stop them all at the deadline or once
+    ``asked`` holds a signal."""
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     running: list[tuple[subprocess.Popen, str, Path]] = []
     unfinished: list[str] = []
     while todo or running:
-        late = deadline is not None and time.monotonic() >= deadline
+        late = bool(asked) or (deadline is not None and time.monotonic() >= deadline)
         while todo and len(running) < args.side_by_side and not late:
             item, budget, seed = todo.pop(0)
             name = f"{item.row.name} {budget_name(budget)} seed {seed}"
@@ -292,12 +312,14 @@ def side_by_side(items: list[tuple[CurveRow, int, int]], args, argv: list[str]) 
                        "--side-by-side", "0", "--stop-after", "0", "--figure", "",
                        "--json", str(log.with_suffix(".json"))]
             with open(log, "ab") as out:
-                running.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), name, log))
+                running.append((subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                                 start_new_session=True), name, log))
             print(f"{name}: started ({len(running)} running)", flush=True)
         if late:
             for proc, _, _ in running:
                 proc.send_signal(signal.SIGTERM)
-            unfinished += [f"{name}: not started (--stop-after)" for name in
+            why = "a signal to this script" if asked else "--stop-after"
+            unfinished += [f"{name}: not started ({why})" for name in
                            (f"{i.row.name} {budget_name(b)} seed {s}" for i, b, s in todo)]
             todo = []
         for proc, name, log in list(running):

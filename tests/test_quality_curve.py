@@ -255,3 +255,29 @@ def test_runs_side_by_side_in_their_own_processes_and_stop_at_a_deadline(tiny_te
         with pytest.raises(SystemExit):
             curve.parse_args([*base, *flags])
         assert message in capsys.readouterr().err
+
+
+def test_a_sigterm_to_the_script_stops_the_runs_side_by_side_as_the_deadline_does(tiny_teacher_dir, tmp_path):
+    """A SIGTERM to the script while runs go side by side: it stops them (one SIGTERM each, from the script) and
+    starts no other, returns what did not finish, and puts the handler it replaced back."""
+    import os
+    import signal
+    import threading
+
+    curve = benchmark()
+    received = []
+    recording = lambda *a: received.append(a)   # noqa: E731  (a handler that cannot kill pytest)
+    previous = signal.signal(signal.SIGTERM, recording)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        stopped = curve.main(argv(tiny_teacher_dir, tmp_path, "--rows", "mil-25", "--budgets", "320,640",
+                                  "--side-by-side", "1"))
+        assert received == [] and signal.getsignal(signal.SIGTERM) is recording
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped["records"] == [] and len(stopped["unfinished"]) == 2, stopped
+    started, left = sorted(stopped["unfinished"])
+    assert started.startswith("mil-25 320 seed 0: stopped: ")
+    assert left == "mil-25 640 seed 0: not started (a signal to this script)"
