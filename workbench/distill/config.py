@@ -305,11 +305,12 @@ class RunConfig:
         if dropped:
             raise ValueError(f"layers {dropped} are dropped by depth={self.depth}, which keeps the {name}'s layers "
                              f"{source}: name only those in keep_attention and replace")
-        if not self.replaced_layers(num_layers) and self.depth is None:
+        replaced = self.replaced_layers(num_layers)
+        if not replaced and self.depth is None:
             raise ValueError(f"keep_attention {self.keep_attention} keeps every layer of the {name} (0.."
                              f"{num_layers - 1}): nothing would be distilled; leave out at least one")
         mixers_only = [s.name for s in self.stages if s.train == "mixers"]
-        if not self.replaced_layers(num_layers) and mixers_only:
+        if not replaced and mixers_only:
             raise ValueError(f"stages {mixers_only} train only the mixers, and this student has none: depth="
                              f"{self.depth} keeps attention in each of its layers {source}. Train every parameter "
                              f"(recipe 'draft', `--recipe draft`), or replace some of the layers")

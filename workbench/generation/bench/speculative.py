@@ -43,6 +43,11 @@ def lookup_ngram(draft: str) -> int | None:
     return int(size) if size else 3
 
 
+def _share(seconds: float, result) -> float:
+    """``seconds`` as a share of ``result``'s decode time (0 when it took none)."""
+    return seconds / result.decode_seconds if result.decode_seconds else 0.0
+
+
 def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1, context: int = 512,
                       new: int = 128, device="auto", dtype="auto", cuda_graph="auto", warmup: int = 8,
                       progress: bool = True) -> dict:
@@ -92,8 +97,8 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
                  "speedup": speed / plain.decode_tokens_per_s, "acceptance_rate": result.acceptance_rate,
                  "rounds": result.rounds, "identical": torch.equal(result.tokens, plain.tokens),
                  "first_difference": _first_difference(plain.tokens, result.tokens),
-                 "draft_share": result.draft_seconds / result.decode_seconds if result.decode_seconds else 0.0,
-                 "verify_share": result.verify_seconds / result.decode_seconds if result.decode_seconds else 0.0}
+                 "draft_share": _share(result.draft_seconds, result),
+                 "verify_share": _share(result.verify_seconds, result)}
         report["results"].append(entry)
         if progress:
             print(f"k={k}: {speed:.1f} tokens/s vs {plain.decode_tokens_per_s:.1f} plain (x{entry['speedup']:.2f}), "
