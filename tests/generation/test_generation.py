@@ -20,6 +20,7 @@ from workbench.generation.sampling import filter_logits, next_tokens
 from workbench.generation.session import cache_keyword
 from workbench.students import build_student, student_mixers
 from workbench.students.adapter import mixer_attentions
+from workbench.teachers import anatomy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,6 +169,13 @@ def perturbed(model, scale):
     return draft
 
 
+def shallow(model, keep):
+    """A copy of ``model`` keeping only the decoder layers ``keep`` (a shallow draft, as ``--depth`` builds one)."""
+    draft = copy.deepcopy(model)
+    anatomy.keep_layers(draft, keep)
+    return draft
+
+
 @pytest.mark.parametrize("target", ["hybrid", "hybrid-mid", "mamba2", "teacher"])
 def test_speculative_greedy_equals_plain_greedy(models, target):
     model = models[target]
@@ -218,24 +226,34 @@ def test_targets_verify_in_place_where_their_layers_allow_else_by_rolling_back(m
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_speculative_verification_is_captured_on_cuda(models):
-    """A draft model's rounds on CUDA: the target's pass replays a CUDA graph and gives the eager tokens."""
-    draft = perturbed(models["hybrid"], 0.05).to("cuda")                      # perturbed on the CPU, then moved
-    target = models["hybrid"].to("cuda")
+def test_speculative_verification_is_captured_on_cuda(models, monkeypatch):
+    """A draft model's rounds on CUDA: the target's pass replays a CUDA graph, and so does each draft step of a
+    draft that goes back by snapshots (all Mamba-2, a hybrid, a shallow draft keeping attention on the static
+    cache); the tokens, the acceptance and the drafts are those of the eager rounds with the re-running drafter."""
+    from workbench.generation import speculative
+
     prompt = PROMPT.to("cuda")
-    captured = speculative_generate(target, draft, prompt, 24, k=3)
-    eager = speculative_generate(target, draft, prompt, 24, k=3, cuda_graph=False)
-    assert captured.cuda_graph and not eager.cuda_graph
-    assert torch.equal(captured.tokens, eager.tokens)
-    assert torch.equal(captured.tokens, generate(target, prompt, 24, cuda_graph=False).tokens)
-    # an all-Mamba-2 draft: each draft step a replay of its own captured step, rejected drafts undone by snapshots
-    mamba_draft = perturbed(models["mamba2"], 0.005).to("cuda")                # perturbed on the CPU, then moved
-    for target_model, plain in ((target, captured.tokens), (models["mamba2"].to("cuda"), None)):
-        snapshots = speculative_generate(target_model, mamba_draft, prompt, 24, k=3)
-        eager = speculative_generate(target_model, mamba_draft, prompt, 24, k=3, cuda_graph=False)
-        assert torch.equal(snapshots.tokens, eager.tokens) and snapshots.accepted == eager.accepted
-        if plain is not None:
-            assert torch.equal(snapshots.tokens, plain)
+    target = models["hybrid"].to("cuda")
+    drafts = {"hybrid": perturbed(models["hybrid"], 0.05).to("cuda"),       # perturbed on the CPU, then moved
+              "all Mamba-2": perturbed(models["mamba2"], 0.005).to("cuda"),
+              "shallow hybrid": shallow(models["hybrid"], [0, 1]).to("cuda"),
+              "shallow attention": shallow(models["teacher"], [0]).to("cuda")}
+    plain = generate(target, prompt, 24, cuda_graph=False).tokens
+    partly = []                                                  # drafts with rounds that went back part way
+    for name, draft in drafts.items():
+        captured = speculative_generate(target, draft, prompt, 24, k=3)
+        monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
+        rerun = speculative_generate(target, draft, prompt, 24, k=3, cuda_graph=False)
+        monkeypatch.undo()
+        assert captured.cuda_graph and not rerun.cuda_graph, name
+        assert torch.equal(captured.tokens, rerun.tokens) and torch.equal(captured.tokens, plain), name
+        assert (captured.accepted, captured.rounds) == (rerun.accepted, rerun.rounds), name
+        partly += [name] if 0 < captured.accepted < captured.proposed else []
+    assert partly
+    mamba2 = models["mamba2"].to("cuda")
+    snapshots = speculative_generate(mamba2, drafts["all Mamba-2"], prompt, 24, k=3)
+    eager = speculative_generate(mamba2, drafts["all Mamba-2"], prompt, 24, k=3, cuda_graph=False)
+    assert torch.equal(snapshots.tokens, eager.tokens) and snapshots.accepted == eager.accepted
     assert 0 < snapshots.accepted < snapshots.proposed
     with pytest.raises(ValueError, match="verifies by rolling back"):
         speculative_generate(models["hyena"].to("cuda"), models["hyena"], prompt, 4, cuda_graph=True)
@@ -264,40 +282,59 @@ def test_phase_clock_sums_each_phase_over_the_rounds(models):
     assert result.draft_seconds + result.verify_seconds <= result.decode_seconds
 
 
-def test_all_mixer_drafts_go_back_by_state_snapshots(models, monkeypatch):
-    """An all-Mamba-2 draft drafts through ``SnapshotDraft`` (states copied after each step, restored on rejection),
-    other drafts through ``ModelDraft`` (re-run on rejection); the two propose the same tokens, so the rounds match."""
+def test_drafts_go_back_by_state_snapshots(models, monkeypatch):
+    """Drafts whose steps update their states in place (all Mamba-2, a hybrid, a shallow draft of attention and
+    Mamba-2 layers, one of attention only) go back by state snapshots (``SnapshotDraft``: what a step moves on copied
+    after each step and restored on rejection, an eager draft's dynamic cache cropped); a Hyena draft re-runs the kept
+    tokens (``ModelDraft``, the reference twin). Going back to the same place, the two propose the same drafts in
+    every round."""
     from workbench.generation import speculative
 
-    chosen = []
     real = speculative.model_drafter
 
-    def spy(*args):
-        drafter = real(*args)
-        chosen.append(type(drafter).__name__)
-        return drafter
+    def rounds(target, draft, snapshots: bool) -> tuple[list[str], list[torch.Tensor], object]:
+        """The drafter chosen, every round's drafts, and the result."""
+        kinds, drafts = [], []
 
-    monkeypatch.setattr(speculative, "model_drafter", spy)
-    draft = perturbed(models["mamba2"], 0.005)   # tiny random models' argmax is fragile: a small perturbation
-    for target in ("mamba2", "teacher"):
-        speculative_generate(models[target], models["hybrid"], PROMPT, 8, k=2)
-        snap = speculative_generate(models[target], draft, PROMPT, 20, k=3, stop_tokens=[EOS], pad_token_id=PAD)
-        monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
-        rerun = speculative_generate(models[target], draft, PROMPT, 20, k=3, stop_tokens=[EOS], pad_token_id=PAD)
+        def recording(*args):
+            drafter = real(*args)
+            kinds.append(type(drafter).__name__)
+            propose = drafter.propose
+            drafter.propose = lambda k: drafts.append(propose(k).clone()) or drafts[-1]
+            return drafter
+
+        monkeypatch.setattr(speculative, "model_drafter", recording)
+        if not snapshots:
+            monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
+        result = speculative_generate(target, draft, PROMPT, 20, k=3, stop_tokens=[EOS], pad_token_id=PAD)
         monkeypatch.undo()
-        monkeypatch.setattr(speculative, "model_drafter", spy)
-        assert torch.equal(snap.tokens, rerun.tokens)
-        assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds)
-        assert snap.accepted < snap.proposed and (snap.accepted > 0 or target == "teacher")  # rejected, accepted
-    assert chosen == ["ModelDraft", "SnapshotDraft", "ModelDraft"] * 2
-    # GPT-2's learned positions: a draft that went back to the wrong position would draft other tokens
+        return kinds, drafts, result
+
     gpt2 = build_student(tiny("gpt2"), "mamba2").eval()
-    gpt2_draft = perturbed(gpt2, 0.005)
-    snap = speculative_generate(gpt2, gpt2_draft, PROMPT, 20, k=3)
-    monkeypatch.setattr(speculative.SnapshotDraft, "fits", staticmethod(lambda session, batch: False))
-    rerun = speculative_generate(gpt2, gpt2_draft, PROMPT, 20, k=3)
-    assert torch.equal(snap.tokens, rerun.tokens) and snap.rounds > 5
-    assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds)
+    cases = {  # target, draft: tiny random models' argmax is fragile, so a draft is a small change of a model
+        "all Mamba-2": (models["mamba2"], perturbed(models["mamba2"], 0.005)),
+        "hybrid": (models["hybrid"], perturbed(models["hybrid"], 0.005)),
+        "shallow hybrid": (models["hybrid"], shallow(models["hybrid"], [0, 1])),
+        "attention only": (models["mamba2"], perturbed(models["teacher"], 0.005)),
+        "shallow attention": (models["hybrid"], shallow(models["teacher"], [0])),
+        # GPT-2's learned positions: a draft that went back to the wrong position would draft other tokens
+        "GPT-2, shallow attention": (gpt2, shallow(tiny("gpt2"), [0])),
+        "GPT-2, all Mamba-2": (gpt2, perturbed(gpt2, 0.005)),
+    }
+    accepted = {}
+    for name, (target, draft) in cases.items():
+        kinds, snap_drafts, snap = rounds(target, draft, snapshots=True)
+        rerun_kinds, rerun_drafts, rerun = rounds(target, draft, snapshots=False)
+        assert (kinds, rerun_kinds) == (["SnapshotDraft"], ["ModelDraft"]), name
+        assert len(snap_drafts) == len(rerun_drafts) >= 5, name
+        for a, b in zip(snap_drafts, rerun_drafts):
+            assert torch.equal(a, b), name
+        assert torch.equal(snap.tokens, rerun.tokens), name
+        assert (snap.accepted, snap.proposed, snap.rounds) == (rerun.accepted, rerun.proposed, rerun.rounds), name
+        accepted[name] = snap.accepted / snap.proposed
+    assert 0 < accepted["hybrid"] < 1 and 0 < accepted["shallow hybrid"] < 1     # rounds that went back part way
+    kinds, _, _ = rounds(models["teacher"], models["hyena"], snapshots=True)
+    assert kinds == ["ModelDraft"]
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "hyena"])

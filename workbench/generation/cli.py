@@ -189,7 +189,7 @@ def add_subcommand(sub) -> None:
     q.add_argument("--new", type=int, default=128, help="new tokens per sequence")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
                    help="CUDA graphs: the plain greedy baseline's decode steps, the target's verification passes and "
-                   "the steps of a draft made of mixer layers only")
+                   "the steps of a draft whose mixer steps update their states in place (attention, Mamba-2)")
     q.add_argument("--json", required=True, metavar="OUT.json", help="file the report is written to")
     q.add_argument("--device", default="auto", help=device_help)
     q.add_argument("--dtype", default="auto", help=dtype_help)

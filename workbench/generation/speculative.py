@@ -29,7 +29,6 @@ from workbench.generation.engine import GenerationResult, default_pad, prefill
 from workbench.generation.graph import capture_step, static_state_problem
 from workbench.generation.session import Session, unwrap
 from workbench.generation.verify import plain_static, static_lengths, target_verifier, verification_session
-from workbench.teachers import anatomy
 
 
 @dataclass
@@ -107,11 +106,16 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class SnapshotDraft(ReadingDraft):
-    """Drafts as ``ModelDraft`` does, for a draft made of mixer layers only whose steps update their states in place
-    (an all-Mamba-2 student, e.g. a shallow one: ``workbench distill --depth``): one token per step, each step one
-    replay of the draft's step captured in a CUDA graph with the argmax inside it (``graph``; else eager), and after
-    every step a copy of the mixer states into a slot, so that going back to the accepted tokens copies a slot back
-    instead of running the kept tokens again. Nothing waits for the device.
+    """Drafts as ``ModelDraft`` does, for a draft whose mixer steps update their states in place (an all-Mamba-2
+    student, a hybrid, or a shallow model keeping the teacher's attention: ``workbench distill --depth``): one token
+    per step, each step one replay of the draft's step captured in a CUDA graph with the argmax inside it (``graph``;
+    else eager), and after every step a copy of what the step moved on into a slot, so that going back to the
+    accepted tokens copies a slot back instead of running the kept tokens again. Nothing waits for the device.
+
+    What a step moves on: the mixer states, and on the static cache of a captured draft its layers' length counters,
+    which place every attention write and size every mask (so restoring them undoes the attention layers' reads too;
+    the keys and values written past them are overwritten by later reads). Eagerly, on a dynamic cache, the undone
+    reads are cropped from it instead.
 
     A round: slot 0 holds the states at the round's start; the draft reads its pending tokens (the target's token of
     the last round, after an all-accepted round also the last draft), then its own drafts but the last, each read
@@ -135,14 +139,14 @@ class SnapshotDraft(ReadingDraft):
 
     @staticmethod
     def fits(session: Session, batch: int) -> bool:
-        """Can ``session`` (prefilled) draft this way: every layer a mixer, every step in place, and a dynamic or
-        plain static cache?"""
-        return (len(session.mixers) == len(anatomy.decoder_layers(session.model))
-                and static_state_problem(session, batch) is None
+        """Can ``session`` (prefilled) draft this way: every mixer step in place, and a dynamic or plain static
+        cache?"""
+        return (static_state_problem(session, batch) is None
                 and (isinstance(session.cache, DynamicCache) or plain_static(session.cache)))
 
     def _save(self, slot: int) -> None:
-        torch._foreach_copy_([saved[slot] for saved in self.slots], self.tensors)
+        if self.tensors:                               # none: an eager draft of attention layers only
+            torch._foreach_copy_([saved[slot] for saved in self.slots], self.tensors)
 
     def propose(self, k: int) -> torch.Tensor:
         self.start, self.reads = self.session.length, 0
@@ -162,7 +166,8 @@ class SnapshotDraft(ReadingDraft):
         return self.drafts
 
     def back(self, kept: int) -> None:
-        torch._foreach_copy_(self.tensors, [saved[kept] for saved in self.slots])
+        if self.tensors:
+            torch._foreach_copy_(self.tensors, [saved[kept] for saved in self.slots])
         if not self.graph:                             # the undone reads leave the dynamic cache and the counts
             self.session.cache.crop(kept - self.reads)
             for m in self.session.mixers.values():
