@@ -233,11 +233,11 @@ def test_speculative_verification_is_captured_on_cuda(models, monkeypatch):
     from workbench.generation import speculative
 
     prompt = PROMPT.to("cuda")
-    target = models["hybrid"].to("cuda")
     drafts = {"hybrid": perturbed(models["hybrid"], 0.05).to("cuda"),       # perturbed on the CPU, then moved
               "all Mamba-2": perturbed(models["mamba2"], 0.005).to("cuda"),
               "shallow hybrid": shallow(models["hybrid"], [0, 1]).to("cuda"),
               "shallow attention": shallow(models["teacher"], [0]).to("cuda")}
+    target = models["hybrid"].to("cuda")
     plain = generate(target, prompt, 24, cuda_graph=False).tokens
     partly = []                                                  # drafts with rounds that went back part way
     for name, draft in drafts.items():
