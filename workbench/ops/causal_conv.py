@@ -4,6 +4,9 @@
 
 Shapes: B batch, L length, C channels, W taps (a handful: 3-4).
 
+Decoding keeps the last W inputs in a ring buffer (B, C, W), the input of position p in slot p mod W;
+``causal_conv1d_step`` writes one token's input into it and returns that position's output.
+
 ``causal_conv1d`` computes it as W shifted multiply-adds on the (B, L, C) layout the mixers hold: no transposes, an
 fp32 accumulator, and under ``torch.compile`` one fused element-wise kernel forward and one backward. ATen's
 depthwise ``conv1d`` in bf16 (the reference, ``causal_conv1d_ref``) was among the largest non-GEMM kernels of a
@@ -40,6 +43,18 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
     padded = F.pad(x.transpose(1, 2), (W - 1, 0))                            # (B, C, W-1+L)
     w = weight.to(x.dtype)[:, None, :]                                       # (C, 1, W): nn.Conv1d's depthwise layout
     return F.conv1d(padded, w, None if bias is None else bias.to(x.dtype), groups=x.shape[2]).transpose(1, 2)
+
+
+def causal_conv1d_step(x_t: Tensor, buffer: Tensor, position: Tensor, weight: Tensor,
+                       bias: Tensor | None = None) -> Tensor:
+    """x_t (B, C), the input at ``position`` (a 0-dim integer tensor on the device), with ``buffer`` (B, C, W) the ring
+    buffer of the inputs before it -> y_t (B, C). Writes x_t into its slot of ``buffer`` in place; nothing leaves
+    the device (a CUDA graph can capture it)."""
+    W = buffer.shape[-1]
+    buffer.index_copy_(2, (position % W).reshape(1), x_t[..., None].to(buffer.dtype))
+    oldest_first = (position + 1 + torch.arange(W, device=buffer.device)) % W  # slots of positions t-W+1 .. t
+    y = (buffer.index_select(2, oldest_first) * weight).sum(-1)                # (B, C)
+    return y if bias is None else y + bias
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.ops.causal_conv import causal_conv1d
+from workbench.ops.causal_conv import causal_conv1d, causal_conv1d_step
 
 
 class CausalConv1d(nn.Module):
@@ -84,9 +84,4 @@ class CausalConv1d(nn.Module):
 
     def step(self, x_t: Tensor, buffer: Tensor, position: Tensor) -> Tensor:
         """x_t (B, C) at ``position`` (a 0-dim integer tensor) -> y_t (B, C). Writes x_t into ``buffer`` in place."""
-        W = self.width
-        buffer.index_copy_(2, (position % W).reshape(1), x_t[..., None].to(buffer.dtype))
-        oldest_first = (position + 1 + torch.arange(W, device=buffer.device)) % W  # slots of positions t-W+1 .. t
-        window = buffer.index_select(2, oldest_first)                              # (B, C, W)
-        y = (window * self.weight[:, 0]).sum(-1)
-        return y if self.bias is None else y + self.bias
+        return causal_conv1d_step(x_t, buffer, position, self.weight[:, 0], self.bias)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.ops.gated_norm import gated_rms_norm
 from workbench.students._conv import CausalConv1d
 from workbench.students.base import Mixer
 
@@ -58,12 +58,7 @@ class GatedOutput(nn.Module):
         self.bias.fill_(SILU_INVERSE_OF_ONE)
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., E), (..., E) -> (..., E)
-        g = y * F.silu(z if self.bias is None else z + self.bias)
-        if self.weight is None:
-            return g
-        g32 = at_least_fp32(g).unflatten(-1, (self.groups, -1))              # (..., G, E/G)
-        g32 = g32 * torch.rsqrt(g32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (g32.flatten(-2) * self.weight).to(y.dtype)
+        return gated_rms_norm(y, z, self.bias, self.weight, self.groups, self.eps)
 
 
 class ScanMixer(Mixer):

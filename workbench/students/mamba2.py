@@ -42,9 +42,10 @@ from torch import Tensor, nn
 
 from workbench.ops.aligned_linear import AlignedLinear, aligned_linear
 from workbench.ops.causal_conv import causal_conv1d
+from workbench.ops.mamba2_step import Mamba2StepLayout, Mamba2StepWeights, mamba2_decay, mamba2_step
 from workbench.ops.ssd import segment_sum, ssd_scan
 from workbench.students._conv import CausalConv1d
-from workbench.students._ssm import GatedOutput, ScanMixer, at_least_fp32, inverse_softplus_dt
+from workbench.students._ssm import GatedOutput, ScanMixer, inverse_softplus_dt
 from workbench.students.init import check_fits, has_bias, load_attention
 from workbench.teachers.anatomy import AttentionWeights
 
@@ -134,6 +135,7 @@ class Mamba2(ScanMixer):
         self.gate = GatedOutput(E, norm=c.norm, groups=G, eps=c.norm_eps, bias=c.gate_bias)
         self.out_proj = nn.Linear(E, c.d_model, bias=c.bias)
         self.state_shape = (H, c.head_dim, N)                                          # the SSM state h (H, P, N)
+        self.step_layout = Mamba2StepLayout(H, c.head_dim, G, N, c.conv_activation, c.dt_limit, c.norm_eps)
         if c.conv_init_identity:
             self.conv.init_identity_()
         if c.gate_init_one:
@@ -161,14 +163,7 @@ class Mamba2(ScanMixer):
 
     def _decay(self, dt: Tensor) -> tuple[Tensor | None, Tensor]:
         """Step 4: raw dt (..., H) -> (Δ, A) as ``ssd_scan`` takes them (see the module docstring)."""
-        dt = at_least_fp32(dt)
-        raw = dt + self.dt_bias.to(dt.dtype)
-        if self.config.discrete:
-            return None, -F.softplus(raw)                                          # log a_t, per token
-        delta = F.softplus(raw)
-        if self.config.dt_limit != (0.0, math.inf):                                # softplus already meets (0, ∞)
-            delta = delta.clamp(*self.config.dt_limit)
-        return delta, -torch.exp(self.A_log.to(raw.dtype))
+        return mamba2_decay(dt, self.dt_bias, None if self.config.discrete else self.A_log, self.config.dt_limit)
 
     def ssm_inputs(self, x: Tensor) -> SSMInputs:
         """Steps 1-4 for x (B, L, D)."""
@@ -232,25 +227,20 @@ class Mamba2(ScanMixer):
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned.
 
-        Few kernels per token: heads are viewed in their groups, (B, G, R·P, N) with R = H/G heads per group, so B
-        and C are broadcast rather than repeated to every head; the decay and the input enter the state in one
-        ``mul_`` and one ``addcmul_``."""
-        c = self.config
-        G, N = c.n_groups, c.d_state
-        z, xBC, dt = self._split_projection(self.in_proj(x_t))                           # 1.
-        u, B, C = self._split_xbc(self.conv.step(xBC, state["conv"], state["position"]))  # 2., 3.
-        h = state["ssm"]                                                                 # (B, H, P, N)
-        delta, A = self._decay(dt)                                                       # 4. (B, H)
-        u = u.to(h.dtype)                                                                # (B, H, P)
-        log_a = A if delta is None else delta * A
-        u_in = u if delta is None else u * delta[..., None].to(h.dtype)
-        grouped = h.view(h.shape[0], G, -1, N)                                           # (B, G, R·P, N)
-        h.mul_(log_a.exp()[..., None, None].to(h.dtype))                                 # 5.
-        grouped.addcmul_(u_in.reshape(h.shape[0], G, -1, 1), B.to(h.dtype)[:, :, None, :])
-        y = (grouped @ C.to(h.dtype)[..., None]).view(u.shape)                           # (B, H, P)
-        y = y.addcmul_(u, self.D.to(h.dtype)[:, None])
+        Between the two projections, steps 2-6 are ``workbench.ops.mamba2_step``: one Triton kernel on CUDA (the
+        conv's ring buffer, the decay, the state update, its readout, gate and norm), its PyTorch reference
+        elsewhere."""
+        zxbcdt = self.in_proj(x_t)                                                       # 1.
+        g = mamba2_step(zxbcdt, state["conv"], state["ssm"], state["position"], self.step_weights(),
+                        self.step_layout)                                                # 2.-6.
         state["position"].add_(1)
-        return self.readout(y, z), state                                                 # 6., 7.
+        return self.out_proj(g), state                                                   # 7.
+
+    def step_weights(self) -> Mamba2StepWeights:
+        """The parameters ``mamba2_step`` reads (views, no copies)."""
+        return Mamba2StepWeights(self.conv.weight[:, 0], self.conv.bias, self.dt_bias,
+                                 None if self.config.discrete else self.A_log, self.D, self.gate.bias,
+                                 self.gate.weight)
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x (B, L, D) -> (forward's y, the state ``step`` reaches after x) from one parallel pass: ``extend`` from
