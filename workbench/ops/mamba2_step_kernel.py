@@ -15,10 +15,10 @@ from torch import Tensor
 @triton.jit
 def conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, channels, mask, write, slots, taps, pos, W,
                   HAS_CONV_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
-    """Step 2 for some channels of one row: the token's inputs go into slot pos mod W (where ``write``); returns
-    the conv's outputs (float32)."""
+    """Step 2 for some channels of one row: the token's inputs go into slot pos mod W where ``write`` (a mask within
+    ``mask``); returns the conv's outputs (float32)."""
     x_new = tl.load(xbc_row + channels, mask=mask, other=0.0).to(conv_row.dtype.element_ty)
-    tl.store(conv_row + channels * s_cc + pos % W, x_new, mask=mask & write)
+    tl.store(conv_row + channels * s_cc + pos % W, x_new, mask=write)
     older = taps < W - 1                                        # taps 0..W-2 read positions pos-W+1 .. pos-1,
     window = tl.load(conv_row + channels[:, None] * s_cc + slots[None, :],      # never the slot written above
                      mask=mask[:, None] & older[None, :], other=0.0).to(tl.float32)
@@ -56,13 +56,14 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     zxbcdt_row = zxbcdt + b * s_zb
     xbc_row = zxbcdt_row + E                                    # the conv's channels start after z
     conv_row = conv_state + b * s_cb
-    # 2. the conv of this head's x channels and of its group's B and C (those written by the group's first head)
-    first = h % R == 0
-    u = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, h * P + p, mp, True, slots, taps, pos, W,
+    # 2. the conv of this head's x channels and of its group's B and C; the R heads of a group share the writes of
+    #    B and C (head r of the group writes their channels n with n mod R = r), so each is written once
+    mine = mn & (n % R == h % R)
+    u = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, h * P + p, mp, mp, slots, taps, pos, W,
                       HAS_CONV_BIAS, ACTIVATION)
-    Bv = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, E + g * N + n, mn, first, slots, taps,
+    Bv = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, E + g * N + n, mn, mine, slots, taps,
                        pos, W, HAS_CONV_BIAS, ACTIVATION)
-    Cv = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, E + G * N + g * N + n, mn, first, slots,
+    Cv = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, E + G * N + g * N + n, mn, mine, slots,
                        taps, pos, W, HAS_CONV_BIAS, ACTIVATION)
     # 4. decay and input scale
     raw = tl.load(zxbcdt_row + E + CH + h).to(tl.float32) + tl.load(dt_bias + h).to(tl.float32)
