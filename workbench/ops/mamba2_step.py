@@ -35,7 +35,7 @@ from torch import Tensor
 
 from workbench.ops.backend import Backend, register, select
 from workbench.ops.causal_conv import causal_conv1d_step
-from workbench.ops.gated_norm import gated_rms_norm
+from workbench.ops.gated_norm import gated_rms_norm, group_rms_norm
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,8 @@ def mamba2_step_triton(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, po
            weights.A_log, weights.D, weights.gate_bias, weights.norm_weight, out, H, P, G, layout.d_state,
            layout.conv_activation, float(layout.dt_limit[0]), float(layout.dt_limit[1]), norm_here,
            float(layout.norm_eps))
-    if norm and not norm_here:                              # the gated output, normalised over each group here
-        g = out.unflatten(-1, (G, -1))
-        out = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + layout.norm_eps)).flatten(-2) * weights.norm_weight
+    if norm and not norm_here:                              # the gated output (float32), normalised over each group
+        out = group_rms_norm(out, weights.norm_weight, G, layout.norm_eps)
     return out.to(zxbcdt.dtype)
 
 
