@@ -69,13 +69,16 @@ def run_steps(fn, zxbcdt, conv_state, ssm_state, position, weights, layout):
     return torch.stack(outs), conv_state, ssm_state
 
 
-def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
-    """Per case, the largest error of the kernel's outputs and states relative to the reference's largest value."""
+def kernel_errors(device: str, dtype: torch.dtype, compiled: bool = False) -> dict[str, float]:
+    """Per case, the largest error of the kernel's outputs and states relative to the reference's largest value;
+    ``compiled``: the kernel inside a ``torch.compile``d function (fullgraph, as the compiled decode step holds it),
+    whose in-place state updates must survive the compiled graph."""
     errors = {}
+    step = torch.compile(mamba2_step_triton, fullgraph=True, dynamic=False) if compiled else mamba2_step_triton
     for case in CASES:
         args = inputs(case, batch=3, steps=7, dtype=dtype, device=device)
         ref = run_steps(mamba2_step_ref, *args)
-        fused = run_steps(mamba2_step_triton, *args)
+        fused = run_steps(step, *args)
         for name, a, b in zip(("out", "conv", "ssm"), fused, ref):
             assert a.shape == b.shape and a.dtype == b.dtype, (case, name)
             errors[f"{case}/{name}"] = float((a.float() - b.float()).abs().max() / b.float().abs().max())
@@ -84,11 +87,13 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter runs the kernel on the CPU)")
 def test_kernel_matches_reference_in_the_interpreter():
-    """float32 on the CPU through Triton's interpreter: the kernel and the reference do the same arithmetic in
-    float32 in a different order, so they agree to float32 rounding (1e-5 of the largest value)."""
+    """float32 on the CPU through Triton's interpreter, called directly and inside a compiled function: the kernel and
+    the reference do the same arithmetic in float32 in a different order, so they agree to float32 rounding (1e-5
+    of the largest value)."""
     script = ("import torch\nfrom tests.ops.test_mamba2_step import kernel_errors\n"
-              "errors = kernel_errors('cpu', torch.float32)\nprint(max(errors.values()))\n"
-              "assert all(e < 1e-5 for e in errors.values()), errors\nprint('ok')\n")
+              "for compiled in (False, True):\n"
+              "    errors = kernel_errors('cpu', torch.float32, compiled)\n    print(compiled, max(errors.values()))\n"
+              "    assert all(e < 1e-5 for e in errors.values()), errors\nprint('ok')\n")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
                             cwd=ROOT)
@@ -98,13 +103,15 @@ def test_kernel_matches_reference_in_the_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernel_matches_reference_on_cuda(dtype):
+def test_kernel_matches_reference_on_cuda(dtype, compiled):
     """Compiled on the GPU. float32 (TF32 plays no part: no matrix products): float32 rounding. bfloat16: the inputs
     and the conv buffer are bf16, the states fp32; the reference rounds the conv's output, its SiLU and the gate's
     input to bf16 (relative error 2^-8 each) where the kernel keeps float32, so outputs agree to a few bf16 steps
-    (3e-2 of the largest value) and the float32 states, which add such inputs over 7 steps, to 2e-2."""
-    errors = kernel_errors("cuda", dtype)
+    (3e-2 of the largest value) and the float32 states, which add such inputs over 7 steps, to 2e-2. Compiled: the
+    kernel is one operator in the graph, so the same limits hold."""
+    errors = kernel_errors("cuda", dtype, compiled)
     limits = {"out": 1e-5, "conv": 0.0, "ssm": 1e-5} if dtype == torch.float32 else \
         {"out": 3e-2, "conv": 0.0, "ssm": 2e-2}
     for key, error in errors.items():

@@ -15,9 +15,10 @@ W conv width, CH = E + 2·G·N conv channels. The in_proj's output of one token,
 and returns the gated output (B, E) that out_proj reads; the caller moves the position counter on.
 
 ``mamba2_step_ref`` is that step in PyTorch ops (a kernel or more each); ``mamba2_step_triton`` is one
-Triton kernel, one program per (row, head), which reads the position from the device, so a CUDA graph captures it
-(``torch.compile`` leaves it out of its graphs). Where a group holds several heads (R > 1), the norm over the group's
-channels runs after the kernel in PyTorch. ``mamba2_step`` runs the backend ``workbench.ops.backend`` selects
+Triton kernel, one program per (row, head), which reads the position from the device, so a CUDA graph captures it;
+to ``torch.compile`` the kernel is one operator (``workbench::mamba2_step_kernel``), so a compiled decode step
+holds it. Where a group holds several heads (R > 1), the norm over the group's channels runs after the kernel in
+PyTorch. ``mamba2_step`` runs the backend ``workbench.ops.backend`` selects
 for the device ("triton" on CUDA with Triton importable, else "ref").
 """
 
@@ -101,35 +102,54 @@ def mamba2_step_ref(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, posit
 
 
 @cache
-def _triton_step_kernel():
-    """The Triton kernel's launcher (``workbench.ops.mamba2_step_kernel.launch``), or None where Triton is not
-    installed."""
-    if importlib.util.find_spec("triton") is None:
-        return None
-    from workbench.ops.mamba2_step_kernel import launch
-
-    return launch
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
-@torch.compiler.disable
+@torch.compiler.assume_constant_result
+def _triton_available() -> bool:
+    """Is Triton importable? A constant to torch.compile (the mixers pick their backend inside compiled code)."""
+    return _has_triton()
+
+
+@torch.library.custom_op("workbench::mamba2_step_kernel", mutates_args=("conv_state", "ssm_state"))
+def _step_kernel_op(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor, conv_weight: Tensor,
+                    conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor | None, D: Tensor,
+                    gate_bias: Tensor | None, norm_weight: Tensor | None, n_heads: int, head_dim: int, n_groups: int,
+                    d_state: int, conv_activation: bool, dt_lo: float, dt_hi: float, norm_here: bool, eps: float,
+                    out_dtype: torch.dtype) -> Tensor:
+    """The kernel's launch as an operator torch.compile keeps whole (an opaque call in its graph, which the CUDA
+    graph then captures): the states updated in place, the gated output (B, E) returned in ``out_dtype``."""
+    from workbench.ops.mamba2_step_kernel import launch  # imports Triton
+
+    out = torch.empty(zxbcdt.shape[0], n_heads * head_dim, device=zxbcdt.device, dtype=out_dtype)
+    launch(zxbcdt, conv_state, ssm_state, position, conv_weight, conv_bias, dt_bias, A_log, D, gate_bias, norm_weight,
+           out, n_heads, head_dim, n_groups, d_state, conv_activation, dt_lo, dt_hi, norm_here, eps)
+    return out
+
+
+@_step_kernel_op.register_fake
+def _(zxbcdt, conv_state, ssm_state, position, conv_weight, conv_bias, dt_bias, A_log, D, gate_bias, norm_weight,
+      n_heads, head_dim, n_groups, d_state, conv_activation, dt_lo, dt_hi, norm_here, eps, out_dtype):
+    return zxbcdt.new_empty(zxbcdt.shape[0], n_heads * head_dim, dtype=out_dtype)
+
+
 def mamba2_step_triton(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor,
                        weights: Mamba2StepWeights, layout: Mamba2StepLayout) -> Tensor:
     """``mamba2_step_ref`` as one Triton kernel (module docstring), plus the group norm in PyTorch where a group holds
     several heads. The states' last dimension and zxbcdt's rows must be contiguous."""
-    launch = _triton_step_kernel()
-    if launch is None:
+    if not _triton_available():
         raise RuntimeError("mamba2_step_triton needs Triton (pip install triton); use mamba2_step_ref")
     H, P, G = layout.n_heads, layout.head_dim, layout.n_groups
     if zxbcdt.stride(-1) != 1 or conv_state.stride(-1) != 1 or weights.conv_weight.stride(-1) != 1:
         raise ValueError("mamba2_step_triton reads zxbcdt, the conv buffer and the conv weight along contiguous rows")
     norm = weights.norm_weight is not None
     norm_here = norm and G == H                             # each group one head: its norm inside the kernel
-    out_dtype = torch.float32 if norm and not norm_here else zxbcdt.dtype
-    out = torch.empty(zxbcdt.shape[0], H * P, device=zxbcdt.device, dtype=out_dtype)
-    launch(zxbcdt, conv_state, ssm_state, position, weights.conv_weight, weights.conv_bias, weights.dt_bias,
-           weights.A_log, weights.D, weights.gate_bias, weights.norm_weight, out, H, P, G, layout.d_state,
-           layout.conv_activation, float(layout.dt_limit[0]), float(layout.dt_limit[1]), norm_here,
-           float(layout.norm_eps))
+    out = _step_kernel_op(zxbcdt, conv_state, ssm_state, position, weights.conv_weight, weights.conv_bias,
+                          weights.dt_bias, weights.A_log, weights.D, weights.gate_bias, weights.norm_weight, H, P, G,
+                          layout.d_state, layout.conv_activation, float(layout.dt_limit[0]),
+                          float(layout.dt_limit[1]), norm_here, float(layout.norm_eps),
+                          torch.float32 if norm and not norm_here else zxbcdt.dtype)
     if norm and not norm_here:                              # the gated output (float32), normalised over each group
         out = group_rms_norm(out, weights.norm_weight, G, layout.norm_eps)
     return out.to(zxbcdt.dtype)
@@ -139,12 +159,6 @@ def mamba2_step(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position:
                 weights: Mamba2StepWeights, layout: Mamba2StepLayout) -> Tensor:
     """The step of the module docstring on the backend selected for zxbcdt's device."""
     return select("mamba2_step", zxbcdt.device).fn(zxbcdt, conv_state, ssm_state, position, weights, layout)
-
-
-@torch.compiler.assume_constant_result
-def _triton_available() -> bool:
-    """Is Triton importable? A constant to torch.compile (the mixers pick their backend inside compiled code)."""
-    return _triton_step_kernel() is not None
 
 
 register("mamba2_step", Backend("triton", mamba2_step_triton,
