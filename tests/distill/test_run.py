@@ -221,9 +221,9 @@ def test_default_dials_raise_the_end_to_end_rate_where_it_was_measured(tmp_path,
     from workbench.cli import main
     from workbench.distill.recipes import default_dials, full_dials
 
-    assert default_dials("mamba-in-llama") == {"e2e_lr_ratio": 1.0}
+    assert default_dials("mamba-in-llama") == default_dials("mohawk") == {"e2e_lr_ratio": 1.0}
     assert default_dials("scavenging-hyena") == {"e2e_lr_ratio": 0.3}
-    assert default_dials("mohawk") == default_dials("kd") == {}
+    assert default_dials("kd") == default_dials("draft") == {}
     assert full_dials("mamba-in-llama") == {"align": 0.0, "e2e_lr_ratio": 0.1}
     assert full_dials("mamba-in-llama", e2e_lr_ratio=1.0) == {"align": 0.0, "e2e_lr_ratio": 1.0}
     with pytest.raises(KeyError, match="unknown recipe 'mamba'"):

@@ -17,7 +17,8 @@ stages that follow each paper's procedure. See docs/methods.md for the procedure
 ``mohawk``, ``mamba-in-llama`` and ``scavenging-hyena`` take ``e2e_lr_ratio`` (0.1 in their signatures): the peak
 learning rate of their last stage, where every parameter trains, as a share of ``lr`` (the peak of the stages where
 only the mixers learn). ``default_lr`` and ``default_dials`` hold the measured defaults a run gets when it names
-none (``mamba-in-llama``: ``e2e_lr_ratio`` 1, and lr 3e-4 with no attention kept; ``scavenging-hyena``: 0.3).
+none (``mamba-in-llama`` and ``mohawk``: ``e2e_lr_ratio`` 1, and for ``mamba-in-llama`` lr 3e-4 with no attention
+kept; ``scavenging-hyena``: 0.3).
 
 ``mamba-in-llama`` and ``kd`` take ``align`` (default 0: off): the weight of a mixer-output alignment term
 ("attn_mse": each mixer's output on the teacher's attention input against the attention output it replaces, mean
@@ -115,18 +116,18 @@ def default_lr(name: str, kept_attention: int) -> float:
 
 def default_dials(name: str) -> dict[str, float]:
     """Recipe dials that differ from the recipe's signature defaults when none is given (the signature keeps 0.1, the
-    value older run records were made with): ``e2e_lr_ratio`` 1 for ``mamba-in-llama`` (its end-to-end stage at the
-    same peak as the mixers-only stage) and 0.3 for ``scavenging-hyena``. Measured on the default teacher (H200,
-    docs/results.md "The end-to-end stage's learning rate"), 64 x 512 per step on the mix, held-out SOTU ratio:
+    value older run records were made with): ``e2e_lr_ratio`` 1 for ``mamba-in-llama`` and ``mohawk`` (the end-to-end
+    stage at the same peak as the stages where only the mixers learn) and 0.3 for ``scavenging-hyena``. Measured on
+    the default teacher (H200, docs/results.md "The end-to-end stage's learning rate" and "a sixth campaign"),
+    64 x 512 per step on the mix, held-out SOTU ratio:
 
     - ``mamba-in-llama``, every layer replaced (lr 3e-4): at 8M tokens 2.30 with ratio 1, 3.15 with 0.3, 3.91 with
       0.1; at 30M 1.57 against 2.27;
     - ``mamba-in-llama``, 25% attention (lr 1e-3): at 8M 1.29 with 1, 1.49 with 0.3, 1.76 with 0.1; at 30M 1.10
       against 1.27; 50% attention at 8M: 1.11 with 1, 1.19 with 0.3, 1.29 with 0.1;
-    - ``scavenging-hyena`` (lr 1e-3) at 8M: 4.96 with 0.3 against 5.59 with 0.1 (1 not measured).
-
-    ``mohawk`` keeps 0.1 (not measured)."""
-    if name == "mamba-in-llama":
+    - ``scavenging-hyena`` (lr 1e-3) at 8M: 4.96 with 0.3 against 5.59 with 0.1 (1 not measured);
+    - ``mohawk`` (lr 1e-3, every layer replaced) at 8M: 1.91 with 1 against 3.89 with 0.1 (one seed each)."""
+    if name in ("mamba-in-llama", "mohawk"):
         return {"e2e_lr_ratio": 1.0}
     return {"e2e_lr_ratio": 0.3} if name == "scavenging-hyena" else {}
 
