@@ -732,7 +732,7 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "stage where only the mixers learn (default: the recipe's, 0: off)")
     p.add_argument("--e2e-lr-ratio", type=float, default=None, help="mohawk, mamba-in-llama and scavenging-hyena: "
                    "peak lr of the last stage (every parameter trained) as a share of --lr (default: 1 for "
-                   "mamba-in-llama, 0.3 for scavenging-hyena, 0.1 for mohawk)")
+                   "mamba-in-llama and mohawk, 0.3 for scavenging-hyena)")
     p.add_argument("--eval-every", type=int, default=EVAL_EVERY,
                    help="steps between evaluations on the valid split; 0: only at the end")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="valid-split tokens per evaluation")
