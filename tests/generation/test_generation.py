@@ -371,7 +371,7 @@ def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
         if s["context"] == 4096:
             assert s["status"] == "skipped" and "maximum context" in s["reason"]
         else:
-            assert s["status"] == "ok" and s["decode_tokens_per_s"] > 0 and s["ttft_s"] > 0
+            assert s["status"] == "ok" and s["decode_tokens_per_s"] > 0 and s["ttft_s"] > 0 < s["ttft_first_s"]
             assert s["per_token_p50_s"] <= s["per_token_p95_s"] and s["peak_memory_bytes"] is None
             assert s["bytes_per_step"] > 0 and 0 < s["floor_fraction"]
     assert {s["engine"] for s in settings} == {"workbench", "hf-generate"}
@@ -380,6 +380,27 @@ def test_bench_generate_cli_writes_the_documented_json(models, tmp_path):
 def hf_row(model, ids, new=4) -> dict:
     """The hf-generate record of one bench setting for ``model`` on ids' device."""
     return run_setting(LoadedModel(model, None, "teacher", "model"), "hf-generate", ids, new, bandwidth=1e12)
+
+
+def test_time_to_first_token_is_measured_after_a_warm_up_call_on_the_same_prompts(models, monkeypatch):
+    """The engine's row runs one call of a single new token on the very prompts first (its prefill + first token is
+    ttft_first_s: kernels compiled or autotuned for the shape land there), then the timed run, whose prefill is
+    ttft_s."""
+    from workbench.generation.bench import speed
+
+    calls = []
+
+    def recording(model, ids, new, **kw):
+        result = generate(model, ids, new, **kw)
+        calls.append((ids, new, result.prefill_seconds))
+        return result
+
+    monkeypatch.setattr(speed, "generate", recording)
+    record = run_setting(LoadedModel(models["hybrid"], None, "hybrid", "model"), "workbench", PROMPT, 4,
+                         bandwidth=1e12)
+    assert [new for _, new, _ in calls] == [1, 4] and all(ids is PROMPT for ids, _, _ in calls)
+    assert (record["ttft_first_s"], record["ttft_s"]) == (calls[0][2], calls[1][2])
+    assert hf_row(models["teacher"], PROMPT)["ttft_first_s"] > 0
 
 
 def test_hf_generate_row_counts_no_kernels_on_the_cpu(models):

@@ -1,7 +1,9 @@
 """Generation speed (``bench_generate``, ``workbench bench generate``), per model, batch size and context length.
 
 Prompts are SOTU held-out tokens, repeated as needed. Each setting records (``BENCH_FIELDS``, and a few extras):
-  decode_tokens_per_s, ttft_s (prefill + first token), per_token_p50_s / per_token_p95_s, peak_memory_bytes
+  decode_tokens_per_s, ttft_s (prefill + first token, warm: after a one-token call on the same prompts, so that
+  kernels compiled or autotuned for this shape on first use are not in it), ttft_first_s (that first call's prefill +
+  first token, one-off work included), per_token_p50_s / per_token_p95_s, peak_memory_bytes
   (torch.cuda.max_memory_allocated; None on CPU), decode_s (the timed decode steps), graph_capture_s (the engine's
   one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
   graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
@@ -89,6 +91,17 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
             "kernels_per_step": hf_kernels_per_step(model, ids)}
 
 
+def _first_token_seconds(model: nn.Module, ids: torch.Tensor, engine: bool, options: DecodeOptions) -> float:
+    """Prefill + first token of one call with a single new token (the warm-up before the timed run)."""
+    if engine:
+        return generate(model, ids, 1, options=options).prefill_seconds
+    sync(ids.device)
+    t0 = time.perf_counter()
+    _hf_run(model, ids, 1)
+    sync(ids.device)
+    return time.perf_counter() - t0
+
+
 def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, options: DecodeOptions) -> dict:
     result = generate(model, ids, new, options=DecodeOptions.of(options, count_kernels=True))
     return {"ttft_s": result.prefill_seconds, "per_token": result.per_token_seconds,
@@ -110,7 +123,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     engine_options = engine != "hf-generate"
     record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
               "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
-              "compile": options.compile and engine_options,
+              "ttft_first_s": None, "compile": options.compile and engine_options,
               "prefill_chunk": options.prefill_chunk if engine_options else None}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
@@ -125,6 +138,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
         torch.cuda.reset_peak_memory_stats(device)
     try:
         with torch.no_grad():
+            record["ttft_first_s"] = _first_token_seconds(model, ids, engine_options, options)
             run = _engine_generate(model, ids, new, options) if engine_options else _hf_generate(model, ids, new)
     except torch.OutOfMemoryError as err:
         torch.cuda.empty_cache()
