@@ -251,7 +251,8 @@ def run_one(item: CurveRow, budget: int, seed: int, args, n_layers: int, hardwar
         if held and not args.resume:
             raise SystemExit(f"{folder} holds a run that has not finished: continue it with --resume, or delete the "
                              f"folder to start it again")
-        run = Run(config, folder, progress=args.progress, final_eval_tokens=args.final_eval_tokens)  # continues one
+        run = Run(config, folder, progress=args.progress, final_eval_tokens=args.final_eval_tokens,  # continues one
+                  fit_micro_batch=args.fit_micro_batch)
         if args.nproc > 1:
             run.prepare()  # config.json: what the processes resume from
             subprocess.run(distributed.torchrun_command(args.nproc, ["distill", "--resume", str(folder)]),
@@ -394,6 +395,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward and backward, the step's "
                    "gradients added up over the parts (less memory, e.g. MOHAWK's matrix stage beside other runs; "
                    "default: the whole batch)")
+    p.add_argument("--fit-micro-batch", action="store_true", help="a stage whose first step does not fit the GPU "
+                   "(e.g. beside other runs) goes on in the largest micro-batch that fits instead of stopping")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, default_lr)")
     p.add_argument("--dials", default=None, metavar="NAME=VALUE,...",
                    help="recipe dials over each row's own, e.g. e2e_lr_ratio=0.3 (a sweep: give it its own --out)")

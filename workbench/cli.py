@@ -538,13 +538,14 @@ def cmd_distill(args) -> int:
         raise ValueError("--nproc starts torchrun itself: drop it when launching with torchrun")
     if args.resume:
         out = None
-        run = Run.resume(args.resume, progress=True)
+        run = Run.resume(args.resume, progress=True, fit_micro_batch=args.fit_micro_batch)
         run.config.fsdp = run.config.fsdp or args.fsdp
     else:
         created = not out.exists() or replace
         if replace:
             shutil.rmtree(out)
-        run = Run(config, out, progress=True, final_eval_tokens=args.final_eval_tokens)
+        run = Run(config, out, progress=True, final_eval_tokens=args.final_eval_tokens,
+                  fit_micro_batch=args.fit_micro_batch)
     if args.nproc > 1:
         command = distributed.torchrun_command(args.nproc, ["distill", "--resume", str(run.prepare().path)] +
                                                (["--fsdp"] if run.config.fsdp else []))
@@ -725,6 +726,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward and backward: each step "
                    "adds up the gradients of batch-size / micro-batch parts, the same step in less memory, e.g. for "
                    "MOHAWK's matrix stage (default: the whole batch at once)")
+    p.add_argument("--fit-micro-batch", action="store_true", help="a stage whose first step does not fit the GPU "
+                   "goes on in the largest micro-batch that fits, the same step in more time (default: stop and say "
+                   "what fits); also with --resume")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3; 3e-4 for "
                    "mamba-in-llama with no attention kept)")
     p.add_argument("--align", type=float, default=None, help="mamba-in-llama and kd: weight of the mixer-output "

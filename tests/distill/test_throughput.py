@@ -2,6 +2,7 @@
 does not fit the GPU (the memory fit on synthetic numbers, the probes with a fake step, and a run on the CPU whose
 first step raises CUDA's out-of-memory error)."""
 
+import dataclasses
 import math
 import weakref
 
@@ -217,17 +218,23 @@ def test_the_failed_steps_tensors_are_freed_before_the_probes(tmp_path, monkeypa
     run = Run(RunConfig(stages=[StageConfig(tokens=64, batch_size=2, seq_len=32)]), tmp_path, progress=False)
     run.device = torch.device("cpu")
     held = []
-    monkeypatch.setattr(run, "_batch_too_large", lambda *args: held.append(activations()))
+
+    def probes(*args):
+        held.append(activations())
+        raise tp.BatchTooLarge("stop")
+
+    monkeypatch.setattr(run, "_batch_too_large", probes)
     activations = None
 
-    def step():
+    def step(*args):
         nonlocal activations
         saved = torch.ones(1000)                                    # what a failed forward left on the device
         activations = weakref.ref(saved)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    with run._first_step(None, None, 0, None, None, None, first=True):
-        step()
+    monkeypatch.setattr(run, "_train_step", step)
+    with pytest.raises(tp.BatchTooLarge):
+        run._first_step(None, StageConfig(), 0, None, None, None, torch.zeros(2, 33))
     assert held == [None]
 
 
@@ -266,6 +273,47 @@ def test_a_first_step_out_of_memory_stops_the_run_with_the_largest_batch(tiny_te
     assert error["largest_batch_size"] == largest and error["gpu_total_gb"] == 141.0
     assert error["needed_gb"] == pytest.approx(20 + held / GIB + 8 * 3)
     assert not list(iter_events(tmp_path / "run" / "events.jsonl", "step"))
+
+
+def test_a_batch_that_does_not_fit_goes_on_in_the_largest_micro_batch_that_does(tiny_teacher_dir, tmp_path,
+                                                                               monkeypatch):
+    """With ``fit_micro_batch``, a first step that runs out of memory is probed as above and the stage goes on in
+    parts of the largest divisor of the batch that fits (a "micro_batch" event says so): the same steps, so the
+    weights end as those of a run given that micro-batch; without it the run stops (the test above)."""
+    memory = FakeMemory(fixed=20 * GIB, per_row=3 * GIB, capacity=40 * GIB)
+    memory.peak = lambda: memory.fixed + memory.resets * memory.per_row
+    monkeypatch.setattr(tp, "CudaMemory", lambda device: memory)
+    stages = [StageConfig("kd", losses={"kl": 1.0}, train="all", tokens=3 * 8 * 32, batch_size=8, seq_len=32)]
+    config = RunConfig(teacher=tiny_teacher_dir, mixer="mamba2", keep_attention=[0], stages=stages, device="cpu",
+                       eval_every=0, seed=3)
+    train_step = Run._train_step
+    parts = []
+
+    def out_of_memory_above(self, stage, model, opt, train_params, batch):
+        rows = stage.micro_batch or len(batch)
+        parts.append(rows)
+        if rows * 3 * GIB + 20 * GIB > 40 * GIB:                   # the fake device's capacity
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at {rows} rows")
+        return train_step(self, stage, model, opt, train_params, batch)
+
+    monkeypatch.setattr(Run, "_train_step", out_of_memory_above)
+    fitted = Run(config, tmp_path / "fitted", progress=False, fit_micro_batch=True)
+    fitted.execute()
+    (event,) = iter_events(tmp_path / "fitted" / "events.jsonl", "micro_batch")
+    params = dict(fitted.student.named_parameters())
+    held = tp.held_bytes(torch.optim.AdamW(params.values()), params.values())
+    largest = math.floor((40 * GIB * (1 - tp.HEADROOM) - 20 * GIB - held) / (3 * GIB))
+    micro = max(d for d in range(1, largest + 1) if 8 % d == 0)
+    assert 1 <= micro < 8 and event["micro_batch"] == micro and event["stage"] == "kd" and event["step"] == 0
+    assert f"parts of {micro} rows" in event["message"]
+    assert parts == [8, micro, micro, micro]                         # the whole batch once, then its parts
+    assert len(list(iter_events(tmp_path / "fitted" / "events.jsonl", "step"))) == 3
+    monkeypatch.setattr(Run, "_train_step", train_step)
+    given = dataclasses.replace(config, stages=[dataclasses.replace(stages[0], micro_batch=micro)])
+    asked = Run(given, tmp_path / "given", progress=False)
+    asked.execute()
+    ours, theirs = dict(fitted.student.named_parameters()), dict(asked.student.named_parameters())
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
 
 
 # ---- the profile's baseline row ----------------------------------------------------------------------------------

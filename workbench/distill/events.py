@@ -198,6 +198,21 @@ class Checkpoint(Event):
 
 
 @dataclass(kw_only=True)
+class MicroBatch(Event):
+    """A stage's first step did not fit the GPU in one forward and backward, and the run was told to fit it
+    (``Run(fit_micro_batch=True)``, ``--fit-micro-batch``): every step of the stage in this process runs in parts of
+    ``micro_batch`` rows, their gradients added up (the same step in more time)."""
+
+    type: ClassVar[str] = "micro_batch"
+    step: int                                    # global steps taken before the stage's first step here
+    stage: str                                   # the stage's name
+    micro_batch: int                             # rows per forward and backward from now on
+    needed_gb: float                             # memory a step of the whole batch needs, estimated, GiB
+    free_gb: float                               # memory this process may allocate on the device, GiB
+    message: str                                 # what the run printed
+
+
+@dataclass(kw_only=True)
 class StageEnd(Event):
     """A stage's last step is done."""
 
@@ -273,7 +288,7 @@ class RunEnd(Event):
 
 
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in (RunStart, Resume, StageStart, Step, Eval, Checkpoint,
-                                                             StageEnd, Error, RunEnd)}
+                                                             MicroBatch, StageEnd, Error, RunEnd)}
 
 
 @dataclass

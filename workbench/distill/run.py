@@ -115,19 +115,23 @@ class StepTensors:
 class Run:
     """Execute ``config`` into the run folder ``out`` (or resume the run already there)."""
 
-    def __init__(self, config: RunConfig, out: str | Path, progress: bool = True, final_eval_tokens: int | None = None):
+    def __init__(self, config: RunConfig, out: str | Path, progress: bool = True, final_eval_tokens: int | None = None,
+                 fit_micro_batch: bool = False):
         config.validate()
         self.config, self.out, self.progress = config, Path(out), progress
         self.final_eval_tokens = final_eval_tokens  # held-out tokens for the summary (None = the whole split)
+        # a stage whose first step runs out of GPU memory goes on in the largest micro-batch that fits (the same
+        # step in more time) instead of stopping the run; how the step is split is not part of what it computes
+        self.fit_micro_batch = fit_micro_batch
         self._stop = threading.Event()              # set by request_stop; read by the step loop
         self._saved_step: int | None = None         # global step of the newest checkpoint this process holds
         self._writer = BackgroundWriter()           # writes checkpoints while the steps go on
 
     @classmethod
-    def resume(cls, out: str | Path, progress: bool = True) -> Run:
+    def resume(cls, out: str | Path, progress: bool = True, fit_micro_batch: bool = False) -> Run:
         run_dir = RunDir.open(out)
         cfg = run_dir.config
-        return cls(RunConfig.from_dict(cfg["run"]), out, progress, cfg.get("final_eval_tokens"))
+        return cls(RunConfig.from_dict(cfg["run"]), out, progress, cfg.get("final_eval_tokens"), fit_micro_batch)
 
     def request_stop(self) -> None:
         """Ask the run executing in another thread to stop at its next step boundary: ``execute`` then checkpoints
@@ -328,7 +332,9 @@ class Run:
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = blocks.batch(global_step, stage.batch_size)[rows[0]:rows[1]].to(self.device)   # (B, L + 1)
-            with self._first_step(run_dir, stage, global_step, opt, train_params, batch, first=step == start):
+            if step == start:
+                stage, tensors = self._first_step(run_dir, stage, global_step, model, opt, train_params, batch)
+            else:
                 tensors = self._train_step(stage, model, opt, train_params, batch)
             loss = self._log_step(run_dir, stage, s_idx, step, global_step, lr, tensors, t0)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -406,27 +412,41 @@ class Run:
         run_dir.log("step", **event)
         return loss
 
-    @contextlib.contextmanager
-    def _first_step(self, run_dir: RunDir, stage: StageConfig, global_step: int, opt, train_params,
-                    batch: torch.Tensor, first: bool):
-        """Around a step of ``stage``. Its ``first`` in this process starts the stage's meter (tokens/s and peak
-        memory count from here, ``throughput.StageMeter``), and there a CUDA out-of-memory error stops the run at
-        once with what the batch needs and the largest batch that fits (``_batch_too_large``), not a traceback."""
-        if not first:
-            yield
-            return
+    def _first_step(self, run_dir: RunDir, stage: StageConfig, global_step: int, model, opt, train_params,
+                    batch: torch.Tensor) -> tuple[StageConfig, StepTensors]:
+        """The first step of ``stage`` in this process (it starts the stage's meter: tokens/s and peak memory count
+        from here, ``throughput.StageMeter``); returns the stage as it runs on and the step's tensors. A CUDA
+        out-of-memory error there stops the run at once with what the batch needs and the largest batch that fits
+        (``_batch_too_large``), not a traceback; with ``fit_micro_batch``, the step runs again in the largest
+        micro-batch that fits, logged as a "micro_batch" event, and the stage goes on with it."""
         self._meter = throughput.StageMeter.start(self.device)
         try:
-            yield
+            return stage, self._train_step(stage, model, opt, train_params, batch)
         except torch.cuda.OutOfMemoryError as err:
             traceback.clear_frames(err.__traceback__)  # the failed step's frames let go of its tensors
-            self._batch_too_large(run_dir, stage, global_step, opt, train_params, batch)
+        fit = self._batch_too_large(run_dir, stage, global_step, opt, train_params, batch)
+        split = dataclasses.replace(stage, micro_batch=fit.micro_batch)
+        message = (f"stage {stage.name!r}: a batch of {len(batch)} x {stage.seq_len} tokens does not fit in one "
+                   f"forward and backward ({fit.needed / 2**30:.1f} GiB needed, {fit.limit / 2**30:.1f} GiB free): "
+                   f"each step runs in parts of {fit.micro_batch} rows (the same step in more time)")
+        note(message)
+        run_dir.log("micro_batch", step=global_step, stage=stage.name, micro_batch=fit.micro_batch,
+                    needed_gb=fit.needed / 2**30, free_gb=fit.limit / 2**30, message=message)
+        self._meter = throughput.StageMeter.start(self.device)
+        try:
+            return split, self._train_step(split, model, opt, train_params, batch)
+        except torch.cuda.OutOfMemoryError as err:
+            traceback.clear_frames(err.__traceback__)
+        message = fit.message(stage.name) + f" (a step in parts of {fit.micro_batch} rows ran out of memory too)"
+        run_dir.log("error", step=global_step, stage=stage.name, message=message)
+        raise throughput.BatchTooLarge(message)
 
     def _batch_too_large(self, run_dir: RunDir, stage: StageConfig, global_step: int, opt, train_params,
-                         batch: torch.Tensor) -> None:
+                         batch: torch.Tensor) -> throughput.BatchFit:
         """The first step of ``stage`` on ``batch`` (this rank's rows) ran out of CUDA memory: measure steps of 1
-        and 2 rows (forward and backward of the stage's loss, gradients dropped, weights unchanged), fit the
-        memory a step needs against its rows (``throughput.batch_fit``), write an "error" event and raise
+        and 2 rows (forward and backward of the stage's loss, gradients dropped, weights unchanged) and fit the
+        memory a step needs against its rows (``throughput.batch_fit``). Returns that fit where ``fit_micro_batch``
+        is on and a micro-batch smaller than the stage's fits; else writes an "error" event and raises
         ``BatchTooLarge`` with the memory needed and the largest batch that fits. A run of several processes is
         not probed (its steps take every rank): the error says so and names the flags."""
         opt.zero_grad(set_to_none=True)
@@ -452,6 +472,9 @@ class Run:
 
         held = throughput.held_bytes(opt, train_params)
         fit = throughput.batch_fit(probe, len(batch), stage.seq_len, memory, held)
+        if self.fit_micro_batch and fit.micro_batch and fit.fit is not None and \
+                fit.micro_batch < (stage.micro_batch or len(batch)):
+            return fit
         message = fit.message(stage.name)
         run_dir.log("error", step=global_step, stage=stage.name, message=message,
                     needed_gb=None if fit.needed is None else fit.needed / 2**30, gpu_total_gb=fit.total / 2**30,

@@ -316,6 +316,12 @@ class BatchFit:
             return max(self.peaks, default=0)
         return min(self.rows - 1, self.fit.largest(self.limit * (1 - HEADROOM)))
 
+    @property
+    def micro_batch(self) -> int | None:
+        """The most rows per forward and backward that fit and divide the batch (a micro-batch that keeps the
+        step); None when not even one row fits."""
+        return max(d for d in range(1, self.largest + 1) if self.rows % d == 0) if self.largest else None
+
     def message(self, stage: str) -> str:
         """The error: the batch asked, the memory it needs, the device's, the largest batch that fits and the flag."""
         asked = (f"stage {stage!r}: a batch of {self.rows} x {self.seq_len} tokens does not fit on {self.device} "
@@ -330,10 +336,11 @@ class BatchFit:
             asked += f": one row takes {self.peaks[min(self.peaks)] / GIB:.2f} GiB and two do not fit"
         if self.largest == 0:
             return asked + f"; not even one row of {self.seq_len} tokens fits: pass a shorter --seq-len"
-        part = max(d for d in range(1, self.largest + 1) if self.rows % d == 0)
+        part = self.micro_batch
         return (asked + f"; the largest batch that fits is {self.largest}: pass --batch-size {self.largest} (in a "
                 f"--config file: the stage's batch_size), --micro-batch {part} to keep the batch and run each step in "
-                f"parts of {part} rows (the same step in more time; the stage's micro_batch), or a shorter --seq-len")
+                f"parts of {part} rows (the same step in more time; the stage's micro_batch; --fit-micro-batch "
+                f"chooses it by itself), or a shorter --seq-len")
 
 
 def batch_fit(step: Callable[[int], None], rows: int, seq_len: int, memory: DeviceMemory, held: int = 0,
