@@ -101,6 +101,39 @@ def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
         assert 0 < r["draft_share"] and 0 < r["verify_share"] and r["draft_share"] + r["verify_share"] <= 1
 
 
+def test_bench_speculative_pools_several_prompts(models, tmp_path, monkeypatch):
+    """``--prompts 3``: three prompt sets from three places in the text, each decoded plainly and speculatively;
+    acceptance is the pooled accepted over proposed drafts, rounds and tokens add up, tokens/s is tokens over
+    seconds."""
+    from workbench.generation.bench import speculative as bench
+
+    target, draft = saved(tmp_path, models, "teacher", "hybrid")
+    seen = []
+    speculative_generate = bench.speculative_generate
+
+    def recording(target, draft, ids, new, **kw):
+        result = speculative_generate(target, draft, ids, new, **kw)
+        if new == 10:
+            seen.append((ids.clone(), result))
+        return result
+
+    monkeypatch.setattr(bench, "speculative_generate", recording)
+    report = bench.bench_speculative(str(target), str(draft), [2], batch=1, context=12, new=10, device="cpu",
+                                     n_prompts=3, progress=False)
+    (entry,) = report["results"]
+    assert report["prompts"] == 3 and len(seen) == 3 and len(entry["per_prompt"]) == 3
+    assert len({tuple(ids.flatten().tolist()) for ids, _ in seen}) == 3             # three different prompts
+    results = [r for _, r in seen]
+    assert entry["acceptance_rate"] == pytest.approx(sum(r.accepted for r in results) /
+                                                     sum(r.proposed for r in results))
+    assert entry["rounds"] == sum(p["rounds"] for p in entry["per_prompt"]) == sum(r.rounds for r in results)
+    tokens = sum(r.decode_tokens_per_s * r.decode_seconds for r in results)
+    assert entry["speculative_decode_tokens_per_s"] == pytest.approx(tokens / sum(r.decode_seconds for r in results))
+    assert entry["identical"] is all(p["identical"] for p in entry["per_prompt"]) is True
+    with pytest.raises(ValueError, match="prompts=0: decode at least one prompt"):
+        bench.bench_speculative(str(target), str(draft), [2], device="cpu", n_prompts=0, progress=False)
+
+
 @pytest.mark.gpu
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)

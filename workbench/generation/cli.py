@@ -115,13 +115,14 @@ def cmd_bench_generate(args) -> int:
 
 
 def cmd_bench_speculative(args) -> int:
-    check_counts(args, "--k", "--batch", "--context", "--new")
+    check_counts(args, "--k", "--batch", "--context", "--new", "--prompts")
     check_device(args)
     quiet_transformers()
     from workbench.generation.bench import bench_speculative
 
     report = bench_speculative(args.target, args.draft, args.k, batch=args.batch, context=args.context, new=args.new,
-                               device=args.device, dtype=args.dtype, cuda_graph=CUDA_GRAPH[args.cuda_graph])
+                               device=args.device, dtype=args.dtype, cuda_graph=CUDA_GRAPH[args.cuda_graph],
+                               n_prompts=args.prompts)
     _write(args.json, report)
     return 0
 
@@ -187,6 +188,9 @@ def add_subcommand(sub) -> None:
     q.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     q.add_argument("--context", type=int, default=512, help="prompt length")
     q.add_argument("--new", type=int, default=128, help="new tokens per sequence")
+    q.add_argument("--prompts", type=int, default=1, help="prompt sets decoded one after another, each from its own "
+                   "place in the held-out text; speeds and acceptance pooled over them (one prompt's acceptance "
+                   "depends much on its text)")
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto",
                    help="CUDA graphs: the plain greedy baseline's decode steps, the target's verification passes and "
                    "the steps of a draft whose mixer steps update their states in place (attention, Mamba-2)")
