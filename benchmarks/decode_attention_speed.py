@@ -7,6 +7,7 @@ Engines (the same numbers out, ``workbench.ops.decode_attention``):
              decode path of transformers versions before the grouped one
   grouped    the engine's: each group's query heads as rows of one sdpa call, the cache read once per group
   grouped-efficient / grouped-math   as grouped, sdpa restricted to one backend (which kernel sdpa picks matters)
+  split      flash-decoding (``decode_attention_split``, Triton): the cache split over many programs, then combined
   matmul-fp32  the grouped layout as plain float32 matmuls and a softmax (keys and values cast once): no fused kernel,
              for small batches where sdpa's kernels have too little work to spread over the GPU
 Heads as the default teacher's (9 query heads, 3 key/value heads, width 64), bf16; the cache is full to its last
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from workbench.device import device_name
-from workbench.ops.decode_attention import decode_attention_grouped
+from workbench.ops.decode_attention import decode_attention_grouped, decode_attention_split
 
 H, HKV, E = 9, 3, 64
 
@@ -56,7 +57,7 @@ def only(backend: SDPBackend):
     return run
 
 
-ENGINES = {"repeat": repeat_then_sdpa, "grouped": decode_attention_grouped,
+ENGINES = {"repeat": repeat_then_sdpa, "grouped": decode_attention_grouped, "split": decode_attention_split,
            "grouped-efficient": only(SDPBackend.EFFICIENT_ATTENTION), "grouped-math": only(SDPBackend.MATH),
            "matmul-fp32": matmul_fp32}
 

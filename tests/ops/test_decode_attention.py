@@ -1,11 +1,28 @@
 """Decode attention with grouped-query heads read in place (``workbench.ops.decode_attention``) against its reference
-(keys and values repeated per query head, float32), on random inputs of odd sizes, with and without masks."""
+(keys and values repeated per query head, float32), on random inputs of odd sizes, with and without masks. The
+"split" backend's Triton kernels run in Triton's interpreter on the CPU (in a subprocess: the switch is read when the
+kernels are made) and compiled on CUDA (``pytest -m gpu``)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench.ops.backend import force_backend
-from workbench.ops.decode_attention import decode_attention, decode_attention_grouped, decode_attention_ref
+from workbench.ops.decode_attention import (
+    decode_attention,
+    decode_attention_grouped,
+    decode_attention_ref,
+    decode_attention_split,
+    split_size,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 LAYOUTS = [(4, 4), (4, 2), (9, 3), (4, 1)]        # (H, Hkv): multi-head, GQA, the default teacher's, multi-query
 
@@ -88,6 +105,75 @@ def test_backend_choice_and_bad_shapes():
         decode_attention_grouped(q, k[..., :4], v, None)
     with pytest.raises(ValueError, match=r"mask \(2, 1, 1, 4\) does not fit"):
         decode_attention_grouped(q, k, v, torch.ones(2, 1, 1, 4, dtype=torch.bool))
+
+
+def split_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
+    """The "split" kernels against the reference over layouts, masks and splits: per case, the largest error
+    relative to the reference's largest value. Sizes are odd where they can be: a head width of 5 (the kernels pad
+    to 16), caches of 100 and 200 positions (blocks of 64), unwritten positions hidden by the mask."""
+    errors = {}
+    cases = [  # name: (B, H, Hkv, Lq, S, written, E, mask kind, split)
+        ("teacher heads, one token, bool mask, two splits", (2, 9, 3, 1, 100, 90, 16, "bool", 64)),
+        ("teacher heads, one token, bool mask, default split", (2, 9, 3, 1, 200, 150, 16, "bool", None)),
+        ("three tokens, additive mask, one batch row of mask", (3, 4, 2, 3, 100, 77, 5, "add-broadcast", 64)),
+        ("multi-query, no mask, four splits", (1, 4, 1, 1, 200, 200, 8, None, 64)),
+        ("multi-head, a split holding nothing visible", (2, 4, 4, 2, 200, 60, 8, "bool", 64)),
+    ]
+    for name, (B, H, Hkv, Lq, S, written, E, kind, split) in cases:
+        q, k, v = (t.to(device) for t in inputs(B, H, Hkv, Lq, S, E=E, dtype=dtype))
+        mask = None if kind is None else causal_mask(B, Lq, S, written, batch_rows=kind != "add-broadcast")
+        if kind == "add-broadcast":
+            mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf")).to(dtype)
+        mask = None if mask is None else mask.to(device)
+        ref = decode_attention_ref(q, k, v, mask).float()
+        out = decode_attention_split(q, k, v, mask, split=split)
+        assert out.shape == ref.shape and out.dtype == dtype, name
+        errors[name] = float((out.float() - ref).abs().max() / ref.abs().max())
+    return errors
+
+
+def test_split_sizes_fill_the_programs_and_leave_no_split_empty():
+    assert split_size(rows=3, S=4096, programs=264, block=64) == 64          # batch 1: 64 splits of one block each
+    assert split_size(rows=48, S=4096, programs=264, block=64) == 832       # batch 16: 5 splits
+    assert split_size(rows=3072, S=320, programs=264, block=64) == 320      # batch 1024: the whole cache, one split
+    assert split_size(rows=3, S=100, programs=264, block=64) == 64          # no more splits than blocks
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter runs the kernels on the CPU)")
+def test_split_kernels_match_reference_in_the_interpreter():
+    """float32 on the CPU through Triton's interpreter: the same sums in another order (partial softmaxes combined),
+    so within float32 rounding (1e-5 of the largest value)."""
+    script = ("import torch\nfrom tests.ops.test_decode_attention import split_errors\n"
+              "errors = split_errors('cpu', torch.float32)\nprint(max(errors.values()))\n"
+              "assert all(e < 1e-5 for e in errors.values()), errors\nprint('ok')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
+                            cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + \
+        result.stderr[-3000:]
+
+
+def test_split_is_refused_without_its_conditions():
+    q, k, v = inputs(1, 4, 2, 1, 100)
+    with pytest.raises(ValueError, match="split=50: must be a multiple of 64"):
+        decode_attention_split(q, k, v, None, split=50)
+    with pytest.raises(ValueError, match="multiple of the key/value heads"):
+        decode_attention_split(torch.randn(1, 5, 1, 8), k, v, None)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cannot run on cpu"), force_backend("decode_attention", "split"):
+            decode_attention(q, k, v, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kernels_match_reference_on_cuda(dtype):
+    """Compiled on the GPU. float32: float32 rounding (the products in IEEE float32, no TF32). bf16: the softmax
+    weights are rounded to bf16 before they multiply the values (as in flash attention; relative error 2^-8 each) and
+    the output is rounded once, so within a few bf16 units of the output's scale, as the grouped path's test."""
+    limit = 1e-5 if dtype == torch.float32 else 4 * 2 ** -8
+    errors = split_errors("cuda", dtype)
+    assert all(e <= limit for e in errors.values()), errors
 
 
 @pytest.mark.gpu

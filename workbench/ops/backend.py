@@ -14,6 +14,8 @@ or for a whole process with an environment variable: ``WORKBENCH_BACKEND_SSD=ref
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,6 +89,18 @@ def force_backend(op: str, name: str) -> Iterator[None]:
             _FORCED.pop(op, None)
         else:
             _FORCED[op] = previous
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@torch.compiler.assume_constant_result
+def triton_installed() -> bool:
+    """Is Triton importable (for backends whose kernels are our own Triton code)? A constant to torch.compile (ops
+    pick their backend inside compiled code)."""
+    return _triton_importable()
 
 
 def describe(device: torch.device | str) -> dict[str, str]:

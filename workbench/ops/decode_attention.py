@@ -14,9 +14,15 @@ instead (the "packed GQA" layout that multi-query decoding kernels use):
      over the cache as it is, each key and value read once per group;
   4. back to (B, Lq, H, E), the layout transformers' attention functions return.
 
-The result is the same attention as the reference; only the order of the work changes. Two backends with one
+The result is the same attention as the reference; only the order of the work changes. Three backends with one
 signature, chosen by ``workbench.ops.backend`` (op "decode_attention"):
   "grouped"  the steps above;
+  "split"    two Triton kernels (``decode_attention_kernel``): the cache split along its positions over many
+             programs, each a partial softmax of the group's query rows, then one program per group combining them
+             (flash-decoding): at batch 1 a fused attention call has too few (batch × group) rows to fill the GPU,
+             and reads the cache at a fraction of the bandwidth. CUDA only, and chosen only when forced
+             (``WORKBENCH_BACKEND_DECODE_ATTENTION=split``) until ``benchmarks/decode_attention_speed.py`` shows it
+             ahead of "grouped";
   "ref"      repeats the keys and values per query head and computes softmax(q kᵀ · scale + mask) v in float32.
 
 Shapes: B batch, H query heads, Hkv key/value heads, G = H / Hkv, Lq new query positions, S cached positions (the
@@ -25,6 +31,8 @@ attend) or additive float, broadcastable to (B, 1, Lq, S), or None (every cached
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +94,47 @@ def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     return out.transpose(1, 2).to(q.dtype).contiguous()
 
 
+def split_size(rows: int, S: int, programs: int, block: int) -> int:
+    """Cached positions per split: ``block``-sized blocks shared so that ``rows`` (batch × key/value heads) times the
+    splits come to about ``programs``, and no split is empty."""
+    blocks = math.ceil(S / block)
+    return block * math.ceil(blocks / min(blocks, max(1, programs // rows)))
+
+
+SPLIT_BLOCK = 64        # cached positions per block of the "split" kernels' inner loop
+
+
+def decode_attention_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           scale: float | None = None, split: int | None = None) -> torch.Tensor:
+    """``decode_attention`` as the "split" backend's two Triton kernels (module docstring); ``split``: cached
+    positions per program (a multiple of ``SPLIT_BLOCK``; default: enough splits for two programs per multiprocessor,
+    ``split_size``)."""
+    _check(q, k, v, mask)
+    if not backend.triton_installed():
+        raise RuntimeError("decode_attention_split needs Triton (pip install triton); use decode_attention_grouped")
+    from workbench.ops.decode_attention_kernel import launch  # imports Triton
+
+    B, H, Lq, E = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if split is None:
+        programs = 2 * torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 8
+        split = split_size(B * Hkv, S, programs, SPLIT_BLOCK)
+    if split % SPLIT_BLOCK:
+        raise ValueError(f"split={split}: must be a multiple of {SPLIT_BLOCK} cached positions")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    NS, R = math.ceil(S / split), H // Hkv * Lq
+    acc = q.new_empty(B, Hkv, NS, R, E, dtype=torch.float32)
+    m, l_sum = (q.new_empty(B, Hkv, NS, R, dtype=torch.float32) for _ in range(2))
+    out = q.new_empty(B, Lq, H, E)
+    launch(q, k, v, mask, E ** -0.5 if scale is None else scale, split, out, acc, m, l_sum, SPLIT_BLOCK)
+    return out
+
+
 backend.register("decode_attention", backend.Backend(
     "grouped", decode_attention_grouped, lambda device: True,
     "query heads of a group as rows of one fused attention call, the cache read once per group"))
+backend.register("decode_attention", backend.Backend(
+    "split", decode_attention_split, lambda device: device.type == "cuda" and backend.triton_installed(),
+    "flash-decoding: the cache split over many programs, then combined (Triton); chosen when forced"))
 backend.register("decode_attention", backend.Backend(
     "ref", decode_attention_ref, lambda device: True, "keys and values repeated per query head, float32"))

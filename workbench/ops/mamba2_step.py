@@ -24,17 +24,15 @@ for the device ("triton" on CUDA with Triton importable, else "ref").
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
-from functools import cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.ops.backend import Backend, register, select
+from workbench.ops.backend import Backend, register, select, triton_installed
 from workbench.ops.causal_conv import causal_conv1d_step
 from workbench.ops.gated_norm import gated_rms_norm, group_rms_norm
 
@@ -101,17 +99,6 @@ def mamba2_step_ref(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, posit
                           layout.norm_eps)
 
 
-@cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-@torch.compiler.assume_constant_result
-def _triton_available() -> bool:
-    """Is Triton importable? A constant to torch.compile (the mixers pick their backend inside compiled code)."""
-    return _has_triton()
-
-
 @torch.library.custom_op("workbench::mamba2_step_kernel", mutates_args=("conv_state", "ssm_state"))
 def _step_kernel_op(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor, conv_weight: Tensor,
                     conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor | None, D: Tensor,
@@ -138,7 +125,7 @@ def mamba2_step_triton(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, po
                        weights: Mamba2StepWeights, layout: Mamba2StepLayout) -> Tensor:
     """``mamba2_step_ref`` as one Triton kernel (module docstring), plus the group norm in PyTorch where a group holds
     several heads. The states' last dimension and zxbcdt's rows must be contiguous."""
-    if not _triton_available():
+    if not triton_installed():
         raise RuntimeError("mamba2_step_triton needs Triton (pip install triton); use mamba2_step_ref")
     H, P, G = layout.n_heads, layout.head_dim, layout.n_groups
     if zxbcdt.stride(-1) != 1 or conv_state.stride(-1) != 1 or weights.conv_weight.stride(-1) != 1:
@@ -162,7 +149,7 @@ def mamba2_step(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position:
 
 
 register("mamba2_step", Backend("triton", mamba2_step_triton,
-                                available=lambda device: device.type == "cuda" and _triton_available(),
+                                available=lambda device: device.type == "cuda" and triton_installed(),
                                 note="one Triton kernel per step: conv update, SSM update, gate and norm"))
 register("mamba2_step", Backend("ref", mamba2_step_ref, available=lambda device: True,
                                 note="PyTorch ops, a kernel or more each"))
