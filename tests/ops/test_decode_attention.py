@@ -3,15 +3,10 @@
 "split" backend's Triton kernels run in Triton's interpreter on the CPU (in a subprocess: the switch is read when the
 kernels are made) and compiled on CUDA (``pytest -m gpu``)."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
 from workbench.ops.backend import force_backend
 from workbench.ops.decode_attention import (
     decode_attention,
@@ -20,9 +15,6 @@ from workbench.ops.decode_attention import (
     decode_attention_split,
     split_size,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 LAYOUTS = [(4, 4), (4, 2), (9, 3), (4, 1)]        # (H, Hkv): multi-head, GQA, the default teacher's, multi-query
 
@@ -143,14 +135,9 @@ def test_split_sizes_fill_the_programs_and_leave_no_split_empty():
 def test_split_kernels_match_reference_in_the_interpreter():
     """float32 on the CPU through Triton's interpreter: the same sums in another order (partial softmaxes combined),
     so within float32 rounding (1e-5 of the largest value)."""
-    script = ("import torch\nfrom tests.ops.test_decode_attention import split_errors\n"
-              "errors = split_errors('cpu', torch.float32)\nprint(max(errors.values()))\n"
-              "assert all(e < 1e-5 for e in errors.values()), errors\nprint('ok')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
-                            cwd=ROOT)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + \
-        result.stderr[-3000:]
+    in_interpreter("import torch\nfrom tests.ops.test_decode_attention import split_errors\n"
+                   "errors = split_errors('cpu', torch.float32)\nprint(max(errors.values()))\n"
+                   "assert all(e < 1e-5 for e in errors.values()), errors")
 
 
 def test_split_is_refused_without_its_conditions():

@@ -8,22 +8,15 @@ subprocess, since the switch is read when the kernel is made); on CUDA it runs c
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
 from workbench.ops.backend import force_backend
 from workbench.ops.mamba2_step import Mamba2StepLayout, Mamba2StepWeights, mamba2_step_ref, mamba2_step_triton
 from workbench.students.mamba2 import Mamba2, Mamba2Config
-
-ROOT = Path(__file__).resolve().parents[2]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 # name -> (H, P, G, N, W, layout and weight options)
 CASES = {
@@ -90,15 +83,11 @@ def test_kernel_matches_reference_in_the_interpreter():
     """float32 on the CPU through Triton's interpreter, called directly and inside a compiled function: the kernel and
     the reference do the same arithmetic in float32 in a different order, so they agree to float32 rounding (1e-5
     of the largest value)."""
-    script = ("import torch\nfrom tests.ops.test_mamba2_step import kernel_errors\n"
-              "for compiled in (False, True):\n"
-              "    errors = kernel_errors('cpu', torch.float32, compiled)\n    print(compiled, max(errors.values()))\n"
-              "    assert all(e < 1e-5 for e in errors.values()), errors\nprint('ok')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
-                            cwd=ROOT)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + \
-        result.stderr[-3000:]
+    in_interpreter("import torch\nfrom tests.ops.test_mamba2_step import kernel_errors\n"
+                   "for compiled in (False, True):\n"
+                   "    errors = kernel_errors('cpu', torch.float32, compiled)\n"
+                   "    print(compiled, max(errors.values()))\n"
+                   "    assert all(e < 1e-5 for e in errors.values()), errors")
 
 
 @pytest.mark.gpu
