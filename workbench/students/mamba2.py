@@ -229,8 +229,9 @@ class Mamba2(ScanMixer):
 
         Between the two projections, steps 2-6 are ``workbench.ops.mamba2_step``: one Triton kernel on CUDA (the
         conv's ring buffer, the decay, the state update, its readout, gate and norm), its PyTorch reference
-        elsewhere."""
-        zxbcdt = self.in_proj(x_t)                                                       # 1.
+        elsewhere. in_proj runs unpadded here: a decode step's product reads the weight once, and padding it
+        (``AlignedLinear``, for training's GEMMs) would copy the whole weight every token."""
+        zxbcdt = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)                   # 1.
         g = mamba2_step(zxbcdt, state["conv"], state["ssm"], state["position"], self.step_weights(),
                         self.step_layout)                                                # 2.-6.
         state["position"].add_(1)
