@@ -86,6 +86,27 @@ def test_static_cache_session_takes_a_chunked_prompt(models, name):
         torch.testing.assert_close(static.forward(token), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_static_decode_step_moves_a_mixer_layers_length_without_writing_into_the_cache(models, monkeypatch):
+    """After the prompt, a mixer layer of a static cache has its length counter moved on and nothing written (a
+    decode step's only cache writes are the kept attention layers' keys and values): hybrid, layers 0 and 2 kept."""
+    from transformers.cache_utils import StaticLayer
+
+    model = models["hybrid"]
+    with torch.no_grad():
+        session = Session(model, max_length=PROMPT.shape[1] + 2, static=True)
+        session.forward(PROMPT)
+        marks = session.cache.layers[1].keys.clone()
+        layers = session.cache.layers
+        written = []
+        update = StaticLayer.update
+        monkeypatch.setattr(StaticLayer, "update", lambda self, *a, **k: written.append(layers.index(self)) or
+                            update(self, *a, **k))
+        session.forward(PROMPT[:, :1])
+    assert written == [0, 2]
+    assert [int(layer.cumulative_length) for layer in layers] == [PROMPT.shape[1] + 1] * 3
+    assert torch.equal(layers[1].keys, marks)
+
+
 def test_one_decoding_state_per_layer_and_cache(models, monkeypatch):
     """The session reaches each mixer layer's state through its cache, the state MixerAttention runs for that cache;
     a multi-token continuation through transformers' own cache runs one ``Mixer.extend``, as the engine does."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, StaticLayer
 
 from workbench.students.base import Mixer
 from workbench.teachers import anatomy
@@ -160,9 +160,20 @@ class MixerAttention(nn.Module):
                     f"cached tokens, state after {layer.seen} tokens): a cache cannot be cropped, reordered or shared "
                     f"with another model once a mixer has read it; start a new cache")
         y = layer.run(x)
-        marker = x.new_zeros(x.shape[0], 1, x.shape[1], 1)         # (B, 1, L, 1): counts L tokens for this layer
-        cache.update(marker, marker, self.layer_idx, cache_kwargs)
+        self._count(cache, x.shape[0], x.shape[1], x, cache_kwargs)
         return y
+
+    def _count(self, cache: Cache, batch: int, length: int, like: torch.Tensor, cache_kwargs: dict) -> None:
+        """Move this layer's length in ``cache`` on by ``length`` tokens (transformers reads it to place positions,
+        and a static cache's counters are what speculative decoding restores). A static layer already allocated has
+        its counter moved on alone, one tiny kernel (a decode step would otherwise write a marker into the layer and
+        its counter through ``update``: five); any other layer takes a (B, 1, L, 1) marker through ``update``."""
+        held = cache.layers[self.layer_idx] if self.layer_idx < len(cache.layers) else None   # a dynamic cache grows
+        if type(held) is StaticLayer and held.is_initialized:
+            held.cumulative_length.add_(length)
+            return
+        marker = like.new_zeros(batch, 1, length, 1)                # (B, 1, L, 1): counts L tokens for this layer
+        cache.update(marker, marker, self.layer_idx, cache_kwargs)
 
 
 def mixer_attentions(model: nn.Module) -> dict[int, MixerAttention]:
