@@ -102,6 +102,7 @@ def test_typed_events_round_trip(tmp_path):
         ev.Step(step=1, stage="kd", loss=2.0, terms={"kl": 1.5, "ce": 5.0}, stage_idx=0, stage_step=1, lr=1e-3,
                 grad_norm=0.7, tokens=64, tokens_per_s=1000.0),
         ev.Checkpoint(step=1),
+        ev.MicroBatch(step=0, stage="kd", micro_batch=4, needed_gb=44.0, free_gb=40.0, message="parts of 4 rows"),
         ev.Error(message="non-finite loss", step=1, stage="kd", terms={"kl": math.inf}, checkpoint="step-000000001"),
         ev.Resume(step=1, stage_idx=0, stage_step=1, world_size=2, checkpoint="step-000000001", verified=False,
                   warnings=["checkpoint step-000000002: step-000000002.safetensors is missing"]),
@@ -112,7 +113,7 @@ def test_typed_events_round_trip(tmp_path):
     assert {type(e) for e in written} == set(ev.EVENTS.values())
     log = EventLog(tmp_path / "e.jsonl")
     lines = [log.write(e) for e in written]
-    assert lines[3]["loss_kl"] == 1.5 and lines[5]["kl"] == "inf" and "gpu_mem_gb" not in lines[3]
+    assert lines[3]["loss_kl"] == 1.5 and lines[6]["kl"] == "inf" and "gpu_mem_gb" not in lines[3]
     back, _ = ev.read_typed(log.path)
     assert [type(e) for e in back] == [type(e) for e in written]
     for a, b in zip(written, back):

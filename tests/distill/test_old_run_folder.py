@@ -36,7 +36,9 @@ def test_events_read_through_the_typed_readers(old_run):
     events, offset = run.read_typed()
     assert offset == run.events_path.stat().st_size
     assert not [e for e in events if isinstance(e, ev.Unreadable)]
-    assert {type(e) for e in events} == set(ev.EVENTS.values()) and all(e.v == 0 and e.extra == {} for e in events)
+    newer = {ev.MicroBatch}                          # event types declared after this folder was written
+    assert {type(e) for e in events} == set(ev.EVENTS.values()) - newer
+    assert all(e.v == 0 and e.extra == {} for e in events)
     config = RunConfig.from_dict(run.config["run"])
 
     (start,) = ev.select(events, ev.RunStart)

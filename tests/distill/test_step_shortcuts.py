@@ -249,3 +249,27 @@ def test_a_run_with_the_shared_prefix_trains_as_one_without(tiny_teacher_dir, tm
     assert results[False][1].keys() == results[True][1].keys()
     for key, value in results[False][1].items():
         assert torch.equal(value, results[True][1][key]), key
+
+
+def test_the_matrix_term_keeps_no_layers_matrices_for_the_backward():
+    """Each layer's matrix term runs under activation checkpointing: what the forward saves for the backward is each
+    layer's inputs only (the teacher's attention input and probabilities, held by the capture anyway), not the
+    mixing matrices and their intermediates that the term written out keeps (and the same gradients: the test
+    above)."""
+    teacher, student, blocks, mixers = setup("llama", replace=[0, 1, 2])
+    batch = batch_of(64)
+    stage = StageConfig("matrix", losses={"matrix": 1.0}, tokens=2 * 64, batch_size=2, seq_len=64)
+    train_only(student, trainable_parameters(student, blocks, mixers, "mixers"))
+    H, D = teacher.config.num_attention_heads, teacher.config.hidden_size
+
+    def saved(fn) -> list[tuple[int, ...]]:
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            fn().backward()
+        return shapes
+
+    checkpointed = saved(lambda: stage_losses(stage, teacher, student, blocks, mixers, batch,
+                                              contextlib.nullcontext)["matrix"])
+    assert checkpointed == [(2, 64, D), (2, H, 64, 64)] * 3
+    written_out = saved(lambda: matrix_ref(teacher, mixers, [0, 1, 2], batch[:, :-1]))
+    assert sum(shape == (2, H, 64, 64) for shape in written_out) > 2 * 3

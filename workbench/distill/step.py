@@ -7,7 +7,8 @@ The terms (``workbench.distill.losses``), computed for the student against the f
                  ``workbench.teachers.wrapper.fusable`` says they reproduce both models' logits, else from the
                  logits themselves (a family whose logit transform is unknown, an FSDP-sharded teacher or head);
   matrix       - MOHAWK stage 1: each chosen mixer's mixing matrix on the teacher's attention input vs the teacher's
-                 attention probabilities;
+                 attention probabilities (each layer's term under activation checkpointing: its (B, H, L, L)
+                 matrices are made again in the backward, one layer at a time, instead of kept for every layer);
   attn_mse     - each chosen mixer's output on the teacher's attention input vs the teacher's attention output;
   hidden       - MOHAWK stage 2: each chosen block fed the teacher's block input vs the teacher's block output (each
                  chosen block runs alone; the rest of the student does not run).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from workbench.distill import losses as L
 from workbench.distill.config import LAYERWISE_TERMS, StageConfig
@@ -181,6 +183,16 @@ def teacher_inputs(layers: list[torch.nn.Module], inputs: dict[int, torch.Tensor
             h.remove()
 
 
+def matrix_term(mixer: Mixer, attn_in: torch.Tensor, probs: torch.Tensor, layer: int) -> torch.Tensor:
+    """MOHAWK stage 1 for one layer: the mixer's mixing matrix on the teacher's attention input (B, L, D) against the
+    teacher's attention probabilities (B, H, L, L) (``losses.matrix_orientation``)."""
+    m = mixer.mixing_matrix(attn_in)                                                   # (B, H, L, L)
+    if m.shape != probs.shape:
+        raise ValueError(f"layer {layer}: mixing matrix {tuple(m.shape)} cannot be compared with attention "
+                         f"{tuple(probs.shape)}: the mixer needs one head per attention head")
+    return L.matrix_orientation(m, probs)
+
+
 def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Module], mixers: dict[int, Mixer],
                  batch: torch.Tensor, autocast, prefix: int = 0) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of ``stage`` on one batch (B, L + 1); ``blocks``: the student's decoder layers;
@@ -228,14 +240,9 @@ def stage_losses(stage: StageConfig, teacher, student, blocks: list[torch.nn.Mod
             if "ce" in terms:
                 out["ce"] = L.cross_entropy(logits, y)
         if "matrix" in terms:
-            per_layer = []
-            for i in layers:
-                m = mixers[i].mixing_matrix(cap.attn_in[i].float())                  # (B, H, L, L)
-                if m.shape != cap.attn_probs[i].shape:
-                    raise ValueError(f"layer {i}: mixing matrix {tuple(m.shape)} cannot be compared with attention "
-                                     f"{tuple(cap.attn_probs[i].shape)}: the mixer needs one head per attention head")
-                per_layer.append(L.matrix_orientation(m, cap.attn_probs[i]))
-            out["matrix"] = torch.stack(per_layer).mean()
+            out["matrix"] = torch.stack([checkpoint(matrix_term, mixers[i], cap.attn_in[i].float(),
+                                                    cap.attn_probs[i], i, use_reentrant=False)
+                                         for i in layers]).mean()
         if "attn_mse" in terms:
             out["attn_mse"] = torch.stack([L.attention_output_mse(mixers[i](cap.attn_in[i].float()), cap.attn_out[i])
                                            for i in layers]).mean()
