@@ -297,7 +297,7 @@ def test_a_batch_that_does_not_fit_goes_on_in_the_largest_micro_batch_that_does(
         return train_step(self, stage, model, opt, train_params, batch)
 
     monkeypatch.setattr(Run, "_train_step", out_of_memory_above)
-    fitted = Run(config, tmp_path / "fitted", progress=False, fit_micro_batch=True)
+    fitted = Run(config, tmp_path / "fitted", progress=False, final_eval_tokens=64, fit_micro_batch=True)
     fitted.execute()
     (event,) = iter_events(tmp_path / "fitted" / "events.jsonl", "micro_batch")
     params = dict(fitted.student.named_parameters())
@@ -310,7 +310,7 @@ def test_a_batch_that_does_not_fit_goes_on_in_the_largest_micro_batch_that_does(
     assert len(list(iter_events(tmp_path / "fitted" / "events.jsonl", "step"))) == 3
     monkeypatch.setattr(Run, "_train_step", train_step)
     given = dataclasses.replace(config, stages=[dataclasses.replace(stages[0], micro_batch=micro)])
-    asked = Run(given, tmp_path / "given", progress=False)
+    asked = Run(given, tmp_path / "given", progress=False, final_eval_tokens=64)
     asked.execute()
     ours, theirs = dict(fitted.student.named_parameters()), dict(asked.student.named_parameters())
     assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
