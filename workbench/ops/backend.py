@@ -93,6 +93,7 @@ def force_backend(op: str, name: str) -> Iterator[None]:
 
 @functools.cache
 def _triton_importable() -> bool:
+    # apart from triton_installed: torch.compile does not take assume_constant_result on a cached function
     return importlib.util.find_spec("triton") is not None
 
 

@@ -13,9 +13,10 @@ the cache as usual. A mixer layer keeps one ``MixerLayerState`` per cache object
 so it goes with the cache): the first call runs ``Mixer.prefill`` (one parallel pass that also returns the
 recurrent state), a later call of one token runs ``Mixer.step``, and a later call of several tokens (a further
 prompt chunk, drafted tokens to verify) runs ``Mixer.extend``. The layer records its token count in the cache
-(through ``cache.update`` with a (B, 1, L, 1) marker) so the cache's sequence length, positions and masks stay right
-for the attention layers. The state can mark a point (``checkpoint``: a snapshot, then the layer inputs are
-recorded) and go back to any length after it (``rollback``: the snapshot carried over the kept inputs by ``extend``).
+(a (B, 1, L, 1) marker through ``cache.update``; on an allocated static layer, its length counter alone) so the
+cache's sequence length, positions and masks stay right for the attention layers. The state can mark a point
+(``checkpoint``: a snapshot, then the layer inputs are recorded) and go back to any length after it (``rollback``:
+the snapshot carried over the kept inputs by ``extend``).
 
 A cache that no longer matches the state (cropped by assisted decoding, shared with another model) raises; a cache
 that holds no tokens again (reset for reuse) starts the state over. A static (compileable) cache is not counted: its
@@ -160,19 +161,20 @@ class MixerAttention(nn.Module):
                     f"cached tokens, state after {layer.seen} tokens): a cache cannot be cropped, reordered or shared "
                     f"with another model once a mixer has read it; start a new cache")
         y = layer.run(x)
-        self._count(cache, x.shape[0], x.shape[1], x, cache_kwargs)
+        self._count(cache, x, cache_kwargs)
         return y
 
-    def _count(self, cache: Cache, batch: int, length: int, like: torch.Tensor, cache_kwargs: dict) -> None:
-        """Move this layer's length in ``cache`` on by ``length`` tokens (transformers reads it to place positions,
-        and a static cache's counters are what speculative decoding restores). A static layer already allocated has
-        its counter moved on alone, one tiny kernel (a decode step would otherwise write a marker into the layer and
-        its counter through ``update``: five); any other layer takes a (B, 1, L, 1) marker through ``update``."""
+    def _count(self, cache: Cache, x: torch.Tensor, cache_kwargs: dict) -> None:
+        """Move this layer's length in ``cache`` on by the L tokens of x (B, L, D) (transformers reads it to place
+        positions, and a static cache's counters are what speculative decoding restores). A static layer already
+        allocated has its counter moved on alone, one tiny kernel (a decode step would otherwise write a marker into
+        the layer and its counter through ``update``: five); any other layer takes a (B, 1, L, 1) marker through
+        ``update``."""
         held = cache.layers[self.layer_idx] if self.layer_idx < len(cache.layers) else None   # a dynamic cache grows
         if type(held) is StaticLayer and held.is_initialized:
-            held.cumulative_length.add_(length)
+            held.cumulative_length.add_(x.shape[1])
             return
-        marker = like.new_zeros(batch, 1, length, 1)                # (B, 1, L, 1): counts L tokens for this layer
+        marker = x.new_zeros(x.shape[0], 1, x.shape[1], 1)          # (B, 1, L, 1): counts L tokens for this layer
         cache.update(marker, marker, self.layer_idx, cache_kwargs)
 
 

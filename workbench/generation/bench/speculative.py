@@ -10,7 +10,6 @@ one prompt's acceptance depends much on its text.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,7 +94,8 @@ def bench_speculative(target: str, draft: str, ks: Sequence[int], batch: int = 1
     sets = [prompts(np.roll(tokens, -p * batch * 997), batch, context, model_device) for p in range(n_prompts)]
     generate(loaded_target.model, sets[0], min(warmup, new), cuda_graph=cuda_graph)
     plains = [generate(loaded_target.model, ids, new, cuda_graph=cuda_graph) for ids in sets]
-    plain_speed = operator.truediv(*_pooled(plains))
+    plain_tokens, plain_seconds = _pooled(plains)
+    plain_speed = plain_tokens / plain_seconds
     report = {"target": target, "draft": draft, "batch": batch, "context": context, "new_tokens": new,
               "prompts": n_prompts, "device": str(model_device), "device_name": device_name(model_device),
               "dtype": str(loaded_target.model.dtype).replace("torch.", ""),
