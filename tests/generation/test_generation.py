@@ -459,14 +459,16 @@ def test_hf_generate_row_counts_the_kernels_of_one_decode_step(models):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_split_decode_attention_in_a_cuda_graph_gives_the_eager_tokens(models):
-    """The kept attention layers through the flash-decoding kernels (``decode_attention`` backend "split", forced),
-    replayed from the captured step: the greedy tokens of the eager step through the grouped sdpa call (float32)."""
+    """The kept attention layers through the flash-decoding kernels (``decode_attention`` backend "split", the
+    default on CUDA), replayed from the captured step: the greedy tokens of the eager step through the grouped sdpa
+    call (float32)."""
     from workbench.ops.backend import force_backend
 
     ids = PROMPT.to(torch.device("cuda"))
     for name in ("teacher", "hybrid"):
         model = copy.deepcopy(models[name]).to(ids.device)
-        eager = generate(model, ids, 16, cuda_graph=False)
+        with force_backend("decode_attention", "grouped"):
+            eager = generate(model, ids, 16, cuda_graph=False)
         with force_backend("decode_attention", "split"):
             split = generate(model, ids, 16)
         assert split.cuda_graph and torch.equal(split.tokens, eager.tokens), name

@@ -146,6 +146,8 @@ def test_split_is_refused_without_its_conditions():
         decode_attention_split(q, k, v, None, split=50)
     with pytest.raises(ValueError, match="multiple of the key/value heads"):
         decode_attention_split(torch.randn(1, 5, 1, 8), k, v, None)
+    with pytest.raises(RuntimeError, match="has no backward"):
+        decode_attention_split(q.requires_grad_(), k, v, None)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cannot run on cpu"), force_backend("decode_attention", "split"):
             decode_attention(q, k, v, None)

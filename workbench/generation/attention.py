@@ -8,8 +8,9 @@ more implementation, ``ENGINE_ATTENTION``, and switches an sdpa model to it whil
 (``engine_attention``):
 
 - a step of a few new positions (one per decode step; a handful when speculative decoding verifies a draft) with a
-  mask, or a single position, runs ``workbench.ops.decode_attention`` (the query heads of a group as rows of one
-  fused attention call, the cache read once per group, no copy);
+  mask, or a single position, runs ``workbench.ops.decode_attention`` (the cache read once per group of query
+  heads, no copy: on CUDA split over many programs by Triton kernels, flash-decoding; elsewhere the query heads of a
+  group as rows of one fused attention call);
 - everything else (the prompt's prefill, dropout, position biases, soft-capping) is transformers' own sdpa function,
   unchanged.
 

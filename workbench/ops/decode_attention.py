@@ -15,14 +15,15 @@ instead (the "packed GQA" layout that multi-query decoding kernels use):
   4. back to (B, Lq, H, E), the layout transformers' attention functions return.
 
 The result is the same attention as the reference; only the order of the work changes. Three backends with one
-signature, chosen by ``workbench.ops.backend`` (op "decode_attention"):
-  "grouped"  the steps above;
+signature, chosen by ``workbench.ops.backend`` (op "decode_attention"), in this order of preference:
   "split"    two Triton kernels (``decode_attention_kernel``): the cache split along its positions over many
              programs, each a partial softmax of the group's query rows, then one program per group combining them
              (flash-decoding): at batch 1 a fused attention call has too few (batch × group) rows to fill the GPU,
-             and reads the cache at a fraction of the bandwidth. CUDA only, and chosen only when forced
-             (``WORKBENCH_BACKEND_DECODE_ATTENTION=split``) until ``benchmarks/decode_attention_speed.py`` shows it
-             ahead of "grouped";
+             and reads the cache at a fraction of the bandwidth. CUDA with Triton only; no gradient (decoding runs
+             without one). ``benchmarks/decode_attention_speed.py`` on an H200 (the default teacher's heads, bf16):
+             26 µs against the grouped call's 70 µs at batch 1 over 4,096 positions, and ahead at every shape
+             measured up to batch 1,024 (docs/results.md);
+  "grouped"  the steps above, on any device;
   "ref"      repeats the keys and values per query head and computes softmax(q kᵀ · scale + mask) v in float32.
 
 Shapes: B batch, H query heads, Hkv key/value heads, G = H / Hkv, Lq new query positions, S cached positions (the
@@ -110,6 +111,9 @@ def decode_attention_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     positions per program (a multiple of ``SPLIT_BLOCK``; default: enough splits for two programs per multiprocessor,
     ``split_size``)."""
     _check(q, k, v, mask)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("decode_attention_split has no backward: run it under torch.no_grad() (as decoding does), "
+                           "or use decode_attention_grouped where a gradient is needed")
     if not backend.triton_installed():
         raise RuntimeError("decode_attention_split needs Triton (pip install triton); use decode_attention_grouped")
     from workbench.ops.decode_attention_kernel import launch  # imports Triton
@@ -131,10 +135,10 @@ def decode_attention_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
 
 
 backend.register("decode_attention", backend.Backend(
+    "split", decode_attention_split, lambda device: device.type == "cuda" and backend.triton_installed(),
+    "flash-decoding: the cache split over many programs, then combined (Triton)"))
+backend.register("decode_attention", backend.Backend(
     "grouped", decode_attention_grouped, lambda device: True,
     "query heads of a group as rows of one fused attention call, the cache read once per group"))
-backend.register("decode_attention", backend.Backend(
-    "split", decode_attention_split, lambda device: device.type == "cuda" and backend.triton_installed(),
-    "flash-decoding: the cache split over many programs, then combined (Triton); chosen when forced"))
 backend.register("decode_attention", backend.Backend(
     "ref", decode_attention_ref, lambda device: True, "keys and values repeated per query head, float32"))
