@@ -1,7 +1,13 @@
 """The Triton kernel of ``workbench.ops.mamba2_step`` (one decode step of the Mamba-2 mixer between its two
 projections; shapes and steps as there). Imported only where Triton is installed. One program per (row, head):
 it reads its head's x channels and its group's B and C from the in_proj output, moves the conv's ring buffer on,
-updates its (P, N) block of the state and writes its P gated (and, with a group per head, normalised) outputs."""
+updates its (P, N) block of the state and writes its P gated (and, with a group per head, normalised) outputs.
+
+A program has little arithmetic and a chain of memory round trips, so its loads are ordered by what they wait for:
+everything that depends neither on the position nor on the program's own stores (the state block, z, Δ's raw value
+and the per-head parameters) is loaded first, so that those round trips overlap the position's and the conv's
+instead of queueing behind the conv's stores (the compiler does not move a load above a store it cannot prove
+apart)."""
 
 from __future__ import annotations
 
@@ -46,9 +52,6 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     b = tl.program_id(0)
     h = tl.program_id(1)
     g = h // R
-    pos = tl.load(position)
-    taps = tl.arange(0, BLOCK_W)
-    slots = (pos + 1 + taps) % W                                # slots of positions pos-W+1 .. pos, oldest first
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     mp = p < P
@@ -56,6 +59,22 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     zxbcdt_row = zxbcdt + b * s_zb
     xbc_row = zxbcdt_row + E                                    # the conv's channels start after z
     conv_row = conv_state + b * s_cb
+    # first the loads that wait for nothing: the position, this head's state block, z, Δ's raw value, per-head weights
+    pos = tl.load(position)
+    state = ssm_state + b * s_hb + h * s_hh + p[:, None] * s_hp + n[None, :] * s_hn
+    m2 = mp[:, None] & mn[None, :]
+    hs = tl.load(state, mask=m2, other=0.0).to(tl.float32)
+    zv = tl.load(zxbcdt_row + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    if HAS_GATE_BIAS:
+        zv += tl.load(gate_b + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    raw = tl.load(zxbcdt_row + E + CH + h).to(tl.float32) + tl.load(dt_bias + h).to(tl.float32)
+    d_skip = tl.load(D + h).to(tl.float32)
+    if not DISCRETE:
+        a_rate = tl.exp(tl.load(A_log + h).to(tl.float32))
+    if NORM_HERE:
+        nw = tl.load(norm_w + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    taps = tl.arange(0, BLOCK_W)
+    slots = (pos + 1 + taps) % W                                # slots of positions pos-W+1 .. pos, oldest first
     # 2. the conv of this head's x channels and of its group's B and C; the R heads of a group share the writes of
     #    B and C (head r of the group writes their channels n with n mod R = r), so each is written once
     mine = mn & (n % R == h % R)
@@ -66,7 +85,6 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     Cv = conv_channels(xbc_row, conv_row, s_cc, conv_w, s_cw, conv_b, E + G * N + g * N + n, mn, mine, slots,
                        taps, pos, W, HAS_CONV_BIAS, ACTIVATION)
     # 4. decay and input scale
-    raw = tl.load(zxbcdt_row + E + CH + h).to(tl.float32) + tl.load(dt_bias + h).to(tl.float32)
     if DISCRETE:
         log_a = -softplus(raw)
         u_in = u
@@ -74,23 +92,17 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
         delta = softplus(raw)
         if CLAMP:
             delta = tl.minimum(tl.maximum(delta, dt_lo), dt_hi)
-        log_a = -delta * tl.exp(tl.load(A_log + h).to(tl.float32))
+        log_a = -delta * a_rate
         u_in = u * delta
     # 5. the state update and its readout
-    state = ssm_state + b * s_hb + h * s_hh + p[:, None] * s_hp + n[None, :] * s_hn
-    m2 = mp[:, None] & mn[None, :]
-    hs = tl.load(state, mask=m2, other=0.0).to(tl.float32)
     hs = hs * tl.exp(log_a) + u_in[:, None] * Bv[None, :]
     tl.store(state, hs.to(ssm_state.dtype.element_ty), mask=m2)
-    y = tl.sum(hs * Cv[None, :], axis=1) + tl.load(D + h).to(tl.float32) * u
+    y = tl.sum(hs * Cv[None, :], axis=1) + d_skip * u
     # 6. the gate, and the norm where the group is this one head
-    zv = tl.load(zxbcdt_row + h * P + p, mask=mp, other=0.0).to(tl.float32)
-    if HAS_GATE_BIAS:
-        zv += tl.load(gate_b + h * P + p, mask=mp, other=0.0).to(tl.float32)
     gv = y * zv * tl.sigmoid(zv)
     if NORM_HERE:
         ms = tl.sum(tl.where(mp, gv * gv, 0.0), axis=0) / P
-        gv = gv / tl.sqrt(ms + eps) * tl.load(norm_w + h * P + p, mask=mp, other=0.0).to(tl.float32)
+        gv = gv / tl.sqrt(ms + eps) * nw
     tl.store(out + b * s_ob + h * P + p, gv.to(out.dtype.element_ty), mask=mp)
 
 def launch(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor, conv_weight: Tensor,
