@@ -46,10 +46,12 @@ def test_compiled_greedy_equals_eager(models, name):
 
 def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
     targets = compile_targets(models["hybrid"])
-    named = [(type(module).__name__, method) for module, method in targets]
+    named = [(type(module).__name__, method) for module, method, _ in targets]
     assert named.count(("Mamba2", "step")) == 1                                   # layer 1 is the one mixer
     assert named.count(("LlamaMLP", "forward")) == 3 and named.count(("LlamaRMSNorm", "forward")) == 6
     assert not any("Attention" in kind for kind, _ in named)
+    mlps = [function for module, _, function in targets if type(module).__name__ == "LlamaMLP"]
+    assert all(type(function.__self__).__name__ == "GatedMLPStep" for function in mlps)   # its first half one op
 
 
 def test_compile_leaves_a_growing_state_eager(models):
@@ -137,3 +139,14 @@ def test_bench_speculative_pools_several_prompts(models, tmp_path, monkeypatch):
 @pytest.mark.gpu
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_decode_with_the_gated_mlp_kernel_equals_eager(models):
+    """The gated MLPs' first half through its Triton kernel (backend forced: the default is the PyTorch reference
+    until measured), compiled and captured: the eager tokens."""
+    from workbench.ops.backend import force_backend
+
+    with force_backend("gated_mlp", "triton"):
+        graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)

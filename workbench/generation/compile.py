@@ -1,7 +1,8 @@
 """torch.compile of the decode step (``generate(..., compile=True)``).
 
 After the prefill, every mixer's ``step`` and every decoder layer's other parameterised children (MLP, norms; the
-attention is left as it is) are wrapped in ``torch.compile`` (inductor, static shapes, fullgraph), so each runs as a
+attention is left as it is; a gated MLP's first half as one op, ``workbench.ops.gated_mlp``) are wrapped in
+``torch.compile`` (inductor, static shapes, fullgraph), so each runs as a
 few fused kernels instead of dozens of small ones. They compile in the first decode step, which runs eagerly (before
 the CUDA graph's capture, if any) and is reported as ``compile_seconds``, kept out of the decode time; later steps
 (the capture included) must reuse that code, and a recompilation raises ``CompileError``. The layers share code: one
@@ -18,12 +19,13 @@ compilation serves all layers of one shape. A mixer whose step changes its state
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from workbench.generation.session import unwrap
+from workbench.ops.gated_mlp import gated_mlp_up
 from workbench.students import student_mixers
 from workbench.teachers import anatomy
 
@@ -32,25 +34,42 @@ class CompileError(RuntimeError):
     """torch.compile could not compile the decode step, or would recompile it after the first step."""
 
 
-def compile_targets(model: nn.Module, mixer_steps: bool = True) -> list[tuple[nn.Module, str]]:
-    """(module, method name) pairs ``compiled_decoding`` compiles: each mixer's ``step`` (if ``mixer_steps``), and
-    the ``forward`` of the MLP and norms of every decoder layer (``anatomy.around_attention``)."""
+class GatedMLPStep(nn.Module):
+    """A gated MLP's forward with its first half as one op (``workbench.ops.gated_mlp``: on its "ref" backend the
+    same PyTorch ops as the family's module, on "triton" one kernel). It holds the MLP's own projections (no copy);
+    as a module, all layers' instances share one compilation."""
+
+    def __init__(self, mlp: anatomy.GatedMLP):
+        super().__init__()
+        self.gate, self.up, self.down, self.act = mlp.gate, mlp.up, mlp.down, mlp.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(gated_mlp_up(x, self.gate.weight, self.up.weight, self.act))
+
+
+def compile_targets(model: nn.Module, mixer_steps: bool = True) -> list[tuple[nn.Module, str, Callable]]:
+    """(module, method name, function) triples ``compiled_decoding`` compiles in place of the method: each mixer's
+    ``step`` (if ``mixer_steps``), and the ``forward`` of the MLP and norms of every decoder layer
+    (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s."""
     model = unwrap(model)
-    targets: list[tuple[nn.Module, str]] = [(m, "step") for m in student_mixers(model).values()] if mixer_steps else []
+    targets = [(m, "step", m.step) for m in student_mixers(model).values()] if mixer_steps else []
     for layer in anatomy.decoder_layers(model):
-        targets += [(child, "forward") for _, child in anatomy.around_attention(layer)]
+        gated = anatomy.gated_mlp(model, layer)
+        for _, child in anatomy.around_attention(layer):
+            use = GatedMLPStep(gated).forward if gated and child is gated.module else child.forward
+            targets.append((child, "forward", use))
     return targets
 
 
 @contextlib.contextmanager
-def compiled_decoding(targets: Sequence[tuple[nn.Module, str]]) -> Iterator[None]:
-    """Within the context, each (module, method) of ``targets`` is replaced on its instance by
-    ``torch.compile(method, dynamic=False, fullgraph=True)`` (compiled lazily, at its first call); the instances
-    are left as they were on exit."""
-    saved = [(module, name, module.__dict__.get(name)) for module, name in targets]
+def compiled_decoding(targets: Sequence[tuple[nn.Module, str, Callable]]) -> Iterator[None]:
+    """Within the context, each (module, method, function) of ``targets`` has the method replaced on its instance
+    by ``torch.compile(function, dynamic=False, fullgraph=True)`` (compiled lazily, at its first call); the
+    instances are left as they were on exit."""
+    saved = [(module, name, module.__dict__.get(name)) for module, name, _ in targets]
     try:
-        for module, name in targets:
-            setattr(module, name, torch.compile(getattr(module, name), dynamic=False, fullgraph=True))
+        for module, name, function in targets:
+            setattr(module, name, torch.compile(function, dynamic=False, fullgraph=True))
         yield
     finally:
         for module, name, previous in saved:

@@ -7,4 +7,12 @@
 def load_ops() -> None:
     """Import every op module, so that all register their backends with ``workbench.ops.backend`` (``workbench
     doctor`` lists them)."""
-    from workbench.ops import decode_attention, fftconv, fused_kl, mamba2_step, selective_scan, ssd  # noqa: F401  (imported for their registrations)
+    from workbench.ops import (  # noqa: F401  (imported for their registrations)
+        decode_attention,
+        fftconv,
+        fused_kl,
+        gated_mlp,
+        mamba2_step,
+        selective_scan,
+        ssd,
+    )

@@ -77,25 +77,29 @@ class Family:
     fused: str = "separate"     # fused row order: "qkv" (all q, all k, all v) or "per_head" ([h][q, k, v][P])
     transposed: bool = False    # weights stored (in, out) as in GPT-2's Conv1D, instead of nn.Linear's (out, in)
     parallel_residual: Callable = _never  # config -> True when attention and MLP both read the block input
+    gated_mlp: tuple[str, ...] | None = ("mlp", "gate_proj", "up_proj", "down_proj", "act_fn")  # a layer's gated
+                                        # MLP, down(act(gate(x)) · up(x)): its attribute name, then its three
+                                        # projections' and its activation's; None: the family's MLP is not gated
 
 
 DEFAULT_FAMILY = Family()  # Llama, Mistral, Qwen2/3, Gemma/2/3, OLMo/2, Granite, Starcoder2, Mixtral, ...
 
 FAMILIES: dict[str, Family] = {
     # GPT-2: one Conv1D c_attn (weight (D, 3D), rows of its transpose are all q, all k, all v); c_proj also Conv1D
-    "gpt2": Family(qkv=("c_attn",), out="c_proj", fused="qkv", transposed=True),
+    "gpt2": Family(qkv=("c_attn",), out="c_proj", fused="qkv", transposed=True, gated_mlp=None),
     # GPT-NeoX / Pythia: query_key_value rows grouped per head as [h][q, k, v][P]; parallel residual from the config
-    "gpt_neox": Family(qkv=("query_key_value",), out="dense", fused="per_head", parallel_residual=_from_config_flag),
+    "gpt_neox": Family(qkv=("query_key_value",), out="dense", fused="per_head", parallel_residual=_from_config_flag,
+                         gated_mlp=None),
     # Phi-1/1.5/2: separate q/k/v, output called dense; attention and MLP always in parallel
-    "phi": Family(out="dense", parallel_residual=_always),
-    # Phi-3: one qkv_proj, rows all q (H*P), then all k (G*P), then all v (G*P)
-    "phi3": Family(qkv=("qkv_proj",), fused="qkv"),
+    "phi": Family(out="dense", parallel_residual=_always, gated_mlp=None),
+    # Phi-3: one qkv_proj, rows all q (H*P), then all k (G*P), then all v (G*P); gate and up already one gate_up_proj
+    "phi3": Family(qkv=("qkv_proj",), fused="qkv", gated_mlp=None),
     # StableLM: Llama-like projections; parallel residual when the config says so
     "stablelm": Family(parallel_residual=_from_config_flag),
     # GPT-J: Llama-like q/k/v, output called out_proj; attention and MLP always in parallel
-    "gptj": Family(out="out_proj", parallel_residual=_always),
+    "gptj": Family(out="out_proj", parallel_residual=_always, gated_mlp=None),
     # OPT: Llama-like q/k/v with biases, output called out_proj
-    "opt": Family(out="out_proj"),
+    "opt": Family(out="out_proj", gated_mlp=None),
     # Cohere (Command-R): Llama-like projections; attention and MLP always in parallel
     "cohere": Family(parallel_residual=_always),
 }
@@ -188,6 +192,37 @@ def around_attention(layer: nn.Module) -> list[tuple[str, nn.Module]]:
     attention, _ = attention_of(layer)
     return [(name, child) for name, child in layer.named_children()
             if name != attention and next(child.parameters(), None) is not None]
+
+
+GATED_ACTIVATIONS = {  # class of a gated MLP's activation module -> the name ``workbench.ops.gated_mlp`` knows it by
+    "SiLU": "silu", "SiLUActivation": "silu",
+    "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh", "NewGELUActivation": "gelu_tanh",
+}
+
+
+@dataclass(frozen=True)
+class GatedMLP:
+    """A decoder layer's gated MLP, down(act(gate(x)) · up(x)), in the parts ``Family.gated_mlp`` names."""
+
+    module: nn.Module
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+    act: str                     # "silu" or "gelu_tanh" (``GATED_ACTIVATIONS``)
+
+
+def gated_mlp(model: nn.Module, layer: nn.Module) -> GatedMLP | None:
+    """``layer``'s gated MLP, or None where the family's MLP is not gated (``Family.gated_mlp``) or this one differs
+    from the layout: a projection with a bias or missing, an activation not in ``GATED_ACTIVATIONS``."""
+    names = family(model).gated_mlp
+    if names is None:
+        return None
+    mlp = getattr(layer, names[0], None)
+    gate, up, down = (getattr(mlp, name, None) for name in names[1:4])
+    act = GATED_ACTIVATIONS.get(type(getattr(mlp, names[4], None)).__name__)
+    if act is None or not all(type(p) is nn.Linear and p.bias is None for p in (gate, up, down)):
+        return None
+    return GatedMLP(mlp, gate, up, down, act)
 
 
 def _check_index(model: nn.Module, index: int) -> int:
