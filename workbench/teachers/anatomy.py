@@ -195,8 +195,8 @@ def around_attention(layer: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 GATED_ACTIVATIONS = {  # class of a gated MLP's activation module -> the name ``workbench.ops.gated_mlp`` knows it by
-    "SiLU": "silu", "SiLUActivation": "silu",
-    "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh", "NewGELUActivation": "gelu_tanh",
+    "SiLU": "silu", "SiLUActivation": "silu",                    # (only modules computing exactly what the op's
+    "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh",     # reference computes: F.silu, F.gelu(tanh))
 }
 
 
