@@ -173,6 +173,37 @@ def test_a_failed_background_write_stops_the_run_and_is_reported():
     writer.wait()
 
 
+def test_a_full_disk_names_what_the_checkpoint_needs_and_how_to_go_on(tiny_teacher_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    """The disk fills up at the third checkpoint: the run stops with an error that gives the checkpoint's size, the
+    disk's free space and the resume command, and the two checkpoints before it stay as they were; a run whose disk
+    cannot hold its checkpoints says so when it starts."""
+    import workbench.distill.run as run_module
+    import workbench.distill.run_dir as run_dir_module
+
+    out = tmp_path / "run"
+    real, calls = run_dir_module.save_tensors, []
+
+    def save_tensors(path, tensors):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(path, tensors)
+
+    monkeypatch.setattr(run_dir_module, "save_tensors", save_tensors)
+    monkeypatch.setattr(run_module, "disk_free", lambda path: 10**6)      # 1 MB free when the run starts
+    with pytest.raises(checkpoint.CheckpointWriteError) as failed:
+        Run(tiny_config(tiny_teacher_dir), out, progress=False, final_eval_tokens=64).execute()
+    message = str(failed.value)
+    assert "step-000000003" in message and "No space left" in message and " GB free" in message
+    assert f"workbench distill --resume {out}" in message and "room for 3" in message
+    started = capsys.readouterr().err
+    assert "0.00 GB free" in started and "checkpoints hold up to" in started and "--out" in started
+    run = RunDir.open(out)
+    assert run.checkpoint_names() == ["step-000000001", "step-000000002"] and run.latest_name() == "step-000000002"
+    assert run.load_checkpoint().state["global_step"] == 2 and not temp_files(out)
+
+
 @pytest.mark.slow
 def test_real_sigkills_during_checkpoint_writes(tiny_teacher_dir, tmp_path, straight):
     """Three real SIGKILLs of a CLI run, each at a random moment once it checkpoints every step, then resumes."""

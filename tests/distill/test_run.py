@@ -92,8 +92,13 @@ def test_three_stage_run_writes_events_checkpoints_and_summary(tiny_teacher_dir,
     assert kept.hidden and kept.hits == (len(evals) - 1) * len(kept.hidden)
     assert run.summary == summary and summary["replaced"] == [1, 2, 3] and summary["steps"] == 12
     assert summary["ppl_ratio"] == pytest.approx(summary["ppl_student"] / summary["ppl_teacher"])
+    # the run's last checkpoint, at the end of its last stage: the trained parameters without AdamW state (a resume
+    # there starts a new optimizer), checkpoints inside a stage with it
     tensors, state = run.latest_checkpoint()
-    assert state["global_step"] == 12 and any(k.startswith("opt/") for k in tensors)
+    assert state["global_step"] == 12 and state["stage_step"] == 0 and any(k.startswith("param/") for k in tensors)
+    assert not any(k.startswith("opt/") for k in tensors)
+    inside, inside_state, _ = run._read_checkpoint("step-000000010", "cpu")     # kept beside it: step 2 of stage 3
+    assert inside_state["stage_step"] == 2 and any(k.startswith("opt/") for k in inside)
     # each stage's throughput and memory, in its stage_end event and in summary.json: the median rate of its steps
     # after the warm-up ones (4 steps: the 4th alone), FLOPs per token of what it trains, no MFU and the process's
     # RSS on a CPU

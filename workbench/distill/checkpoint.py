@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -28,6 +29,19 @@ TEMP_PATTERN = ".*.tmp"  # the names atomic_write gives its temporary files
 
 class CorruptCheckpoint(RuntimeError):
     pass
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a folder gone): the message says how much it needed,
+    what the disk has free and how to go on."""
+
+
+def disk_free(path: str | Path) -> int:
+    """Bytes free on the file system holding ``path`` (its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 class BackgroundWriter:

@@ -219,15 +219,16 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def gather_sharded(sharded: nn.Module, saved: list[str], opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Full (unsharded) parameters ``saved`` and AdamW state of the FSDP2 root ``sharded`` (a ``Call`` holding the
-    student) on rank 0's CPU, in the single-process checkpoint layout ("param/NAME", "opt/NAME/FIELD"); a
-    collective: every rank calls it, the others get an empty dict."""
+def gather_sharded(sharded: nn.Module, saved: list[str],
+                   opt: torch.optim.Optimizer | None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) parameters ``saved`` and AdamW state of ``opt`` (none when None) of the FSDP2 root
+    ``sharded`` (a ``Call`` holding the student) on rank 0's CPU, in the single-process checkpoint layout
+    ("param/NAME", "opt/NAME/FIELD"); a collective: every rank calls it, the others get an empty dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(sharded, options=options)
-    opt_state = get_optimizer_state_dict(sharded, opt, options=options)
+    opt_state = get_optimizer_state_dict(sharded, opt, options=options) if opt is not None else {"state": {}}
     if not is_main():
         return {}
     prefix = "student."

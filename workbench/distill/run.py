@@ -63,11 +63,11 @@ from workbench.analysis.layer_scores import greedy_restore, replacement_costs, s
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
-from workbench.distill.checkpoint import BackgroundWriter, CorruptCheckpoint, save_json
+from workbench.distill.checkpoint import BackgroundWriter, CorruptCheckpoint, disk_free, save_json
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
-from workbench.distill.run_dir import RunDir
+from workbench.distill.run_dir import KEEP_CHECKPOINTS, RunDir, checkpoint_room
 from workbench.distill.schedule import lr_at
 from workbench.distill.step import (
     LAYERWISE,
@@ -254,6 +254,8 @@ class Run:
         world = distributed.world_size()
         saved = self._saved_names()
         position, opt_state = self._resume_point(run_dir, saved)
+        if run_dir.writer:
+            self._check_disk(run_dir, saved)
         if cfg.fsdp and world > 1:
             self.sharded = distributed.wrap_fsdp(self.student, self.blocks, self.mixers, self.device)
             distributed.shard_frozen(self.teacher.model, anatomy.decoder_layers(self.teacher.model), self.device)
@@ -297,6 +299,20 @@ class Run:
                     stage_step=position.stage_step, world_size=distributed.world_size(), checkpoint=ckpt.name,
                     verified=ckpt.verified, warnings=ckpt.notes)
         return position, {k[len("opt/"):]: v for k, v in tensors.items() if k.startswith("opt/")}
+
+    def _check_disk(self, run_dir: RunDir, saved: list[str]) -> None:
+        """Say at the start, not at the first checkpoint, when the disk holding the run has no room for the
+        checkpoints it will write (the parameters ``saved`` with AdamW's two moments of each, ``KEEP_CHECKPOINTS``
+        of them plus the one being written; what the folder holds already counts as room)."""
+        named = dict(self.student.named_parameters())
+        each = 3 * sum(named[n].numel() * named[n].element_size() for n in saved)
+        held = sum(p.stat().st_size for p in run_dir.checkpoint_dir.glob("step-*.safetensors"))
+        needed = max((KEEP_CHECKPOINTS + 1) * each - held, each)
+        free = disk_free(run_dir.checkpoint_dir)
+        if free < needed:
+            note(f"{run_dir.path} is on a disk with {free / 1e9:.2f} GB free; its checkpoints hold up to "
+                 f"{each / 1e9:.2f} GB each. {checkpoint_room(each)} Free space there, or stop and start the run "
+                 f"on a larger disk (--out), before its first checkpoint fails")
 
     def _run_stage(self, run_dir: RunDir, s_idx: int, start: int, global_step: int,
                    opt_state: dict[str, torch.Tensor] | None, saved: list[str]) -> int:
@@ -522,16 +538,19 @@ class Run:
 
     def _checkpoint(self, run_dir: RunDir, stage: StageConfig, saved: list[str], opt, train_params,
                     **position) -> None:
-        """Write the trained parameters and AdamW state at ``position``, in the background (``BackgroundWriter``:
-        the "checkpoint" event follows once the files are complete); weights that are not finite are never written
-        (the run stops as diverged)."""
+        """Write the trained parameters at ``position``, with the AdamW state when ``position`` is inside a stage,
+        in the background (``BackgroundWriter``: the "checkpoint" event follows once the files are complete);
+        weights that are not finite are never written (the run stops as diverged). A checkpoint at a stage's start
+        (``stage_step`` 0: the end of the stage before, or the run's end) holds no optimizer state, since a resume
+        there starts the stage's own optimizer: for a full student that is two thirds of the file."""
+        with_optimizer = position["stage_step"] > 0
         if self.sharded is not None:
-            tensors = distributed.gather_sharded(self.sharded, saved, opt)
+            tensors = distributed.gather_sharded(self.sharded, saved, opt if with_optimizer else None)
         else:
             named = dict(self.student.named_parameters())
             tensors = {f"param/{n}": named[n].detach() for n in saved}
             index = {id(p): n for n, p in named.items()}
-            for p in train_params:
+            for p in train_params if with_optimizer else []:
                 for key, value in opt.state.get(p, {}).items():
                     if torch.is_tensor(value):
                         tensors[f"opt/{index[id(p)]}/{key}"] = value

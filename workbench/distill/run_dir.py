@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from workbench.distill.checkpoint import (
+    CheckpointWriteError,
     CorruptCheckpoint,
+    disk_free,
     load_tensors,
     remove_temp_files,
     save_json,
@@ -49,6 +52,12 @@ PREPARED_FILES = (LAUNCH_FILE, LOG_FILE, EXIT_FILE)
 
 class RunLocked(RuntimeError):
     pass
+
+
+def checkpoint_room(nbytes: int) -> str:
+    """What a run needs on disk for checkpoints of ``nbytes`` each, in words."""
+    return (f"A run keeps {KEEP_CHECKPOINTS} checkpoints and writes the next before it deletes the oldest: room for "
+            f"{KEEP_CHECKPOINTS + 1}, about {(KEEP_CHECKPOINTS + 1) * nbytes / 1e9:.2f} GB.")
 
 
 @dataclass
@@ -251,10 +260,19 @@ class RunDir:
         stem = self.checkpoint_dir / f"step-{step:09d}"
         if not self.writer:
             return stem
-        weights = save_tensors(stem.with_suffix(".safetensors"), tensors)
-        files = {weights.name: {"bytes": weights.stat().st_size, "sha256": sha256(weights)}}
-        save_json(stem.with_suffix(".json"), {"step": step, **state, "files": files})
-        save_json(self.pointer_path, {"step": step, "name": stem.name})
+        try:
+            weights = save_tensors(stem.with_suffix(".safetensors"), tensors)
+            files = {weights.name: {"bytes": weights.stat().st_size, "sha256": sha256(weights)}}
+            save_json(stem.with_suffix(".json"), {"step": step, **state, "files": files})
+            save_json(self.pointer_path, {"step": step, "name": stem.name})
+        except (OSError, SafetensorError) as err:
+            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+            raise CheckpointWriteError(
+                f"checkpoint {stem.name} of {self.path} could not be written ({err}): it holds {nbytes / 1e9:.2f} GB "
+                f"and the disk there has {disk_free(self.checkpoint_dir) / 1e9:.2f} GB free. "
+                f"{checkpoint_room(nbytes)} Free space there (or move the run folder to a larger disk), then "
+                f"continue with `workbench distill --resume {self.path}`: the checkpoints before it are intact"
+            ) from err
         older = [n for n in self.checkpoint_names() if n < stem.name]
         # beyond this step: files of an earlier attempt, killed before latest.json named them
         stems = {p.name.split(".")[0] for p in self.checkpoint_dir.glob("step-*")}
