@@ -21,11 +21,13 @@ if [ "$named" = 0 ]; then
   .venv/bin/ruff check .
   set -- tests notebooks --ignore=notebooks/03_mohawk.ipynb "$@"
 fi
-# The notebooks' distillation runs (and their checkpoints, ~2 GB each at the default teacher's size) go to a
-# temporary folder removed afterwards, unless WORKBENCH_RUNS names a folder to keep them in.
+# The notebooks' distillation runs (and their checkpoints, ~1 GB each at the default teacher's size) go to a
+# temporary folder, emptied after each notebook (notebooks/conftest.py) and removed afterwards, unless
+# WORKBENCH_RUNS names a folder to keep them in.
 if [ -z "${WORKBENCH_RUNS:-}" ]; then
   WORKBENCH_RUNS="$(mktemp -d -t workbench-test-runs.XXXXXX)"
-  export WORKBENCH_RUNS
+  WORKBENCH_RUNS_TEMPORARY=1
+  export WORKBENCH_RUNS WORKBENCH_RUNS_TEMPORARY
   trap 'rm -rf "$WORKBENCH_RUNS"' EXIT
 fi
 # --durations: the slowest tests and notebooks of every run are listed at the end, to keep the suite's time in view.
