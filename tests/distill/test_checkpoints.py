@@ -178,7 +178,6 @@ def test_a_full_disk_names_what_the_checkpoint_needs_and_how_to_go_on(tiny_teach
     """The disk fills up at the third checkpoint: the run stops with an error that gives the checkpoint's size, the
     disk's free space and the resume command, and the two checkpoints before it stay as they were; a run whose disk
     cannot hold its checkpoints says so when it starts."""
-    import workbench.distill.run as run_module
     import workbench.distill.run_dir as run_dir_module
 
     out = tmp_path / "run"
@@ -191,7 +190,7 @@ def test_a_full_disk_names_what_the_checkpoint_needs_and_how_to_go_on(tiny_teach
         return real(path, tensors)
 
     monkeypatch.setattr(run_dir_module, "save_tensors", save_tensors)
-    monkeypatch.setattr(run_module, "disk_free", lambda path: 10**6)      # 1 MB free when the run starts
+    monkeypatch.setattr(run_dir_module, "disk_free", lambda path: 10**6)  # 1 MB free (start-up check and error)
     with pytest.raises(checkpoint.CheckpointWriteError) as failed:
         Run(tiny_config(tiny_teacher_dir), out, progress=False, final_eval_tokens=64).execute()
     message = str(failed.value)

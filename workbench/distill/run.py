@@ -63,11 +63,11 @@ from workbench.analysis.layer_scores import greedy_restore, replacement_costs, s
 from workbench.data import PackedBlocks, is_mix, load_corpus, token_ids
 from workbench.device import resolve_device, resolve_dtype
 from workbench.distill import distributed, throughput
-from workbench.distill.checkpoint import BackgroundWriter, CorruptCheckpoint, disk_free, save_json
+from workbench.distill.checkpoint import BackgroundWriter, CorruptCheckpoint, save_json
 from workbench.distill.config import RunConfig, StageConfig
 from workbench.distill.events import StageEnd, Step, select
 from workbench.distill.load import build_run_student, calibration_ids, load_trained
-from workbench.distill.run_dir import KEEP_CHECKPOINTS, RunDir, checkpoint_room
+from workbench.distill.run_dir import RunDir
 from workbench.distill.schedule import lr_at
 from workbench.distill.step import (
     LAYERWISE,
@@ -302,17 +302,12 @@ class Run:
 
     def _check_disk(self, run_dir: RunDir, saved: list[str]) -> None:
         """Say at the start, not at the first checkpoint, when the disk holding the run has no room for the
-        checkpoints it will write (the parameters ``saved`` with AdamW's two moments of each, ``KEEP_CHECKPOINTS``
-        of them plus the one being written; what the folder holds already counts as room)."""
+        checkpoints it will write: the parameters ``saved`` with AdamW's two moments of each."""
         named = dict(self.student.named_parameters())
-        each = 3 * sum(named[n].numel() * named[n].element_size() for n in saved)
-        held = sum(p.stat().st_size for p in run_dir.checkpoint_dir.glob("step-*.safetensors"))
-        needed = max((KEEP_CHECKPOINTS + 1) * each - held, each)
-        free = disk_free(run_dir.checkpoint_dir)
-        if free < needed:
-            note(f"{run_dir.path} is on a disk with {free / 1e9:.2f} GB free; its checkpoints hold up to "
-                 f"{each / 1e9:.2f} GB each. {checkpoint_room(each)} Free space there, or stop and start the run "
-                 f"on a larger disk (--out), before its first checkpoint fails")
+        problem = run_dir.checkpoint_room_problem(3 * sum(named[n].numel() * named[n].element_size() for n in saved))
+        if problem:
+            note(f"{problem}: free space there, or stop and start the run on a larger disk (--out), before its "
+                 f"first checkpoint fails")
 
     def _run_stage(self, run_dir: RunDir, s_idx: int, start: int, global_step: int,
                    opt_state: dict[str, torch.Tensor] | None, saved: list[str]) -> int:
@@ -550,10 +545,11 @@ class Run:
             named = dict(self.student.named_parameters())
             tensors = {f"param/{n}": named[n].detach() for n in saved}
             index = {id(p): n for n, p in named.items()}
-            for p in train_params if with_optimizer else []:
-                for key, value in opt.state.get(p, {}).items():
-                    if torch.is_tensor(value):
-                        tensors[f"opt/{index[id(p)]}/{key}"] = value
+            if with_optimizer:
+                for p in train_params:
+                    for key, value in opt.state.get(p, {}).items():
+                        if torch.is_tensor(value):
+                            tensors[f"opt/{index[id(p)]}/{key}"] = value
         floating = [t for t in tensors.values() if t.is_floating_point()]
         if floating and not torch.stack([torch.isfinite(t).all() for t in floating]).all().item():
             self._diverged(run_dir, stage, position["global_step"],

@@ -281,6 +281,17 @@ class RunDir:
             self._remove_checkpoint(old)
         return stem
 
+    def checkpoint_room_problem(self, each: int) -> str | None:
+        """Why the disk holding the run has no room for its checkpoints of up to ``each`` bytes
+        (``KEEP_CHECKPOINTS`` of them plus the one being written; those in the folder already count as room), or
+        None when it has."""
+        held = sum(p.stat().st_size for p in self.checkpoint_dir.glob("step-*.safetensors"))
+        free = disk_free(self.checkpoint_dir)
+        if free >= max((KEEP_CHECKPOINTS + 1) * each - held, each):
+            return None
+        return (f"{self.path} is on a disk with {free / 1e9:.2f} GB free; its checkpoints hold up to "
+                f"{each / 1e9:.2f} GB each. {checkpoint_room(each)}")
+
     def _remove_checkpoint(self, name: str) -> None:
         stem = self.checkpoint_dir / name
         stem.with_suffix(".json").unlink(missing_ok=True)
