@@ -10,7 +10,7 @@ import torch
 from tests.helpers.tiny_models import CONFIGS, tiny
 from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
 from workbench.generation.compile import GatedMLPStep
-from workbench.ops.backend import force_backend, select
+from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.gated_mlp import gated_mlp_up, gated_mlp_up_ref, gated_mlp_up_triton
 from workbench.teachers import anatomy
 
@@ -76,7 +76,8 @@ def test_kernel_matches_reference_on_cuda(dtype):
 
 def test_backend_choice_and_refusals():
     x, w = torch.randn(2, 8), torch.randn(6, 8)
-    assert select("gated_mlp", "cpu").name == "ref"                  # the kernel only when forced, on CUDA
+    assert [b.name for b in backends("gated_mlp")] == ["triton", "ref"]  # the kernel first: measured ahead on CUDA
+    assert select("gated_mlp", "cpu").name == "ref"                      # and only there
     torch.testing.assert_close(gated_mlp_up(x, w, w, "silu"), torch.nn.functional.silu(x @ w.T) * (x @ w.T))
     with pytest.raises(ValueError, match="knows"):
         gated_mlp_up_ref(x, w, w, "relu")

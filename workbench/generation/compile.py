@@ -35,8 +35,8 @@ class CompileError(RuntimeError):
 
 
 class GatedMLPStep(nn.Module):
-    """A gated MLP's forward with its first half as one op (``workbench.ops.gated_mlp``: on its "ref" backend the
-    same PyTorch ops as the family's module, on "triton" one kernel). It holds the MLP's own projections (no copy);
+    """A gated MLP's forward with its first half as one op (``workbench.ops.gated_mlp``: on CUDA one Triton kernel,
+    elsewhere the same PyTorch ops as the family's module). It holds the MLP's own projections (no copy);
     as a module, all layers' instances share one compilation."""
 
     def __init__(self, mlp: anatomy.GatedMLP):
