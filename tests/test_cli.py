@@ -176,7 +176,8 @@ def _option_help(text: str, flag: str) -> str:
 def test_every_subcommand_is_covered():
     assert {" ".join(words) for words, _ in PARSERS} >= {
         "", "doctor", "teacher", "teacher info", "teacher list", "eval", "distill", "corpus", "corpus generate",
-        "demo", "app", "bench", "bench generate", "bench speculative", "bench quality", "laughing"}
+        "demo", "app", "bench", "bench generate", "bench speculative", "bench quality", "laughing", "student",
+        "student init"}
 
 
 @pytest.mark.parametrize("words, parser", PARSERS, ids=IDS)

@@ -393,6 +393,57 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
     return False
 
 
+def cmd_student_init(args) -> int:
+    """Build the student a run with these flags starts from (the same seed, initialisation and calibration on the
+    corpus's first training tokens) and save it, untrained, with the teacher's tokenizer: a folder that
+    ``workbench eval --model``, ``workbench bench generate --models`` and ``load_student`` read."""
+    check_flag("--mixer", args.mixer, args.mixer in MIXER_NAMES, f"unknown mixer; use one of {', '.join(MIXER_NAMES)}")
+    check_flag("--keep-attention", args.keep_attention, not isinstance(args.keep_attention, str),
+               "a rule chooses layers by measuring the training text; name the layers here (e.g. 0,15), or let "
+               "`workbench distill --keep-attention auto:...` choose them")
+    keep = args.keep_attention or []
+    check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) == len(keep),
+               "must be distinct layer indices >= 0, e.g. 0,15")
+    check_flag("--depth", args.depth, args.depth is None or args.depth >= 1, "must be a count of layers >= 1")
+    check_counts(args, "--calibration-tokens", "--seed", minimum=0)
+    out = Path(args.out)
+    check_flag("--out", args.out, not out.exists() or (out.is_dir() and not any(out.iterdir())),
+               "exists and is not an empty folder; choose a new or empty folder")
+    calibrated = args.init == "attention" and args.calibration_tokens > 0
+    if calibrated:
+        _check_corpus("--corpus", args.corpus, ("train",))
+    check_device(args)
+
+    from workbench.data import load_corpus, token_ids
+    from workbench.distill.config import RunConfig
+    from workbench.distill.load import build_run_student, calibration_ids
+    from workbench.teachers import load_teacher, teacher_config
+
+    config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, depth=args.depth, init=args.init,
+                       corpus=args.corpus, seed=args.seed, calibration_tokens=args.calibration_tokens)
+    config.validate(mixers=MIXER_NAMES)
+    config.check_teacher(teacher_config(args.teacher, progress=False), args.teacher)
+    quiet_transformers()
+    teacher = load_teacher(args.teacher, device=args.device, dtype="float32")
+    calibration = None
+    if calibrated:
+        calibration = calibration_ids(config, token_ids(load_corpus(args.corpus, "train"), teacher.tokenizer),
+                                      teacher.device)
+    t0 = time.time()
+    student = build_run_student(config, teacher, calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out)
+    teacher.tokenizer.save_pretrained(out)
+    n = teacher.num_layers
+    replaced = config.replaced_layers(n)
+    print(f"{out}: {args.mixer} student of {args.teacher}, untrained, built in {time.time() - t0:.1f} s: "
+          f"{len(replaced)} of {len(config.source_layers(n))} layers replaced {replaced}, "
+          f"{sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters, init {args.init}"
+          f"{f', calibrated on {calibration.shape[1]} tokens of {args.corpus}' if calibration is not None else ''}")
+    print(f"next: workbench eval --model {out}   |   workbench bench generate --models {out} --json gen.json")
+    return 0
+
+
 def _check_names(args) -> None:
     """Refuse an unknown --recipe or --mixer (one line naming the choices) before torch is imported."""
     check_flag("--recipe", args.recipe, args.recipe in RECIPE_NAMES,
@@ -698,19 +749,24 @@ def cmd_corpus_parts(args) -> int:
     return 0
 
 
-def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
+def _add_student_arguments(p: argparse.ArgumentParser, keep_help: str) -> None:
+    """The flags that say which student a teacher becomes: `distill`'s and `student init`'s."""
     p.add_argument("--teacher", default=DEFAULT_TEACHER, help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--mixer", default="mamba2", help="hyena, multihyena, mamba2, mamba2-discrete or mamba")
-    p.add_argument("--keep-attention", type=keep_attention_arg, default=[],
-                   help="teacher layers that stay attention, e.g. 0,15; or auto:25%% / auto:8: the share or count of "
-                   "layers most costly to replace, measured once the teacher loads (auto-greedy:...: restored one "
-                   "at a time in an all-mixer student); the chosen layers go into the run's config.json")
+    p.add_argument("--keep-attention", type=keep_attention_arg, default=[], help=keep_help)
     p.add_argument("--depth", type=int, default=None, help="a shallow student: keep this many of the teacher's "
                    "layers, evenly spread, the first and last among them, and drop the rest (a draft model for "
                    "`workbench bench speculative --draft RUN`); --keep-attention then names some of those layers "
                    "(default: none, every layer kept)")
     p.add_argument("--init", default="attention", choices=["attention", "random"],
                    help="mixer initialisation: from each layer's attention weights, or random")
+
+
+def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    _add_student_arguments(p, "teacher layers that stay attention, e.g. 0,15; or auto:25%% / auto:8: the share or "
+                           "count of layers most costly to replace, measured once the teacher loads (auto-greedy:...: "
+                           "restored one at a time in an all-mixer student); the chosen layers go into the run's "
+                           "config.json")
     p.add_argument("--corpus", default="sotu", help="training corpus: 'sotu', a local text file/folder (e.g. from "
                    "`workbench corpus generate`), a mix folder (`workbench corpus build`) or hf:NAME")
     p.add_argument("--eval-corpus", default=None, help="corpus of the evaluations (default: the training corpus; "
@@ -783,6 +839,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_teacher_info)
     q = tsub.add_parser("list", help="registered teachers", epilog=example("workbench teacher list"))
     q.set_defaults(func=cmd_teacher_list)
+
+    p = sub.add_parser("student", help="students outside a run",
+                       epilog=example("workbench student init --keep-attention 0,15 --out students/h2"))
+    ssub = p.add_subparsers(dest="student_command", required=True, metavar="SUBCOMMAND")
+    q = ssub.add_parser("init", help="the student a run starts from, untrained, saved to a folder",
+                        description="Build the student that `workbench distill` with the same flags starts from "
+                        "(mixers initialised from attention and calibrated on the corpus's first training tokens, "
+                        "the same seed) and save it with the teacher's tokenizer, without training it: to measure "
+                        "its decoding speed, its perplexity at initialisation, or look at its mixing matrices.",
+                        epilog=example("workbench student init --keep-attention 0,15 --out students/h2",
+                                       "workbench eval --model students/h2",
+                                       "workbench bench generate --models smollm2-135m@hf,students/h2 --json gen.json"))
+    _add_student_arguments(q, "teacher layers that stay attention, e.g. 0,15 (default: none)")
+    q.add_argument("--corpus", default="sotu", help="corpus whose first training tokens calibrate the mixers' "
+                   "output scales (init attention)")
+    q.add_argument("--calibration-tokens", type=int, default=512, help="tokens the calibration reads (0: none)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the mixers' initialisation, as a run's")
+    q.add_argument("--out", required=True, help="folder to write, new or empty")
+    q.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    q.set_defaults(func=cmd_student_init)
 
     p = sub.add_parser("eval", help="held-out perplexity of a model, or lm-evaluation-harness tasks (--tasks)",
                        description="Without --tasks: the perplexity of a model over fixed windows of a corpus. With "

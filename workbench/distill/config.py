@@ -302,6 +302,9 @@ class RunConfig:
                 return
         source = self.source_layers(num_layers)
         dropped = sorted((set(self.keep_attention) | set(self.replace or [])) - set(source))
+        if dropped and self.depth is None:
+            raise ValueError(f"layers {dropped} are out of range: the {name} has {num_layers} layers, 0.."
+                             f"{num_layers - 1}; name only those in keep_attention and replace")
         if dropped:
             raise ValueError(f"layers {dropped} are dropped by depth={self.depth}, which keeps the {name}'s layers "
                              f"{source}: name only those in keep_attention and replace")
