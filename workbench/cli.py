@@ -410,8 +410,16 @@ def cmd_student_init(args) -> int:
     check_flag("--out", args.out, not out.exists() or (out.is_dir() and not any(out.iterdir())),
                "exists and is not an empty folder; choose a new or empty folder")
     calibrated = args.init == "attention" and args.calibration_tokens > 0
+    weights = parse_weights("--corpus-weights", args.corpus_weights)
     if calibrated:
         _check_corpus("--corpus", args.corpus, ("train",))
+    if calibrated and weights:
+        from workbench.data.corpus import check_corpus
+
+        try:
+            check_corpus(args.corpus, ("train",), weights)
+        except ValueError as err:
+            raise ValueError(f"--corpus-weights: {err}") from err
     check_device(args)
 
     from workbench.data import load_corpus, token_ids
@@ -420,15 +428,16 @@ def cmd_student_init(args) -> int:
     from workbench.teachers import load_teacher, teacher_config
 
     config = RunConfig(teacher=args.teacher, mixer=args.mixer, keep_attention=keep, depth=args.depth, init=args.init,
-                       corpus=args.corpus, seed=args.seed, calibration_tokens=args.calibration_tokens)
+                       corpus=args.corpus, corpus_weights=weights, seed=args.seed,
+                       calibration_tokens=args.calibration_tokens)
     config.validate(mixers=MIXER_NAMES)
     config.check_teacher(teacher_config(args.teacher, progress=False), args.teacher)
     quiet_transformers()
     teacher = load_teacher(args.teacher, device=args.device, dtype="float32")
     calibration = None
     if calibrated:
-        calibration = calibration_ids(config, token_ids(load_corpus(args.corpus, "train"), teacher.tokenizer),
-                                      teacher.device)
+        train = load_corpus(args.corpus, "train", weights)         # the stream a run with these flags trains on
+        calibration = calibration_ids(config, token_ids(train, teacher.tokenizer), teacher.device)
     t0 = time.time()
     student = build_run_student(config, teacher, calibration)
     out.mkdir(parents=True, exist_ok=True)
@@ -854,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_student_arguments(q, "teacher layers that stay attention, e.g. 0,15 (default: none)")
     q.add_argument("--corpus", default="sotu", help="corpus whose first training tokens calibrate the mixers' "
                    "output scales (init attention)")
+    q.add_argument("--corpus-weights", metavar="SOURCE=W,...", default=None, help="a mix's per-source sampling "
+                   "weights, as `distill` takes them (default: the mix's own)")
     q.add_argument("--calibration-tokens", type=int, default=512, help="tokens the calibration reads (0: none)")
     q.add_argument("--seed", type=int, default=0, help="seed of the mixers' initialisation, as a run's")
     q.add_argument("--out", required=True, help="folder to write, new or empty")

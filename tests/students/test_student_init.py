@@ -46,6 +46,7 @@ def test_refusals_name_the_fix(tiny_teacher_dir, tmp_path, capsys):
         (["--keep-attention", "1,1"], "distinct layer indices"),
         (["--keep-attention", "7"], "out of range"),
         (["--depth", "0"], "count of layers >= 1"),
+        (["--corpus-weights", "sotu=2"], "--corpus-weights"),                   # weights need a mix
     ]
     for flags, words in cases:
         assert main(["student", "init", "--teacher", tiny_teacher_dir, "--device", "cpu",
