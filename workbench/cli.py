@@ -393,18 +393,40 @@ def _new_run_folder(out: Path, overwrite: bool, flag: str = "--out", config_file
     return False
 
 
+def _check_mixer(args) -> None:
+    """Refuse an unknown --mixer (one line naming the choices) before torch is imported."""
+    check_flag("--mixer", args.mixer, args.mixer in MIXER_NAMES, f"unknown mixer; use one of {', '.join(MIXER_NAMES)}")
+
+
+def _check_layers(keep: list[int], depth: int | None) -> None:
+    """Refuse a --keep-attention list with negative or repeated layers and a --depth below 1 (which layers exist is
+    known once the teacher's config is read: ``RunConfig.check_teacher``)."""
+    check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) == len(keep),
+               "must be distinct layer indices >= 0, e.g. 0,15")
+    check_flag("--depth", depth, depth is None or depth >= 1, "must be a count of layers >= 1")
+
+
+def _check_weights(flag: str, corpus: str, weights: dict[str, float]) -> None:
+    """Refuse per-source weights the corpus's train split cannot take (not a mix, or a source it was not built
+    with), said of ``flag``."""
+    from workbench.data.corpus import check_corpus
+
+    try:
+        check_corpus(corpus, ("train",), weights)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from err
+
+
 def cmd_student_init(args) -> int:
     """Build the student a run with these flags starts from (the same seed, initialisation and calibration on the
     corpus's first training tokens) and save it, untrained, with the teacher's tokenizer: a folder that
     ``workbench eval --model``, ``workbench bench generate --models`` and ``load_student`` read."""
-    check_flag("--mixer", args.mixer, args.mixer in MIXER_NAMES, f"unknown mixer; use one of {', '.join(MIXER_NAMES)}")
+    _check_mixer(args)
     check_flag("--keep-attention", args.keep_attention, not isinstance(args.keep_attention, str),
                "a rule chooses layers by measuring the training text; name the layers here (e.g. 0,15), or let "
                "`workbench distill --keep-attention auto:...` choose them")
     keep = args.keep_attention or []
-    check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) == len(keep),
-               "must be distinct layer indices >= 0, e.g. 0,15")
-    check_flag("--depth", args.depth, args.depth is None or args.depth >= 1, "must be a count of layers >= 1")
+    _check_layers(keep, args.depth)
     check_counts(args, "--calibration-tokens", "--seed", minimum=0)
     out = Path(args.out)
     check_flag("--out", args.out, not out.exists() or (out.is_dir() and not any(out.iterdir())),
@@ -414,12 +436,7 @@ def cmd_student_init(args) -> int:
     if calibrated:
         _check_corpus("--corpus", args.corpus, ("train",))
     if calibrated and weights:
-        from workbench.data.corpus import check_corpus
-
-        try:
-            check_corpus(args.corpus, ("train",), weights)
-        except ValueError as err:
-            raise ValueError(f"--corpus-weights: {err}") from err
+        _check_weights("--corpus-weights", args.corpus, weights)
     check_device(args)
 
     from workbench.data import load_corpus, token_ids
@@ -457,7 +474,7 @@ def _check_names(args) -> None:
     """Refuse an unknown --recipe or --mixer (one line naming the choices) before torch is imported."""
     check_flag("--recipe", args.recipe, args.recipe in RECIPE_NAMES,
                f"unknown recipe; use one of {', '.join(RECIPE_NAMES)}")
-    check_flag("--mixer", args.mixer, args.mixer in MIXER_NAMES, f"unknown mixer; use one of {', '.join(MIXER_NAMES)}")
+    _check_mixer(args)
 
 
 def _distill_config(args, given: set[str]):
@@ -473,9 +490,7 @@ def _distill_config(args, given: set[str]):
     else:
         auto = args.keep_attention if isinstance(args.keep_attention, str) else None
         keep = [] if auto else args.keep_attention or []
-        check_flag("--keep-attention", ",".join(map(str, keep)), min(keep, default=0) >= 0 and len(set(keep)) ==
-                   len(keep), "must be distinct layer indices >= 0, e.g. 0,15")
-        check_flag("--depth", args.depth, args.depth is None or args.depth >= 1, "must be a count of layers >= 1")
+        _check_layers(keep, args.depth)
         check_flag("--align", args.align, args.align is None or 0 <= args.align < float("inf"),
                    "must be a weight >= 0")
         check_flag("--e2e-lr-ratio", args.e2e_lr_ratio,
@@ -527,12 +542,8 @@ def _distill_config(args, given: set[str]):
     _check_corpus("--eval-corpus" if not args.config else f"--config {args.config}: eval_corpus",
                   config.eval_corpus, ("heldout",))
     if config.corpus_weights:
-        from workbench.data.corpus import check_corpus
-
-        try:
-            check_corpus(config.corpus, ("train",), config.corpus_weights)
-        except ValueError as err:
-            raise ValueError(f"{'--corpus-weights' if not args.config else f'--config {args.config}'}: {err}") from err
+        _check_weights("--corpus-weights" if not args.config else f"--config {args.config}", config.corpus,
+                       config.corpus_weights)
     check_device(  # imports torch: last
         argparse.Namespace(device=config.device),
         "--device" if not args.config else f"--config {args.config}: device")

@@ -306,7 +306,7 @@ class Run:
         named = dict(self.student.named_parameters())
         problem = run_dir.checkpoint_room_problem(3 * sum(named[n].numel() * named[n].element_size() for n in saved))
         if problem:
-            note(f"{problem}: free space there, or stop and start the run on a larger disk (--out), before its "
+            note(f"{problem} Free space there, or stop and start the run on a larger disk (--out), before its "
                  f"first checkpoint fails")
 
     def _run_stage(self, run_dir: RunDir, s_idx: int, start: int, global_step: int,
