@@ -16,10 +16,12 @@ from tests.helpers.generation_checks import (
     tiny_generation_models,
     untouched,
 )
+from tests.helpers.tiny_models import CONFIGS, tiny
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
-from workbench.generation.compile import CompileError, compile_targets
+from workbench.generation.compile import CompileError, GatedMLPStep, NormedMamba2Step, compile_targets
 from workbench.students import student_mixers
+from workbench.teachers import anatomy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,6 +54,52 @@ def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
     assert not any("Attention" in kind for kind, _ in named)
     mlps = [function for module, _, function in targets if type(module).__name__ == "LlamaMLP"]
     assert all(type(function.__self__).__name__ == "GatedMLPStep" for function in mlps)   # its first half one op
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hybrid"])
+def test_folded_norms_greedy_equals_eager(models, name):
+    """The pre-norms folded into the Mamba-2 in_proj and the gated MLP (``fold_norms``): the eager greedy tokens
+    (on the CPU both run the references, the same ops in another grouping) and the model left as it was."""
+    model = models[name]
+    eager = generate(model, PROMPT, 10)
+    folded = generate(model, PROMPT, 10, compile=True, fold_norms=True)
+    assert torch.equal(folded.tokens, eager.tokens) and folded.compiled
+    assert untouched(model)
+    with pytest.raises(ValueError, match="compile=True"):
+        generate(model, PROMPT, 4, fold_norms=True)
+
+
+def test_fold_norms_targets(models):
+    """In the hybrid (layer 1 the mixer), every MLP takes its norm, the mixer its layer's first norm; the two
+    attention layers' first norms stay; every folded norm passes its input through."""
+    model = models["hybrid"]
+    targets = compile_targets(model, fold_norms=True)
+    functions = {id(module): function for module, _, function in targets}
+    layers = anatomy.decoder_layers(model)
+    norms = [anatomy.pre_norms(model, layer) for layer in layers]
+    passed = [function.__name__ == "_passed_through" for function in
+              (functions[id(n.attention)] for n in norms)]
+    assert passed == [False, True, False]
+    assert all(functions[id(n.mlp)].__name__ == "_passed_through" for n in norms)
+    mlps = [functions[id(anatomy.gated_mlp(model, layer).module)].__self__ for layer in layers]
+    assert all(type(m) is GatedMLPStep and m.norm is n.mlp for m, n in zip(mlps, norms))
+    mixer = student_mixers(model)[1]
+    step = [f for module, method, f in targets if module is mixer and method == "step"]
+    assert len(step) == 1 and type(step[0].__self__) is NormedMamba2Step and step[0].__self__.norm is norms[1].attention
+    assert len(targets) == len(compile_targets(model))                 # the same modules, some in other functions
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_pre_norms_are_found_where_the_layout_says_and_compute_the_folded_norm(family):
+    """``anatomy.pre_norms`` finds the two norms in exactly the families of ``PRE_NORMS``, and there each norm module
+    computes the RMSNorm the folded ops compute, bit for bit (so folding changes no number on the CPU)."""
+    from workbench.generation.compile import _is_rms_norm
+
+    model = tiny(family)
+    found = [anatomy.pre_norms(model, layer) for layer in anatomy.decoder_layers(model)]
+    assert all(found) if family in anatomy.PRE_NORMS else not any(found)
+    for norms in filter(None, found):
+        assert _is_rms_norm(norms.attention, norms.eps) and _is_rms_norm(norms.mlp, norms.eps)
 
 
 def test_compile_leaves_a_growing_state_eager(models):
@@ -139,6 +187,12 @@ def test_bench_speculative_pools_several_prompts(models, tmp_path, monkeypatch):
 @pytest.mark.gpu
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
+
+
+@pytest.mark.gpu
+def test_compiled_decode_with_folded_norms_equals_eager(models):
+    """The norm_linear kernel and the gated MLP kernel with its norm, compiled and captured: the eager tokens."""
+    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_norms=True)
 
 
 @pytest.mark.gpu

@@ -65,17 +65,18 @@ def float64_choices(model, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[
     return logits.argmax(-1), (top2[..., 0] - top2[..., 1]).min().item()
 
 
-def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool) -> None:
+def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = False) -> None:
     """On ids' CUDA device: for the teacher, the Mamba-2 student and the hybrid, greedy decoding through the CUDA graph
-    (``compile``: with torch.compile'd steps) gives the eager tokens and leaves the model as it was. The eager tokens
-    are float64's greedy choices, none of them a near-tie (MIN_GREEDY_MARGIN), so exact equality is the right test."""
+    (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them) gives the eager tokens and
+    leaves the model as it was. The eager tokens are float64's greedy choices, none of them a near-tie
+    (MIN_GREEDY_MARGIN), so exact equality is the right test."""
     for name in ("teacher", "mamba2", "hybrid"):
         model = copy.deepcopy(models[name]).to(ids.device)
         eager = generate(model, ids, 12, cuda_graph=False)
         choices, margin = float64_choices(models[name], ids, eager.tokens)
         assert torch.equal(choices, eager.tokens.cpu()), f"{name}: eager greedy on the GPU is not float64's greedy"
         assert margin > MIN_GREEDY_MARGIN, f"{name}: a near-tie ({margin:.2g}); choose a prompt without one"
-        graphed = generate(model, ids, 12, cuda_graph=True, compile=compile)
+        graphed = generate(model, ids, 12, cuda_graph=True, compile=compile, fold_norms=fold_norms)
         assert graphed.cuda_graph and not eager.cuda_graph, name
         if compile:
             assert graphed.compiled and graphed.compile_seconds > 0, name

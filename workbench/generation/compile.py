@@ -2,12 +2,16 @@
 
 After the prefill, every mixer's ``step`` and every decoder layer's other parameterised children (MLP, norms; the
 attention is left as it is; a gated MLP's first half as one op, ``workbench.ops.gated_mlp``) are wrapped in
-``torch.compile`` (inductor, static shapes, fullgraph), so each runs as a
-few fused kernels instead of dozens of small ones. They compile in the first decode step, which runs eagerly (before
-the CUDA graph's capture, if any) and is reported as ``compile_seconds``, kept out of the decode time; later steps
-(the capture included) must reuse that code, and a recompilation raises ``CompileError``. The layers share code: one
-compilation serves all layers of one shape. A mixer whose step changes its state's shapes (Hyena) keeps an eager step
-(``compile_note`` says why). The model's modules are restored on exit.
+``torch.compile`` (inductor, static shapes, fullgraph), so each runs as a few fused kernels instead of dozens of small
+ones. They compile in the first decode step, which runs eagerly (before the CUDA graph's capture, if any) and is
+reported as ``compile_seconds``, kept out of the decode time; later steps (the capture included) must reuse that code,
+and a recompilation raises ``CompileError``. The layers share code: one compilation serves all layers of one shape. A
+mixer whose step changes its state's shapes (Hyena) keeps an eager step (``compile_note`` says why). The model's
+modules are restored on exit.
+
+With ``fold_norms``, a layer's two RMS pre-norms (``anatomy.pre_norms``) become part of the projections that read
+them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first half, and the norm modules
+pass their input through: two kernels fewer per layer, in a step whose time is mostly the count of its small kernels.
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step
@@ -26,7 +30,9 @@ from torch import nn
 
 from workbench.generation.session import unwrap
 from workbench.ops.gated_mlp import gated_mlp_up
+from workbench.ops.norm_linear import rms_norm_linear, rms_norm_ref
 from workbench.students import student_mixers
+from workbench.students.mamba2 import Mamba2
 from workbench.teachers import anatomy
 
 
@@ -36,27 +42,80 @@ class CompileError(RuntimeError):
 
 class GatedMLPStep(nn.Module):
     """A gated MLP's forward with its first half as one op (``workbench.ops.gated_mlp``: on CUDA one Triton kernel,
-    elsewhere the same PyTorch ops as the family's module). It holds the MLP's own projections (no copy);
-    as a module, all layers' instances share one compilation."""
+    elsewhere the same PyTorch ops as the family's module), the layer's pre-MLP RMSNorm folded into it where
+    ``norm`` is given. It holds the MLP's own projections (no copy); as a module, all layers' instances share one
+    compilation."""
 
-    def __init__(self, mlp: anatomy.GatedMLP):
+    def __init__(self, mlp: anatomy.GatedMLP, norm: nn.Module | None = None, eps: float = 1e-6):
         super().__init__()
         self.gate, self.up, self.down, self.act = mlp.gate, mlp.up, mlp.down, mlp.act
+        self.norm, self.eps = norm, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(gated_mlp_up(x, self.gate.weight, self.up.weight, self.act))
+        norm_weight = None if self.norm is None else self.norm.weight
+        return self.down(gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, norm_weight, self.eps))
 
 
-def compile_targets(model: nn.Module, mixer_steps: bool = True) -> list[tuple[nn.Module, str, Callable]]:
+class NormedMamba2Step(nn.Module):
+    """A Mamba-2 mixer's ``step`` on the layer's input before its pre-norm: the norm and the in_proj as one op
+    (``workbench.ops.norm_linear``), then the mixer's ``step_from_projection``."""
+
+    def __init__(self, mixer: Mamba2, norm: nn.Module, eps: float):
+        super().__init__()
+        self.mixer, self.norm, self.eps = mixer, norm, eps
+
+    def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        proj = self.mixer.in_proj
+        return self.mixer.step_from_projection(rms_norm_linear(x_t, self.norm.weight, self.eps, proj.weight,
+                                                               proj.bias), state)
+
+
+def _passed_through(x: torch.Tensor) -> torch.Tensor:
+    """A folded norm's forward: the projection that reads its output normalises its input itself."""
+    return x
+
+
+def _is_rms_norm(norm: nn.Module, eps: float) -> bool:
+    """Whether ``norm`` computes ``rms_norm_ref`` with its weight and ``eps``, bit for bit, on three random rows."""
+    weight = norm.weight
+    x = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        return torch.equal(norm(x), rms_norm_ref(x, weight, eps))
+
+
+def compile_targets(model: nn.Module, mixer_steps: bool = True,
+                    fold_norms: bool = False) -> list[tuple[nn.Module, str, Callable]]:
     """(module, method name, function) triples ``compiled_decoding`` compiles in place of the method: each mixer's
     ``step`` (if ``mixer_steps``), and the ``forward`` of the MLP and norms of every decoder layer
-    (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s."""
+    (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s. With ``fold_norms``, where a layer's
+    pre-norms are transformers' RMSNorm (``anatomy.pre_norms``, checked by ``_is_rms_norm``), the one before a
+    Mamba-2 mixer (with ``mixer_steps``) goes into its in_proj (``NormedMamba2Step``), the one before a gated MLP into
+    ``GatedMLPStep``, and each folded norm passes its input through."""
     model = unwrap(model)
-    targets = [(m, "step", m.step) for m in student_mixers(model).values()] if mixer_steps else []
-    for layer in anatomy.decoder_layers(model):
+    mixers = student_mixers(model)
+    targets = []
+    for index, layer in enumerate(anatomy.decoder_layers(model)):
         gated = anatomy.gated_mlp(model, layer)
+        norms = anatomy.pre_norms(model, layer) if fold_norms else None
+        if norms is not None and not (_is_rms_norm(norms.attention, norms.eps) and _is_rms_norm(norms.mlp, norms.eps)):
+            norms = None
+        mixer = mixers.get(index) if mixer_steps else None
+        folded = {}
+        if norms is not None and isinstance(mixer, Mamba2):
+            folded[norms.attention] = (mixer, NormedMamba2Step(mixer, norms.attention, norms.eps).forward)
+        elif mixer is not None:
+            targets.append((mixer, "step", mixer.step))
+        if norms is not None and gated is not None:
+            folded[norms.mlp] = (gated.module, GatedMLPStep(gated, norms.mlp, norms.eps).forward)
+        for module, function in folded.values():
+            targets.append((module, "step" if module is mixer else "forward", function))
         for _, child in anatomy.around_attention(layer):
-            use = GatedMLPStep(gated).forward if gated and child is gated.module else child.forward
+            if child in folded:
+                use = _passed_through
+            elif any(child is module for module, _ in folded.values()):
+                continue
+            else:
+                use = GatedMLPStep(gated).forward if gated and child is gated.module else child.forward
             targets.append((child, "forward", use))
     return targets
 

@@ -13,6 +13,7 @@ def load_ops() -> None:
         fused_kl,
         gated_mlp,
         mamba2_step,
+        norm_linear,
         selective_scan,
         ssd,
     )

@@ -3,8 +3,10 @@ Imported only where Triton is installed. Shapes as there (x (M, K), weights (I, 
 compile-time constant (one model width per model).
 
 One program per (block of BLOCK_M rows, block of BLOCK_I inner channels):
-  1. for each block of BLOCK_K input channels: the rows' x, and the channels' rows of W_g and W_u (each weight element
-     read once per row block), multiplied into two float32 accumulators;
+  0. with a norm: the rows' inverse RMS (``norm_linear_kernel.rms_inverse``);
+  1. for each block of BLOCK_K input channels: the rows' x (normalised by ``norm_linear_kernel.rms_normed`` with a
+     norm), and the channels' rows of W_g and W_u (each weight element read once per row block), multiplied into two
+     float32 accumulators;
   2. act(gate) · up in float32, rounded once to h's dtype and written.
 """
 
@@ -14,23 +16,30 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from workbench.ops.norm_linear_kernel import rms_inverse, rms_normed
+
 ACT_CODES = {"silu": 0, "gelu_tanh": 1}
 BLOCK_M, BLOCK_I, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
 
 
 @triton.jit
-def gated_up_kernel(x, w_gate, w_up, out, M, I, s_xm, s_gi, s_ui, s_om, K: tl.constexpr,
-                    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr):
+def gated_up_kernel(x, w_gate, w_up, out, norm_w, M, I, s_xm, s_gi, s_ui, s_om, eps, K: tl.constexpr,
+                    ACT: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     m_ok = m < M
     i_ok = i < I
+    if NORM:                                                                     # 0.
+        inverse = rms_inverse(x, m, m_ok, s_xm, eps, K, BLOCK_M, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_I], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_I], tl.float32)
     for k0 in range(0, K, BLOCK_K):                                              # 1. (K a compile-time constant:
         k = k0 + tl.arange(0, BLOCK_K)                                           # one model width per model)
         k_ok = k < K
         xb = tl.load(x + m[:, None] * s_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM:
+            xb = rms_normed(xb, inverse, norm_w, k, k_ok)
         wg = tl.load(w_gate + i[:, None] * s_gi + k[None, :], mask=i_ok[:, None] & k_ok[None, :], other=0.0)
         wu = tl.load(w_up + i[:, None] * s_ui + k[None, :], mask=i_ok[:, None] & k_ok[None, :], other=0.0)
         acc_g += tl.dot(xb, tl.trans(wg), input_precision="ieee")               # (BLOCK_M, BLOCK_I)
@@ -44,10 +53,13 @@ def gated_up_kernel(x, w_gate, w_up, out, M, I, s_xm, s_gi, s_ui, s_om, K: tl.co
     tl.store(out + m[:, None] * s_om + i[None, :], h.to(out.dtype.element_ty), mask=m_ok[:, None] & i_ok[None, :])
 
 
-def launch(x: Tensor, w_gate: Tensor, w_up: Tensor, out: Tensor, act: str) -> None:
-    """Write act(x W_gᵀ) ⊙ (x W_uᵀ) into ``out`` (M, I); x (M, K) and the weights (I, K) with contiguous rows."""
+def launch(x: Tensor, w_gate: Tensor, w_up: Tensor, out: Tensor, act: str, norm_weight: Tensor | None = None,
+           eps: float = 1e-6) -> None:
+    """Write act(x W_gᵀ) ⊙ (x W_uᵀ) into ``out`` (M, I), x RMS-normalised first where ``norm_weight`` (K,) is given;
+    x (M, K) and the weights (I, K) with contiguous rows."""
     M, K = x.shape
     I = w_gate.shape[0]
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(I, BLOCK_I))
-    gated_up_kernel[grid](x, w_gate, w_up, out, M, I, x.stride(0), w_gate.stride(0), w_up.stride(0), out.stride(0),
-                          K=K, ACT=ACT_CODES[act], BLOCK_M=BLOCK_M, BLOCK_I=BLOCK_I, BLOCK_K=BLOCK_K)
+    gated_up_kernel[grid](x, w_gate, w_up, out, w_gate if norm_weight is None else norm_weight, M, I, x.stride(0),
+                          w_gate.stride(0), w_up.stride(0), out.stride(0), eps, K=K, ACT=ACT_CODES[act],
+                          NORM=norm_weight is not None, BLOCK_M=BLOCK_M, BLOCK_I=BLOCK_I, BLOCK_K=BLOCK_K)

@@ -225,6 +225,39 @@ def gated_mlp(model: nn.Module, layer: nn.Module) -> GatedMLP | None:
     return GatedMLP(mlp, gate, up, down, act)
 
 
+# Model types whose decoder layer is h = x + attention(norm_a(x)), then h + mlp(norm_m(h)), each norm an RMSNorm of
+# the config's rms_norm_eps: the two norms' attribute names (norm_a, norm_m). Families left out put norms elsewhere
+# too (Gemma 2/3 and OLMo 2 also normalise the attention's and the MLP's outputs) or use LayerNorm.
+PRE_NORMS: dict[str, tuple[str, str]] = {
+    model_type: ("input_layernorm", "post_attention_layernorm")
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite")}
+
+
+@dataclass(frozen=True)
+class PreNorms:
+    """A decoder layer's two pre-norms (``PRE_NORMS``) and their epsilon."""
+
+    attention: nn.Module         # the norm whose output the attention (or the mixer in its place) reads
+    mlp: nn.Module               # the norm whose output the MLP reads
+    eps: float                   # config.rms_norm_eps
+
+
+def pre_norms(model: nn.Module, layer: nn.Module) -> PreNorms | None:
+    """``layer``'s two pre-norms where its model type is in ``PRE_NORMS`` and both are there with a weight of the
+    model's width, else None. What they compute is the caller's to check (``workbench.generation.compile`` compares
+    them with the RMSNorm it folds into the next projection)."""
+    config = text_config(model)
+    names = PRE_NORMS.get(config.model_type)
+    eps = getattr(config, "rms_norm_eps", None)
+    if names is None or eps is None:
+        return None
+    norms = [getattr(layer, name, None) for name in names]
+    width = (int(config.hidden_size),)
+    if not all(isinstance(getattr(n, "weight", None), nn.Parameter) and n.weight.shape == width for n in norms):
+        return None
+    return PreNorms(norms[0], norms[1], float(eps))
+
+
 def _check_index(model: nn.Module, index: int) -> int:
     n = int(text_config(model).num_hidden_layers)
     if not 0 <= index < n:
