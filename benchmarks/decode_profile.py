@@ -33,7 +33,7 @@ from workbench.generation.session import Session
 
 
 def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int, profile_steps: int, top: int,
-                  bandwidth: float, device: torch.device, fold_norms: bool = False) -> dict:
+                  bandwidth: float, device: torch.device, fold_norms: bool = True) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     loaded = load_model(spec, device=device)
@@ -69,7 +69,8 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
     per_step_bytes = weight_bytes(model) + kv_bytes(model, batch, total) + session.state_bytes()
     floor = per_step_bytes / bandwidth
     table = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
-    return {"model": spec, "batch": batch, "context": context, "compile": compile, "fold_norms": fold_norms,
+    return {"model": spec, "batch": batch, "context": context, "compile": compile,
+            "fold_norms": compile and fold_norms,
             "kernels_per_step": kernel_count, "kernel_s_per_step": kernel_s, "replay_s_per_step": replay_s,
             "mean_kernel_us": kernel_s / kernel_count * 1e6 if kernel_count else None,
             "bytes_per_step": per_step_bytes, "floor_s": floor, "floor_fraction": floor / replay_s,
@@ -84,8 +85,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--compile", action="store_true", help="fused decode step (generate(..., compile=True))")
-    p.add_argument("--fold-norms", action="store_true", help="with --compile: the layers' RMS pre-norms folded into "
-                   "the projections that read them (DecodeOptions.fold_norms)")
+    p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false", help="with --compile: the layers' "
+                   "RMS pre-norms as kernels of their own (default: folded, DecodeOptions.fold_norms)")
     p.add_argument("--steps", type=int, default=50, help="timed replays")
     p.add_argument("--profile-steps", type=int, default=10, help="replays recorded by the profiler")
     p.add_argument("--top", type=int, default=15, help="kernels in each model's table")

@@ -57,23 +57,21 @@ def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
 
 
 @pytest.mark.parametrize("name", ["mamba2", "hybrid"])
-def test_folded_norms_greedy_equals_eager(models, name):
-    """The pre-norms folded into the Mamba-2 in_proj and the gated MLP (``fold_norms``): the eager greedy tokens
-    (on the CPU both run the references, the same ops in another grouping) and the model left as it was."""
+def test_unfolded_norms_greedy_equals_eager(models, name):
+    """``fold_norms=False``: the norms compiled as modules of their own (the default folds them, which the test above
+    runs): the eager greedy tokens, and the model left as it was."""
     model = models[name]
     eager = generate(model, PROMPT, 10)
-    folded = generate(model, PROMPT, 10, compile=True, fold_norms=True)
-    assert torch.equal(folded.tokens, eager.tokens) and folded.compiled
+    unfolded = generate(model, PROMPT, 10, compile=True, fold_norms=False)
+    assert torch.equal(unfolded.tokens, eager.tokens) and unfolded.compiled
     assert untouched(model)
-    with pytest.raises(ValueError, match="compile=True"):
-        generate(model, PROMPT, 4, fold_norms=True)
 
 
 def test_fold_norms_targets(models):
     """In the hybrid (layer 1 the mixer), every MLP takes its norm, the mixer its layer's first norm; the two
     attention layers' first norms stay; every folded norm passes its input through."""
     model = models["hybrid"]
-    targets = compile_targets(model, fold_norms=True)
+    targets = compile_targets(model)
     functions = {id(module): function for module, _, function in targets}
     layers = anatomy.decoder_layers(model)
     norms = [anatomy.pre_norms(model, layer) for layer in layers]
@@ -86,7 +84,7 @@ def test_fold_norms_targets(models):
     mixer = student_mixers(model)[1]
     step = [f for module, method, f in targets if module is mixer and method == "step"]
     assert len(step) == 1 and type(step[0].__self__) is NormedMamba2Step and step[0].__self__.norm is norms[1].attention
-    assert len(targets) == len(compile_targets(model))                 # the same modules, some in other functions
+    assert len(targets) == len(compile_targets(model, fold_norms=False))   # the same modules, some in other functions
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -110,21 +108,24 @@ def test_compile_leaves_a_growing_state_eager(models):
     assert untouched(model)
 
 
-def test_compile_failure_is_a_clear_error(models):
+@pytest.mark.parametrize("fold_norms", [True, False])
+def test_compile_failure_is_a_clear_error(models, fold_norms):
+    """A mixer step dynamo cannot trace whole (here: the part after in_proj, which both the mixer's own step and
+    the folded step call) fails with a CompileError that names the way out, and the model is left as it was."""
     model = models["mamba2"]
     mixer = student_mixers(model)[0]
 
-    def untraceable(x_t, state):
+    def untraceable(zxbcdt, state):
         torch._dynamo.graph_break()
-        return type(mixer).step(mixer, x_t, state)
+        return type(mixer).step_from_projection(mixer, zxbcdt, state)
 
-    mixer.step = untraceable
+    mixer.step_from_projection = untraceable
     try:
         with pytest.raises(CompileError, match="compile=False"):
-            generate(model, PROMPT, 4, compile=True)
-        assert mixer.step is untraceable                                          # put back as it was
+            generate(model, PROMPT, 4, compile=True, fold_norms=fold_norms)
+        assert mixer.step_from_projection is untraceable                        # put back as it was
     finally:
-        del mixer.step
+        del mixer.step_from_projection
     assert untouched(model)
 
 
@@ -134,6 +135,10 @@ def test_bench_generate_records_compile(models, tmp_path):
                         "--compile")["settings"]
     assert set(BENCH_FIELDS) <= set(row) and row["status"] == "ok"
     assert row["compile"] is True and row["compile_s"] > 0 and row["decode_tokens_per_s"] > 0
+    assert row["fold_norms"] is True                                              # the default with --compile
+    (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
+                        "--compile", "--no-fold-norms")["settings"]
+    assert row["compile"] is True and row["fold_norms"] is False and row["status"] == "ok"
 
 
 def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
@@ -190,9 +195,10 @@ def test_compiled_cuda_graph_decode_equals_eager(models):
 
 
 @pytest.mark.gpu
-def test_compiled_decode_with_folded_norms_equals_eager(models):
-    """The norm_linear kernel and the gated MLP kernel with its norm, compiled and captured: the eager tokens."""
-    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_norms=True)
+def test_compiled_decode_with_unfolded_norms_equals_eager(models):
+    """The norms as modules of their own (the test above folds them, the default: the norm_linear kernel and the
+    gated MLP kernel with its norm), compiled and captured: the eager tokens."""
+    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_norms=False)
 
 
 @pytest.mark.gpu

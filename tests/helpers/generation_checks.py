@@ -65,11 +65,11 @@ def float64_choices(model, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[
     return logits.argmax(-1), (top2[..., 0] - top2[..., 1]).min().item()
 
 
-def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = False) -> None:
+def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = True) -> None:
     """On ids' CUDA device: for the teacher, the Mamba-2 student and the hybrid, greedy decoding through the CUDA graph
-    (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them) gives the eager tokens and
-    leaves the model as it was. The eager tokens are float64's greedy choices, none of them a near-tie
-    (MIN_GREEDY_MARGIN), so exact equality is the right test."""
+    (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them, the default) gives the
+    eager tokens and leaves the model as it was. The eager tokens are float64's greedy choices, none of them a
+    near-tie (MIN_GREEDY_MARGIN), so exact equality is the right test."""
     for name in ("teacher", "mamba2", "hybrid"):
         model = copy.deepcopy(models[name]).to(ids.device)
         eager = generate(model, ids, 12, cuda_graph=False)

@@ -101,8 +101,6 @@ def cmd_bench_generate(args) -> int:
     from workbench.generation.bench import bench_generate
     from workbench.generation.engine import DecodeOptions
 
-    check_flag("--fold-norms", "", args.compile or not args.fold_norms,
-               "folds the layers' norms into the compiled decode step: add --compile")
     options = DecodeOptions(cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile,
                             prefill_chunk=args.prefill_chunk, fold_norms=args.fold_norms)
     report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
@@ -169,9 +167,9 @@ def add_subcommand(sub) -> None:
     q.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="CUDA-graph decode steps")
     q.add_argument("--compile", action="store_true",
                    help="fuse the engine's decode step with torch.compile (compilation reported as compile_s)")
-    q.add_argument("--fold-norms", action="store_true",
-                   help="with --compile: fold each layer's RMS pre-norms into the projections that read them "
-                        "(Llama-like layers: a Mamba-2 mixer's in_proj, the gated MLP)")
+    q.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
+                   help="with --compile: keep each layer's RMS pre-norms as kernels of their own (default: folded "
+                        "into the projections that read them, a Mamba-2 mixer's in_proj and the gated MLP)")
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
                         "(default: the whole prompt at once)")

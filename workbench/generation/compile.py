@@ -9,9 +9,10 @@ and a recompilation raises ``CompileError``. The layers share code: one compilat
 mixer whose step changes its state's shapes (Hyena) keeps an eager step (``compile_note`` says why). The model's
 modules are restored on exit.
 
-With ``fold_norms``, a layer's two RMS pre-norms (``anatomy.pre_norms``) become part of the projections that read
-them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first half, and the norm modules
-pass their input through: two kernels fewer per layer, in a step whose time is mostly the count of its small kernels.
+With ``fold_norms`` (the default), a layer's two RMS pre-norms (``anatomy.pre_norms``) become part of the
+projections that read them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first
+half, and the norm modules pass their input through: two kernels fewer per layer, in a step whose time is mostly the
+count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms").
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step
@@ -84,7 +85,7 @@ def _is_rms_norm(norm: nn.Module, eps: float) -> bool:
 
 
 def compile_targets(model: nn.Module, mixer_steps: bool = True,
-                    fold_norms: bool = False) -> list[tuple[nn.Module, str, Callable]]:
+                    fold_norms: bool = True) -> list[tuple[nn.Module, str, Callable]]:
     """(module, method name, function) triples ``compiled_decoding`` compiles in place of the method: each mixer's
     ``step`` (if ``mixer_steps``), and the ``forward`` of the MLP and norms of every decoder layer
     (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s. With ``fold_norms``, where a layer's

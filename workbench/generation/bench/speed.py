@@ -124,7 +124,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
               "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
               "ttft_first_s": None, "compile": options.compile and engine_options,
-              "fold_norms": options.fold_norms and engine_options,
+              "fold_norms": options.compile and options.fold_norms and engine_options,
               "prefill_chunk": options.prefill_chunk if engine_options else None}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
