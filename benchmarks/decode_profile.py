@@ -33,7 +33,8 @@ from workbench.generation.session import Session
 
 
 def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int, profile_steps: int, top: int,
-                  bandwidth: float, device: torch.device, fold_norms: bool = True) -> dict:
+                  bandwidth: float, device: torch.device, fold_norms: bool = True,
+                  fold_residuals: bool = False) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     loaded = load_model(spec, device=device)
@@ -46,7 +47,7 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
         problem = static_state_problem(session, batch)
         if problem is not None:
             raise SystemExit(f"{spec}: {problem}")
-        targets = compile_targets(model, fold_norms=fold_norms) if compile else []
+        targets = compile_targets(model, fold_norms=fold_norms, fold_residuals=fold_residuals) if compile else []
         with compiled_decoding(targets):
             step = capture_step(session, token, compile)
             token = step.first_logits.argmax(-1)
@@ -70,7 +71,7 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
     floor = per_step_bytes / bandwidth
     table = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
     return {"model": spec, "batch": batch, "context": context, "compile": compile,
-            "fold_norms": compile and fold_norms,
+            "fold_norms": compile and fold_norms, "fold_residuals": compile and fold_residuals,
             "kernels_per_step": kernel_count, "kernel_s_per_step": kernel_s, "replay_s_per_step": replay_s,
             "mean_kernel_us": kernel_s / kernel_count * 1e6 if kernel_count else None,
             "bytes_per_step": per_step_bytes, "floor_s": floor, "floor_fraction": floor / replay_s,
@@ -87,6 +88,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="fused decode step (generate(..., compile=True))")
     p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false", help="with --compile: the layers' "
                    "RMS pre-norms as kernels of their own (default: folded, DecodeOptions.fold_norms)")
+    p.add_argument("--fold-residuals", action="store_true", help="with --compile: each Mamba-2 layer's residuals "
+                   "added inside its out_proj and down projection (DecodeOptions.fold_residuals)")
     p.add_argument("--steps", type=int, default=50, help="timed replays")
     p.add_argument("--profile-steps", type=int, default=10, help="replays recorded by the profiler")
     p.add_argument("--top", type=int, default=15, help="kernels in each model's table")
@@ -100,7 +103,7 @@ def main() -> None:
     rows = []
     for spec in args.models.split(","):
         row = profile_model(spec, args.batch, args.context, args.compile, args.steps, args.profile_steps, args.top,
-                            bandwidth, device, args.fold_norms)
+                            bandwidth, device, args.fold_norms, args.fold_residuals)
         rows.append(row)
         print(f"{spec}: {row['kernels_per_step']:.0f} kernels/step, kernels {row['kernel_s_per_step'] * 1e3:.3f} ms, "
               f"replay {row['replay_s_per_step'] * 1e3:.3f} ms ({row['mean_kernel_us']:.1f} us/kernel), floor "

@@ -19,7 +19,14 @@ from tests.helpers.generation_checks import (
 from tests.helpers.tiny_models import CONFIGS, tiny
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
-from workbench.generation.compile import CompileError, GatedMLPStep, NormedMamba2Step, compile_targets
+from workbench.generation.compile import (
+    CompileError,
+    GatedMLPStep,
+    NormedMamba2Step,
+    ResidualLayerForward,
+    ResidualMamba2Step,
+    compile_targets,
+)
 from workbench.students import student_mixers
 from workbench.teachers import anatomy
 
@@ -87,6 +94,45 @@ def test_fold_norms_targets(models):
     assert len(targets) == len(compile_targets(model, fold_norms=False))   # the same modules, some in other functions
 
 
+@pytest.mark.parametrize("name", ["mamba2", "hybrid"])
+def test_folded_residuals_greedy_equals_eager(models, name):
+    """``fold_residuals``: every Mamba-2 layer's forward becomes its mixer step and MLP, each adding its residual in
+    its last projection (a residual added twice or lost would change the tokens); the eager greedy tokens, and the
+    model left as it was."""
+    model = models[name]
+    targets = compile_targets(model, fold_residuals=True)
+    layers = [module for module, method, f in targets if isinstance(f, ResidualLayerForward)]
+    steps = [f.__self__ for module, method, f in targets if method == "step"]
+    assert len(layers) == len(steps) == len(student_mixers(model)) and all(type(s) is ResidualMamba2Step
+                                                                          for s in steps)
+    eager = generate(model, PROMPT, 10)
+    folded = generate(model, PROMPT, 10, compile=True, fold_residuals=True)
+    assert torch.equal(folded.tokens, eager.tokens) and folded.compiled
+    assert untouched(model)
+    with pytest.raises(ValueError, match="fold_norms"):
+        generate(model, PROMPT, 4, compile=True, fold_norms=False, fold_residuals=True)
+    with pytest.raises(ValueError, match="fold_norms"):
+        compile_targets(model, fold_norms=False, fold_residuals=True)
+
+
+def test_residuals_fold_only_where_the_layer_is_the_plain_pre_norm_sum(models):
+    """A layer whose forward computes something else than x + mixer(norm(x)), then h + mlp(norm(h)) (here: its
+    output scaled, as a residual multiplier would) keeps its forward and its residual adds; its norms still fold."""
+    model = models["mamba2"]
+    layer = anatomy.decoder_layers(model)[0]
+    own = layer.forward
+    layer.forward = lambda hidden_states, *args, **kwargs: 0.5 * own(hidden_states, *args, **kwargs)
+    try:
+        targets = compile_targets(model, fold_residuals=True)
+    finally:
+        del layer.forward
+    assert not any(module is layer for module, _, _ in targets)
+    mixer = student_mixers(model)[0]
+    (step,) = [f.__self__ for module, method, f in targets if module is mixer and method == "step"]
+    assert type(step) is NormedMamba2Step
+    assert sum(isinstance(f, ResidualLayerForward) for _, _, f in targets) == len(student_mixers(model)) - 1
+
+
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_pre_norms_are_found_where_the_layout_says_and_compute_the_folded_norm(family):
     """``anatomy.pre_norms`` finds the two norms in exactly the families of ``PRE_NORMS``, and there each norm module
@@ -110,22 +156,23 @@ def test_compile_leaves_a_growing_state_eager(models):
 
 @pytest.mark.parametrize("fold_norms", [True, False])
 def test_compile_failure_is_a_clear_error(models, fold_norms):
-    """A mixer step dynamo cannot trace whole (here: the part after in_proj, which both the mixer's own step and
-    the folded step call) fails with a CompileError that names the way out, and the model is left as it was."""
+    """A mixer step dynamo cannot trace whole (here: the part between the projections, which both the mixer's own
+    step and the folded step call) fails with a CompileError that names the way out, and the model is left as it
+    was."""
     model = models["mamba2"]
     mixer = student_mixers(model)[0]
 
     def untraceable(zxbcdt, state):
         torch._dynamo.graph_break()
-        return type(mixer).step_from_projection(mixer, zxbcdt, state)
+        return type(mixer).step_between_projections(mixer, zxbcdt, state)
 
-    mixer.step_from_projection = untraceable
+    mixer.step_between_projections = untraceable
     try:
         with pytest.raises(CompileError, match="compile=False"):
             generate(model, PROMPT, 4, compile=True, fold_norms=fold_norms)
-        assert mixer.step_from_projection is untraceable                        # put back as it was
+        assert mixer.step_between_projections is untraceable                    # put back as it was
     finally:
-        del mixer.step_from_projection
+        del mixer.step_between_projections
     assert untouched(model)
 
 
@@ -139,6 +186,9 @@ def test_bench_generate_records_compile(models, tmp_path):
     (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
                         "--compile", "--no-fold-norms")["settings"]
     assert row["compile"] is True and row["fold_norms"] is False and row["status"] == "ok"
+    (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
+                        "--compile", "--fold-residuals")["settings"]
+    assert row["fold_norms"] is True and row["fold_residuals"] is True and row["status"] == "ok"
 
 
 def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
@@ -192,6 +242,12 @@ def test_bench_speculative_pools_several_prompts(models, tmp_path, monkeypatch):
 @pytest.mark.gpu
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
+
+
+@pytest.mark.gpu
+def test_compiled_decode_with_folded_residuals_equals_eager(models):
+    """The residual adds inside out_proj and down (torch.addmm), compiled and captured: the eager tokens."""
+    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_residuals=True)
 
 
 @pytest.mark.gpu

@@ -65,9 +65,11 @@ def float64_choices(model, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[
     return logits.argmax(-1), (top2[..., 0] - top2[..., 1]).min().item()
 
 
-def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = True) -> None:
+def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = True,
+                        fold_residuals: bool = False) -> None:
     """On ids' CUDA device: for the teacher, the Mamba-2 student and the hybrid, greedy decoding through the CUDA graph
-    (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them, the default) gives the
+    (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them, the default;
+    ``fold_residuals``: the residual adds too) gives the
     eager tokens and leaves the model as it was. The eager tokens are float64's greedy choices, none of them a
     near-tie (MIN_GREEDY_MARGIN), so exact equality is the right test."""
     for name in ("teacher", "mamba2", "hybrid"):
@@ -76,7 +78,8 @@ def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_nor
         choices, margin = float64_choices(models[name], ids, eager.tokens)
         assert torch.equal(choices, eager.tokens.cpu()), f"{name}: eager greedy on the GPU is not float64's greedy"
         assert margin > MIN_GREEDY_MARGIN, f"{name}: a near-tie ({margin:.2g}); choose a prompt without one"
-        graphed = generate(model, ids, 12, cuda_graph=True, compile=compile, fold_norms=fold_norms)
+        graphed = generate(model, ids, 12, cuda_graph=True, compile=compile, fold_norms=fold_norms,
+                           fold_residuals=fold_residuals)
         assert graphed.cuda_graph and not eager.cuda_graph, name
         if compile:
             assert graphed.compiled and graphed.compile_seconds > 0, name

@@ -102,7 +102,8 @@ def cmd_bench_generate(args) -> int:
     from workbench.generation.engine import DecodeOptions
 
     options = DecodeOptions(cuda_graph=CUDA_GRAPH[args.cuda_graph], compile=args.compile,
-                            prefill_chunk=args.prefill_chunk, fold_norms=args.fold_norms)
+                            prefill_chunk=args.prefill_chunk, fold_norms=args.fold_norms,
+                            fold_residuals=args.fold_residuals)
     report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
                             dtype=args.dtype, hf_baseline=args.hf_baseline, options=options)
     _write(args.json, report)
@@ -170,6 +171,9 @@ def add_subcommand(sub) -> None:
     q.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
                    help="with --compile: keep each layer's RMS pre-norms as kernels of their own (default: folded "
                         "into the projections that read them, a Mamba-2 mixer's in_proj and the gated MLP)")
+    q.add_argument("--fold-residuals", action="store_true",
+                   help="with --compile: also add each Mamba-2 layer's residuals inside its out_proj and down "
+                        "projection (two kernels fewer per layer; not measured yet, so off by default)")
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
                         "(default: the whole prompt at once)")

@@ -12,7 +12,12 @@ modules are restored on exit.
 With ``fold_norms`` (the default), a layer's two RMS pre-norms (``anatomy.pre_norms``) become part of the
 projections that read them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first
 half, and the norm modules pass their input through: two kernels fewer per layer, in a step whose time is mostly the
-count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms").
+count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms"). With
+``fold_residuals`` too (off by default, until measured), a Mamba-2 layer whose forward is exactly x + mixer(norm(x)),
+then h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
+(``torch.addmm``: out_proj and the MLP's down projection read the residual as their output's start), and the layer's
+forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts): two
+kernels fewer per layer again.
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step
@@ -59,16 +64,69 @@ class GatedMLPStep(nn.Module):
 
 class NormedMamba2Step(nn.Module):
     """A Mamba-2 mixer's ``step`` on the layer's input before its pre-norm: the norm and the in_proj as one op
-    (``workbench.ops.norm_linear``), then the mixer's ``step_from_projection``."""
+    (``workbench.ops.norm_linear``), the mixer's ``step_between_projections``, then out_proj."""
 
     def __init__(self, mixer: Mamba2, norm: nn.Module, eps: float):
         super().__init__()
         self.mixer, self.norm, self.eps = mixer, norm, eps
 
     def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        proj = self.mixer.in_proj
-        return self.mixer.step_from_projection(rms_norm_linear(x_t, self.norm.weight, self.eps, proj.weight,
-                                                               proj.bias), state)
+        m = self.mixer
+        zxbcdt = rms_norm_linear(x_t, self.norm.weight, self.eps, m.in_proj.weight, m.in_proj.bias)
+        return m.out_proj(m.step_between_projections(zxbcdt, state)), state
+
+
+def _linear_residual(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """residual + x Wᵀ as one GEMM that starts from the residual (a bias-free ``linear``; x (..., K), residual
+    (..., N))."""
+    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
+    return out.view(residual.shape)
+
+
+class ResidualMamba2Step(NormedMamba2Step):
+    """``NormedMamba2Step`` that returns x_t + the mixer's output (the layer's first residual inside out_proj)."""
+
+    def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        m = self.mixer
+        zxbcdt = rms_norm_linear(x_t, self.norm.weight, self.eps, m.in_proj.weight, m.in_proj.bias)
+        return _linear_residual(x_t, m.step_between_projections(zxbcdt, state), m.out_proj), state
+
+
+class ResidualGatedMLPStep(GatedMLPStep):
+    """``GatedMLPStep`` (with its norm) that returns x + the MLP's output (the layer's second residual inside
+    down)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, self.norm.weight, self.eps)
+        return _linear_residual(x, h, self.down)
+
+
+class ResidualLayerForward:
+    """A decoder layer's forward while decoding with its residuals folded: the attention module (a
+    ``MixerAttention``, whose mixer step is a ``ResidualMamba2Step``) returns x + mixer(norm(x)), the MLP module (a
+    ``ResidualGatedMLPStep``) h + mlp(norm(h)). ``compiled_decoding`` installs it as it is (it calls the compiled
+    parts; the attention module's cache bookkeeping stays eager, as in the layer's own forward)."""
+
+    def __init__(self, attention: nn.Module, mlp: nn.Module):
+        self.attention, self.mlp = attention, mlp
+
+    def __call__(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.attention(hidden_states, *args, **kwargs)
+        return self.mlp(out[0] if self.attention.outputs else out)
+
+
+def _is_pre_norm_layer(layer: nn.Module, attention: nn.Module, norms: anatomy.PreNorms, mlp: nn.Module) -> bool:
+    """Whether the layer's own forward (its mixer without a cache) computes exactly h = x + attention(norm_a(x)), then
+    h + mlp(norm_m(h)) from its modules, on one random input (no multiplier on a branch, no norm after one)."""
+    weight = norms.attention.weight
+    x = torch.randn(1, 3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        out = layer(x)
+        if not isinstance(out, torch.Tensor):      # a layer returning a tuple: its model reads it otherwise
+            return False
+        a = attention(norms.attention(x))
+        h = x + (a[0] if attention.outputs else a)
+        return torch.equal(out, h + mlp(norms.mlp(h)))
 
 
 def _passed_through(x: torch.Tensor) -> torch.Tensor:
@@ -84,14 +142,18 @@ def _is_rms_norm(norm: nn.Module, eps: float) -> bool:
         return torch.equal(norm(x), rms_norm_ref(x, weight, eps))
 
 
-def compile_targets(model: nn.Module, mixer_steps: bool = True,
-                    fold_norms: bool = True) -> list[tuple[nn.Module, str, Callable]]:
+def compile_targets(model: nn.Module, mixer_steps: bool = True, fold_norms: bool = True,
+                    fold_residuals: bool = False) -> list[tuple[nn.Module, str, Callable]]:
     """(module, method name, function) triples ``compiled_decoding`` compiles in place of the method: each mixer's
     ``step`` (if ``mixer_steps``), and the ``forward`` of the MLP and norms of every decoder layer
     (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s. With ``fold_norms``, where a layer's
     pre-norms are transformers' RMSNorm (``anatomy.pre_norms``, checked by ``_is_rms_norm``), the one before a
     Mamba-2 mixer (with ``mixer_steps``) goes into its in_proj (``NormedMamba2Step``), the one before a gated MLP into
-    ``GatedMLPStep``, and each folded norm passes its input through."""
+    ``GatedMLPStep``, and each folded norm passes its input through. With ``fold_residuals`` as well, a Mamba-2 layer
+    whose forward passes ``_is_pre_norm_layer`` takes ``ResidualMamba2Step``, ``ResidualGatedMLPStep`` and
+    ``ResidualLayerForward`` (installed uncompiled) instead."""
+    if fold_residuals and not fold_norms:
+        raise ValueError("fold_residuals builds on the folded norms: set fold_norms too")
     model = unwrap(model)
     mixers = student_mixers(model)
     targets = []
@@ -102,11 +164,19 @@ def compile_targets(model: nn.Module, mixer_steps: bool = True,
             norms = None
         mixer = mixers.get(index) if mixer_steps else None
         folded = {}
-        if norms is not None and isinstance(mixer, Mamba2):
+        attention = anatomy.attention_of(layer)[1]
+        residual = (fold_residuals and norms is not None and isinstance(mixer, Mamba2) and gated is not None
+                    and mixer.in_proj.bias is None and mixer.out_proj.bias is None
+                    and _is_pre_norm_layer(layer, attention, norms, gated.module))
+        if residual:
+            folded[norms.attention] = (mixer, ResidualMamba2Step(mixer, norms.attention, norms.eps).forward)
+            folded[norms.mlp] = (gated.module, ResidualGatedMLPStep(gated, norms.mlp, norms.eps).forward)
+            targets.append((layer, "forward", ResidualLayerForward(attention, gated.module)))
+        elif norms is not None and isinstance(mixer, Mamba2):
             folded[norms.attention] = (mixer, NormedMamba2Step(mixer, norms.attention, norms.eps).forward)
         elif mixer is not None:
             targets.append((mixer, "step", mixer.step))
-        if norms is not None and gated is not None:
+        if norms is not None and gated is not None and not residual:
             folded[norms.mlp] = (gated.module, GatedMLPStep(gated, norms.mlp, norms.eps).forward)
         for module, function in folded.values():
             targets.append((module, "step" if module is mixer else "forward", function))
@@ -124,12 +194,14 @@ def compile_targets(model: nn.Module, mixer_steps: bool = True,
 @contextlib.contextmanager
 def compiled_decoding(targets: Sequence[tuple[nn.Module, str, Callable]]) -> Iterator[None]:
     """Within the context, each (module, method, function) of ``targets`` has the method replaced on its instance
-    by ``torch.compile(function, dynamic=False, fullgraph=True)`` (compiled lazily, at its first call); the
-    instances are left as they were on exit."""
+    by ``torch.compile(function, dynamic=False, fullgraph=True)`` (compiled lazily, at its first call), or by the
+    function itself where it is a ``ResidualLayerForward`` (which only calls compiled parts); the instances are left
+    as they were on exit."""
     saved = [(module, name, module.__dict__.get(name)) for module, name, _ in targets]
     try:
         for module, name, function in targets:
-            setattr(module, name, torch.compile(function, dynamic=False, fullgraph=True))
+            eager = isinstance(function, ResidualLayerForward)
+            setattr(module, name, function if eager else torch.compile(function, dynamic=False, fullgraph=True))
         yield
     finally:
         for module, name, previous in saved:

@@ -68,6 +68,9 @@ class DecodeOptions:
     fold_norms: bool = True             # with compile: fold each layer's RMS pre-norms into the projections that read
                                         # them (``compile_targets``), two kernels fewer per layer (an H200, 135M
                                         # students: 3-24% more tokens/s, docs/results.md); no effect without compile
+    fold_residuals: bool = False        # with compile and fold_norms: add each Mamba-2 layer's two residuals inside its
+                                        # out_proj and down projection (``compile_targets``), two kernels fewer per
+                                        # layer again; off until its speed is measured
     engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
                                         # attention (``workbench.generation.attention``: grouped-query heads read in
                                         # place, the same on every transformers version); False: the version's own
@@ -77,6 +80,8 @@ class DecodeOptions:
             raise ValueError(f"cuda_graph must be 'auto', True or False, got {self.cuda_graph!r}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive number of tokens or None, got {self.prefill_chunk}")
+        if self.fold_residuals and not self.fold_norms:
+            raise ValueError("fold_residuals builds on the folded norms: leave fold_norms on")
         if self.stop_check_every < 1:
             raise ValueError(f"stop_check_every must be a positive number of steps, got {self.stop_check_every}")
 
@@ -274,8 +279,8 @@ class Decoder:
                 if note is not None and options.cuda_graph is True:
                     raise ValueError(note)
             compile_note = f"mixer steps left uncompiled: {problem}" if compile and problem is not None else None
-            targets = (compile_targets(model, mixer_steps=problem is None, fold_norms=options.fold_norms)
-                       if compile else [])
+            targets = (compile_targets(model, mixer_steps=problem is None, fold_norms=options.fold_norms,
+                                       fold_residuals=options.fold_residuals) if compile else [])
         else:                                                       # a kept graph replays the compiled step
             note, compile_note, targets = kept.note, kept.compile_note, []
         per_token: list[float] = []

@@ -231,15 +231,17 @@ class Mamba2(ScanMixer):
         conv's ring buffer, the decay, the state update, its readout, gate and norm), its PyTorch reference
         elsewhere. in_proj runs unpadded here: a decode step's product reads the weight once, and padding it
         (``AlignedLinear``, for training's GEMMs) would copy the whole weight every token."""
-        return self.step_from_projection(F.linear(x_t, self.in_proj.weight, self.in_proj.bias), state)   # 1.
+        zxbcdt = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)                   # 1.
+        return self.out_proj(self.step_between_projections(zxbcdt, state)), state         # 2.-7.
 
-    def step_from_projection(self, zxbcdt: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """``step`` after its in_proj: zxbcdt (B, 2E + 2GN + H) -> y_t (B, D), for a decode step that computes the
-        projection itself (``workbench.generation.compile`` folds the layer's norm into it)."""
+    def step_between_projections(self, zxbcdt: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """Steps 2-6 of ``step``: zxbcdt (B, 2E + 2GN + H), in_proj's output -> the gated output g (B, E) that out_proj
+        reads; the state moves on by one token. For a decode step that computes the projections itself
+        (``workbench.generation.compile`` folds the layer's norm into in_proj)."""
         g = mamba2_step(zxbcdt, state["conv"], state["ssm"], state["position"], self.step_weights(),
                         self.step_layout)                                                # 2.-6.
         state["position"].add_(1)
-        return self.out_proj(g), state                                                   # 7.
+        return g
 
     def step_weights(self) -> Mamba2StepWeights:
         """The parameters ``mamba2_step`` reads (views, no copies)."""

@@ -125,6 +125,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
               "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
               "ttft_first_s": None, "compile": options.compile and engine_options,
               "fold_norms": options.compile and options.fold_norms and engine_options,
+              "fold_residuals": options.compile and options.fold_residuals and engine_options,
               "prefill_chunk": options.prefill_chunk if engine_options else None}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
