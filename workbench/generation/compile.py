@@ -13,11 +13,12 @@ With ``fold_norms`` (the default), a layer's two RMS pre-norms (``anatomy.pre_no
 projections that read them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first
 half, and the norm modules pass their input through: two kernels fewer per layer, in a step whose time is mostly the
 count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms"). With
-``fold_residuals`` too (off by default, until measured), a Mamba-2 layer whose forward is exactly x + mixer(norm(x)),
+``fold_residuals`` too (off by default: on an H200 it left the step's kernel count unchanged, docs/results.md), a
+Mamba-2 layer whose forward is exactly x + mixer(norm(x)),
 then h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
 (``torch.addmm``: out_proj and the MLP's down projection read the residual as their output's start), and the layer's
-forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts): two
-kernels fewer per layer again.
+forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts), meant to
+take two kernels per layer out of the step.
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step

@@ -69,8 +69,8 @@ class DecodeOptions:
                                         # them (``compile_targets``), two kernels fewer per layer (an H200, 135M
                                         # students: 3-24% more tokens/s, docs/results.md); no effect without compile
     fold_residuals: bool = False        # with compile and fold_norms: add each Mamba-2 layer's two residuals inside its
-                                        # out_proj and down projection (``compile_targets``), two kernels fewer per
-                                        # layer again; off until its speed is measured
+                                        # out_proj and down projection (``compile_targets``); off: on an H200 the
+                                        # step kept its kernel count (docs/results.md, "Folded norms")
     engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
                                         # attention (``workbench.generation.attention``: grouped-query heads read in
                                         # place, the same on every transformers version); False: the version's own
