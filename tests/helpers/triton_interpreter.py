@@ -22,3 +22,19 @@ def in_interpreter(lines: str, timeout: int = 600) -> str:
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + \
         result.stderr[-3000:]
     return result.stdout
+
+
+def relative_error(out, ref) -> float:
+    """The largest difference between ``out`` (any device and dtype) and the float32 CPU ``ref``, over ref's largest
+    magnitude."""
+    return ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
+
+
+def errors_within_in_interpreter(errors: str, limit: float = 1e-5) -> None:
+    """``errors`` ("tests.ops.test_x.kernel_errors", a function of (device, dtype) returning a dict of errors) run
+    in float32 on the CPU through Triton's interpreter: every error below ``limit`` (1e-5: float32 rounding, the same
+    arithmetic in another order)."""
+    module, function = errors.rsplit(".", 1)
+    in_interpreter(f"import torch\nfrom {module} import {function}\n"
+                   f"errors = {function}('cpu', torch.float32)\nprint(errors)\n"
+                   f"assert all(e < {limit} for e in errors.values()), errors")

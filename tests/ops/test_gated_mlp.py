@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.tiny_models import CONFIGS, tiny
-from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
+from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, relative_error
 from workbench.generation.compile import GatedMLPStep
 from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.gated_mlp import gated_mlp_up, gated_mlp_up_ref, gated_mlp_up_triton
@@ -47,19 +47,17 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
             ref = gated_mlp_up_ref(x, wg, wu, act)
             with torch.no_grad():
                 out = gated_mlp_up_triton(*(t.to(device=device, dtype=dtype) for t in (x, wg, wu)), act)
-            errors[f"{M}x{K}x{I} {act}"] = ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
+            errors[f"{M}x{K}x{I} {act}"] = relative_error(out, ref)
     compiled = torch.compile(gated_mlp_up_triton, fullgraph=True)      # one operator inside a compiled graph
     with torch.no_grad():
         out = compiled(*(t.to(device=device, dtype=dtype) for t in (x, wg, wu)), act)
-    errors["compiled"] = ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
+    errors["compiled"] = relative_error(out, ref)
     return errors
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 def test_kernel_matches_reference_in_the_interpreter():
-    in_interpreter("import torch\nfrom tests.ops.test_gated_mlp import kernel_errors\n"
-                   "errors = kernel_errors('cpu', torch.float32)\nprint(errors)\n"
-                   "assert all(e < 1e-5 for e in errors.values()), errors")
+    errors_within_in_interpreter("tests.ops.test_gated_mlp.kernel_errors")
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
+from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, relative_error
 from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.gated_mlp import gated_mlp_up_ref, gated_mlp_up_triton
 from workbench.ops.norm_linear import (
@@ -50,24 +50,21 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
             for name, bias in (("no bias", None), ("bias", b)):
                 ref = rms_norm_linear_ref(x, w_norm, 1e-5, W, bias)
                 out = rms_norm_linear_triton(on[0], on[1], 1e-5, on[2], None if bias is None else on[3])
-                errors[f"norm_linear {M}x{K}x{N} {name}"] = ((out.float().cpu() - ref).abs().max()
-                                                             / ref.abs().max()).item()
+                errors[f"norm_linear {M}x{K}x{N} {name}"] = relative_error(out, ref)
             ref = gated_mlp_up_ref(x, wg, wu, "silu", w_norm, 1e-5)
             out = gated_mlp_up_triton(on[0], on[4], on[5], "silu", on[1], 1e-5)
-            errors[f"gated {M}x{K}x{N}"] = ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
+            errors[f"gated {M}x{K}x{N}"] = relative_error(out, ref)
     compiled = torch.compile(rms_norm_linear_triton, fullgraph=True)      # one operator inside a compiled graph
     with torch.no_grad():
         out = compiled(on[0], on[1], 1e-5, on[2], on[3])
     ref = rms_norm_linear_ref(x, w_norm, 1e-5, W, b)
-    errors["compiled"] = ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
+    errors["compiled"] = relative_error(out, ref)
     return errors
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 def test_kernels_match_references_in_the_interpreter():
-    in_interpreter("import torch\nfrom tests.ops.test_norm_linear import kernel_errors\n"
-                   "errors = kernel_errors('cpu', torch.float32)\nprint(errors)\n"
-                   "assert all(e < 1e-5 for e in errors.values()), errors")
+    errors_within_in_interpreter("tests.ops.test_norm_linear.kernel_errors")
 
 
 @pytest.mark.gpu
