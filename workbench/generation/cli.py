@@ -173,7 +173,7 @@ def add_subcommand(sub) -> None:
                         "into the projections that read them, a Mamba-2 mixer's in_proj and the gated MLP)")
     q.add_argument("--fold-residuals", action="store_true",
                    help="with --compile: also add each Mamba-2 layer's residuals inside its out_proj and down "
-                        "projection (off by default: on an H200 it did not lower the step's kernel count)")
+                        "projection (off by default: not yet measured to be faster)")
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
                         "(default: the whole prompt at once)")

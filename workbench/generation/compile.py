@@ -12,13 +12,14 @@ modules are restored on exit.
 With ``fold_norms`` (the default), a layer's two RMS pre-norms (``anatomy.pre_norms``) become part of the
 projections that read them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_linear``) and the gated MLP's first
 half, and the norm modules pass their input through: two kernels fewer per layer, in a step whose time is mostly the
-count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms"). With
-``fold_residuals`` too (off by default: on an H200 it left the step's kernel count unchanged, docs/results.md), a
-Mamba-2 layer whose forward is exactly x + mixer(norm(x)),
-then h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
-(``torch.addmm``: out_proj and the MLP's down projection read the residual as their output's start), and the layer's
+count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms").
+
+With ``fold_residuals`` too (off by default), a Mamba-2 layer whose forward is exactly x + mixer(norm(x)), then
+h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
+(``workbench.ops.linear_residual``: out_proj and the MLP's down projection start from the residual), and the layer's
 forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts), meant to
-take two kernels per layer out of the step.
+take two kernels per layer out of the step. Measured on an H200 with a plain ``torch.addmm`` there, the step kept its
+kernel count (docs/results.md); the op is now opaque to inductor, which is not measured yet.
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step
@@ -37,6 +38,7 @@ from torch import nn
 
 from workbench.generation.session import unwrap
 from workbench.ops.gated_mlp import gated_mlp_up
+from workbench.ops.linear_residual import linear_residual
 from workbench.ops.norm_linear import rms_norm_linear, rms_norm_ref
 from workbench.students import student_mixers
 from workbench.students.mamba2 import Mamba2
@@ -77,20 +79,13 @@ class NormedMamba2Step(nn.Module):
         return m.out_proj(m.step_between_projections(zxbcdt, state)), state
 
 
-def _linear_residual(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """residual + x Wᵀ as one GEMM that starts from the residual (a bias-free ``linear``; x (..., K), residual
-    (..., N))."""
-    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), linear.weight.t())
-    return out.view(residual.shape)
-
-
 class ResidualMamba2Step(NormedMamba2Step):
     """``NormedMamba2Step`` that returns x_t + the mixer's output (the layer's first residual inside out_proj)."""
 
     def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         m = self.mixer
         zxbcdt = rms_norm_linear(x_t, self.norm.weight, self.eps, m.in_proj.weight, m.in_proj.bias)
-        return _linear_residual(x_t, m.step_between_projections(zxbcdt, state), m.out_proj), state
+        return linear_residual(x_t, m.step_between_projections(zxbcdt, state), m.out_proj.weight), state
 
 
 class ResidualGatedMLPStep(GatedMLPStep):
@@ -99,7 +94,7 @@ class ResidualGatedMLPStep(GatedMLPStep):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, self.norm.weight, self.eps)
-        return _linear_residual(x, h, self.down)
+        return linear_residual(x, h, self.down.weight)
 
 
 class ResidualLayerForward:

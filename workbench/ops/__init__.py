@@ -12,6 +12,7 @@ def load_ops() -> None:
         fftconv,
         fused_kl,
         gated_mlp,
+        linear_residual,
         mamba2_step,
         norm_linear,
         selective_scan,
