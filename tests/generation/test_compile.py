@@ -115,6 +115,23 @@ def test_folded_residuals_greedy_equals_eager(models, name):
         compile_targets(model, fold_norms=False, fold_residuals=True)
 
 
+def test_biased_projections_fold_the_norm_and_keep_the_residual_adds():
+    """A Qwen2 student (in_proj and out_proj carry biases, as the teacher's q/k/v and from_attention's out_proj do):
+    the norm folds into the biased in_proj; the residual adds stay (``linear_residual`` has no bias); the eager greedy
+    tokens."""
+    from workbench.students import build_student
+
+    model = build_student(tiny("qwen2"), "mamba2").eval()
+    mixers = student_mixers(model)
+    assert all(m.in_proj.bias is not None and m.out_proj.bias is not None for m in mixers.values())
+    targets = compile_targets(model, fold_residuals=True)
+    assert not any(isinstance(f, ResidualLayerForward) for _, _, f in targets)
+    assert sum(type(getattr(f, "__self__", None)) is NormedMamba2Step for _, _, f in targets) == len(mixers)
+    ids = torch.randint(3, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    eager = generate(model, ids, 6)
+    assert torch.equal(generate(model, ids, 6, compile=True, fold_residuals=True).tokens, eager.tokens)
+
+
 def test_residuals_fold_only_where_the_layer_is_the_plain_pre_norm_sum(models):
     """A layer whose forward computes something else than x + mixer(norm(x)), then h + mlp(norm(h)) (here: its
     output scaled, as a residual multiplier would) keeps its forward and its residual adds; its norms still fold."""

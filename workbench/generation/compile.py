@@ -162,7 +162,7 @@ def compile_targets(model: nn.Module, mixer_steps: bool = True, fold_norms: bool
         folded = {}
         attention = anatomy.attention_of(layer)[1]
         residual = (fold_residuals and norms is not None and isinstance(mixer, Mamba2) and gated is not None
-                    and mixer.in_proj.bias is None and mixer.out_proj.bias is None
+                    and mixer.out_proj.bias is None
                     and _is_pre_norm_layer(layer, attention, norms, gated.module))
         if residual:
             folded[norms.attention] = (mixer, ResidualMamba2Step(mixer, norms.attention, norms.eps).forward)
