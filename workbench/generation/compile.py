@@ -62,7 +62,11 @@ class GatedMLPStep(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm_weight = None if self.norm is None else self.norm.weight
-        return self.down(gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, norm_weight, self.eps))
+        return self.project_down(x, gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, norm_weight, self.eps))
+
+    def project_down(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The MLP's output from its first half's h."""
+        return self.down(h)
 
 
 class NormedMamba2Step(nn.Module):
@@ -76,24 +80,25 @@ class NormedMamba2Step(nn.Module):
     def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         m = self.mixer
         zxbcdt = rms_norm_linear(x_t, self.norm.weight, self.eps, m.in_proj.weight, m.in_proj.bias)
-        return m.out_proj(m.step_between_projections(zxbcdt, state)), state
+        return self.project_out(x_t, m.step_between_projections(zxbcdt, state)), state
+
+    def project_out(self, x_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The mixer's output from its gated output g."""
+        return self.mixer.out_proj(g)
 
 
 class ResidualMamba2Step(NormedMamba2Step):
     """``NormedMamba2Step`` that returns x_t + the mixer's output (the layer's first residual inside out_proj)."""
 
-    def forward(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        m = self.mixer
-        zxbcdt = rms_norm_linear(x_t, self.norm.weight, self.eps, m.in_proj.weight, m.in_proj.bias)
-        return linear_residual(x_t, m.step_between_projections(zxbcdt, state), m.out_proj.weight), state
+    def project_out(self, x_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return linear_residual(x_t, g, self.mixer.out_proj.weight)
 
 
 class ResidualGatedMLPStep(GatedMLPStep):
     """``GatedMLPStep`` (with its norm) that returns x + the MLP's output (the layer's second residual inside
     down)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = gated_mlp_up(x, self.gate.weight, self.up.weight, self.act, self.norm.weight, self.eps)
+    def project_down(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return linear_residual(x, h, self.down.weight)
 
 
@@ -107,21 +112,29 @@ class ResidualLayerForward:
         self.attention, self.mlp = attention, mlp
 
     def __call__(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.attention(hidden_states, *args, **kwargs)
-        return self.mlp(out[0] if self.attention.outputs else out)
+        return self.mlp(_attention_output(self.attention, self.attention(hidden_states, *args, **kwargs)))
+
+
+def _attention_output(attention: nn.Module, out) -> torch.Tensor:
+    """The hidden states a ``MixerAttention`` call returned (alone, or first of ``attention.outputs`` values)."""
+    return out[0] if attention.outputs else out
+
+
+def _probe_input(weight: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A seeded random input of ``shape`` (then the width of ``weight``), on its device and in its dtype."""
+    x = torch.randn(*shape, weight.shape[0], generator=torch.Generator().manual_seed(0))
+    return x.to(weight.device, weight.dtype)
 
 
 def _is_pre_norm_layer(layer: nn.Module, attention: nn.Module, norms: anatomy.PreNorms, mlp: nn.Module) -> bool:
     """Whether the layer's own forward (its mixer without a cache) computes exactly h = x + attention(norm_a(x)), then
     h + mlp(norm_m(h)) from its modules, on one random input (no multiplier on a branch, no norm after one)."""
-    weight = norms.attention.weight
-    x = torch.randn(1, 3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    x = _probe_input(norms.attention.weight, 1, 3)
     with torch.no_grad():
         out = layer(x)
         if not isinstance(out, torch.Tensor):      # a layer returning a tuple: its model reads it otherwise
             return False
-        a = attention(norms.attention(x))
-        h = x + (a[0] if attention.outputs else a)
+        h = x + _attention_output(attention, attention(norms.attention(x)))
         return torch.equal(out, h + mlp(norms.mlp(h)))
 
 
@@ -132,10 +145,9 @@ def _passed_through(x: torch.Tensor) -> torch.Tensor:
 
 def _is_rms_norm(norm: nn.Module, eps: float) -> bool:
     """Whether ``norm`` computes ``rms_norm_ref`` with its weight and ``eps``, bit for bit, on three random rows."""
-    weight = norm.weight
-    x = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    x = _probe_input(norm.weight, 3)
     with torch.no_grad():
-        return torch.equal(norm(x), rms_norm_ref(x, weight, eps))
+        return torch.equal(norm(x), rms_norm_ref(x, norm.weight, eps))
 
 
 def compile_targets(model: nn.Module, mixer_steps: bool = True, fold_norms: bool = True,
