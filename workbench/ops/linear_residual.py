@@ -8,6 +8,8 @@ Backends (``workbench.ops.backend``, op "linear_residual"), in this order:
   "addmm"  ``torch.addmm(r, x, Wᵀ)`` as one opaque operator (``workbench::linear_residual``): the GEMM starts from r
            (cuBLAS with beta = 1 on CUDA). Opaque, because torch.compile's inductor may otherwise split an addmm of
            a few rows back into a product and an add, which measured the same kernel count as without the fold.
+           Kept whole it measured that count too, and slower (an out-of-place addmm copies r into its output before
+           the GEMM: docs/results.md, "Folded norms"), so decoding leaves it off by default.
   "ref"    ``r + F.linear(x, W)`` in PyTorch; forced with ``WORKBENCH_BACKEND_LINEAR_RESIDUAL=ref``.
 "addmm" has no backward (decoding runs without gradients).
 """
