@@ -1,6 +1,8 @@
 """Time the decode step's small projection kernels one by one, at the default teacher's shapes: the folded norm +
-in_proj (``workbench.ops.norm_linear``) and the gated MLP's first half with its norm (``workbench.ops.gated_mlp``)
-at several output block sizes, against cuBLAS doing the same products (the norm as its own kernel).
+in_proj (``workbench.ops.norm_linear``), the gated MLP's first half with its norm (``workbench.ops.gated_mlp``) and
+the projections that end a branch with their residual add (``workbench.ops.linear_residual``: out_proj, the MLP's
+down) at several output block sizes, against cuBLAS doing the same products (the norm and the add as kernels of
+their own).
 
     python benchmarks/decode_kernels.py --rows 1,16 --blocks 16,32,64 --json decode_kernels.json
 
@@ -11,6 +13,7 @@ counted as they are there); the time per call is the median of 20 replays over 2
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -55,8 +58,9 @@ def main() -> None:
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("decode_kernels needs a CUDA device")
-    from workbench.ops import gated_mlp_kernel, norm_linear_kernel
+    from workbench.ops import gated_mlp_kernel, linear_residual_kernel, norm_linear_kernel
     from workbench.ops.gated_mlp import gated_mlp_up_ref, gated_mlp_up_triton
+    from workbench.ops.linear_residual import linear_residual_ref, linear_residual_triton
     from workbench.ops.norm_linear import rms_norm_linear_triton, rms_norm_ref
 
     dev, dt, K = torch.device("cuda"), torch.bfloat16, args.width
@@ -66,10 +70,15 @@ def main() -> None:
             x, w_norm = torch.randn(M, K, device=dev, dtype=dt), torch.randn(K, device=dev, dtype=dt)
             W = torch.randn(args.in_proj, K, device=dev, dtype=dt) / K ** 0.5
             wg, wu = (torch.randn(args.inner, K, device=dev, dtype=dt) / K ** 0.5 for _ in range(2))
+            r, h = torch.randn(M, K, device=dev, dtype=dt), torch.randn(M, args.inner, device=dev, dtype=dt)
+            w_out = torch.randn(K, K, device=dev, dtype=dt) / K ** 0.5
+            w_down = torch.randn(K, args.inner, device=dev, dtype=dt) / args.inner ** 0.5
             cases = {"in_proj: norm + cuBLAS linear": lambda: F.linear(rms_norm_ref(x, w_norm, 1e-5), W),
                      "in_proj: cuBLAS linear alone": lambda: F.linear(x, W),
                      "gated up: norm + two cuBLAS linears + act·mul":
-                         lambda: gated_mlp_up_ref(x, wg, wu, "silu", w_norm, 1e-5)}
+                         lambda: gated_mlp_up_ref(x, wg, wu, "silu", w_norm, 1e-5),
+                     "out_proj + residual: cuBLAS linear + add": lambda: linear_residual_ref(r, x, w_out),
+                     "down + residual: cuBLAS linear + add": lambda: linear_residual_ref(r, h, w_down)}
             for block in (int(b) for b in args.blocks.split(",")):
                 def folded(block=block):
                     norm_linear_kernel.BLOCK_N = block
@@ -79,12 +88,19 @@ def main() -> None:
                     gated_mlp_kernel.BLOCK_I = block
                     return gated_mlp_up_triton(x, wg, wu, "silu", w_norm, 1e-5)
 
+                def residual(block=block, inputs=x, weight=w_out):
+                    linear_residual_kernel.BLOCK_N = block
+                    return linear_residual_triton(r, inputs, weight)
+
                 cases[f"in_proj: norm_linear_kernel, BLOCK_N {block}"] = folded
+                cases[f"out_proj + residual: linear_residual_kernel, BLOCK_N {block}"] = residual
+                cases[f"down + residual: linear_residual_kernel, BLOCK_N {block}"] = functools.partial(
+                    residual, block, h, w_down)
                 cases[f"gated up: gated_up_kernel with norm, BLOCK_I {block}"] = gated
             for name, fn in cases.items():
                 us = per_call_us(fn)
                 rows.append({"rows": M, "case": name, "us_per_call": us})
-                print(f"M={M:<3} {name:<55} {us:7.2f} us", flush=True)
+                print(f"M={M:<3} {name:<62} {us:7.2f} us", flush=True)
     report = {"device_name": torch.cuda.get_device_name(), "width": K, "in_proj": args.in_proj, "inner": args.inner,
               "dtype": "bfloat16", "calls_per_graph": CALLS, "rows": rows}
     with open(args.json, "w") as f:
