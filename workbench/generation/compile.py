@@ -18,9 +18,10 @@ With ``fold_residuals`` too (off by default), a Mamba-2 layer whose forward is e
 h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
 (``workbench.ops.linear_residual``: out_proj and the MLP's down projection start from the residual), and the layer's
 forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts), meant to
-take two kernels per layer out of the step. Measured on an H200, neither a plain ``torch.addmm`` there nor the op
-opaque to inductor took a kernel out (an out-of-place addmm copies the residual first), and the opaque one was 4-11%
-slower (docs/results.md, "Folded norms"): a GEMV with the add in its epilogue is what would.
+take two kernels per layer out of the step. On an H200 an addmm did not (an out-of-place addmm copies the residual
+first); the op's Triton kernel, which adds the residual in its epilogue, took 60 kernels and 8% of the replay out of
+an all-Mamba-2 student's step, a gain the end-to-end bench did not resolve from its run-to-run spread
+(docs/results.md, "Residual adds in a GEMV's epilogue"): hence off by default.
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step

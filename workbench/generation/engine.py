@@ -69,9 +69,10 @@ class DecodeOptions:
                                         # them (``compile_targets``), two kernels fewer per layer (an H200, 135M
                                         # students: 3-24% more tokens/s, docs/results.md); no effect without compile
     fold_residuals: bool = False        # with compile and fold_norms: add each Mamba-2 layer's two residuals inside its
-                                        # out_proj and down projection (``compile_targets``); off: on an H200 both
-                                        # forms kept the step's kernel count, the opaque addmm 4-11% slower
-                                        # (docs/results.md, "Folded norms")
+                                        # out_proj and down projection (``compile_targets``): on an H200, 60
+                                        # kernels fewer and 8% off the replay (the Triton kernel), but no gain the
+                                        # bench could tell from its run-to-run spread (docs/results.md, "Residual
+                                        # adds in a GEMV's epilogue"), so off
     engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
                                         # attention (``workbench.generation.attention``: grouped-query heads read in
                                         # place, the same on every transformers version); False: the version's own

@@ -7,7 +7,8 @@ steps of a chain of small dependent kernels (docs/results.md, "Folded norms").
 Backends (``workbench.ops.backend``, op "linear_residual"), in this order:
   "triton" one Triton kernel (``linear_residual_kernel``): each program reads a block of W's rows once, multiplies
            them with its rows of x in float32 and adds the residual in its epilogue, rounding as the layer does (the
-           product, then the sum). CUDA with Triton only; not measured on a GPU yet.
+           product, then the sum). CUDA with Triton only. In an H200's decode step it replaced 60 GEMVs and 60 adds
+           with 60 kernels and took 8% off the replay (docs/results.md, "Residual adds in a GEMV's epilogue").
   "addmm"  ``torch.addmm(r, x, Wᵀ)`` as one opaque operator (``workbench::linear_residual``): the GEMM starts from r
            (cuBLAS with beta = 1 on CUDA). Opaque, because torch.compile's inductor may otherwise split an addmm of
            a few rows back into a product and an add, which measured the same kernel count as without the fold.
