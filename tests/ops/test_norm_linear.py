@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, relative_error
+from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, gemv_form, relative_error
 from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.gated_mlp import gated_mlp_up_ref, gated_mlp_up_triton
 from workbench.ops.norm_linear import (
@@ -63,20 +63,23 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-def test_kernels_match_references_in_the_interpreter():
-    errors_within_in_interpreter("tests.ops.test_norm_linear.kernel_errors")
+@pytest.mark.parametrize("gemv_rows", [0, 4], ids=["tiled", "gemv-form"])
+def test_kernels_match_references_in_the_interpreter(gemv_rows):
+    errors_within_in_interpreter("tests.ops.test_norm_linear.kernel_errors", gemv_rows=gemv_rows)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernels_match_references_on_cuda(dtype):
+@pytest.mark.parametrize("gemv_rows", [0, 4], ids=["tiled", "gemv-form"])
+def test_kernels_match_references_on_cuda(dtype, gemv_rows):
     """float32: products in IEEE float32 (no TF32), so float32 rounding. bf16: the inputs are rounded to bf16, and so
     are the normalised rows twice (before and after the norm's weight, as the module does): relative 2^-8 each, which
     the float32 reference does not see; the products accumulate in float32 and the output is rounded once: within a
     few 2^-8 of the output's scale."""
     limit = 1e-5 if dtype == torch.float32 else 8 * 2 ** -8
-    errors = kernel_errors("cuda", dtype)
+    with gemv_form(gemv_rows):
+        errors = kernel_errors("cuda", dtype)
     assert all(e <= limit for e in errors.values()), errors
 
 
