@@ -44,6 +44,13 @@ def gemv_form(rows: int):
         norm_linear_kernel.GEMV_ROWS = before
 
 
+def errors_on_cuda(errors, dtype, gemv_rows: int = 0) -> dict[str, float]:
+    """``errors`` (a function of (device, dtype) returning a dict of errors) on CUDA in ``dtype``, the decode kernels'
+    GEMV form taking up to ``gemv_rows`` rows."""
+    with gemv_form(gemv_rows):
+        return errors("cuda", dtype)
+
+
 def errors_within_in_interpreter(errors: str, limit: float = 1e-5, gemv_rows: int = 0) -> None:
     """``errors`` ("tests.ops.test_x.kernel_errors", a function of (device, dtype) returning a dict of errors) run
     in float32 on the CPU through Triton's interpreter, the decode kernels' GEMV form taking up to ``gemv_rows`` rows:

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from tests.helpers.tiny_models import CONFIGS, tiny
-from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, gemv_form, relative_error
+from tests.helpers.triton_interpreter import (
+    HAS_TRITON,
+    errors_on_cuda,
+    errors_within_in_interpreter,
+    relative_error,
+)
 from workbench.generation.compile import GatedMLPStep
 from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.gated_mlp import gated_mlp_up, gated_mlp_up_ref, gated_mlp_up_triton
@@ -70,8 +75,7 @@ def test_kernel_matches_reference_on_cuda(dtype, gemv_rows):
     2^-8 each, which the float32 reference here does not see), the products accumulate in float32 and the output is
     rounded once: within a few 2^-8 of the output's scale."""
     limit = 1e-5 if dtype == torch.float32 else 8 * 2 ** -8
-    with gemv_form(gemv_rows):
-        errors = kernel_errors("cuda", dtype)
+    errors = errors_on_cuda(kernel_errors, dtype, gemv_rows)
     assert all(e <= limit for e in errors.values()), errors
 
 

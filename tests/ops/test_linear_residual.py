@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers.triton_interpreter import HAS_TRITON, errors_within_in_interpreter, gemv_form, relative_error
+from tests.helpers.triton_interpreter import (
+    HAS_TRITON,
+    errors_on_cuda,
+    errors_within_in_interpreter,
+    gemv_form,
+    relative_error,
+)
 from workbench.ops.backend import backends, force_backend, select
 from workbench.ops.linear_residual import (
     linear_residual,
@@ -81,8 +87,7 @@ def test_kernel_matches_reference_on_cuda(dtype, gemv_rows):
     relative each, which the float32 reference does not see), the product accumulates in float32 and is rounded once,
     then the sum once more: within a few 2^-8 of the output's scale."""
     limit = 1e-5 if dtype == torch.float32 else 8 * 2 ** -8
-    with gemv_form(gemv_rows):
-        errors = kernel_errors("cuda", dtype)
+    errors = errors_on_cuda(kernel_errors, dtype, gemv_rows)
     assert all(e <= limit for e in errors.values()), errors
 
 
