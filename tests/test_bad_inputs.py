@@ -142,6 +142,8 @@ CLI = [
     ("bench-generate-batch-0", ["bench", "generate", "--models", "m", "--json", "o.json", "--batch", "1,0"],
      "--batch 1,0"),
     ("bench-generate-no-models", ["bench", "generate", "--models", ",", "--json", "o.json"], "--models"),
+    ("bench-generate-repeat-0", ["bench", "generate", "--models", "m", "--json", "o.json", "--repeat", "0"],
+     "--repeat 0"),
     ("bench-speculative-k-0", ["bench", "speculative", "--target", "t", "--draft", "d", "--json", "o.json", "--k",
                                "0"], "--k 0"),
     ("bench-quality-window-0", ["bench", "quality", "--models", "m", "--json", "o.json", "--window", "0"],

@@ -424,6 +424,34 @@ def test_time_to_first_token_is_measured_after_a_warm_up_call_on_the_same_prompt
     assert hf_row(models["teacher"], PROMPT)["ttft_first_s"] > 0
 
 
+def test_repeat_pools_timed_runs_and_keeps_each_runs_rate(models, monkeypatch):
+    """With repeat 3 the engine's row makes its warm-up call, then three timed runs on the same prompts; the record's
+    tokens/s is the pooled one (total tokens over total time), so it lies within the three runs' own rates, which
+    the record keeps. hf-generate repeats the same way; repeat 0 is refused."""
+    from workbench.generation.bench import speed
+
+    news = []
+
+    def recording(model, ids, new, **kw):
+        news.append(new)
+        return generate(model, ids, new, **kw)
+
+    monkeypatch.setattr(speed, "generate", recording)
+    record = run_setting(LoadedModel(models["hybrid"], None, "hybrid", "model"), "workbench", PROMPT, 4,
+                         bandwidth=1e12, repeat=3)
+    rates = record["decode_tokens_per_s_runs"]
+    assert news == [1, 4, 4, 4] and record["repeat"] == 3 and len(rates) == 3
+    assert min(rates) * (1 - 1e-9) <= record["decode_tokens_per_s"] <= max(rates) * (1 + 1e-9)
+    assert record["decode_tokens_per_s"] == pytest.approx(PROMPT.shape[0] * 3 * 3 / record["decode_s"])
+    hf = run_setting(LoadedModel(models["teacher"], None, "teacher", "model"), "hf-generate", PROMPT, 4,
+                     bandwidth=1e12, repeat=2)
+    assert hf["repeat"] == 2 and len(hf["decode_tokens_per_s_runs"]) == 2 and hf["status"] == "ok"
+    assert hf_row(models["teacher"], PROMPT)["decode_tokens_per_s_runs"] is not None
+    with pytest.raises(ValueError, match="repeat=0"):
+        run_setting(LoadedModel(models["teacher"], None, "teacher", "model"), "hf-generate", PROMPT, 4,
+                    bandwidth=1e12, repeat=0)
+
+
 def test_hf_generate_row_counts_no_kernels_on_the_cpu(models):
     record = hf_row(models["teacher"], PROMPT)
     assert record["status"] == "ok" and record["decode_tokens_per_s"] > 0

@@ -95,7 +95,7 @@ def _write(path: str, report: dict) -> None:
 
 def cmd_bench_generate(args) -> int:
     _check_models("--models", args.models)
-    check_counts(args, "--batch", "--context", "--new", "--prefill-chunk")
+    check_counts(args, "--batch", "--context", "--new", "--prefill-chunk", "--repeat")
     check_device(args)
     quiet_transformers()
     from workbench.generation.bench import bench_generate
@@ -105,7 +105,7 @@ def cmd_bench_generate(args) -> int:
                             prefill_chunk=args.prefill_chunk, fold_norms=args.fold_norms,
                             fold_residuals=args.fold_residuals)
     report = bench_generate(args.models, args.batch, args.context, new=args.new, device=args.device,
-                            dtype=args.dtype, hf_baseline=args.hf_baseline, options=options)
+                            dtype=args.dtype, hf_baseline=args.hf_baseline, options=options, repeat=args.repeat)
     _write(args.json, report)
     if args.plot:
         from workbench.viz.generation import generation_figure
@@ -177,6 +177,8 @@ def add_subcommand(sub) -> None:
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
                         "(default: the whole prompt at once)")
+    q.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="timed runs per setting, pooled (each run's tokens/s kept: the spread within one process)")
     q.add_argument("--json", required=True, metavar="OUT.json", help="file the report is written to")
     q.add_argument("--plot", metavar="OUT.html", help="also write the tokens/s and memory figure (default: none)")
     q.add_argument("--device", default="auto", help=device_help)

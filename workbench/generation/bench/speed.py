@@ -8,7 +8,8 @@ Prompts are SOTU held-out tokens, repeated as needed. Each setting records (``BE
   one-off CUDA-graph warm-up step and capture: kept out of decode_s, the tokens/s and the percentiles; 0 without a
   graph, None for hf-generate), compile (whether the engine's decode step ran torch.compile'd modules: ``--compile``)
   and compile_s (its one-off compilation step, also kept out of decode_s; 0 without compile, None for hf-generate),
-  prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass),
+  prefill_chunk (``--prefill-chunk``: the prompt fed that many tokens at a time; None: in one pass), repeat
+  (``--repeat``: timed runs pooled into the record) with decode_tokens_per_s_runs (each run's tokens/s),
   kernels_per_step (GPU kernels of one decode step, counted by torch's profiler on CUDA, None on the CPU: for the
   engine, one decode step of the timed run, left out of its timing; for hf-generate, counted outside the timed call
   as the kernels of generate() with 2 new tokens less those with 1, both greedy on the same prompt: one decode step of
@@ -78,7 +79,7 @@ def hf_kernels_per_step(model: nn.Module, ids: torch.Tensor) -> int | None:
     return counts[1] - counts[0]
 
 
-def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
+def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int, count_kernels: bool = True) -> dict:
     clock = _Clock(ids.device)
     sync(ids.device)
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def _hf_generate(model: nn.Module, ids: torch.Tensor, new: int) -> dict:
     return {"ttft_s": clock.times[1] - t0, "per_token": steps, "tokens": out.shape[0] * len(steps),
             "cuda_graph": False, "graph_capture_s": None, "compile": False, "compile_s": None,
             # counted after the timed call, in two untimed ones (2 new tokens less 1); None on the CPU
-            "kernels_per_step": hf_kernels_per_step(model, ids)}
+            "kernels_per_step": hf_kernels_per_step(model, ids) if count_kernels else None}
 
 
 def _first_token_seconds(model: nn.Module, ids: torch.Tensor, engine: bool, options: DecodeOptions) -> float:
@@ -112,10 +113,22 @@ def _engine_generate(model: nn.Module, ids: torch.Tensor, new: int, options: Dec
             "kernels_per_step": result.kernels_per_step}
 
 
+def _pooled(runs: list[dict]) -> dict:
+    """The timed runs of one setting as one: their decode steps together, the one-off parts from the first."""
+    return {**runs[0], "per_token": [t for run in runs for t in run["per_token"]],
+            "tokens": sum(run["tokens"] for run in runs),
+            "tokens_per_s_runs": [run["tokens"] / sum(run["per_token"]) if run["per_token"] else None
+                                  for run in runs]}
+
+
 def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, bandwidth: float,
-                options: DecodeOptions | None = None) -> dict:
+                options: DecodeOptions | None = None, repeat: int = 1) -> dict:
     """One (model, engine, batch, context) measurement as a record with ``BENCH_FIELDS`` (and a few extras).
-    ``options`` (default: ``DecodeOptions()``) go to the engine's ``generate`` (not to hf-generate)."""
+    ``options`` (default: ``DecodeOptions()``) go to the engine's ``generate`` (not to hf-generate). With ``repeat``
+    N, the timed run runs N times and the record pools their steps (the engine's later runs replay the step the first
+    captured); ``decode_tokens_per_s_runs`` holds each run's tokens/s, so the spread within one process shows."""
+    if repeat < 1:
+        raise ValueError(f"repeat={repeat}: give 1 or more timed runs per setting")
     options = DecodeOptions.of(options)
     model = loaded.model
     device = ids.device
@@ -123,7 +136,8 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     engine_options = engine != "hf-generate"
     record = {"model": loaded.name, "engine": engine, "batch": batch, "context": context, "new_tokens": new,
               "status": "ok", "reason": None, **{k: None for k in BENCH_FIELDS[7:]},
-              "ttft_first_s": None, "compile": options.compile and engine_options,
+              "ttft_first_s": None, "repeat": repeat, "decode_tokens_per_s_runs": None,
+              "compile": options.compile and engine_options,
               "fold_norms": options.compile and options.fold_norms and engine_options,
               "fold_residuals": options.compile and options.fold_residuals and engine_options,
               "prefill_chunk": options.prefill_chunk if engine_options else None}
@@ -141,7 +155,8 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
     try:
         with torch.no_grad():
             record["ttft_first_s"] = _first_token_seconds(model, ids, engine_options, options)
-            run = _engine_generate(model, ids, new, options) if engine_options else _hf_generate(model, ids, new)
+            run = _pooled([_engine_generate(model, ids, new, options) if engine_options
+                           else _hf_generate(model, ids, new, count_kernels=i == 0) for i in range(repeat)])
     except torch.OutOfMemoryError as err:
         torch.cuda.empty_cache()
         return {**record, "status": "skipped", "reason": f"out of memory: {str(err).splitlines()[0]}"}
@@ -158,17 +173,18 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
                   cuda_graph=run["cuda_graph"], graph_note=run.get("graph_note"),
                   decode_s=sum(steps) if steps else None, graph_capture_s=run["graph_capture_s"],
                   compile=run["compile"], compile_s=run["compile_s"], compile_note=run.get("compile_note"),
-                  kernels_per_step=run["kernels_per_step"])
+                  kernels_per_step=run["kernels_per_step"], decode_tokens_per_s_runs=run["tokens_per_s_runs"])
     return record
 
 
 def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequence[int], new: int = 128,
                    device="auto", dtype="auto", hf_baseline: bool = False, options: DecodeOptions | None = None,
-                   progress: bool = True, **decode) -> dict:
+                   progress: bool = True, repeat: int = 1, **decode) -> dict:
     """Every model x batch x context (see the module docstring). Returns {"device", "device_name", "dtype",
     "bandwidth_bytes_per_s", "new_tokens", "settings": [records]}. ``options`` (or its fields as keywords:
     ``cuda_graph=``, ``compile=``, ``prefill_chunk=``, as for ``generate``) drive the engine: e.g. ``compile=True``
-    runs it with torch.compile, ``prefill_chunk=N`` feeds prompts N tokens at a time."""
+    runs it with torch.compile, ``prefill_chunk=N`` feeds prompts N tokens at a time. ``repeat``: timed runs per
+    setting (``run_setting``)."""
     options = DecodeOptions.of(options, **decode)
     runs: list[tuple[str, str]] = []
     for spec in models:
@@ -191,7 +207,7 @@ def bench_generate(models: Sequence[str], batches: Sequence[int], contexts: Sequ
         for batch in batches:
             for context in contexts:
                 record = run_setting(current, engine, prompts(ids, batch, context, model_device), new, bandwidth,
-                                     options)
+                                     options, repeat)
                 settings.append(record)
                 if progress:
                     speed = record["decode_tokens_per_s"]
