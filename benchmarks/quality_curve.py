@@ -28,11 +28,12 @@ Each (row, budget, seed) is one run folder, ``OUT/ROW/BUDGET-sSEED``, resumable 
 a run of another config (other --lr, --batch-size, --corpus, ...) stops the script: give such a sweep its own
 --out. ``--nproc N`` runs each one data-parallel on N GPUs (``workbench distill --resume`` under torchrun).
 ``--side-by-side N`` runs N at a time on one device instead, each in its own process of this script (its output in
-OUT/logs/): a 135M-parameter student's step leaves a large GPU partly idle (on an H200, three runs side by side
-kept 53k tokens/s each, where the records of runs with the GPU nearly to themselves say 101-109k: docs/results.md,
-"a fourth campaign"). ``--stop-after SECONDS`` then stops the runs
-still going at that time (each after its step, checkpointed) and starts no other, so that a block of machine time
-ends with every run resumable (a SIGTERM or Ctrl-C to the script does the same at once); the next call with
+OUT/logs/; this script prints each run's stage step, tokens/s and last validation perplexity every minute): a
+135M-parameter student's step leaves a large GPU partly idle (on an H200, three runs side by side kept 53k tokens/s
+each, where the records of runs with the GPU nearly to themselves say 101-109k: docs/results.md, "a fourth
+campaign"). ``--stop-after SECONDS`` then stops the runs still going at that time (each after its step,
+checkpointed) and starts no other, so that a block of machine time ends with every run resumable (a SIGTERM or
+Ctrl-C to the script does the same at once); the next call with
 ``--resume`` goes on where each stopped. The JSON
 (``--json``) holds one record per run (fields below), written after every run; the figure (``--figure``, .html or
 .json) is drawn at the end from the records of the runs asked for. ``--collect`` runs nothing: it gathers the records
@@ -70,7 +71,7 @@ from pathlib import Path
 
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig, parse_tokens
-from workbench.distill.events import RunStart, iter_typed
+from workbench.distill.events import Eval, RunStart, StageStart, Step, iter_typed
 from workbench.distill.recipes import full_dials
 from workbench.distill.run_dir import RunDir
 
@@ -294,6 +295,24 @@ def side_by_side(items: list[tuple[CurveRow, int, int]], args, argv: list[str]) 
             signal.signal(sig, handler)
 
 
+PROGRESS_EVERY = 60          # seconds between the side-by-side loop's progress lines (one per run going)
+
+
+def progress(folder: Path) -> str:
+    """Where the run in ``folder`` stands, from its events: its last step in its stage, that step's tokens/s, and the
+    last in-run validation perplexity (the runs side by side write nothing else while they train)."""
+    path = folder / "events.jsonl"
+    stages, steps, evals = (list(iter_typed(path, kind)) if path.is_file() else [] for kind in (StageStart, Step, Eval))
+    if not steps:
+        return "starting"
+    step = steps[-1]
+    stage = next((s for s in reversed(stages) if s.stage_idx == step.stage_idx), None)
+    where = f"step {step.stage_step} of {stage.steps}" if stage and step.stage_step else f"step {step.step}"
+    line = f"{step.stage} {where}, {(step.tokens_per_s or 0) / 1e3:.1f}k tokens/s"
+    valid = [e for e in evals if e.split == "valid"]
+    return line + (f", valid ppl {valid[-1].ppl_student:.2f} at step {valid[-1].step}" if valid else "")
+
+
 def _side_by_side(todo: list[tuple[CurveRow, int, int]], args, argv: list[str], deadline: float | None,
                   asked: list[int]) -> list[str]:
     """The loop of ``side_by_side``: start runs while slots are free, stop them all at the deadline or once
@@ -301,12 +320,19 @@ def _side_by_side(todo: list[tuple[CurveRow, int, int]], args, argv: list[str], 
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     running: list[tuple[subprocess.Popen, str, Path]] = []
+    folders: dict[str, Path] = {}
     unfinished: list[str] = []
+    reported = time.monotonic()
     while todo or running:
+        if running and time.monotonic() - reported >= PROGRESS_EVERY:
+            reported = time.monotonic()
+            for _, name, _ in running:
+                print(f"{name}: {progress(folders[name])}", flush=True)
         late = bool(asked) or (deadline is not None and time.monotonic() >= deadline)
         while todo and len(running) < args.side_by_side and not late:
             item, budget, seed = todo.pop(0)
             name = f"{item.row.name} {budget_name(budget)} seed {seed}"
+            folders[name] = run_folder(args.out, item, budget, seed)
             log = logs / f"{item.row.name}-{budget_name(budget)}-s{seed}.log"
             # the flags as given, then this run's own (argparse keeps the last of each); no figure, no children
             command = [sys.executable, str(Path(__file__).resolve()), *argv, "--rows", item.row.name,

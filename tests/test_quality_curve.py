@@ -243,7 +243,11 @@ def test_runs_side_by_side_in_their_own_processes_and_stop_at_a_deadline(tiny_te
     assert stopped["records"] == [] and len(stopped["missing"]) == 4 and len(stopped["unfinished"]) == 4
     assert sum("not started (--stop-after)" in line for line in stopped["unfinished"]) == 2
     assert sum(": stopped: " in line for line in stopped["unfinished"]) == 2, stopped["unfinished"]
+    curve.PROGRESS_EVERY = 0                   # a progress line for each run going, at every turn of the loop
+    capsys.readouterr()
     results = curve.main([*base, "--side-by-side", "2", "--resume"])
+    printed = capsys.readouterr().out
+    assert "mil-25 320 seed 0: " in printed and "tokens/s" in printed, printed
     assert sorted((r["budget"], r["seed"]) for r in results["records"]) == [(320, 0), (320, 1), (640, 0), (640, 1)]
     assert "unfinished" not in results and "missing" not in results
     for r in results["records"]:
@@ -283,3 +287,20 @@ def test_a_sigterm_to_the_script_stops_the_runs_side_by_side_as_the_deadline_doe
     started, left = sorted(stopped["unfinished"])
     assert started.startswith("mil-25 320 seed 0: stopped: ")
     assert left == "mil-25 640 seed 0: not started (a signal to this script)"
+
+
+def test_progress_reads_a_runs_stage_step_rate_and_validation_from_its_events(tmp_path):
+    """What the side-by-side loop prints for a run going: nothing yet ("starting"), then its stage's step of the
+    stage's steps, the step's tokens/s and the last in-run validation perplexity."""
+    from workbench.distill.events import EventLog
+
+    curve = benchmark()
+    assert curve.progress(tmp_path) == "starting"
+    log = EventLog(tmp_path / "events.jsonl", fsync=False)
+    log.append("stage_start", stage="kd", stage_idx=0, steps=915, tokens=30_000_000, losses={"kl": 1.0}, train="all",
+               step=0)
+    log.append("eval", step=0, ppl_student=1940.5, ppl_teacher=25.1, kl=4.4, agreement=0.06, split="valid")
+    for step in (1, 2):
+        log.append("step", step=step, stage="kd", loss=1.0, stage_idx=0, stage_step=step, tokens=32768,
+                   tokens_per_s=65_500.0)
+    assert curve.progress(tmp_path) == "kd step 2 of 915, 65.5k tokens/s, valid ppl 1940.50 at step 0"
