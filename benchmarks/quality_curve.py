@@ -71,7 +71,7 @@ from pathlib import Path
 
 from workbench.distill.checkpoint import save_json
 from workbench.distill.config import RunConfig, parse_tokens
-from workbench.distill.events import Eval, RunStart, StageStart, Step, iter_typed
+from workbench.distill.events import Eval, RunStart, StageStart, Step, iter_typed, read_typed, select
 from workbench.distill.recipes import full_dials
 from workbench.distill.run_dir import RunDir
 
@@ -301,8 +301,8 @@ PROGRESS_EVERY = 60          # seconds between the side-by-side loop's progress 
 def progress(folder: Path) -> str:
     """Where the run in ``folder`` stands, from its events: its last step in its stage, that step's tokens/s, and the
     last in-run validation perplexity (the runs side by side write nothing else while they train)."""
-    path = folder / "events.jsonl"
-    stages, steps, evals = (list(iter_typed(path, kind)) if path.is_file() else [] for kind in (StageStart, Step, Eval))
+    events = read_typed(folder / "events.jsonl")[0]                       # read once, every minute
+    stages, steps, evals = (select(events, kind) for kind in (StageStart, Step, Eval))
     if not steps:
         return "starting"
     step = steps[-1]

@@ -263,7 +263,7 @@ def test_compiled_cuda_graph_decode_equals_eager(models):
 
 @pytest.mark.gpu
 def test_compiled_decode_with_folded_residuals_equals_eager(models):
-    """The residual adds inside out_proj and down (torch.addmm), compiled and captured: the eager tokens."""
+    """The residual adds inside out_proj and down (the Triton kernel), compiled and captured: the eager tokens."""
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_residuals=True)
 
 

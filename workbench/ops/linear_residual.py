@@ -9,13 +9,12 @@ Backends (``workbench.ops.backend``, op "linear_residual"), in this order:
            them with its rows of x in float32 and adds the residual in its epilogue, rounding as the layer does (the
            product, then the sum). CUDA with Triton only. In an H200's decode step it replaced 60 GEMVs and 60 adds
            with 60 kernels and took 8% off the replay (docs/results.md, "Residual adds in a GEMV's epilogue").
-  "addmm"  ``torch.addmm(r, x, Wᵀ)`` as one opaque operator (``workbench::linear_residual``): the GEMM starts from r
-           (cuBLAS with beta = 1 on CUDA). Opaque, because torch.compile's inductor may otherwise split an addmm of
-           a few rows back into a product and an add, which measured the same kernel count as without the fold.
-           Kept whole it measured that count too, and slower (an out-of-place addmm copies r into its output before
-           the GEMM: docs/results.md, "Folded norms"). The default off CUDA.
-  "ref"    ``r + F.linear(x, W)`` in PyTorch; forced with ``WORKBENCH_BACKEND_LINEAR_RESIDUAL=ref``.
-Neither fast path has a backward (decoding runs without gradients); decoding leaves the fold off by default.
+  "ref"    ``r + F.linear(x, W)`` in PyTorch; everywhere else, and forced with
+           ``WORKBENCH_BACKEND_LINEAR_RESIDUAL=ref``.
+An earlier "addmm" backend (``torch.addmm`` from r, as an opaque operator) kept the step's kernel count and was
+slower on an H200 (an out-of-place addmm copies r into its output first: docs/results.md, "Folded norms" and
+"Residual adds in a GEMV's epilogue"), so it is gone. The kernel has no backward (decoding runs without gradients);
+decoding leaves the fold off by default.
 """
 
 from __future__ import annotations
@@ -33,12 +32,6 @@ def _check(residual: Tensor, x: Tensor, weight: Tensor) -> None:
                          f"not fit: expected (..., N), (..., K) and (N, K)")
 
 
-def _refuse_gradient(name: str, *tensors: Tensor) -> None:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError(f"{name} has no backward: run it under torch.no_grad() (as decoding does), or use "
-                           "linear_residual_ref where a gradient is needed")
-
-
 def linear_residual(residual: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     """residual + x Wᵀ: residual (..., N), x (..., K), W (N, K) -> (..., N), on the backend selected for x's device."""
     return select("linear_residual", x.device).fn(residual, x, weight)
@@ -48,25 +41,6 @@ def linear_residual_ref(residual: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     """``linear_residual`` as the layer computes it: the projection, then the add."""
     _check(residual, x, weight)
     return residual + F.linear(x, weight)
-
-
-@torch.library.custom_op("workbench::linear_residual", mutates_args=())
-def _addmm_op(residual: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """One addmm on (rows, N) and (rows, K) views: an operator torch.compile keeps whole."""
-    return torch.addmm(residual, x, weight.t())
-
-
-@_addmm_op.register_fake
-def _(residual, x, weight):
-    return torch.empty_like(residual)
-
-
-def linear_residual_addmm(residual: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``linear_residual`` as one opaque addmm (module docstring)."""
-    _check(residual, x, weight)
-    _refuse_gradient("linear_residual_addmm", residual, x, weight)
-    rows = _addmm_op(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), weight)
-    return rows.view(residual.shape)
 
 
 @torch.library.custom_op("workbench::linear_residual_kernel", mutates_args=())
@@ -89,7 +63,9 @@ def linear_residual_triton(residual: Tensor, x: Tensor, weight: Tensor) -> Tenso
     _check(residual, x, weight)
     if not triton_installed():
         raise RuntimeError("linear_residual_triton needs Triton (pip install triton); use linear_residual_ref")
-    _refuse_gradient("linear_residual_triton", residual, x, weight)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (residual, x, weight)):
+        raise RuntimeError("linear_residual_triton has no backward: run it under torch.no_grad() (as decoding does), "
+                           "or use linear_residual_ref where a gradient is needed")
     rows, x_rows = residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1])
     rows, x_rows, weight = (t if t.stride(-1) == 1 else t.contiguous() for t in (rows, x_rows, weight))
     return _kernel_op(rows, x_rows, weight).view(residual.shape)
@@ -99,7 +75,5 @@ register("linear_residual", Backend("triton", linear_residual_triton,
                                     available=lambda device: device.type == "cuda" and triton_installed(),
                                     note="one Triton kernel, the residual added in its epilogue (decoding, no "
                                          "gradient)"))
-register("linear_residual", Backend("addmm", linear_residual_addmm, available=lambda device: True,
-                                    note="one addmm starting from the residual, opaque to torch.compile"))
 register("linear_residual", Backend("ref", linear_residual_ref, available=lambda device: True,
                                     note="F.linear, then the add"))
