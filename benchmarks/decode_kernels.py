@@ -1,8 +1,8 @@
 """Time the decode step's small projection kernels one by one, at the default teacher's shapes: the folded norm +
 in_proj (``workbench.ops.norm_linear``), the gated MLP's first half with its norm (``workbench.ops.gated_mlp``) and
 the projections that end a branch with their residual add (``workbench.ops.linear_residual``: out_proj, the MLP's
-down) at several output block sizes (and, for a few rows, in their GEMV form: ``norm_linear_kernel.GEMV_ROWS``),
-against cuBLAS doing the same products (the norm and the add as kernels of their own).
+down) at several output block sizes, against cuBLAS doing the same products (the norm and the add as kernels of
+their own).
 
     python benchmarks/decode_kernels.py --rows 1,16 --blocks 16,32,64 --json decode_kernels.json
 
@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 CALLS, REPLAYS = 200, 20
-GEMV_MAX_ROWS = 4                                         # rows up to which the GEMV form is timed too
 
 
 def per_call_us(fn) -> float:
@@ -56,8 +55,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="1,16", help="rows (the decode batch), comma-separated")
     p.add_argument("--blocks", default="16,32,64", help="output block sizes (BLOCK_N / BLOCK_I) to try")
-    p.add_argument("--gemv-blocks", default="4,8,16",
-                   help=f"outputs per program of the kernels' GEMV form, timed at up to {GEMV_MAX_ROWS} rows")
     p.add_argument("--width", type=int, default=576, help="K: the model width (default teacher: 576)")
     p.add_argument("--in-proj", type=int, default=1545, help="N of the Mamba-2 in_proj (default student: 1,545)")
     p.add_argument("--inner", type=int, default=1536, help="I of the gated MLP (default teacher: 1,536)")
@@ -100,32 +97,24 @@ def main() -> None:
                          lambda i: gated_mlp_up_ref(x, *at(gated_w, i), "silu", w_norm, 1e-5),
                      "out_proj + residual: cuBLAS linear + add": lambda i: linear_residual_ref(r, x, *at(w_out, i)),
                      "down + residual: cuBLAS linear + add": lambda i: linear_residual_ref(r, h, *at(w_down, i))}
-            forms = [(f"BLOCK_N {b}", b, 0) for b in (int(b) for b in args.blocks.split(","))]
-            if M <= GEMV_MAX_ROWS:            # the GEMV form: products summed along K, few outputs per program
-                forms += [(f"GEMV form, {b} per program", b, M) for b in (int(b) for b in args.gemv_blocks.split(","))]
-            for label, block, gemv_rows in forms:
-                def shape(module, name, block=block, gemv_rows=gemv_rows):
-                    """Set the kernels' module blocks for this form (read at each launch)."""
-                    norm_linear_kernel.GEMV_ROWS, norm_linear_kernel.GEMV_BLOCK_N = gemv_rows, block
-                    setattr(module, name, block)
-
-                def folded(i, shape=shape):
-                    shape(norm_linear_kernel, "BLOCK_N")
+            for block in (int(b) for b in args.blocks.split(",")):
+                def folded(i, block=block):
+                    norm_linear_kernel.BLOCK_N = block
                     return rms_norm_linear_triton(x, w_norm, 1e-5, *at(W, i))
 
-                def gated(i, shape=shape):
-                    shape(gated_mlp_kernel, "BLOCK_I")
+                def gated(i, block=block):
+                    gated_mlp_kernel.BLOCK_I = block
                     return gated_mlp_up_triton(x, *at(gated_w, i), "silu", w_norm, 1e-5)
 
-                def residual(i, inputs=x, ws=w_out, shape=shape):
-                    shape(linear_residual_kernel, "BLOCK_N")
+                def residual(i, block=block, inputs=x, ws=w_out):
+                    linear_residual_kernel.BLOCK_N = block
                     return linear_residual_triton(r, inputs, *at(ws, i))
 
-                cases[f"in_proj: norm_linear_kernel, {label}"] = folded
-                cases[f"out_proj + residual: linear_residual_kernel, {label}"] = residual
-                cases[f"down + residual: linear_residual_kernel, {label}"] = functools.partial(residual, inputs=h,
-                                                                                               ws=w_down)
-                cases[f"gated up: gated_up_kernel with norm, {label.replace('BLOCK_N', 'BLOCK_I')}"] = gated
+                cases[f"in_proj: norm_linear_kernel, BLOCK_N {block}"] = folded
+                cases[f"out_proj + residual: linear_residual_kernel, BLOCK_N {block}"] = residual
+                cases[f"down + residual: linear_residual_kernel, BLOCK_N {block}"] = functools.partial(
+                    residual, block=block, inputs=h, ws=w_down)
+                cases[f"gated up: gated_up_kernel with norm, BLOCK_I {block}"] = gated
             for name, fn in cases.items():
                 us = per_call_us(fn)
                 rows.append({"rows": M, "case": name, "us_per_call": us})

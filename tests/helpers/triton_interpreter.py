@@ -3,7 +3,6 @@ environment variable read when a kernel is made, so the check runs in a fresh Py
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import subprocess
@@ -31,32 +30,16 @@ def relative_error(out, ref) -> float:
     return ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
 
 
-@contextlib.contextmanager
-def gemv_form(rows: int):
-    """The decode kernels' products in their GEMV form for up to ``rows`` rows (``norm_linear_kernel.GEMV_ROWS``;
-    0: always ``tl.dot``), restored afterwards."""
-    from workbench.ops import norm_linear_kernel  # imports Triton
-
-    before, norm_linear_kernel.GEMV_ROWS = norm_linear_kernel.GEMV_ROWS, rows
-    try:
-        yield
-    finally:
-        norm_linear_kernel.GEMV_ROWS = before
+def errors_on_cuda(errors, dtype) -> dict[str, float]:
+    """``errors`` (a function of (device, dtype) returning a dict of errors) on CUDA in ``dtype``."""
+    return errors("cuda", dtype)
 
 
-def errors_on_cuda(errors, dtype, gemv_rows: int = 0) -> dict[str, float]:
-    """``errors`` (a function of (device, dtype) returning a dict of errors) on CUDA in ``dtype``, the decode kernels'
-    GEMV form taking up to ``gemv_rows`` rows."""
-    with gemv_form(gemv_rows):
-        return errors("cuda", dtype)
-
-
-def errors_within_in_interpreter(errors: str, limit: float = 1e-5, gemv_rows: int = 0) -> None:
+def errors_within_in_interpreter(errors: str, limit: float = 1e-5) -> None:
     """``errors`` ("tests.ops.test_x.kernel_errors", a function of (device, dtype) returning a dict of errors) run
-    in float32 on the CPU through Triton's interpreter, the decode kernels' GEMV form taking up to ``gemv_rows`` rows:
-    every error below ``limit`` (1e-5: float32 rounding, the same arithmetic in another order)."""
+    in float32 on the CPU through Triton's interpreter: every error below ``limit`` (1e-5: float32 rounding, the same
+    arithmetic in another order)."""
     module, function = errors.rsplit(".", 1)
-    in_interpreter(f"import torch\nfrom tests.helpers.triton_interpreter import gemv_form\n"
-                   f"from {module} import {function}\n"
-                   f"with gemv_form({gemv_rows}):\n    errors = {function}('cpu', torch.float32)\nprint(errors)\n"
+    in_interpreter(f"import torch\nfrom {module} import {function}\n"
+                   f"errors = {function}('cpu', torch.float32)\nprint(errors)\n"
                    f"assert all(e < {limit} for e in errors.values()), errors")

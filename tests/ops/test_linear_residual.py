@@ -1,6 +1,6 @@
 """A projection added to the residual in one kernel (``workbench.ops.linear_residual``): the Triton kernel against the
 reference, the layer's projection then its add (in Triton's interpreter on the CPU, compiled on CUDA with
-``pytest -m gpu``), in its tiled and GEMV forms; and the refusals."""
+``pytest -m gpu``); and the refusals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from tests.helpers.triton_interpreter import (
     HAS_TRITON,
     errors_on_cuda,
     errors_within_in_interpreter,
-    gemv_form,
     relative_error,
 )
 from workbench.ops.backend import backends, force_backend, select
@@ -42,37 +41,20 @@ def kernel_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.parametrize("gemv_rows", [0, 4], ids=["tiled", "gemv-form"])
-def test_kernel_matches_reference_in_the_interpreter(gemv_rows):
-    errors_within_in_interpreter("tests.ops.test_linear_residual.kernel_errors", gemv_rows=gemv_rows)
+def test_kernel_matches_reference_in_the_interpreter():
+    errors_within_in_interpreter("tests.ops.test_linear_residual.kernel_errors")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("gemv_rows", [0, 4], ids=["tiled", "gemv-form"])
-def test_kernel_matches_reference_on_cuda(dtype, gemv_rows):
+def test_kernel_matches_reference_on_cuda(dtype):
     """float32: products in IEEE float32 (no TF32), so float32 rounding. bf16: the inputs are rounded to bf16 (2^-8
     relative each, which the float32 reference does not see), the product accumulates in float32 and is rounded once,
     then the sum once more: within a few 2^-8 of the output's scale."""
     limit = 1e-5 if dtype == torch.float32 else 8 * 2 ** -8
-    errors = errors_on_cuda(kernel_errors, dtype, gemv_rows)
+    errors = errors_on_cuda(kernel_errors, dtype)
     assert all(e <= limit for e in errors.values()), errors
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-def test_gemv_rows_from_the_environment():
-    """WORKBENCH_GEMV_ROWS sets the decode kernels' GEMV form for a process (a profile or bench of it); a value that
-    is not a number of rows is refused with the variable named."""
-    from workbench.ops import norm_linear_kernel
-
-    assert norm_linear_kernel._gemv_rows("0") == 0 and norm_linear_kernel._gemv_rows("4") == 4
-    with pytest.raises(ValueError, match="WORKBENCH_GEMV_ROWS='two'"):
-        norm_linear_kernel._gemv_rows("two")
-    with gemv_form(2):
-        assert norm_linear_kernel.gemv_form(2, 16, 16, 64) == (2, norm_linear_kernel.GEMV_BLOCK_N,
-                                                               norm_linear_kernel.GEMV_BLOCK_K, False)
-        assert norm_linear_kernel.gemv_form(3, 16, 16, 64) == (16, 16, 64, True)
 
 
 def test_backend_choice_and_refusals():

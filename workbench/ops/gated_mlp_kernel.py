@@ -8,8 +8,6 @@ One program per (block of BLOCK_M rows, block of BLOCK_I inner channels):
      norm), and the channels' rows of W_g and W_u (each weight element read once per row block), multiplied into two
      float32 accumulators;
   2. act(gate) · up in float32, rounded once to h's dtype and written.
-Step 1's products are ``norm_linear_kernel.block_product``: with up to ``norm_linear_kernel.GEMV_ROWS`` rows, its
-GEMV form.
 """
 
 from __future__ import annotations
@@ -18,8 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from workbench.ops import norm_linear_kernel
-from workbench.ops.norm_linear_kernel import block_product, rms_inverse, rms_normed
+from workbench.ops.norm_linear_kernel import rms_inverse, rms_normed
 
 ACT_CODES = {"silu": 0, "gelu_tanh": 1}
 BLOCK_M, BLOCK_I, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
@@ -28,7 +25,7 @@ BLOCK_M, BLOCK_I, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each
 @triton.jit
 def gated_up_kernel(x, w_gate, w_up, out, norm_w, M, I, s_xm, s_gi, s_ui, s_om, eps, K: tl.constexpr,
                     ACT: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
-                    BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+                    BLOCK_K: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     m_ok = m < M
@@ -45,8 +42,8 @@ def gated_up_kernel(x, w_gate, w_up, out, norm_w, M, I, s_xm, s_gi, s_ui, s_om, 
             xb = rms_normed(xb, inverse, norm_w, k, k_ok)
         wg = tl.load(w_gate + i[:, None] * s_gi + k[None, :], mask=i_ok[:, None] & k_ok[None, :], other=0.0)
         wu = tl.load(w_up + i[:, None] * s_ui + k[None, :], mask=i_ok[:, None] & k_ok[None, :], other=0.0)
-        acc_g += block_product(xb, wg, DOT)                                      # (BLOCK_M, BLOCK_I)
-        acc_u += block_product(xb, wu, DOT)
+        acc_g += tl.dot(xb.to(wg.dtype), tl.trans(wg), input_precision="ieee")  # (BLOCK_M, BLOCK_I)
+        acc_u += tl.dot(xb.to(wu.dtype), tl.trans(wu), input_precision="ieee")
     if ACT == 0:                                                                 # 2. SiLU
         gate = acc_g * tl.sigmoid(acc_g)
     else:                                                                        # GELU, tanh form:
@@ -62,8 +59,7 @@ def launch(x: Tensor, w_gate: Tensor, w_up: Tensor, out: Tensor, act: str, norm_
     x (M, K) and the weights (I, K) with contiguous rows."""
     M, K = x.shape
     I = w_gate.shape[0]
-    block_m, block_i, block_k, dot = norm_linear_kernel.gemv_form(M, BLOCK_M, BLOCK_I, BLOCK_K)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(I, block_i))
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(I, BLOCK_I))
     gated_up_kernel[grid](x, w_gate, w_up, out, w_gate if norm_weight is None else norm_weight, M, I, x.stride(0),
                           w_gate.stride(0), w_up.stride(0), out.stride(0), eps, K=K, ACT=ACT_CODES[act],
-                          NORM=norm_weight is not None, BLOCK_M=block_m, BLOCK_I=block_i, BLOCK_K=block_k, DOT=dot)
+                          NORM=norm_weight is not None, BLOCK_M=BLOCK_M, BLOCK_I=BLOCK_I, BLOCK_K=BLOCK_K)

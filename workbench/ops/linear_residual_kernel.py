@@ -7,8 +7,7 @@ One program per (block of BLOCK_M rows, block of BLOCK_N outputs):
   2. the product is rounded to the output's dtype (what the projection alone returns), then the residual is added in
      float32 and the sum rounded once more: the two roundings of the layer's projection and its add.
 A decode step's projections that end a branch have few outputs (the model width: 576 for the default teacher), so
-BLOCK_N is small to give the GPU's SMs more programs. Step 1's product is ``norm_linear_kernel.block_product``: with
-up to ``norm_linear_kernel.GEMV_ROWS`` rows, its GEMV form.
+BLOCK_N is small to give the GPU's SMs more programs.
 """
 
 from __future__ import annotations
@@ -17,15 +16,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from workbench.ops import norm_linear_kernel
-from workbench.ops.norm_linear_kernel import block_product
-
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 16, 128     # tl.dot needs 16 or more along each side
 
 
 @triton.jit
 def linear_residual_kernel(x, weight, residual, out, M, N, s_xm, s_wn, s_rm, s_om, K: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = m < M
@@ -36,7 +32,7 @@ def linear_residual_kernel(x, weight, residual, out, M, N, s_xm, s_wn, s_rm, s_o
         k_ok = k < K
         xb = tl.load(x + m[:, None] * s_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         wb = tl.load(weight + n[:, None] * s_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += block_product(xb, wb, DOT)                                           # (BLOCK_M, BLOCK_N)
+        acc += tl.dot(xb.to(wb.dtype), tl.trans(wb), input_precision="ieee")        # (BLOCK_M, BLOCK_N)
     mn_ok = m_ok[:, None] & n_ok[None, :]                                           # 2.
     r = tl.load(residual + m[:, None] * s_rm + n[None, :], mask=mn_ok, other=0.0)
     product = acc.to(out.dtype.element_ty).to(tl.float32)
@@ -47,7 +43,6 @@ def launch(residual: Tensor, x: Tensor, weight: Tensor, out: Tensor) -> None:
     """Write r + x Wᵀ into ``out`` (M, N); r (M, N), x (M, K) and W (N, K) with contiguous rows."""
     M, K = x.shape
     N = weight.shape[0]
-    block_m, block_n, block_k, dot = norm_linear_kernel.gemv_form(M, BLOCK_M, BLOCK_N, BLOCK_K)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     linear_residual_kernel[grid](x, weight, residual, out, M, N, x.stride(0), weight.stride(0), residual.stride(0),
-                                 out.stride(0), K=K, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT=dot)
+                                 out.stride(0), K=K, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
