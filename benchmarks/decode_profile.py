@@ -34,7 +34,7 @@ from workbench.generation.session import Session
 
 def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int, profile_steps: int, top: int,
                   bandwidth: float, device: torch.device, fold_norms: bool = True,
-                  fold_residuals: bool = False) -> dict:
+                  fold_residuals: bool = True) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     loaded = load_model(spec, device=device)
@@ -71,7 +71,7 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
     floor = per_step_bytes / bandwidth
     table = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
     return {"model": spec, "batch": batch, "context": context, "compile": compile,
-            "fold_norms": compile and fold_norms, "fold_residuals": compile and fold_residuals,
+            "fold_norms": compile and fold_norms, "fold_residuals": compile and fold_norms and fold_residuals,
             "kernels_per_step": kernel_count, "kernel_s_per_step": kernel_s, "replay_s_per_step": replay_s,
             "mean_kernel_us": kernel_s / kernel_count * 1e6 if kernel_count else None,
             "bytes_per_step": per_step_bytes, "floor_s": floor, "floor_fraction": floor / replay_s,
@@ -88,8 +88,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="fused decode step (generate(..., compile=True))")
     p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false", help="with --compile: the layers' "
                    "RMS pre-norms as kernels of their own (default: folded, DecodeOptions.fold_norms)")
-    p.add_argument("--fold-residuals", action="store_true", help="with --compile: each Mamba-2 layer's residuals "
-                   "added inside its out_proj and down projection (DecodeOptions.fold_residuals)")
+    p.add_argument("--fold-residuals", action=argparse.BooleanOptionalAction, default=True, help="with --compile "
+                   "and the folded norms: each Mamba-2 layer's residuals added inside its out_proj and down "
+                   "projection (default: on, DecodeOptions.fold_residuals)")
     p.add_argument("--steps", type=int, default=50, help="timed replays")
     p.add_argument("--profile-steps", type=int, default=10, help="replays recorded by the profiler")
     p.add_argument("--top", type=int, default=15, help="kernels in each model's table")

@@ -54,7 +54,7 @@ def test_compiled_greedy_equals_eager(models, name):
 
 
 def test_compile_targets_cover_mixer_steps_mlp_and_norms(models):
-    targets = compile_targets(models["hybrid"])
+    targets = compile_targets(models["hybrid"], fold_residuals=False)             # the norms' fold alone
     named = [(type(module).__name__, method) for module, method, _ in targets]
     assert named.count(("Mamba2", "step")) == 1                                   # layer 1 is the one mixer
     assert named.count(("LlamaMLP", "forward")) == 3 and named.count(("LlamaRMSNorm", "forward")) == 6
@@ -78,7 +78,7 @@ def test_fold_norms_targets(models):
     """In the hybrid (layer 1 the mixer), every MLP takes its norm, the mixer its layer's first norm; the two
     attention layers' first norms stay; every folded norm passes its input through."""
     model = models["hybrid"]
-    targets = compile_targets(model)
+    targets = compile_targets(model, fold_residuals=False)
     functions = {id(module): function for module, _, function in targets}
     layers = anatomy.decoder_layers(model)
     norms = [anatomy.pre_norms(model, layer) for layer in layers]
@@ -92,27 +92,28 @@ def test_fold_norms_targets(models):
     step = [f for module, method, f in targets if module is mixer and method == "step"]
     assert len(step) == 1 and type(step[0].__self__) is NormedMamba2Step and step[0].__self__.norm is norms[1].attention
     assert len(targets) == len(compile_targets(model, fold_norms=False))   # the same modules, some in other functions
+    assert len(compile_targets(model, fold_norms=False, fold_residuals=True)) == len(targets)  # needs fold_norms
 
 
 @pytest.mark.parametrize("name", ["mamba2", "hybrid"])
 def test_folded_residuals_greedy_equals_eager(models, name):
-    """``fold_residuals``: every Mamba-2 layer's forward becomes its mixer step and MLP, each adding its residual in
-    its last projection (a residual added twice or lost would change the tokens); the eager greedy tokens, and the
-    model left as it was."""
+    """``fold_residuals`` (the default): every Mamba-2 layer's forward becomes its mixer step and MLP, each adding its
+    residual in its last projection (a residual added twice or lost would change the tokens); the eager greedy tokens,
+    and the model left as it was. Without the folded norms it does nothing."""
     model = models[name]
-    targets = compile_targets(model, fold_residuals=True)
+    targets = compile_targets(model)
     layers = [module for module, method, f in targets if isinstance(f, ResidualLayerForward)]
     steps = [f.__self__ for module, method, f in targets if method == "step"]
     assert len(layers) == len(steps) == len(student_mixers(model)) and all(type(s) is ResidualMamba2Step
                                                                           for s in steps)
     eager = generate(model, PROMPT, 10)
-    folded = generate(model, PROMPT, 10, compile=True, fold_residuals=True)
+    folded = generate(model, PROMPT, 10, compile=True)
     assert torch.equal(folded.tokens, eager.tokens) and folded.compiled
     assert untouched(model)
-    with pytest.raises(ValueError, match="fold_norms"):
-        generate(model, PROMPT, 4, compile=True, fold_norms=False, fold_residuals=True)
-    with pytest.raises(ValueError, match="fold_norms"):
-        compile_targets(model, fold_norms=False, fold_residuals=True)
+    assert not any(isinstance(f, ResidualLayerForward) for _, _, f in compile_targets(model, fold_norms=False))
+    assert not any(isinstance(f, ResidualLayerForward) for _, _, f in compile_targets(model, fold_residuals=False))
+    unfolded = generate(model, PROMPT, 10, compile=True, fold_norms=False, fold_residuals=True)
+    assert torch.equal(unfolded.tokens, eager.tokens)
 
 
 def test_biased_projections_fold_the_norm_and_keep_the_residual_adds():
@@ -199,13 +200,14 @@ def test_bench_generate_records_compile(models, tmp_path):
                         "--compile")["settings"]
     assert set(BENCH_FIELDS) <= set(row) and row["status"] == "ok"
     assert row["compile"] is True and row["compile_s"] > 0 and row["decode_tokens_per_s"] > 0
-    assert row["fold_norms"] is True                                              # the default with --compile
+    assert row["fold_norms"] is True and row["fold_residuals"] is True            # the defaults with --compile
     (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
                         "--compile", "--no-fold-norms")["settings"]
     assert row["compile"] is True and row["fold_norms"] is False and row["status"] == "ok"
+    assert row["fold_residuals"] is False                                         # it needs the folded norms
     (row,) = bench_json(tmp_path, "generate", "--models", str(folder), "--batch", "1", "--context", "8", "--new", "4",
-                        "--compile", "--fold-residuals")["settings"]
-    assert row["fold_norms"] is True and row["fold_residuals"] is True and row["status"] == "ok"
+                        "--compile", "--no-fold-residuals")["settings"]
+    assert row["fold_norms"] is True and row["fold_residuals"] is False and row["status"] == "ok"
 
 
 def test_bench_speculative_cli_writes_identical_greedy(models, tmp_path):
@@ -262,9 +264,10 @@ def test_compiled_cuda_graph_decode_equals_eager(models):
 
 
 @pytest.mark.gpu
-def test_compiled_decode_with_folded_residuals_equals_eager(models):
-    """The residual adds inside out_proj and down (the Triton kernel), compiled and captured: the eager tokens."""
-    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_residuals=True)
+def test_compiled_decode_with_unfolded_residuals_equals_eager(models):
+    """The residual adds as kernels of their own (the test above adds them inside out_proj and down, the default: the
+    Triton residual kernel), compiled and captured: the eager tokens."""
+    graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True, fold_residuals=False)
 
 
 @pytest.mark.gpu

@@ -66,10 +66,10 @@ def float64_choices(model, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[
 
 
 def graph_against_eager(models: dict, ids: torch.Tensor, compile: bool, fold_norms: bool = True,
-                        fold_residuals: bool = False) -> None:
+                        fold_residuals: bool = True) -> None:
     """On ids' CUDA device: for the teacher, the Mamba-2 student and the hybrid, greedy decoding through the CUDA graph
     (``compile``: with torch.compile'd steps; ``fold_norms``: the norms folded into them, the default;
-    ``fold_residuals``: the residual adds too) gives the
+    ``fold_residuals``: the residual adds too, also the default) gives the
     eager tokens and leaves the model as it was. The eager tokens are float64's greedy choices, none of them a
     near-tie (MIN_GREEDY_MARGIN), so exact equality is the right test."""
     for name in ("teacher", "mamba2", "hybrid"):

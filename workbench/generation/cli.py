@@ -171,9 +171,9 @@ def add_subcommand(sub) -> None:
     q.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
                    help="with --compile: keep each layer's RMS pre-norms as kernels of their own (default: folded "
                         "into the projections that read them, a Mamba-2 mixer's in_proj and the gated MLP)")
-    q.add_argument("--fold-residuals", action="store_true",
-                   help="with --compile: also add each Mamba-2 layer's residuals inside its out_proj and down "
-                        "projection (off by default: not yet measured to be faster)")
+    q.add_argument("--fold-residuals", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --compile and the folded norms: also add each Mamba-2 layer's residuals inside its "
+                        "out_proj and down projection (default: on; --no-fold-residuals keeps the adds as kernels)")
     q.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="feed prompts N tokens at a time, so the prefill's peak memory stops growing with context "
                         "(default: the whole prompt at once)")

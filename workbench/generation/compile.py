@@ -14,14 +14,15 @@ projections that read them, a Mamba-2 mixer's in_proj (``workbench.ops.norm_line
 half, and the norm modules pass their input through: two kernels fewer per layer, in a step whose time is mostly the
 count of its small kernels (on an H200, 3-24% more tokens/s: docs/results.md, "Folded norms").
 
-With ``fold_residuals`` too (off by default), a Mamba-2 layer whose forward is exactly x + mixer(norm(x)), then
-h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual inside the projection that ends its branch
-(``workbench.ops.linear_residual``: out_proj and the MLP's down projection start from the residual), and the layer's
-forward becomes those two calls (``ResidualLayerForward``, not compiled: it only calls the compiled parts), meant to
-take two kernels per layer out of the step. On an H200 an addmm did not (an out-of-place addmm copies the residual
-first); the op's Triton kernel, which adds the residual in its epilogue, took 60 kernels and 8% of the replay out of
-an all-Mamba-2 student's step, a gain the end-to-end bench did not resolve from its run-to-run spread
-(docs/results.md, "Residual adds in a GEMV's epilogue"): hence off by default.
+With ``fold_residuals`` too (the default; it needs the folded norms and does nothing without them), a Mamba-2 layer
+whose forward is exactly x + mixer(norm(x)), then h + mlp(norm(h)) (``_is_pre_norm_layer``) adds each residual
+inside the projection that ends its branch (``workbench.ops.linear_residual``: out_proj and the MLP's down projection
+start from the residual), and the layer's forward becomes those two calls (``ResidualLayerForward``, not compiled: it
+only calls the compiled parts): two kernels fewer per layer. On an H200 an addmm did not do it (an out-of-place addmm
+copies the residual first); the op's Triton kernel, which adds the residual in its epilogue, took 60 kernels and 8%
+of the replay out of an all-Mamba-2 student's step, and over four processes of each setting the end-to-end bench
+was level at batch 1 and 2% faster at batch 16 (docs/results.md, "Residual adds in a GEMV's epilogue" and "The GEMV
+form measured").
 
     with compiled_decoding(compile_targets(model)):
         with step_context(compile=True, first=True):   # the compiling step
@@ -153,7 +154,7 @@ def _is_rms_norm(norm: nn.Module, eps: float) -> bool:
 
 
 def compile_targets(model: nn.Module, mixer_steps: bool = True, fold_norms: bool = True,
-                    fold_residuals: bool = False) -> list[tuple[nn.Module, str, Callable]]:
+                    fold_residuals: bool = True) -> list[tuple[nn.Module, str, Callable]]:
     """(module, method name, function) triples ``compiled_decoding`` compiles in place of the method: each mixer's
     ``step`` (if ``mixer_steps``), and the ``forward`` of the MLP and norms of every decoder layer
     (``anatomy.around_attention``), a gated MLP's as ``GatedMLPStep``'s. With ``fold_norms``, where a layer's
@@ -161,9 +162,8 @@ def compile_targets(model: nn.Module, mixer_steps: bool = True, fold_norms: bool
     Mamba-2 mixer (with ``mixer_steps``) goes into its in_proj (``NormedMamba2Step``), the one before a gated MLP into
     ``GatedMLPStep``, and each folded norm passes its input through. With ``fold_residuals`` as well, a Mamba-2 layer
     whose forward passes ``_is_pre_norm_layer`` takes ``ResidualMamba2Step``, ``ResidualGatedMLPStep`` and
-    ``ResidualLayerForward`` (installed uncompiled) instead."""
-    if fold_residuals and not fold_norms:
-        raise ValueError("fold_residuals builds on the folded norms: set fold_norms too")
+    ``ResidualLayerForward`` (installed uncompiled) instead; without ``fold_norms``, ``fold_residuals`` does
+    nothing."""
     model = unwrap(model)
     mixers = student_mixers(model)
     targets = []

@@ -68,11 +68,12 @@ class DecodeOptions:
     fold_norms: bool = True             # with compile: fold each layer's RMS pre-norms into the projections that read
                                         # them (``compile_targets``), two kernels fewer per layer (an H200, 135M
                                         # students: 3-24% more tokens/s, docs/results.md); no effect without compile
-    fold_residuals: bool = False        # with compile and fold_norms: add each Mamba-2 layer's two residuals inside its
-                                        # out_proj and down projection (``compile_targets``): on an H200, 60
-                                        # kernels fewer and 8% off the replay (the Triton kernel), but no gain the
-                                        # bench could tell from its run-to-run spread (docs/results.md, "Residual
-                                        # adds in a GEMV's epilogue"), so off
+    fold_residuals: bool = True         # with compile and fold_norms (no effect without them): add each Mamba-2
+                                        # layer's two residuals inside its out_proj and down projection
+                                        # (``compile_targets``): on an H200, 60 kernels fewer and 8% off the replay
+                                        # of a 135M all-Mamba-2 student's step; end to end within the bench's
+                                        # process-to-process spread (docs/results.md, "Residual adds in a GEMV's
+                                        # epilogue" and "The GEMV form measured")
     engine_attention: bool = True       # decode the kept attention layers of an sdpa model through the engine's own
                                         # attention (``workbench.generation.attention``: grouped-query heads read in
                                         # place, the same on every transformers version); False: the version's own
@@ -82,8 +83,6 @@ class DecodeOptions:
             raise ValueError(f"cuda_graph must be 'auto', True or False, got {self.cuda_graph!r}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive number of tokens or None, got {self.prefill_chunk}")
-        if self.fold_residuals and not self.fold_norms:
-            raise ValueError("fold_residuals builds on the folded norms: leave fold_norms on")
         if self.stop_check_every < 1:
             raise ValueError(f"stop_check_every must be a positive number of steps, got {self.stop_check_every}")
 

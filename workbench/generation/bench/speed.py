@@ -139,7 +139,7 @@ def run_setting(loaded: LoadedModel, engine: str, ids: torch.Tensor, new: int, b
               "ttft_first_s": None, "repeat": repeat, "decode_tokens_per_s_runs": None,
               "compile": options.compile and engine_options,
               "fold_norms": options.compile and options.fold_norms and engine_options,
-              "fold_residuals": options.compile and options.fold_residuals and engine_options,
+              "fold_residuals": options.compile and options.fold_norms and options.fold_residuals and engine_options,
               "prefill_chunk": options.prefill_chunk if engine_options else None}
     limit = anatomy.context_length(anatomy.text_config(model))
     needed = kv_bytes(model, batch, context + new)
