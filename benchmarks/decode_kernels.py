@@ -5,6 +5,12 @@ down) at several output block sizes, against cuBLAS doing the same products (the
 their own).
 
     python benchmarks/decode_kernels.py --rows 1,16 --blocks 16,32,64 --json decode_kernels.json
+    python benchmarks/decode_kernels.py --rows 1 --blocks 16,32 --block-k 64,128,256 --warps 2,4,8 --stages 2,3,4 \
+        --json sweep.json        # each kernel's launch settings swept; the fastest few printed per kernel
+
+A decode step's projections are latency-bound (a few hundred KB to 2 MB of weights each, 4-6 µs a call against
+well under 1 µs of HBM time), so how a program walks K (``BLOCK_K``: steps of the loop), how many warps share it and
+how many loads the compiler keeps in flight (``num_stages``) can matter more than the block of outputs.
 
 Each case is 200 calls captured in one CUDA graph and replayed (a decode step is a graph replay, so launch gaps are
 counted as they are there); the time per call is the median of 20 replays over 200. By default the calls cycle
@@ -16,6 +22,7 @@ layer's weights are read once; ``--weights warm`` reads one copy from L2, the fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -51,10 +58,46 @@ def per_call_us(fn) -> float:
     return statistics.median(times)
 
 
+def launch_settings(args) -> list[dict]:
+    """Every combination of the swept launch settings: {"block": output block, "block_k", "warps", "stages"}, a None
+    leaving the kernel's own value."""
+    def values(text):
+        return [int(v) for v in text.split(",")] if text else [None]
+    return [{"block": b, "block_k": k, "warps": w, "stages": s} for b in values(args.blocks)
+            for k in values(args.block_k) for w in values(args.warps) for s in values(args.stages)]
+
+
+def label(launch: dict) -> str:
+    """The case's launch settings, e.g. "BLOCK_N/I 16, BLOCK_K 128, warps 2" (the kernel's own ones left out)."""
+    named = (("block", "BLOCK_N/I"), ("block_k", "BLOCK_K"), ("warps", "warps"), ("stages", "stages"))
+    parts = [f"{name} {launch[key]}" for key, name in named if launch[key] is not None]
+    return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def settings(module, block_name: str, launch: dict):
+    """The kernel module's launch constants set to ``launch`` for one call, then restored."""
+    names = {block_name: launch["block"], "BLOCK_K": launch["block_k"], "NUM_WARPS": launch["warps"],
+             "NUM_STAGES": launch["stages"]}
+    before = {name: getattr(module, name) for name in names}
+    for name, value in names.items():
+        if value is not None:
+            setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(module, name, value)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="1,16", help="rows (the decode batch), comma-separated")
     p.add_argument("--blocks", default="16,32,64", help="output block sizes (BLOCK_N / BLOCK_I) to try")
+    p.add_argument("--block-k", default=None,
+                   help="input block sizes (BLOCK_K) to try, comma-separated (default: each kernel's own)")
+    p.add_argument("--warps", default=None, help="num_warps values to try (default: the kernels' own, NUM_WARPS)")
+    p.add_argument("--stages", default=None, help="num_stages values to try (default: the kernels' own, NUM_STAGES)")
     p.add_argument("--width", type=int, default=576, help="K: the model width (default teacher: 576)")
     p.add_argument("--in-proj", type=int, default=1545, help="N of the Mamba-2 in_proj (default student: 1,545)")
     p.add_argument("--inner", type=int, default=1536, help="I of the gated MLP (default teacher: 1,536)")
@@ -97,28 +140,36 @@ def main() -> None:
                          lambda i: gated_mlp_up_ref(x, *at(gated_w, i), "silu", w_norm, 1e-5),
                      "out_proj + residual: cuBLAS linear + add": lambda i: linear_residual_ref(r, x, *at(w_out, i)),
                      "down + residual: cuBLAS linear + add": lambda i: linear_residual_ref(r, h, *at(w_down, i))}
-            for block in (int(b) for b in args.blocks.split(",")):
-                def folded(i, block=block):
-                    norm_linear_kernel.BLOCK_N = block
-                    return rms_norm_linear_triton(x, w_norm, 1e-5, *at(W, i))
+            for launch in launch_settings(args):
+                def folded(i, launch=launch):
+                    with settings(norm_linear_kernel, "BLOCK_N", launch):
+                        return rms_norm_linear_triton(x, w_norm, 1e-5, *at(W, i))
 
-                def gated(i, block=block):
-                    gated_mlp_kernel.BLOCK_I = block
-                    return gated_mlp_up_triton(x, *at(gated_w, i), "silu", w_norm, 1e-5)
+                def gated(i, launch=launch):
+                    with settings(gated_mlp_kernel, "BLOCK_I", launch):
+                        return gated_mlp_up_triton(x, *at(gated_w, i), "silu", w_norm, 1e-5)
 
-                def residual(i, block=block, inputs=x, ws=w_out):
-                    linear_residual_kernel.BLOCK_N = block
-                    return linear_residual_triton(r, inputs, *at(ws, i))
+                def residual(i, launch=launch, inputs=x, ws=w_out):
+                    with settings(linear_residual_kernel, "BLOCK_N", launch):
+                        return linear_residual_triton(r, inputs, *at(ws, i))
 
-                cases[f"in_proj: norm_linear_kernel, BLOCK_N {block}"] = folded
-                cases[f"out_proj + residual: linear_residual_kernel, BLOCK_N {block}"] = residual
-                cases[f"down + residual: linear_residual_kernel, BLOCK_N {block}"] = functools.partial(
-                    residual, block=block, inputs=h, ws=w_down)
-                cases[f"gated up: gated_up_kernel with norm, BLOCK_I {block}"] = gated
+                cases[f"in_proj: norm_linear_kernel, {label(launch)}"] = folded
+                cases[f"out_proj + residual: linear_residual_kernel, {label(launch)}"] = residual
+                cases[f"down + residual: linear_residual_kernel, {label(launch)}"] = functools.partial(
+                    residual, inputs=h, ws=w_down)
+                cases[f"gated up: gated_up_kernel with norm, {label(launch)}"] = gated
             for name, fn in cases.items():
                 us = per_call_us(fn)
                 rows.append({"rows": M, "case": name, "us_per_call": us})
-                print(f"M={M:<3} {name:<62} {us:7.2f} us", flush=True)
+                print(f"M={M:<3} {name:<80} {us:7.2f} us", flush=True)
+    for M in sorted({row["rows"] for row in rows}):
+        for kind in ("in_proj: norm_linear_kernel", "out_proj + residual: linear_residual_kernel",
+                     "down + residual: linear_residual_kernel", "gated up: gated_up_kernel"):
+            timed = sorted((row for row in rows if row["rows"] == M and row["case"].startswith(kind)),
+                           key=lambda row: row["us_per_call"])
+            if len(timed) > 1:
+                best = (f"{row['case'].split(', ', 1)[1]} {row['us_per_call']:.2f} us" for row in timed[:3])
+                print(f"M={M} fastest {kind}: " + "; ".join(best), flush=True)
     report = {"device_name": torch.cuda.get_device_name(), "width": K, "in_proj": args.in_proj, "inner": args.inner,
               "dtype": "bfloat16", "calls_per_graph": CALLS, "weights": args.weights, "rows": rows}
     with open(args.json, "w") as f:

@@ -20,6 +20,7 @@ from workbench.ops.norm_linear_kernel import rms_inverse, rms_normed
 
 ACT_CODES = {"silu": 0, "gelu_tanh": 1}
 BLOCK_M, BLOCK_I, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
+NUM_WARPS, NUM_STAGES = 4, 3                # Triton's defaults on NVIDIA GPUs (decode_kernels.py times others)
 
 
 @triton.jit
@@ -62,4 +63,5 @@ def launch(x: Tensor, w_gate: Tensor, w_up: Tensor, out: Tensor, act: str, norm_
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(I, BLOCK_I))
     gated_up_kernel[grid](x, w_gate, w_up, out, w_gate if norm_weight is None else norm_weight, M, I, x.stride(0),
                           w_gate.stride(0), w_up.stride(0), out.stride(0), eps, K=K, ACT=ACT_CODES[act],
-                          NORM=norm_weight is not None, BLOCK_M=BLOCK_M, BLOCK_I=BLOCK_I, BLOCK_K=BLOCK_K)
+                          NORM=norm_weight is not None, BLOCK_M=BLOCK_M, BLOCK_I=BLOCK_I, BLOCK_K=BLOCK_K,
+                          num_warps=NUM_WARPS, num_stages=NUM_STAGES)

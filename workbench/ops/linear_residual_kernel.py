@@ -17,6 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 16, 128     # tl.dot needs 16 or more along each side
+NUM_WARPS, NUM_STAGES = 4, 3                # Triton's defaults on NVIDIA GPUs (decode_kernels.py times others)
 
 
 @triton.jit
@@ -45,4 +46,5 @@ def launch(residual: Tensor, x: Tensor, weight: Tensor, out: Tensor) -> None:
     N = weight.shape[0]
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     linear_residual_kernel[grid](x, weight, residual, out, M, N, x.stride(0), weight.stride(0), residual.stride(0),
-                                 out.stride(0), K=K, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                                 out.stride(0), K=K, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                                 num_warps=NUM_WARPS, num_stages=NUM_STAGES)

@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
+NUM_WARPS, NUM_STAGES = 4, 3                # Triton's defaults on NVIDIA GPUs (decode_kernels.py times others)
 
 
 @triton.jit
@@ -70,4 +71,4 @@ def launch(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Ten
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     norm_linear_kernel[grid](x, norm_weight, weight, norm_weight if bias is None else bias, out, M, N, x.stride(0),
                              weight.stride(0), out.stride(0), eps, K=K, HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M,
-                             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS, num_stages=NUM_STAGES)

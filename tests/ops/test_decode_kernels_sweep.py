@@ -1,0 +1,50 @@
+"""benchmarks/decode_kernels.py's sweep of the decode kernels' launch settings: every combination asked for, labelled by
+what it changes, and each kernel module's constants back as they were after a case (the timings need CUDA: run on a
+GPU, docs/results.md)."""
+
+import importlib.util
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+from workbench.ops import gated_mlp_kernel, linear_residual_kernel, norm_linear_kernel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def script():
+    spec = importlib.util.spec_from_file_location("decode_kernels", ROOT / "benchmarks" / "decode_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_covers_every_combination_and_labels_what_it_changes():
+    bench = script()
+    launches = bench.launch_settings(Namespace(blocks="16,32", block_k="64,128,256", warps="2,4", stages=None))
+    assert len(launches) == 2 * 3 * 2
+    assert {(s["block"], s["block_k"], s["warps"], s["stages"]) for s in launches} == {
+        (b, k, w, None) for b in (16, 32) for k in (64, 128, 256) for w in (2, 4)}
+    assert bench.label(launches[0]) == "BLOCK_N/I 16, BLOCK_K 64, warps 2"
+    (only,) = bench.launch_settings(Namespace(blocks="16", block_k=None, warps=None, stages=None))
+    assert bench.label(only) == "BLOCK_N/I 16"
+
+
+@pytest.mark.parametrize("module, block", [(norm_linear_kernel, "BLOCK_N"), (linear_residual_kernel, "BLOCK_N"),
+                                           (gated_mlp_kernel, "BLOCK_I")])
+def test_a_case_sets_the_kernel_constants_and_restores_them(module, block):
+    bench = script()
+    names = (block, "BLOCK_K", "NUM_WARPS", "NUM_STAGES")
+    before = {name: getattr(module, name) for name in names}
+    launch = {"block": 64, "block_k": 256, "warps": 8, "stages": None}
+    with bench.settings(module, block, launch):
+        assert (getattr(module, block), module.BLOCK_K, module.NUM_WARPS) == (64, 256, 8)
+        assert module.NUM_STAGES == before["NUM_STAGES"]                          # None: the kernel's own
+    assert {name: getattr(module, name) for name in names} == before
+    with pytest.raises(RuntimeError), bench.settings(module, block, launch):
+        raise RuntimeError("a failing case")
+    assert {name: getattr(module, name) for name in names} == before
