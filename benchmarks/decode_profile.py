@@ -4,6 +4,12 @@ for the engine's CUDA-graph step (with ``--compile``: the fused modules inside t
 
     python benchmarks/decode_profile.py --models teacher.gguf,runs/table/mil-0 --batch 1 --context 4096 \\
         --compile --json decode_profile.json
+    python benchmarks/decode_profile.py --models runs/table/mil-0 --compile --json p.json \\
+        --kernel-setting norm_linear_kernel.BLOCK_K=256 --kernel-setting linear_residual_kernel.NUM_WARPS=2
+
+``--kernel-setting`` sets a decode kernel's launch constant (its module's BLOCK_*, NUM_WARPS or NUM_STAGES) for the
+whole run, so that settings ``benchmarks/decode_kernels.py`` found fastest one call at a time can be measured inside
+the step before they become the defaults; the JSON records them.
 
 Per model: the prompt is prefilled and the per-token step captured by the engine's own pieces, as
 ``workbench.generation.generate`` does it (``Session``, ``prefill``, ``compiled_decoding``, ``capture_step``), then
@@ -80,6 +86,34 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
                              "us_per_step": e.self_device_time_total / profile_steps} for e in table]}
 
 
+KERNEL_MODULES = ("norm_linear_kernel", "linear_residual_kernel", "gated_mlp_kernel")   # --kernel-setting's
+
+
+def kernel_settings(texts: list[str]) -> list[tuple[object, str, int]]:
+    """``MODULE.NAME=VALUE`` texts -> (module, name, value): a launch constant (upper-case int) of one of the decode
+    kernels' modules (``KERNEL_MODULES``); ValueError naming the text and what is allowed."""
+    import importlib
+
+    settings = []
+    for text in texts:
+        target, _, value = text.partition("=")
+        module_name, _, name = target.partition(".")
+        if module_name not in KERNEL_MODULES:
+            raise ValueError(f"--kernel-setting {text}: the module is one of {', '.join(KERNEL_MODULES)}")
+        module = importlib.import_module(f"workbench.ops.{module_name}")
+        constants = sorted(k for k, v in vars(module).items() if k.isupper() and type(v) is int)
+        if name not in constants:
+            raise ValueError(f"--kernel-setting {text}: {module_name} has the launch constants {', '.join(constants)}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"--kernel-setting {text}: give a whole number after '='") from None
+        if number < 1 or (name != "NUM_STAGES" and number & (number - 1)):
+            raise ValueError(f"--kernel-setting {text}: block sizes and warps are powers of two, stages at least 1")
+        settings.append((module, name, number))
+    return settings
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", required=True, help="comma-separated model specs (as for workbench bench generate)")
@@ -91,14 +125,23 @@ def main() -> None:
     p.add_argument("--fold-residuals", action=argparse.BooleanOptionalAction, default=True, help="with --compile "
                    "and the folded norms: each Mamba-2 layer's residuals added inside its out_proj and down "
                    "projection (default: on, DecodeOptions.fold_residuals)")
+    p.add_argument("--kernel-setting", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="a decode kernel's launch constant for this run, e.g. norm_linear_kernel.BLOCK_K=256 "
+                        "(repeatable; recorded in the JSON)")
     p.add_argument("--steps", type=int, default=50, help="timed replays")
     p.add_argument("--profile-steps", type=int, default=10, help="replays recorded by the profiler")
     p.add_argument("--top", type=int, default=15, help="kernels in each model's table")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", required=True)
     args = p.parse_args()
+    try:
+        settings = kernel_settings(args.kernel_setting)
+    except ValueError as e:
+        p.error(str(e))
+    for module, name, value in settings:
+        setattr(module, name, value)
     device = torch.device(args.device)
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():
         sys.exit("decode_profile needs a CUDA device: it profiles the CUDA-graph decode step")
     bandwidth = measure_bandwidth(device)
     rows = []
@@ -111,7 +154,9 @@ def main() -> None:
               f"{row['floor_s'] * 1e6:.0f} us = {row['floor_fraction']:.3f} of the replay", flush=True)
         for k in row["top_kernels"][:8]:
             print(f"   {k['us_per_step']:8.1f} us  x{k['per_step']:<5.0f} {k['name']}")
-    result = {"device_name": device_name(device), "bandwidth_bytes_per_s": bandwidth, "rows": rows}
+    result = {"device_name": device_name(device), "bandwidth_bytes_per_s": bandwidth, "rows": rows,
+              "kernel_settings": {f"{module.__name__.rsplit('.', 1)[1]}.{name}": value
+                                  for module, name, value in settings}}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -48,3 +48,29 @@ def test_a_case_sets_the_kernel_constants_and_restores_them(module, block):
     with pytest.raises(RuntimeError), bench.settings(module, block, launch):
         raise RuntimeError("a failing case")
     assert {name: getattr(module, name) for name in names} == before
+
+
+def profile_script():
+    spec = importlib.util.spec_from_file_location("decode_profile", ROOT / "benchmarks" / "decode_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_kernel_settings_name_a_launch_constant_of_a_decode_kernel():
+    """decode_profile.py --kernel-setting MODULE.NAME=VALUE: the module, the constant and the value it would set;
+    anything else refused with what is allowed."""
+    profile = profile_script()
+    before = norm_linear_kernel.BLOCK_K
+    assert profile.kernel_settings(["norm_linear_kernel.BLOCK_K=256", "gated_mlp_kernel.NUM_STAGES=3"]) == [
+        (norm_linear_kernel, "BLOCK_K", 256), (gated_mlp_kernel, "NUM_STAGES", 3)]
+    assert norm_linear_kernel.BLOCK_K == before                                   # parsing sets nothing
+    for text, says in [("mamba2_step_kernel.BLOCK_K=64", "the module is one of"),
+                       ("norm_linear_kernel.block_k=64", "has the launch constants"),
+                       ("linear_residual_kernel.launch=1", "has the launch constants"),
+                       ("linear_residual_kernel.NUM_WARPS=two", "whole number"),
+                       ("linear_residual_kernel.NUM_WARPS=3", "powers of two"),
+                       ("linear_residual_kernel.NUM_STAGES=0", "at least 1")]:
+        with pytest.raises(ValueError, match=says):
+            profile.kernel_settings([text])
