@@ -7,9 +7,10 @@ for the engine's CUDA-graph step (with ``--compile``: the fused modules inside t
     python benchmarks/decode_profile.py --models runs/table/mil-0 --compile --json p.json \\
         --kernel-setting norm_linear_kernel.BLOCK_K=256 --kernel-setting linear_residual_kernel.NUM_WARPS=2
 
-``--kernel-setting`` sets a decode kernel's launch constant (its module's BLOCK_*, NUM_WARPS or NUM_STAGES) for the
-whole run, so that settings ``benchmarks/decode_kernels.py`` found fastest one call at a time can be measured inside
-the step before they become the defaults; the JSON records them.
+``--kernel-setting`` sets a decode kernel's launch constant (its module's BLOCK_*, NUM_WARPS or NUM_STAGES, or
+``dependent_launch.ENABLED=1``: programmatic dependent launch) for the whole run, so that settings
+``benchmarks/decode_kernels.py`` found fastest one call at a time can be measured inside the step before they become
+the defaults; the JSON records them.
 
 Per model: the prompt is prefilled and the per-token step captured by the engine's own pieces, as
 ``workbench.generation.generate`` does it (``Session``, ``prefill``, ``compiled_decoding``, ``capture_step``), then
@@ -86,7 +87,8 @@ def profile_model(spec: str, batch: int, context: int, compile: bool, steps: int
                              "us_per_step": e.self_device_time_total / profile_steps} for e in table]}
 
 
-KERNEL_MODULES = ("norm_linear_kernel", "linear_residual_kernel", "gated_mlp_kernel")   # --kernel-setting's
+KERNEL_MODULES = ("norm_linear_kernel", "linear_residual_kernel", "gated_mlp_kernel",   # --kernel-setting's
+                  "dependent_launch")
 
 
 def kernel_settings(texts: list[str]) -> list[tuple[object, str, int]]:
@@ -108,7 +110,10 @@ def kernel_settings(texts: list[str]) -> list[tuple[object, str, int]]:
             number = int(value)
         except ValueError:
             raise ValueError(f"--kernel-setting {text}: give a whole number after '='") from None
-        if number < 1 or (name != "NUM_STAGES" and number & (number - 1)):
+        if name == "ENABLED":
+            if number not in (0, 1):
+                raise ValueError(f"--kernel-setting {text}: 0 (off) or 1 (on)")
+        elif number < 1 or (name != "NUM_STAGES" and number & (number - 1)):
             raise ValueError(f"--kernel-setting {text}: block sizes and warps are powers of two, stages at least 1")
         settings.append((module, name, number))
     return settings

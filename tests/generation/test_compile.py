@@ -17,6 +17,7 @@ from tests.helpers.generation_checks import (
     untouched,
 )
 from tests.helpers.tiny_models import CONFIGS, tiny
+from tests.helpers.triton_interpreter import dependent_launch
 from workbench.generation import generate
 from workbench.generation.bench import BENCH_FIELDS
 from workbench.generation.compile import (
@@ -261,6 +262,16 @@ def test_bench_speculative_pools_several_prompts(models, tmp_path, monkeypatch):
 @pytest.mark.gpu
 def test_compiled_cuda_graph_decode_equals_eager(models):
     graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs compute capability 9.0 (Hopper) or later")
+def test_compiled_decode_with_dependent_launch_equals_eager(models):
+    """The decode kernels launched with programmatic dependent launch inside the captured step (each one's weights and
+    state read while the kernel before it runs): the eager tokens, so no kernel reads an input before it is written."""
+    with dependent_launch(True):
+        graph_against_eager(models, PROMPT.to(torch.device("cuda")), compile=True)
 
 
 @pytest.mark.gpu

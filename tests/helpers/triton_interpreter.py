@@ -3,6 +3,7 @@ environment variable read when a kernel is made, so the check runs in a fresh Py
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -30,9 +31,24 @@ def relative_error(out, ref) -> float:
     return ((out.float().cpu() - ref).abs().max() / ref.abs().max()).item()
 
 
-def errors_on_cuda(errors, dtype) -> dict[str, float]:
-    """``errors`` (a function of (device, dtype) returning a dict of errors) on CUDA in ``dtype``."""
-    return errors("cuda", dtype)
+@contextlib.contextmanager
+def dependent_launch(on: bool):
+    """The decode kernels launched with programmatic dependent launch (``workbench.ops.dependent_launch.ENABLED``,
+    where the GPU supports it) inside the block, or without."""
+    from workbench.ops import dependent_launch as module
+
+    before, module.ENABLED = module.ENABLED, int(on)
+    try:
+        yield
+    finally:
+        module.ENABLED = before
+
+
+def errors_on_cuda(errors, dtype, pdl: bool = False) -> dict[str, float]:
+    """``errors`` (a function of (device, dtype) returning a dict of errors) on CUDA in ``dtype``, the kernels
+    launched with programmatic dependent launch if ``pdl``."""
+    with dependent_launch(pdl):
+        return errors("cuda", dtype)
 
 
 def errors_within_in_interpreter(errors: str, limit: float = 1e-5) -> None:

@@ -65,12 +65,15 @@ def test_profile_kernel_settings_name_a_launch_constant_of_a_decode_kernel():
     before = norm_linear_kernel.BLOCK_K
     assert profile.kernel_settings(["norm_linear_kernel.BLOCK_K=256", "gated_mlp_kernel.NUM_STAGES=3"]) == [
         (norm_linear_kernel, "BLOCK_K", 256), (gated_mlp_kernel, "NUM_STAGES", 3)]
+    (setting,) = profile.kernel_settings(["dependent_launch.ENABLED=1"])
+    assert (setting[0].__name__, setting[1:]) == ("workbench.ops.dependent_launch", ("ENABLED", 1))
     assert norm_linear_kernel.BLOCK_K == before                                   # parsing sets nothing
     for text, says in [("mamba2_step_kernel.BLOCK_K=64", "the module is one of"),
                        ("norm_linear_kernel.block_k=64", "has the launch constants"),
                        ("linear_residual_kernel.launch=1", "has the launch constants"),
                        ("linear_residual_kernel.NUM_WARPS=two", "whole number"),
                        ("linear_residual_kernel.NUM_WARPS=3", "powers of two"),
-                       ("linear_residual_kernel.NUM_STAGES=0", "at least 1")]:
+                       ("linear_residual_kernel.NUM_STAGES=0", "at least 1"),
+                       ("dependent_launch.ENABLED=2", "0 .off. or 1 .on.")]:
         with pytest.raises(ValueError, match=says):
             profile.kernel_settings([text])

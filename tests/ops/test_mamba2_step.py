@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
+from tests.helpers.triton_interpreter import HAS_TRITON, dependent_launch, in_interpreter
 from workbench.ops.backend import force_backend
 from workbench.ops.mamba2_step import Mamba2StepLayout, Mamba2StepWeights, mamba2_step_ref, mamba2_step_triton
 from workbench.students.mamba2 import Mamba2, Mamba2Config
@@ -94,13 +94,16 @@ def test_kernel_matches_reference_in_the_interpreter():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernel_matches_reference_on_cuda(dtype, compiled):
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "dependent-launch"])
+def test_kernel_matches_reference_on_cuda(dtype, compiled, pdl):
     """Compiled on the GPU. float32 (TF32 plays no part: no matrix products): float32 rounding. bfloat16: the inputs
     and the conv buffer are bf16, the states fp32; the reference rounds the conv's output, its SiLU and the gate's
     input to bf16 (relative error 2^-8 each) where the kernel keeps float32, so outputs agree to a few bf16 steps
     (3e-2 of the largest value) and the float32 states, which add such inputs over 7 steps, to 2e-2. Compiled: the
-    kernel is one operator in the graph, so the same limits hold."""
-    errors = kernel_errors("cuda", dtype, compiled)
+    kernel is one operator in the graph, so the same limits hold. With programmatic dependent launch the kernel
+    reads the state and its weights before waiting for the grid before it: the same arithmetic, the same limits."""
+    with dependent_launch(pdl):
+        errors = kernel_errors("cuda", dtype, compiled)
     limits = {"out": 1e-5, "conv": 0.0, "ssm": 1e-5} if dtype == torch.float32 else \
         {"out": 3e-2, "conv": 0.0, "ssm": 2e-2}
     for key, error in errors.items():

@@ -75,13 +75,14 @@ def test_kernels_match_references_in_the_interpreter():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernels_match_references_on_cuda(dtype):
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "dependent-launch"])
+def test_kernels_match_references_on_cuda(dtype, pdl):
     """float32: products in IEEE float32 (no TF32), so float32 rounding. bf16: the inputs are rounded to bf16, and so
     are the normalised rows twice (before and after the norm's weight, as the module does): relative 2^-8 each, which
     the float32 reference does not see; the products accumulate in float32 and the output is rounded once: within a
     few 2^-8 of the output's scale."""
     limit = 1e-5 if dtype == torch.float32 else 8 * 2 ** -8
-    errors = errors_on_cuda(kernel_errors, dtype)
+    errors = errors_on_cuda(kernel_errors, dtype, pdl)
     assert all(e <= limit for e in errors.values()), errors
 
 

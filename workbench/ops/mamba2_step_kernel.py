@@ -7,7 +7,8 @@ A program has little arithmetic and a chain of memory round trips, so its loads 
 everything that depends neither on the position nor on the program's own stores (the state block, z, Δ's raw value
 and the per-head parameters) is loaded first, so that those round trips overlap the position's and the conv's
 instead of queueing behind the conv's stores (the compiler does not move a load above a store it cannot prove
-apart)."""
+apart). Those that do not read the in_proj's output come before ``dependent_launch.wait_for_inputs``: launched with
+PDL, the kernel makes them while the in_proj's kernel is still running."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import math
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from workbench.ops.dependent_launch import launch_pdl, wait_for_inputs
 
 
 @triton.jit
@@ -48,7 +51,7 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
                 E, CH, P, N, G, R, W, dt_lo, dt_hi, eps,
                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
                 HAS_CONV_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, DISCRETE: tl.constexpr,
-                CLAMP: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, NORM_HERE: tl.constexpr):
+                CLAMP: tl.constexpr, HAS_GATE_BIAS: tl.constexpr, NORM_HERE: tl.constexpr, PDL: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     g = h // R
@@ -59,20 +62,23 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     zxbcdt_row = zxbcdt + b * s_zb
     xbc_row = zxbcdt_row + E                                    # the conv's channels start after z
     conv_row = conv_state + b * s_cb
-    # first the loads that wait for nothing: the position, this head's state block, z, Δ's raw value, per-head weights
+    # first the loads that wait for nothing: the position, this head's state block, the per-head weights (all
+    # before the wait for the in_proj's output: with PDL, while the kernel before runs), then z and Δ's raw value
     pos = tl.load(position)
     state = ssm_state + b * s_hb + h * s_hh + p[:, None] * s_hp + n[None, :] * s_hn
     m2 = mp[:, None] & mn[None, :]
     hs = tl.load(state, mask=m2, other=0.0).to(tl.float32)
-    zv = tl.load(zxbcdt_row + h * P + p, mask=mp, other=0.0).to(tl.float32)
-    if HAS_GATE_BIAS:
-        zv += tl.load(gate_b + h * P + p, mask=mp, other=0.0).to(tl.float32)
-    raw = tl.load(zxbcdt_row + E + CH + h).to(tl.float32) + tl.load(dt_bias + h).to(tl.float32)
+    dt_b = tl.load(dt_bias + h).to(tl.float32)
     d_skip = tl.load(D + h).to(tl.float32)
     if not DISCRETE:
         a_rate = tl.exp(tl.load(A_log + h).to(tl.float32))
     if NORM_HERE:
         nw = tl.load(norm_w + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    wait_for_inputs(PDL)
+    zv = tl.load(zxbcdt_row + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    if HAS_GATE_BIAS:
+        zv += tl.load(gate_b + h * P + p, mask=mp, other=0.0).to(tl.float32)
+    raw = tl.load(zxbcdt_row + E + CH + h).to(tl.float32) + dt_b
     taps = tl.arange(0, BLOCK_W)
     slots = (pos + 1 + taps) % W                                # slots of positions pos-W+1 .. pos, oldest first
     # 2. the conv of this head's x channels and of its group's B and C; the R heads of a group share the writes of
@@ -114,6 +120,7 @@ def launch(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tens
     Bsz, CH, W = conv_state.shape
     P, N = head_dim, d_state
     dummy = dt_bias                                        # stands for the absent optional tensors
+    pdl = launch_pdl(zxbcdt.device)
     step_kernel[(Bsz, n_heads)](
         zxbcdt, zxbcdt.stride(0), conv_state, conv_state.stride(0), conv_state.stride(1),
         ssm_state, *ssm_state.stride(), position,
@@ -123,5 +130,6 @@ def launch(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tens
         n_heads * P, CH, P, N, n_groups, n_heads // n_groups, W, dt_lo, dt_hi, eps,
         BLOCK_P=triton.next_power_of_2(P), BLOCK_N=triton.next_power_of_2(N), BLOCK_W=triton.next_power_of_2(W),
         HAS_CONV_BIAS=conv_bias is not None, ACTIVATION=conv_activation, DISCRETE=A_log is None,
-        CLAMP=(dt_lo, dt_hi) != (0.0, math.inf), HAS_GATE_BIAS=gate_bias is not None, NORM_HERE=norm_here)
+        CLAMP=(dt_lo, dt_hi) != (0.0, math.inf), HAS_GATE_BIAS=gate_bias is not None, NORM_HERE=norm_here,
+        PDL=pdl, launch_pdl=pdl)
 
