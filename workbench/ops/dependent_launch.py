@@ -11,7 +11,9 @@ still running, and spend that time on loads that do not depend on it. Each kerne
   3. reads its inputs and computes as before.
 Because step 2 lets the next kernel launch only after the wait, when a kernel's step 1 runs every kernel but the one
 just before it has finished: that is what makes step 1's loads safe (the rule for anything added to step 1: nothing
-the kernel before may have written). Without PDL (``ENABLED`` 0, a GPU before Hopper, Triton's interpreter) step 2 is
+the kernel before may have written). The same holds after a kernel launched without PDL (it started after the one
+before it had finished); it would not after a kernel that lets the next launch before its own wait, which is why
+step 2 waits first. Without PDL (``ENABLED`` 0, a GPU before Hopper, Triton's interpreter) step 2 is
 compiled out and the kernels are what they were.
 
 ``ENABLED`` is 0 until the decode step's profile says PDL pays (``benchmarks/decode_profile.py --kernel-setting
