@@ -6,7 +6,7 @@ kernels are made) and compiled on CUDA (``pytest -m gpu``)."""
 import pytest
 import torch
 
-from tests.helpers.triton_interpreter import HAS_TRITON, in_interpreter
+from tests.helpers.triton_interpreter import HAS_TRITON, dependent_launch, in_interpreter
 from workbench.ops.backend import force_backend
 from workbench.ops.decode_attention import (
     decode_attention,
@@ -156,12 +156,14 @@ def test_split_is_refused_without_its_conditions():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_split_kernels_match_reference_on_cuda(dtype):
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "dependent-launch"])
+def test_split_kernels_match_reference_on_cuda(dtype, pdl):
     """Compiled on the GPU. float32: float32 rounding (the products in IEEE float32, no TF32). bf16: the softmax
     weights are rounded to bf16 before they multiply the values (as in flash attention; relative error 2^-8 each) and
     the output is rounded once, so within a few bf16 units of the output's scale, as the grouped path's test."""
     limit = 1e-5 if dtype == torch.float32 else 4 * 2 ** -8
-    errors = split_errors("cuda", dtype)
+    with dependent_launch(pdl):
+        errors = split_errors("cuda", dtype)
     assert all(e <= limit for e in errors.values()), errors
 
 

@@ -10,6 +10,8 @@ R = G·Lq query rows per key/value head (head h = j·G + g of group j, position 
      split.
   2. ``combine_kernel``, one program per (b, j): the splits' partial results rescaled to their common max and added,
      acc / l written as (B, Lq, H, E).
+Both read only what the kernels just before them wrote (the new keys and values, the partial results), so with
+programmatic dependent launch (``dependent_launch``) each waits first and gains only its launch's overlap.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from workbench.ops.dependent_launch import launch_pdl, wait_for_inputs
+
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2    # what the mask holds: nothing, True where attended, a float bias
 
 
@@ -25,7 +29,9 @@ MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2    # what the mask holds: nothing, True
 def split_kernel(q, k, v, mask, acc_out, m_out, l_out,
                  s_qb, s_qh, s_ql, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_mb, s_ml, s_ms,
                  S, Lq, G, E, scale, SPLIT_BLOCKS: tl.constexpr,
-                 MASK_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+                 MASK_KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+                 PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     j = tl.program_id(1)
     s = tl.program_id(2)
@@ -72,7 +78,8 @@ def split_kernel(q, k, v, mask, acc_out, m_out, l_out,
 
 @triton.jit
 def combine_kernel(acc_in, m_in, l_in, out, s_ob, s_ol, s_oh, Lq, G, E,
-                   NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr):
+                   NS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     j = tl.program_id(1)
     rows = tl.arange(0, BLOCK_R)
@@ -114,11 +121,13 @@ def launch(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, s
         (mask.stride(0) if mask.shape[0] > 1 else 0, mask.stride(2), mask.stride(3))
     block_r = max(16, triton.next_power_of_2(R))           # tl.dot takes blocks of 16 rows or more
     block_e = max(16, triton.next_power_of_2(E))
+    pdl = launch_pdl(q.device)
     split_kernel[(B, Hkv, NS)](
         q, k, v, q if mask is None else mask, acc, m, l_sum,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), s_mb, s_ml, s_ms, S, Lq, G, E, scale,
-        SPLIT_BLOCKS=split // block_n, MASK_KIND=kind, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_E=block_e)
+        SPLIT_BLOCKS=split // block_n, MASK_KIND=kind, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_E=block_e, PDL=pdl,
+        launch_pdl=pdl)
     combine_kernel[(B, Hkv)](
         acc, m, l_sum, out, out.stride(0), out.stride(1), out.stride(2), Lq, G, E,
-        NS=NS, BLOCK_R=block_r, BLOCK_E=block_e)
+        NS=NS, BLOCK_R=block_r, BLOCK_E=block_e, PDL=pdl, launch_pdl=pdl)

@@ -1,6 +1,6 @@
 """Programmatic dependent launch (PDL, compute capability 9.0 and later) for the decode step's Triton kernels
-(``norm_linear_kernel``, ``gated_mlp_kernel``, ``linear_residual_kernel``, ``mamba2_step_kernel``). Imported only
-where Triton is installed.
+(``norm_linear_kernel``, ``gated_mlp_kernel``, ``linear_residual_kernel``, ``mamba2_step_kernel``, and the kept
+attention's ``decode_attention_kernel``, which has nothing to load early). Imported only where Triton is installed.
 
 A decode step at batch 1 is a chain of a few hundred small kernels, each a few microseconds of memory round trips
 (docs/results.md, "Kernels per decode step"). Launched with PDL, a kernel may start while the kernel before it is
