@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import statistics
 import sys
 
@@ -88,6 +89,17 @@ def settings(module, block_name: str, launch: dict):
     finally:
         for name, value in before.items():
             setattr(module, name, value)
+
+
+def save(args, rows: list[dict]) -> None:
+    """The report so far: the machine, the shapes and every timed case."""
+    report = {"device_name": torch.cuda.get_device_name(), "width": args.width, "in_proj": args.in_proj,
+              "inner": args.inner, "dtype": "bfloat16", "calls_per_graph": CALLS, "weights": args.weights,
+              "rows": rows}
+    partial = f"{args.json}.partial"
+    with open(partial, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(partial, args.json)                        # whole or not at all, if the sweep is stopped mid-write
 
 
 def main() -> None:
@@ -162,6 +174,7 @@ def main() -> None:
                 us = per_call_us(fn)
                 rows.append({"rows": M, "case": name, "us_per_call": us})
                 print(f"M={M:<3} {name:<80} {us:7.2f} us", flush=True)
+                save(args, rows)                          # after every case: a sweep cut short keeps its timings
     for M in sorted({row["rows"] for row in rows}):
         for kind in ("in_proj: norm_linear_kernel", "out_proj + residual: linear_residual_kernel",
                      "down + residual: linear_residual_kernel", "gated up: gated_up_kernel"):
@@ -170,10 +183,6 @@ def main() -> None:
             if len(timed) > 1:
                 best = (f"{row['case'].split(', ', 1)[1]} {row['us_per_call']:.2f} us" for row in timed[:3])
                 print(f"M={M} fastest {kind}: " + "; ".join(best), flush=True)
-    report = {"device_name": torch.cuda.get_device_name(), "width": K, "in_proj": args.in_proj, "inner": args.inner,
-              "dtype": "bfloat16", "calls_per_graph": CALLS, "weights": args.weights, "rows": rows}
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ what it changes, and each kernel module's constants back as they were after a ca
 GPU, docs/results.md)."""
 
 import importlib.util
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -77,3 +78,18 @@ def test_profile_kernel_settings_name_a_launch_constant_of_a_decode_kernel():
                        ("dependent_launch.ENABLED=2", "0 .off. or 1 .on.")]:
         with pytest.raises(ValueError, match=says):
             profile.kernel_settings([text])
+
+
+def test_the_report_is_rewritten_whole_after_every_case(tmp_path, monkeypatch):
+    """A sweep stopped by a time limit keeps the cases it timed: the JSON is replaced after each one, never left
+    half-written."""
+    bench = script()
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda: "a test GPU")
+    args = Namespace(json=str(tmp_path / "sweep.json"), width=576, in_proj=1545, inner=1536, weights="cold")
+    rows = [{"rows": 1, "case": "in_proj: norm_linear_kernel, BLOCK_N/I 16", "us_per_call": 5.5}]
+    bench.save(args, rows)
+    rows.append({"rows": 1, "case": "in_proj: norm_linear_kernel, BLOCK_N/I 32", "us_per_call": 5.6})
+    bench.save(args, rows)
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["device_name"] == "a test GPU" and [r["us_per_call"] for r in report["rows"]] == [5.5, 5.6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
