@@ -18,6 +18,7 @@ import pytest
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
+from tests.helpers.scripts import benchmark_script
 from workbench.tutorial import notebook_kernel
 from workbench.viz.notebook import PLOTLY_MIMETYPE
 
@@ -192,13 +193,7 @@ def test_notebook_03_html_export_keeps_its_figures(notebook_03):
 
 # ---- the notebook runner (benchmarks/notebooks.py) ---------------------------------------------------------------
 def _runner():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "notebooks.py"
-    spec = importlib.util.spec_from_file_location("notebook_runner", path)
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    return runner
+    return benchmark_script("notebooks", "notebook_runner")
 
 
 def _notebook(path: Path, *sources: str) -> Path:

@@ -2,7 +2,6 @@
 two budgets write their records and figure, a second call reads the finished runs back, and a run that did not
 finish is continued only with --resume."""
 
-import importlib.util
 import json
 import math
 import sys
@@ -11,17 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import tiny_models
+from tests.helpers.scripts import benchmark_script
 from workbench.distill.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def benchmark():
-    spec = importlib.util.spec_from_file_location("quality_curve", ROOT / "benchmarks" / "quality_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("quality_curve")
 
 
 def argv(teacher_dir, tmp_path, *extra):

@@ -2,30 +2,19 @@
 what it changes, and each kernel module's constants back as they were after a case (the timings need CUDA: run on a
 GPU, docs/results.md)."""
 
-import importlib.util
 import json
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
+
+from tests.helpers.scripts import benchmark_script
 
 pytest.importorskip("triton")
 from workbench.ops import gated_mlp_kernel, linear_residual_kernel, norm_linear_kernel  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def script():
-    spec = importlib.util.spec_from_file_location("decode_kernels", ROOT / "benchmarks" / "decode_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_sweep_covers_every_combination_and_labels_what_it_changes():
-    bench = script()
+    bench = benchmark_script("decode_kernels")
     launches = bench.launch_settings(Namespace(blocks="16,32", block_k="64,128,256", warps="2,4", stages=None))
     assert len(launches) == 2 * 3 * 2
     assert {(s["block"], s["block_k"], s["warps"], s["stages"]) for s in launches} == {
@@ -38,7 +27,7 @@ def test_sweep_covers_every_combination_and_labels_what_it_changes():
 @pytest.mark.parametrize("module, block", [(norm_linear_kernel, "BLOCK_N"), (linear_residual_kernel, "BLOCK_N"),
                                            (gated_mlp_kernel, "BLOCK_I")])
 def test_a_case_sets_the_kernel_constants_and_restores_them(module, block):
-    bench = script()
+    bench = benchmark_script("decode_kernels")
     names = (block, "BLOCK_K", "NUM_WARPS", "NUM_STAGES")
     before = {name: getattr(module, name) for name in names}
     launch = {"block": 64, "block_k": 256, "warps": 8, "stages": None}
@@ -51,18 +40,10 @@ def test_a_case_sets_the_kernel_constants_and_restores_them(module, block):
     assert {name: getattr(module, name) for name in names} == before
 
 
-def profile_script():
-    spec = importlib.util.spec_from_file_location("decode_profile", ROOT / "benchmarks" / "decode_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_profile_kernel_settings_name_a_launch_constant_of_a_decode_kernel():
     """decode_profile.py --kernel-setting MODULE.NAME=VALUE: the module, the constant and the value it would set;
     anything else refused with what is allowed."""
-    profile = profile_script()
+    profile = benchmark_script("decode_profile")
     before = norm_linear_kernel.BLOCK_K
     assert profile.kernel_settings(["norm_linear_kernel.BLOCK_K=256", "gated_mlp_kernel.NUM_STAGES=3"]) == [
         (norm_linear_kernel, "BLOCK_K", 256), (gated_mlp_kernel, "NUM_STAGES", 3)]
@@ -83,7 +64,7 @@ def test_profile_kernel_settings_name_a_launch_constant_of_a_decode_kernel():
 def test_the_report_is_rewritten_whole_after_every_case(tmp_path, monkeypatch):
     """A sweep stopped by a time limit keeps the cases it timed: the JSON is replaced after each one, never left
     half-written."""
-    bench = script()
+    bench = benchmark_script("decode_kernels")
     monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda: "a test GPU")
     args = Namespace(json=str(tmp_path / "sweep.json"), width=576, in_proj=1545, inner=1536, weights="cold")
     rows = [{"rows": 1, "case": "in_proj: norm_linear_kernel, BLOCK_N/I 16", "us_per_call": 5.5}]
