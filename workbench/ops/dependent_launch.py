@@ -16,8 +16,9 @@ before it had finished); it would not after a kernel that lets the next launch b
 step 2 waits first. Without PDL (``ENABLED`` 0, a GPU before Hopper, Triton's interpreter) step 2 is
 compiled out and the kernels are what they were.
 
-``ENABLED`` is 0 until the decode step's profile says PDL pays (``benchmarks/decode_profile.py --kernel-setting
-dependent_launch.ENABLED=1``).
+``ENABLED`` is 1: on an H200, PDL with the kernels' measured block sizes made the all-Mamba-2 student's batch-1 step
+replay 19% shorter (docs/results.md, "Programmatic dependent launch and the swept block sizes");
+``benchmarks/decode_profile.py --kernel-setting dependent_launch.ENABLED=0`` measures the step without it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-ENABLED = 0                 # 1: launch the decode kernels with PDL where the GPU supports it; 0 until measured
+ENABLED = 1                 # 1: launch the decode kernels with PDL where the GPU supports it (docs/results.md)
 
 
 @functools.cache

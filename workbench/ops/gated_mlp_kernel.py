@@ -21,8 +21,8 @@ from workbench.ops.dependent_launch import launch_pdl, wait_for_inputs
 from workbench.ops.norm_linear_kernel import rms_inverse, rms_normed
 
 ACT_CODES = {"silu": 0, "gelu_tanh": 1}
-BLOCK_M, BLOCK_I, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
-NUM_WARPS, NUM_STAGES = 4, 3                # Triton's defaults on NVIDIA GPUs (decode_kernels.py times others)
+BLOCK_M, BLOCK_I, BLOCK_K = 16, 16, 256     # tl.dot needs 16 or more along each side; BLOCK_I, BLOCK_K: the fastest
+NUM_WARPS, NUM_STAGES = 4, 3                # at 1 row on an H200 of decode_kernels.py's sweep (docs/results.md)
 
 
 @triton.jit

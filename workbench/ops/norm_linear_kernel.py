@@ -20,8 +20,8 @@ from torch import Tensor
 
 from workbench.ops.dependent_launch import launch_pdl, wait_for_inputs
 
-BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 64      # tl.dot needs 16 or more along each side
-NUM_WARPS, NUM_STAGES = 4, 3                # Triton's defaults on NVIDIA GPUs (decode_kernels.py times others)
+BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 256     # tl.dot needs 16 or more along each side; BLOCK_N, BLOCK_K: the fastest
+NUM_WARPS, NUM_STAGES = 4, 3                # at 1 row on an H200 of decode_kernels.py's sweep (docs/results.md)
 
 
 @triton.jit
