@@ -49,17 +49,16 @@ def inputs(case: str, batch: int, steps: int, dtype: torch.dtype, device: str, s
     conv_state = rand(batch, CH, W)
     ssm_state = rand(batch, H, P, N, scale=0.3).float()                     # states are kept in at least float32
     position = torch.tensor(W + 2, device=device)                            # mid-sequence: the slots wrap around
-    return zxbcdt, conv_state, ssm_state, position, weights, layout
+    arrivals = torch.zeros((), dtype=torch.int32, device=device)
+    return zxbcdt, conv_state, ssm_state, position, arrivals, weights, layout
 
 
-def run_steps(fn, zxbcdt, conv_state, ssm_state, position, weights, layout):
-    """``fn`` over the tokens, the position moved on after each: outputs (T, B, E) and the final states."""
-    conv_state, ssm_state, position = conv_state.clone(), ssm_state.clone(), position.clone()
-    outs = []
-    for t in range(zxbcdt.shape[0]):
-        outs.append(fn(zxbcdt[t], conv_state, ssm_state, position, weights, layout))
-        position.add_(1)
-    return torch.stack(outs), conv_state, ssm_state
+def run_steps(fn, zxbcdt, conv_state, ssm_state, position, arrivals, weights, layout):
+    """``fn`` over the tokens, one call after another (each moves the position on itself): outputs (T, B, E), the
+    final states, the position and the kernel's count of arrivals."""
+    conv_state, ssm_state, position, arrivals = (t.clone() for t in (conv_state, ssm_state, position, arrivals))
+    outs = [fn(zxbcdt[t], conv_state, ssm_state, position, arrivals, weights, layout) for t in range(zxbcdt.shape[0])]
+    return torch.stack(outs), conv_state, ssm_state, position, arrivals
 
 
 def kernel_errors(device: str, dtype: torch.dtype, compiled: bool = False) -> dict[str, float]:
@@ -72,6 +71,9 @@ def kernel_errors(device: str, dtype: torch.dtype, compiled: bool = False) -> di
         args = inputs(case, batch=3, steps=7, dtype=dtype, device=device)
         ref = run_steps(mamba2_step_ref, *args)
         fused = run_steps(step, *args)
+        start = int(args[3])
+        assert int(fused[3]) == int(ref[3]) == start + 7, (case, int(fused[3]), int(ref[3]))   # moved on once a step
+        assert int(fused[4]) == int(ref[4]) == 0, case                                          # the count reset
         for name, a, b in zip(("out", "conv", "ssm"), fused, ref):
             assert a.shape == b.shape and a.dtype == b.dtype, (case, name)
             errors[f"{case}/{name}"] = float((a.float() - b.float()).abs().max() / b.float().abs().max())
@@ -82,7 +84,7 @@ def kernel_errors(device: str, dtype: torch.dtype, compiled: bool = False) -> di
 def test_kernel_matches_reference_in_the_interpreter():
     """float32 on the CPU through Triton's interpreter, called directly and inside a compiled function: the kernel and
     the reference do the same arithmetic in float32 in a different order, so they agree to float32 rounding (1e-5
-    of the largest value)."""
+    of the largest value); both move the position on by one a step, and the kernel leaves its count at 0."""
     in_interpreter("import torch\nfrom tests.ops.test_mamba2_step import kernel_errors\n"
                    "for compiled in (False, True):\n"
                    "    errors = kernel_errors('cpu', torch.float32, compiled)\n"
@@ -101,7 +103,9 @@ def test_kernel_matches_reference_on_cuda(dtype, compiled, pdl):
     input to bf16 (relative error 2^-8 each) where the kernel keeps float32, so outputs agree to a few bf16 steps
     (3e-2 of the largest value) and the float32 states, which add such inputs over 7 steps, to 2e-2. Compiled: the
     kernel is one operator in the graph, so the same limits hold. With programmatic dependent launch the kernel
-    reads the state and its weights before waiting for the grid before it: the same arithmetic, the same limits."""
+    reads the state and its weights before waiting for the grid before it: the same arithmetic, the same limits;
+    there the steps follow one another directly, so each step kernel's read of the position waits for the one before
+    to have moved it (on the GPU, 3 × 3 programs a step)."""
     with dependent_launch(pdl):
         errors = kernel_errors("cuda", dtype, compiled)
     limits = {"out": 1e-5, "conv": 0.0, "ssm": 1e-5} if dtype == torch.float32 else \
@@ -123,6 +127,16 @@ def test_mixer_step_through_the_op_equals_forward(discrete):
         stepped = torch.stack([mixer.step(x[:, t], state)[0] for t in range(9)], dim=1)
         torch.testing.assert_close(stepped, mixer(x), atol=1e-5, rtol=1e-4)
     assert int(state["position"]) == 9
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_kernel_refuses_a_count_it_cannot_use():
+    """The kernel counts its programs in a 0-dim int32 tensor; anything else is refused before a launch, naming where
+    the right one comes from."""
+    zxbcdt, conv_state, ssm_state, position, _, weights, layout = inputs("discrete", 2, 1, torch.float32, "cpu")
+    for wrong in (torch.zeros((), dtype=torch.long), torch.zeros(2, dtype=torch.int32)):
+        with pytest.raises(ValueError, match="Mamba2.init_state"):
+            mamba2_step_triton(zxbcdt[0], conv_state, ssm_state, position, wrong, weights, layout)
 
 
 def test_triton_backend_is_chosen_only_on_cuda():

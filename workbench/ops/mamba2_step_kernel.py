@@ -7,8 +7,9 @@ A program has little arithmetic and a chain of memory round trips, so its loads 
 everything that depends neither on the position nor on the program's own stores (the state block, z, Δ's raw value
 and the per-head parameters) is loaded first, so that those round trips overlap the position's and the conv's
 instead of queueing behind the conv's stores (the compiler does not move a load above a store it cannot prove
-apart). Those that do not read the in_proj's output come before ``dependent_launch.wait_for_inputs``: launched with
-PDL, the kernel makes them while the in_proj's kernel is still running."""
+apart). Those that read neither the in_proj's output nor the position come before
+``dependent_launch.wait_for_inputs``: launched with PDL, the kernel makes them while the in_proj's kernel is still
+running. The last program to finish moves the position on (step 7 of ``workbench.ops.mamba2_step``)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def softplus(x):
     return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))     # F.softplus's threshold
 
 @triton.jit
-def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_hp, s_hn, position,
+def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_hp, s_hn, position, arrivals,
                 conv_w, s_cw, conv_b, dt_bias, A_log, D, gate_b, norm_w, out, s_ob,
                 E, CH, P, N, G, R, W, dt_lo, dt_hi, eps,
                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
@@ -62,9 +63,9 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     zxbcdt_row = zxbcdt + b * s_zb
     xbc_row = zxbcdt_row + E                                    # the conv's channels start after z
     conv_row = conv_state + b * s_cb
-    # first the loads that wait for nothing: the position, this head's state block, the per-head weights (all
-    # before the wait for the in_proj's output: with PDL, while the kernel before runs), then z and Δ's raw value
-    pos = tl.load(position)
+    # first the loads that wait for nothing: this head's state block, the per-head weights (all before the wait for
+    # the in_proj's output: with PDL, while the kernel before runs), then the position (after the wait: the step
+    # kernel before, if that is the kernel before, moves it), z and Δ's raw value
     state = ssm_state + b * s_hb + h * s_hh + p[:, None] * s_hp + n[None, :] * s_hn
     m2 = mp[:, None] & mn[None, :]
     hs = tl.load(state, mask=m2, other=0.0).to(tl.float32)
@@ -75,6 +76,7 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
     if NORM_HERE:
         nw = tl.load(norm_w + h * P + p, mask=mp, other=0.0).to(tl.float32)
     wait_for_inputs(PDL)
+    pos = tl.load(position)
     zv = tl.load(zxbcdt_row + h * P + p, mask=mp, other=0.0).to(tl.float32)
     if HAS_GATE_BIAS:
         zv += tl.load(gate_b + h * P + p, mask=mp, other=0.0).to(tl.float32)
@@ -110,20 +112,29 @@ def step_kernel(zxbcdt, s_zb, conv_state, s_cb, s_cc, ssm_state, s_hb, s_hh, s_h
         ms = tl.sum(tl.where(mp, gv * gv, 0.0), axis=0) / P
         gv = gv / tl.sqrt(ms + eps) * nw
     tl.store(out + b * s_ob + h * P + p, gv.to(out.dtype.element_ty), mask=mp)
+    # 7. the position moves on: each program counts itself in (acquire-release: its read of the position comes
+    #    before), and the last of the grid's programs, after which none reads the position, moves it and sets the
+    #    count back to 0 for the next step
+    ticket = tl.atomic_add(arrivals, 1, sem="acq_rel")
+    last = ticket == tl.num_programs(0) * tl.num_programs(1) - 1
+    tl.store(position, pos + 1, mask=last)
+    tl.store(arrivals, 0, mask=last)
 
-def launch(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor, conv_weight: Tensor,
-           conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor | None, D: Tensor, gate_bias: Tensor | None,
-           norm_weight: Tensor | None, out: Tensor, n_heads: int, head_dim: int, n_groups: int, d_state: int,
-           conv_activation: bool, dt_lo: float, dt_hi: float, norm_here: bool, eps: float) -> None:
-    """One step for every row: the states updated in place, the gated outputs (B, E) written into ``out`` (normalised
-    where ``norm_here``). Optional tensors absent are passed as another tensor the kernel then does not read."""
+def launch(zxbcdt: Tensor, conv_state: Tensor, ssm_state: Tensor, position: Tensor, arrivals: Tensor,
+           conv_weight: Tensor, conv_bias: Tensor | None, dt_bias: Tensor, A_log: Tensor | None, D: Tensor,
+           gate_bias: Tensor | None, norm_weight: Tensor | None, out: Tensor, n_heads: int, head_dim: int,
+           n_groups: int, d_state: int, conv_activation: bool, dt_lo: float, dt_hi: float, norm_here: bool,
+           eps: float) -> None:
+    """One step for every row: the states updated in place and the position moved on (``arrivals``: 0 before and
+    after), the gated outputs (B, E) written into ``out`` (normalised where ``norm_here``). Optional tensors absent
+    are passed as another tensor the kernel then does not read."""
     Bsz, CH, W = conv_state.shape
     P, N = head_dim, d_state
     dummy = dt_bias                                        # stands for the absent optional tensors
     pdl = launch_pdl(zxbcdt.device)
     step_kernel[(Bsz, n_heads)](
         zxbcdt, zxbcdt.stride(0), conv_state, conv_state.stride(0), conv_state.stride(1),
-        ssm_state, *ssm_state.stride(), position,
+        ssm_state, *ssm_state.stride(), position, arrivals,
         conv_weight, conv_weight.stride(0), dummy if conv_bias is None else conv_bias, dt_bias,
         dummy if A_log is None else A_log, D, dummy if gate_bias is None else gate_bias,
         dummy if norm_weight is None else norm_weight, out, out.stride(0),

@@ -117,8 +117,8 @@ class SSMInputs(NamedTuple):
 
 class Mamba2(ScanMixer):
     """Mamba-2 (or, with ``config.discrete``, MOHAWK's discrete Mamba-2) token mixer: (B, L, D) -> (B, L, D).
-    ``forward``, ``mix_io`` (u = the post-conv x heads, y = the SSM output with the D skip, before gate and norm),
-    ``readout`` (steps 6-7) and ``init_state`` are ``ScanMixer``'s, around ``_scan``."""
+    ``forward``, ``mix_io`` (u = the post-conv x heads, y = the SSM output with the D skip, before gate and norm)
+    and ``readout`` (steps 6-7) are ``ScanMixer``'s, around ``_scan``."""
 
     def __init__(self, config: Mamba2Config):
         super().__init__()
@@ -224,13 +224,21 @@ class Mamba2(ScanMixer):
         eye = torch.eye(L, device=x.device, dtype=dtype)
         return scores * decay + self.D.to(dtype)[:, None, None] * eye
 
+    def init_state(self, batch_size: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """``ScanMixer``'s state and "arrivals" (0-dim int32, 0 between steps): where ``mamba2_step``'s kernel
+        counts its programs, the last of which moves the position on."""
+        state = super().init_state(batch_size, device, dtype)
+        state["arrivals"] = torch.zeros((), dtype=torch.int32, device=state["position"].device)
+        return state
+
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x_t (B, D) -> y_t (B, D). O(1) per token; the state's tensors are updated in place and returned.
 
         Between the two projections, steps 2-6 are ``workbench.ops.mamba2_step``: one Triton kernel on CUDA (the
-        conv's ring buffer, the decay, the state update, its readout, gate and norm), its PyTorch reference
-        elsewhere. in_proj runs unpadded here: a decode step's product reads the weight once, and padding it
-        (``AlignedLinear``, for training's GEMMs) would copy the whole weight every token."""
+        conv's ring buffer, the decay, the state update, its readout, gate and norm, and the position moved on), its
+        PyTorch reference elsewhere. in_proj runs unpadded here: a decode step's product reads the weight once, and
+        padding it (``AlignedLinear``, for training's GEMMs) would copy the whole weight every token."""
         zxbcdt = F.linear(x_t, self.in_proj.weight, self.in_proj.bias)                   # 1.
         return self.out_proj(self.step_between_projections(zxbcdt, state)), state         # 2.-7.
 
@@ -238,10 +246,8 @@ class Mamba2(ScanMixer):
         """Steps 2-6 of ``step``: zxbcdt (B, 2E + 2GN + H), in_proj's output -> the gated output g (B, E) that out_proj
         reads; the state moves on by one token. For a decode step that computes the projections itself
         (``workbench.generation.compile`` folds the layer's norm into in_proj)."""
-        g = mamba2_step(zxbcdt, state["conv"], state["ssm"], state["position"], self.step_weights(),
-                        self.step_layout)                                                # 2.-6.
-        state["position"].add_(1)
-        return g
+        return mamba2_step(zxbcdt, state["conv"], state["ssm"], state["position"], state["arrivals"],
+                           self.step_weights(), self.step_layout)                        # 2.-6., the position
 
     def step_weights(self) -> Mamba2StepWeights:
         """The parameters ``mamba2_step`` reads (views, no copies)."""
