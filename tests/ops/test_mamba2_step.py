@@ -126,7 +126,8 @@ def test_mixer_step_through_the_op_equals_forward(discrete):
         state = mixer.init_state(2)
         stepped = torch.stack([mixer.step(x[:, t], state)[0] for t in range(9)], dim=1)
         torch.testing.assert_close(stepped, mixer(x), atol=1e-5, rtol=1e-4)
-    assert int(state["position"]) == 9
+    assert int(state["position"]) == 9                                          # moved on once a token, by the op
+    assert int(state["arrivals"]) == 0
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
