@@ -105,7 +105,7 @@ def test_kernel_matches_reference_on_cuda(dtype, compiled, pdl):
     kernel is one operator in the graph, so the same limits hold. With programmatic dependent launch the kernel
     reads the state and its weights before waiting for the grid before it: the same arithmetic, the same limits;
     there the steps follow one another directly, so each step kernel's read of the position waits for the one before
-    to have moved it (on the GPU, 3 × 3 programs a step)."""
+    to have moved it (on the GPU, 3 rows × 2-4 heads of programs a step)."""
     with dependent_launch(pdl):
         errors = kernel_errors("cuda", dtype, compiled)
     limits = {"out": 1e-5, "conv": 0.0, "ssm": 1e-5} if dtype == torch.float32 else \
